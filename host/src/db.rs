@@ -1,0 +1,436 @@
+//! libsql databases: opening them from URLs, per-connection settings, versioned migrations and
+//! typed access to result rows.
+//!
+//! Three kinds of URL are understood:
+//!
+//! * `file:./var/queue.db` (or a bare path): an embedded database file, opened in WAL mode with a
+//!   busy timeout so that several processes can share it;
+//! * `:memory:`: a private in-memory database (one connection, shared by every user of the [`Db`]);
+//! * `libsql://…`, `http://…`, `https://…`: a remote libsql server (sqld, Turso), with an optional
+//!   auth token.
+//!
+//! Everything above this module is written as single statements (multi-row `VALUES` lists,
+//! `UPDATE … RETURNING`), never as interactive transactions, so the remote mode costs one round trip
+//! per statement.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libsql::{Connection, Value};
+
+/// How long a local connection waits for another writer before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors from the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL could not be understood.
+    #[error("invalid database url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The offending URL.
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The database could not be opened or created.
+    #[error("cannot open database {url}: {message}")]
+    Open {
+        /// The database URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Sql(#[from] libsql::Error),
+    /// A row did not have the shape the code expected (a schema mismatch).
+    #[error("unexpected database value: {0}")]
+    Decode(String),
+    /// A migration failed.
+    #[error("migration {component}/{version} failed: {message}")]
+    Migration {
+        /// Which schema (`queue`, `store`).
+        component: &'static str,
+        /// The migration version.
+        version: i64,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where a database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    /// An embedded database file.
+    File(PathBuf),
+    /// A private in-memory database.
+    Memory,
+    /// A remote libsql server.
+    Remote {
+        /// The server URL (`libsql://`, `http://` or `https://`).
+        url: String,
+    },
+}
+
+impl DbLocation {
+    /// Parses a database URL.
+    pub fn parse(url: &str) -> Result<Self, DbError> {
+        let invalid = |reason: &str| DbError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let trimmed = url.trim();
+        if trimmed.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if trimmed == ":memory:" || trimmed == "file::memory:" {
+            return Ok(Self::Memory);
+        }
+        for scheme in ["libsql://", "http://", "https://"] {
+            if let Some(rest) = trimmed.strip_prefix(scheme) {
+                if rest.is_empty() {
+                    return Err(invalid("missing host"));
+                }
+                return Ok(Self::Remote {
+                    url: trimmed.to_string(),
+                });
+            }
+        }
+        let path = trimmed.strip_prefix("file:").unwrap_or(trimmed);
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(invalid("missing file path"));
+        }
+        if path.contains("://") {
+            return Err(invalid(
+                "unknown scheme (expected file:, :memory:, libsql://, http:// or https://)",
+            ));
+        }
+        Ok(Self::File(PathBuf::from(path)))
+    }
+
+    /// Whether statements travel over the network.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Remote { .. })
+    }
+}
+
+/// An open database. Statements run through [`Db::run`], which lends the operation a pooled
+/// connection; for embedded databases (whose libsql calls block the calling thread) it does so on
+/// tokio's blocking pool, so database work never stalls the threads that run guests.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    location: DbLocation,
+    url: String,
+    database: libsql::Database,
+    /// Idle connections, reused by later operations.
+    idle: Mutex<Vec<Connection>>,
+    /// In-memory databases are private to a connection, so one connection serves every caller,
+    /// one operation at a time.
+    shared: Option<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("url", &self.inner.url).finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `url`. `auth_token` is used by remote servers.
+    pub async fn open(url: &str, auth_token: Option<&str>) -> Result<Self, DbError> {
+        let location = DbLocation::parse(url)?;
+        let open_err = |message: String| DbError::Open {
+            url: url.to_string(),
+            message,
+        };
+        let database = match &location {
+            DbLocation::File(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        open_err(format!("cannot create directory {}: {e}", parent.display()))
+                    })?;
+                }
+                libsql::Builder::new_local(path).build().await
+            }
+            DbLocation::Memory => libsql::Builder::new_local(":memory:").build().await,
+            DbLocation::Remote { url } => {
+                libsql::Builder::new_remote(url.clone(), auth_token.unwrap_or_default().to_string())
+                    .build()
+                    .await
+            }
+        }
+        .map_err(|e| open_err(e.to_string()))?;
+
+        let shared = match location {
+            DbLocation::Memory => Some(Mutex::new(
+                database.connect().map_err(|e| open_err(e.to_string()))?,
+            )),
+            _ => None,
+        };
+        let db = Self {
+            inner: Arc::new(DbInner {
+                location,
+                url: url.to_string(),
+                database,
+                idle: Mutex::new(Vec::new()),
+                shared,
+            }),
+        };
+        // Touch the database now so that a bad path or an unreachable server fails at start-up.
+        db.run(|conn| async move {
+            let mut rows = conn.query("SELECT 1", ()).await?;
+            while rows.next().await?.is_some() {}
+            Ok(())
+        })
+        .await
+        .map_err(|e| open_err(e.to_string()))?;
+        Ok(db)
+    }
+
+    /// The URL this database was opened from.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Where the database lives.
+    pub fn location(&self) -> &DbLocation {
+        &self.inner.location
+    }
+
+    /// Runs `op` with a connection of its own. Embedded databases run it on the blocking pool
+    /// (libsql's local calls never yield); remote ones run it here, since it waits on the network.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        if self.inner.location.is_remote() {
+            let conn = self.inner.checkout()?;
+            let result = op(conn.clone()).await;
+            self.inner.checkin(conn);
+            return result;
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.run_blocking(op))
+            .await
+            .map_err(|e| DbError::Open {
+                url: String::new(),
+                message: format!("database task failed: {e}"),
+            })?
+    }
+
+    /// Applies `migrations` (ordered by version) for `component` that are not applied yet. Each
+    /// migration runs as one transactional batch together with its bookkeeping row, so a crash
+    /// cannot leave it half-applied, and two processes starting at once both end up migrated.
+    pub async fn migrate(
+        &self,
+        component: &'static str,
+        migrations: &'static [Migration],
+    ) -> Result<(), DbError> {
+        self.run(move |conn| async move {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS drover_migrations (
+                    component TEXT NOT NULL,
+                    version INTEGER NOT NULL,
+                    name TEXT NOT NULL,
+                    applied_at INTEGER NOT NULL,
+                    PRIMARY KEY (component, version)
+                )",
+                (),
+            )
+            .await?;
+            let current = query_all(
+                &conn,
+                "SELECT coalesce(max(version), 0) FROM drover_migrations WHERE component = ?1",
+                [component],
+                |row| row.int(0),
+            )
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0);
+            for migration in migrations.iter().filter(|m| m.version > current) {
+                let sql = format!(
+                    "{}\nINSERT OR IGNORE INTO drover_migrations (component, version, name, applied_at) \
+                     VALUES ('{component}', {}, '{}', {});",
+                    migration.sql,
+                    migration.version,
+                    migration.name.replace('\'', "''"),
+                    crate::time::now_ms(),
+                );
+                conn.execute_transactional_batch(&sql)
+                    .await
+                    .map_err(|e| DbError::Migration {
+                        component,
+                        version: migration.version,
+                        message: e.to_string(),
+                    })?;
+                tracing::debug!(
+                    component,
+                    version = migration.version,
+                    name = migration.name,
+                    "applied migration"
+                );
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl DbInner {
+    /// Runs a local operation to completion on this (blocking-pool) thread.
+    fn run_blocking<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        if let Some(shared) = &self.shared {
+            let conn = shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            return futures::executor::block_on(op(conn.clone()));
+        }
+        let conn = self.checkout()?;
+        let result = futures::executor::block_on(op(conn.clone()));
+        self.checkin(conn);
+        result
+    }
+
+    /// An idle connection, or a new one with the per-connection settings applied. For a file
+    /// database this blocks, so it is only called on the blocking pool.
+    fn checkout(&self) -> Result<Connection, DbError> {
+        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(conn);
+        }
+        let conn = self.database.connect()?;
+        if let DbLocation::File(_) = self.location {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            futures::executor::block_on(conn.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
+            ))?;
+        }
+        Ok(conn)
+    }
+
+    fn checkin(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Connections kept open between operations.
+const MAX_IDLE_CONNECTIONS: usize = 8;
+
+/// One schema migration. Its SQL must be idempotent (`CREATE … IF NOT EXISTS`), because two
+/// processes may race to apply it.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Version, starting at 1, strictly increasing.
+    pub version: i64,
+    /// Short description.
+    pub name: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Typed, panic-free access to the columns of a result row.
+pub trait RowExt {
+    /// A non-null integer column.
+    fn int(&self, idx: i32) -> Result<i64, DbError>;
+    /// A nullable integer column.
+    fn opt_int(&self, idx: i32) -> Result<Option<i64>, DbError>;
+    /// A non-null text column.
+    fn text(&self, idx: i32) -> Result<String, DbError>;
+    /// A nullable text column.
+    fn opt_text(&self, idx: i32) -> Result<Option<String>, DbError>;
+}
+
+impl RowExt for libsql::Row {
+    fn int(&self, idx: i32) -> Result<i64, DbError> {
+        match self.get_value(idx)? {
+            Value::Integer(v) => Ok(v),
+            other => Err(DbError::Decode(format!(
+                "column {idx}: expected an integer, found {other:?}"
+            ))),
+        }
+    }
+
+    fn opt_int(&self, idx: i32) -> Result<Option<i64>, DbError> {
+        match self.get_value(idx)? {
+            Value::Null => Ok(None),
+            Value::Integer(v) => Ok(Some(v)),
+            other => Err(DbError::Decode(format!(
+                "column {idx}: expected an integer or null, found {other:?}"
+            ))),
+        }
+    }
+
+    fn text(&self, idx: i32) -> Result<String, DbError> {
+        match self.get_value(idx)? {
+            Value::Text(v) => Ok(v),
+            other => Err(DbError::Decode(format!(
+                "column {idx}: expected text, found {other:?}"
+            ))),
+        }
+    }
+
+    fn opt_text(&self, idx: i32) -> Result<Option<String>, DbError> {
+        match self.get_value(idx)? {
+            Value::Null => Ok(None),
+            Value::Text(v) => Ok(Some(v)),
+            other => Err(DbError::Decode(format!(
+                "column {idx}: expected text or null, found {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Runs a row-returning statement and decodes every row with `decode`. The rows are drained
+/// completely, so a writing statement (`UPDATE … RETURNING`) commits before this returns.
+pub async fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl libsql::params::IntoParams,
+    mut decode: impl FnMut(&libsql::Row) -> Result<T, DbError>,
+) -> Result<Vec<T>, DbError> {
+    let mut rows = conn.query(sql, params).await?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await? {
+        out.push(decode(&row)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(DbLocation::parse(":memory:").ok(), Some(DbLocation::Memory));
+        assert_eq!(
+            DbLocation::parse("file:./var/queue.db").ok(),
+            Some(DbLocation::File("./var/queue.db".into()))
+        );
+        assert_eq!(
+            DbLocation::parse("var/q.db").ok(),
+            Some(DbLocation::File("var/q.db".into()))
+        );
+        assert!(DbLocation::parse("libsql://db.example.turso.io").is_ok_and(|l| l.is_remote()));
+        assert!(DbLocation::parse("https://db.example").is_ok_and(|l| l.is_remote()));
+        assert!(DbLocation::parse("").is_err());
+        assert!(DbLocation::parse("ftp://x").is_err());
+        assert!(DbLocation::parse("libsql://").is_err());
+    }
+}

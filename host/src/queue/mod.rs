@@ -1,0 +1,688 @@
+//! The durable job queue: producers enqueue, workers claim jobs under fenced leases, and outcomes
+//! are recorded only for the current holder of a lease.
+//!
+//! Jobs live in a libsql database (an embedded file, or a remote server shared by several hosts).
+//! Workers coordinate through atomic `UPDATE … RETURNING` statements; a worker whose lease expired
+//! can never overwrite the outcome of a later attempt, because every claim bumps the job's
+//! `lease_epoch` and every write checks it.
+
+mod hub;
+mod job;
+mod schema;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libsql::Value;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::db::{Db, DbError, RowExt, query_all};
+use crate::time::now_ms;
+
+pub(crate) use hub::Hub;
+pub use job::{
+    ClaimedJob, Enqueued, ErrorInfo, Finish, FinishKind, Job, JobFilter, JobStatus, Lease,
+    Lifecycle, NewJob, Reclaimed, Signal,
+};
+
+/// Errors from queue operations.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A job or request was malformed.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// The caller no longer holds the lease it presented.
+    #[error("lease on job {job_id} (epoch {epoch}) is no longer held")]
+    LeaseLost {
+        /// The job.
+        job_id: String,
+        /// The epoch presented.
+        epoch: i64,
+    },
+}
+
+/// Tunables of a [`Queue`].
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Delay before the first retry of a failed job; doubles with every attempt.
+    pub backoff_base: Duration,
+    /// Upper bound on the retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Longest accepted job id.
+const MAX_ID_LEN: usize = 256;
+/// Most jobs a list call returns.
+const MAX_LIST_LIMIT: u32 = 1000;
+
+/// The job queue. Cheap to clone; clones share the database and in-process notifications.
+#[derive(Clone)]
+pub struct Queue {
+    db: Db,
+    hub: Arc<Hub>,
+    sql: Arc<Statements>,
+    options: QueueOptions,
+}
+
+/// SQL text assembled once at open.
+struct Statements {
+    insert: String,
+    claim: String,
+    cancel: String,
+    stop: String,
+    select_by_ids: String,
+    get: String,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("db", &self.db).finish()
+    }
+}
+
+impl Queue {
+    /// Opens the queue at `url` (`file:…`, `:memory:`, `libsql://…`), creating and migrating its
+    /// tables as needed.
+    pub async fn open(url: &str, auth_token: Option<&str>) -> Result<Self, QueueError> {
+        let db = Db::open(url, auth_token).await?;
+        Self::with_db(db, QueueOptions::default()).await
+    }
+
+    /// Builds a queue on an open database.
+    pub async fn with_db(db: Db, options: QueueOptions) -> Result<Self, QueueError> {
+        db.migrate("queue", schema::MIGRATIONS).await?;
+        let sql = Statements {
+            insert: schema::insert_jobs(),
+            claim: schema::claim(),
+            cancel: schema::cancel(),
+            stop: schema::stop(),
+            select_by_ids: format!(
+                "SELECT {} FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
+                schema::JOB_COLUMNS
+            ),
+            get: format!("SELECT {} FROM jobs WHERE id = ?1", schema::JOB_COLUMNS),
+        };
+        Ok(Self {
+            db,
+            hub: Arc::new(Hub::new()),
+            sql: Arc::new(sql),
+            options,
+        })
+    }
+
+    /// The database behind the queue.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Enqueues one job. An id that already exists returns the existing job (`created: false`).
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let mut out = self.enqueue_batch(vec![job]).await?;
+        out.pop()
+            .ok_or_else(|| QueueError::Invalid("enqueue returned no job".into()))
+    }
+
+    /// Enqueues many jobs in one statement (one transaction), returning them in request order.
+    pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut rows = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            validate(job)?;
+            let id = job
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            ids.push(id);
+        }
+        for (job, id) in jobs.iter().zip(&ids) {
+            rows.push(InsertRow {
+                id,
+                agent_id: &job.agent_id,
+                input: job.input.get(),
+                meta: job.meta.as_deref().map(RawValue::get),
+                priority: job.priority,
+                scheduled_for: job.scheduled_for.unwrap_or(now),
+                max_attempts: job.max_attempts.unwrap_or(1),
+                long_lived: job.lifecycle == Lifecycle::LongLived,
+                max_restarts: job.max_restarts,
+            });
+        }
+        let batch = to_json(&rows)?;
+        let ids_json = to_json(&ids)?;
+        let wanted = ids.len();
+        let sql = Arc::clone(&self.sql);
+        let (created, existing) = self
+            .db
+            .run(move |conn| async move {
+                let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
+                let existing = if created.len() < wanted {
+                    query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
+                } else {
+                    Vec::new()
+                };
+                Ok((created, existing))
+            })
+            .await?;
+        let created_ids: HashSet<String> = created.iter().map(|j| j.id.clone()).collect();
+        let mut by_id: HashMap<String, Job> = existing
+            .into_iter()
+            .chain(created)
+            .map(|j| (j.id.clone(), j))
+            .collect();
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(jobs.len());
+        for id in rows.iter().map(|r| r.id) {
+            let job = by_id
+                .get(id)
+                .cloned()
+                .ok_or_else(|| QueueError::Invalid(format!("job {id} vanished while enqueued")))?;
+            // The first occurrence of an id in the batch created it; any repeat found it.
+            let created = created_ids.contains(id) && seen.insert(id.to_string());
+            out.push(Enqueued { job, created });
+        }
+        by_id.clear();
+        if !created_ids.is_empty() {
+            self.hub.notify_enqueued();
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `max` due jobs (highest priority, then oldest) to `worker_id` for `lease`.
+    pub async fn claim(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let expires = now.saturating_add(duration_ms(lease));
+        let worker = worker_id.to_string();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let sql = Arc::clone(&self.sql);
+        let jobs = self
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, &sql.claim, (worker, expires, now, max), decode_job).await
+            })
+            .await?;
+        let mut claimed: Vec<ClaimedJob> = jobs
+            .into_iter()
+            .map(|job| ClaimedJob {
+                lease: Lease {
+                    job_id: job.id.clone(),
+                    epoch: job.lease_epoch,
+                },
+                job,
+            })
+            .collect();
+        // RETURNING does not keep the claim order; restore it for the caller.
+        claimed.sort_by(|a, b| {
+            b.job
+                .priority
+                .cmp(&a.job.priority)
+                .then(a.job.created_at.cmp(&b.job.created_at))
+        });
+        Ok(claimed)
+    }
+
+    /// Extends one lease; fails with [`QueueError::LeaseLost`] if it is no longer held.
+    pub async fn heartbeat(&self, lease: &Lease, duration: Duration) -> Result<(), QueueError> {
+        let held = self.renew(std::slice::from_ref(lease), duration).await?;
+        if held.contains(&lease.job_id) {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost {
+                job_id: lease.job_id.clone(),
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    /// Extends many leases in one statement; returns the ids whose lease is still held.
+    pub async fn renew(
+        &self,
+        leases: &[Lease],
+        duration: Duration,
+    ) -> Result<HashSet<String>, QueueError> {
+        if leases.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let now = now_ms();
+        let expires = now.saturating_add(duration_ms(duration));
+        let batch = to_json(
+            &leases
+                .iter()
+                .map(|l| LeaseRow {
+                    id: &l.job_id,
+                    epoch: l.epoch,
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let held = self
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, schema::RENEW, (batch, expires, now), |row| {
+                    row.text(0)
+                })
+                .await
+            })
+            .await?;
+        Ok(held.into_iter().collect())
+    }
+
+    /// Marks a leased job done. Returns `false` (and changes nothing) if the lease is not current.
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        run_id: &str,
+        result_status: &str,
+    ) -> Result<bool, QueueError> {
+        self.finish_one(Finish {
+            lease: lease.clone(),
+            kind: FinishKind::Complete,
+            run_id: Some(run_id.to_string()),
+            result_status: Some(result_status.to_string()),
+        })
+        .await
+    }
+
+    /// Records a failure. While `retry` and attempts remain the job is queued again after an
+    /// exponential backoff; otherwise it fails. Returns `false` if the lease is not current.
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        error: ErrorInfo,
+        retry: bool,
+        run_id: Option<&str>,
+    ) -> Result<bool, QueueError> {
+        self.finish_one(Finish {
+            lease: lease.clone(),
+            kind: FinishKind::Fail { error, retry },
+            run_id: run_id.map(str::to_string),
+            result_status: None,
+        })
+        .await
+    }
+
+    /// Hands a leased job back to the queue untouched (no attempt used), e.g. at shutdown.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, QueueError> {
+        self.finish_one(Finish {
+            lease: lease.clone(),
+            kind: FinishKind::Release,
+            run_id: None,
+            result_status: None,
+        })
+        .await
+    }
+
+    async fn finish_one(&self, finish: Finish) -> Result<bool, QueueError> {
+        let id = finish.lease.job_id.clone();
+        let applied = self.finish(&[finish]).await?;
+        Ok(applied.iter().any(|(applied_id, _)| *applied_id == id))
+    }
+
+    /// Applies a batch of outcomes in one statement. Outcomes whose lease is not current are
+    /// ignored; the returned list holds the jobs that changed, with their new status.
+    pub async fn finish(
+        &self,
+        outcomes: &[Finish],
+    ) -> Result<Vec<(String, JobStatus)>, QueueError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<FinishRow<'_>> = outcomes.iter().map(FinishRow::from).collect();
+        let batch = to_json(&rows)?;
+        let now = now_ms();
+        let base = duration_ms(self.options.backoff_base);
+        let cap = duration_ms(self.options.backoff_max);
+        let changed = self
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, schema::FINISH, (batch, now, base, cap), |row| {
+                    Ok((row.text(0)?, parse_status(&row.text(1)?)?))
+                })
+                .await
+            })
+            .await?;
+        self.hub.notify_terminal(
+            changed
+                .iter()
+                .filter(|(_, status)| status.is_terminal())
+                .map(|(id, _)| id.as_str()),
+        );
+        if changed.iter().any(|(_, s)| *s == JobStatus::Queued) {
+            self.hub.notify_enqueued();
+        }
+        Ok(changed)
+    }
+
+    /// Cancels a job. A queued job is cancelled at once; a running one is flagged and its worker
+    /// aborts it (it then fails with tag `Cancelled`, never retried). Finished jobs are returned
+    /// unchanged. `None` if there is no such job.
+    pub async fn cancel(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        self.request(job_id, true).await
+    }
+
+    /// Asks a job to stop gracefully. A queued job (never started) is cancelled; a running one is
+    /// flagged, and its agent is told to finish up. `None` if there is no such job.
+    pub async fn stop(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        self.request(job_id, false).await
+    }
+
+    async fn request(&self, job_id: &str, cancel: bool) -> Result<Option<Job>, QueueError> {
+        let id = job_id.to_string();
+        let sql = Arc::clone(&self.sql);
+        let now = now_ms();
+        let changed = self
+            .db
+            .run(move |conn| async move {
+                let statement = if cancel { &sql.cancel } else { &sql.stop };
+                let mut changed =
+                    query_all(&conn, statement, (id.clone(), now), decode_job).await?;
+                if changed.is_empty() {
+                    changed = query_all(&conn, &sql.get, [id], decode_job).await?;
+                    return Ok((changed.pop(), false));
+                }
+                Ok((changed.pop(), true))
+            })
+            .await?;
+        let (job, changed) = changed;
+        if let (Some(job), true) = (&job, changed) {
+            if job.status.is_terminal() {
+                self.hub.notify_terminal([job.id.as_str()]);
+            } else {
+                self.hub.send_signal(Signal {
+                    job_id: job.id.clone(),
+                    cancel,
+                    stop: !cancel,
+                });
+            }
+        }
+        Ok(job)
+    }
+
+    /// Whether a cancel was requested for a job.
+    pub async fn cancel_requested(&self, job_id: &str) -> Result<bool, QueueError> {
+        Ok(self.get(job_id).await?.is_some_and(|j| j.cancel_requested))
+    }
+
+    /// Cancel and stop requests on the jobs leased by `worker_id`.
+    pub async fn signals(&self, worker_id: &str) -> Result<Vec<Signal>, QueueError> {
+        let worker = worker_id.to_string();
+        Ok(self
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, schema::SIGNALS, [worker], |row| {
+                    Ok(Signal {
+                        job_id: row.text(0)?,
+                        cancel: row.int(1)? != 0,
+                        stop: row.int(2)? != 0,
+                    })
+                })
+                .await
+            })
+            .await?)
+    }
+
+    /// Recovers the leases that expired before `now_ms`: each job goes back to the queue (using
+    /// up an attempt, except for long-lived agents) or fails with `LeaseExpired`.
+    pub async fn reclaim_stale(&self, now_ms: i64) -> Result<Vec<Reclaimed>, QueueError> {
+        let reclaimed = self
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, schema::RECLAIM, [now_ms], |row| {
+                    Ok(Reclaimed {
+                        job_id: row.text(0)?,
+                        epoch: row.int(1)?,
+                        status: parse_status(&row.text(2)?)?,
+                    })
+                })
+                .await
+            })
+            .await?;
+        self.hub.notify_terminal(
+            reclaimed
+                .iter()
+                .filter(|r| r.status.is_terminal())
+                .map(|r| r.job_id.as_str()),
+        );
+        if reclaimed.iter().any(|r| r.status == JobStatus::Queued) {
+            self.hub.notify_enqueued();
+        }
+        Ok(reclaimed)
+    }
+
+    /// One job by id.
+    pub async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        let id = job_id.to_string();
+        let sql = Arc::clone(&self.sql);
+        let mut jobs = self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql.get, [id], decode_job).await })
+            .await?;
+        Ok(jobs.pop())
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
+        let mut sql = format!("SELECT {} FROM jobs WHERE 1 = 1", schema::JOB_COLUMNS);
+        let mut params: Vec<Value> = Vec::new();
+        if !filter.status.is_empty() {
+            let statuses: Vec<&str> = filter.status.iter().map(|s| s.as_str()).collect();
+            params.push(Value::Text(to_json(&statuses)?));
+            sql.push_str(&format!(
+                " AND status IN (SELECT value FROM json_each(?{}))",
+                params.len()
+            ));
+        }
+        if let Some(agent) = &filter.agent_id {
+            params.push(Value::Text(agent.clone()));
+            sql.push_str(&format!(" AND agent_id = ?{}", params.len()));
+        }
+        let limit = filter.limit.unwrap_or(50).min(MAX_LIST_LIMIT);
+        params.push(Value::Integer(i64::from(limit)));
+        params.push(Value::Integer(i64::from(filter.offset.unwrap_or(0))));
+        sql.push_str(&format!(
+            " ORDER BY seq DESC LIMIT ?{} OFFSET ?{}",
+            params.len() - 1,
+            params.len()
+        ));
+        Ok(self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql, params, decode_job).await })
+            .await?)
+    }
+
+    /// How many jobs are in each status.
+    pub async fn counts(&self) -> Result<HashMap<JobStatus, i64>, QueueError> {
+        let rows = self
+            .db
+            .run(|conn| async move {
+                query_all(&conn, schema::COUNTS, (), |row| {
+                    Ok((parse_status(&row.text(0)?)?, row.int(1)?))
+                })
+                .await
+            })
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// When the earliest queued job becomes due (epoch ms), if any job is queued.
+    pub async fn next_due(&self) -> Result<Option<i64>, QueueError> {
+        let rows = self
+            .db
+            .run(|conn| async move {
+                query_all(&conn, schema::NEXT_DUE, (), |row| row.opt_int(0)).await
+            })
+            .await?;
+        Ok(rows.into_iter().next().flatten())
+    }
+}
+
+fn validate(job: &NewJob) -> Result<(), QueueError> {
+    if job.agent_id.trim().is_empty() {
+        return Err(QueueError::Invalid("agentId must not be empty".into()));
+    }
+    if let Some(id) = &job.id {
+        if id.is_empty() || id.len() > MAX_ID_LEN {
+            return Err(QueueError::Invalid(format!(
+                "id must be 1 to {MAX_ID_LEN} bytes long"
+            )));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(QueueError::Invalid(
+                "id must not contain control characters".into(),
+            ));
+        }
+    }
+    if let Some(max) = job.max_attempts
+        && !(1..=1000).contains(&max)
+    {
+        return Err(QueueError::Invalid(format!(
+            "maxAttempts must be between 1 and 1000, got {max}"
+        )));
+    }
+    if let Some(max) = job.max_restarts
+        && max < 0
+    {
+        return Err(QueueError::Invalid(format!(
+            "maxRestarts must not be negative, got {max}"
+        )));
+    }
+    Ok(())
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, QueueError> {
+    serde_json::to_string(value).map_err(|e| QueueError::Invalid(e.to_string()))
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn parse_status(s: &str) -> Result<JobStatus, DbError> {
+    s.parse().map_err(DbError::Decode)
+}
+
+fn parse_raw(text: String) -> Result<Arc<RawValue>, DbError> {
+    RawValue::from_string(text)
+        .map(Arc::from)
+        .map_err(|e| DbError::Decode(format!("stored JSON is invalid: {e}")))
+}
+
+/// Decodes a row of [`schema::JOB_COLUMNS`].
+fn decode_job(row: &libsql::Row) -> Result<Job, DbError> {
+    let error_tag = row.opt_text(21)?;
+    let error_message = row.opt_text(22)?;
+    Ok(Job {
+        id: row.text(0)?,
+        agent_id: row.text(1)?,
+        input: parse_raw(row.text(2)?)?,
+        meta: row.opt_text(3)?.map(parse_raw).transpose()?,
+        priority: row.int(4)?,
+        status: parse_status(&row.text(5)?)?,
+        scheduled_for: row.int(6)?,
+        created_at: row.int(7)?,
+        updated_at: row.int(8)?,
+        attempts: row.int(9)?,
+        max_attempts: row.int(10)?,
+        lease_epoch: row.int(11)?,
+        lease_owner: row.opt_text(12)?,
+        lease_expires_at: row.opt_int(13)?,
+        cancel_requested: row.int(14)? != 0,
+        stop_requested: row.int(15)? != 0,
+        lifecycle: if row.int(16)? != 0 {
+            Lifecycle::LongLived
+        } else {
+            Lifecycle::Job
+        },
+        restarts: row.int(17)?,
+        max_restarts: row.opt_int(18)?,
+        run_id: row.opt_text(19)?,
+        result_status: row.opt_text(20)?,
+        result_error: error_tag.map(|tag| ErrorInfo {
+            tag,
+            message: error_message.unwrap_or_default(),
+        }),
+        finished_at: row.opt_int(23)?,
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InsertRow<'a> {
+    id: &'a str,
+    agent_id: &'a str,
+    input: &'a str,
+    meta: Option<&'a str>,
+    priority: i64,
+    scheduled_for: i64,
+    max_attempts: i64,
+    long_lived: bool,
+    max_restarts: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct LeaseRow<'a> {
+    id: &'a str,
+    epoch: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FinishRow<'a> {
+    id: &'a str,
+    epoch: i64,
+    kind: &'static str,
+    run_id: Option<&'a str>,
+    result_status: Option<&'a str>,
+    tag: Option<&'a str>,
+    message: Option<&'a str>,
+    retry: bool,
+}
+
+impl<'a> From<&'a Finish> for FinishRow<'a> {
+    fn from(f: &'a Finish) -> Self {
+        let (kind, error, retry) = match &f.kind {
+            FinishKind::Complete => ("complete", None, false),
+            FinishKind::Fail { error, retry } => ("fail", Some(error), *retry),
+            FinishKind::Release => ("release", None, false),
+            FinishKind::Cancel { error } => ("cancel", Some(error), false),
+        };
+        Self {
+            id: &f.lease.job_id,
+            epoch: f.lease.epoch,
+            kind,
+            run_id: f.run_id.as_deref(),
+            result_status: f.result_status.as_deref(),
+            tag: error.map(|e| e.tag.as_str()),
+            message: error.map(|e| e.message.as_str()),
+            retry,
+        }
+    }
+}
