@@ -1,5 +1,14 @@
 //! drover-host: a WebAssembly plugin host for sandboxed agents.
+//!
+//! A producer enqueues jobs on a durable libsql [`queue`]; a worker [`pool`] claims them under
+//! fenced leases and runs each in a [`sandbox`] chosen per job; the [`store`] keeps every run and
+//! its events; the [`api`] enqueues, observes, waits for, cancels and stops jobs.
 
+pub mod api;
 pub mod db;
+pub mod pool;
 pub mod queue;
+pub mod registry;
+pub mod sandbox;
+pub mod store;
 pub mod time;

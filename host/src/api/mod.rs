@@ -1,0 +1,238 @@
+//! The producer API: enqueue jobs, observe them and their runs, wait for them, cancel and stop
+//! them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::queue::{ErrorInfo, Job, JobFilter, NewJob, Queue, QueueError};
+use crate::registry::{AgentSpec, Registry};
+use crate::store::{Event, Run, RunFilter, RunStore, StoreError};
+
+/// Errors from the producer API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No such job or run.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request is malformed or names an agent that does not exist.
+    #[error("{0}")]
+    BadRequest(ErrorInfo),
+    /// The job did not finish in time; carries its current state.
+    #[error("timed out waiting for job {}", .0.job.id)]
+    WaitTimeout(Box<JobView>),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(QueueError),
+    /// The run store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Invalid(message) => {
+                ApiError::BadRequest(ErrorInfo::new("InvalidRequest", message))
+            }
+            other => ApiError::Queue(other),
+        }
+    }
+}
+
+/// A job and its latest run (`None` until one starts).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// The job.
+    pub job: Job,
+    /// Its deciding run, or the latest one.
+    pub run: Option<Run>,
+}
+
+/// The producer-side API. Cheap to clone.
+#[derive(Clone)]
+pub struct RunApi {
+    queue: Queue,
+    store: RunStore,
+    registry: Arc<dyn Registry>,
+}
+
+/// Longest pause between polls while waiting for a job another process runs.
+const WAIT_POLL_MAX: Duration = Duration::from_millis(250);
+
+impl RunApi {
+    /// An API over a queue, a run store and the agents that may be enqueued.
+    pub fn new(queue: Queue, store: RunStore, registry: Arc<dyn Registry>) -> Self {
+        Self {
+            queue,
+            store,
+            registry,
+        }
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The run store.
+    pub fn store(&self) -> &RunStore {
+        &self.store
+    }
+
+    /// The agent registry.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// Enqueues a job after checking that its agent exists and its input fits the agent's
+    /// schema. The same id again returns the existing job (`created: false`).
+    pub async fn enqueue(&self, job: NewJob) -> Result<crate::queue::Enqueued, ApiError> {
+        let job = self.prepare(job)?;
+        Ok(self.queue.enqueue(job).await?)
+    }
+
+    /// Enqueues many jobs in one transaction; nothing is written if any is invalid.
+    pub async fn enqueue_batch(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<crate::queue::Enqueued>, ApiError> {
+        let jobs = jobs
+            .into_iter()
+            .map(|job| self.prepare(job))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.queue.enqueue_batch(jobs).await?)
+    }
+
+    fn prepare(&self, mut job: NewJob) -> Result<NewJob, ApiError> {
+        let spec = self.agent(&job.agent_id)?;
+        if let Some(schema) = &spec.input_schema {
+            let input: serde_json::Value = serde_json::from_str(job.input.get())
+                .map_err(|e| bad("InvalidInput", format!("input is not JSON: {e}")))?;
+            schema.validate(&input).map_err(|problems| {
+                bad(
+                    "InvalidInput",
+                    format!(
+                        "input does not match the schema of agent {:?}: {problems}",
+                        spec.id
+                    ),
+                )
+            })?;
+        }
+        job.lifecycle = spec.lifecycle;
+        job.max_restarts = spec.max_restarts;
+        Ok(job)
+    }
+
+    /// The agent with this id, or a `400 UnknownAgent` error.
+    pub fn agent(&self, id: &str) -> Result<Arc<AgentSpec>, ApiError> {
+        self.registry.get(id).ok_or_else(|| {
+            let known: Vec<String> = self.registry.list().iter().map(|s| s.id.clone()).collect();
+            bad(
+                "UnknownAgent",
+                format!(
+                    "no agent with id {id:?} (known agents: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// A job and its latest run.
+    pub async fn get(&self, job_id: &str) -> Result<JobView, ApiError> {
+        let job = self
+            .queue
+            .get(job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))?;
+        self.view(job).await
+    }
+
+    async fn view(&self, job: Job) -> Result<JobView, ApiError> {
+        let run = match &job.run_id {
+            Some(run_id) => self.store.get_run(run_id).await?,
+            None => None,
+        };
+        let run = match run {
+            Some(run) => Some(run),
+            None => self.store.latest_run_for_job(&job.id).await?,
+        };
+        Ok(JobView { job, run })
+    }
+
+    /// Waits until the job is done, failed or cancelled, for at most `timeout`. Woken at once
+    /// when a pool in this process finishes it; polls when another process runs it.
+    pub async fn wait_for(&self, job_id: &str, timeout: Duration) -> Result<JobView, ApiError> {
+        let deadline = Instant::now() + timeout;
+        let watch = self.queue.hub().watch(job_id);
+        let mut poll = Duration::from_millis(10);
+        loop {
+            let notified = watch.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let view = self.get(job_id).await?;
+            if view.job.status.is_terminal() {
+                return Ok(view);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ApiError::WaitTimeout(Box::new(view)));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(poll.min(deadline - now)) => {}
+            }
+            poll = (poll * 2).min(WAIT_POLL_MAX);
+        }
+    }
+
+    /// Cancels a job: at once if queued; a running job is aborted and fails with `Cancelled`.
+    pub async fn cancel(&self, job_id: &str) -> Result<Job, ApiError> {
+        self.queue
+            .cancel(job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))
+    }
+
+    /// Asks a job to stop gracefully (a long-lived agent finishes its item and is recorded as
+    /// completed); a job that never started is cancelled.
+    pub async fn stop(&self, job_id: &str) -> Result<Job, ApiError> {
+        self.queue
+            .stop(job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))
+    }
+
+    /// Jobs, newest first.
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, ApiError> {
+        Ok(self.queue.list(filter).await?)
+    }
+
+    /// Runs, newest first.
+    pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, ApiError> {
+        Ok(self.store.list_runs(filter).await?)
+    }
+
+    /// One run.
+    pub async fn run(&self, run_id: &str) -> Result<Run, ApiError> {
+        self.store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("run {run_id}")))
+    }
+
+    /// A run's events after `after`, in order.
+    pub async fn events(
+        &self,
+        run_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ApiError> {
+        Ok(self.store.events(run_id, after, limit).await?)
+    }
+}
+
+fn bad(tag: &str, message: String) -> ApiError {
+    ApiError::BadRequest(ErrorInfo::new(tag, message))
+}

@@ -1,0 +1,244 @@
+//! Running one claimed job: look the agent up, check the input, pick the sandbox, run it under
+//! the job's control flags, and record the outcome under the lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::recorder::Record;
+use super::{InFlight, Shared};
+use crate::queue::{ClaimedJob, Finish, FinishKind, Job, Lease, Lifecycle};
+use crate::registry::AgentSpec;
+use crate::sandbox::{AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox};
+use crate::store::{RunRecord, RunStatus};
+use crate::time::now_ms;
+
+/// Runs one claimed job to its recorded outcome.
+pub(super) async fn run(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let ClaimedJob { job, lease } = claimed;
+    let control = Control::new();
+    // Requests that arrived while the job waited (e.g. before a restart) apply at once.
+    if job.cancel_requested {
+        control.abort(AbortReason::Cancelled);
+    }
+    if job.stop_requested {
+        control.request_stop();
+    }
+    shared.in_flight().insert(
+        job.id.clone(),
+        InFlight {
+            lease: lease.clone(),
+            control: Arc::clone(&control),
+            lifecycle: job.lifecycle,
+        },
+    );
+    shared.stats.run_started();
+    let started = Instant::now();
+    let (status, fuel) = execute(&shared, &job, &lease, &control).await;
+    shared.stats.run_ended(status, started.elapsed(), fuel);
+    shared.in_flight().remove(&job.id);
+    drop(permit);
+}
+
+async fn execute(
+    shared: &Shared,
+    job: &Job,
+    lease: &Lease,
+    control: &Arc<Control>,
+) -> (RunStatus, Option<u64>) {
+    let run_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+    let spec = shared.deps.registry.get(&job.agent_id);
+    let sandbox: Option<Arc<dyn Sandbox>> = spec
+        .as_deref()
+        .map(|spec| (shared.deps.sandbox_for)(job, spec));
+    let mut run = RunRecord {
+        id: run_id.to_string(),
+        job_id: Some(job.id.clone()),
+        agent_id: job.agent_id.clone(),
+        attempt: lease.epoch,
+        parent_run_id: None,
+        status: RunStatus::Running,
+        sandbox: sandbox.as_ref().map(|s| s.name()),
+        long_lived: spec.as_ref().map_or(job.lifecycle, |s| s.lifecycle) == Lifecycle::LongLived,
+        input: Some(Arc::clone(&job.input)),
+        output: None,
+        error_tag: None,
+        error_message: None,
+        started_at: now_ms(),
+        ended_at: None,
+        heartbeat_at: None,
+        fuel_used: None,
+        peak_memory: None,
+        worker_id: Some(Arc::clone(&shared.worker_id)),
+    };
+    let identity = RunIdentity {
+        run_id: Arc::clone(&run_id),
+        job_id: job.id.clone(),
+        agent_id: job.agent_id.clone(),
+        attempt: lease.epoch,
+    };
+    let ctx = RunContext::new(
+        identity,
+        Arc::clone(control),
+        shared.recorder.clone(),
+        1,
+        spec.as_ref().and_then(|s| s.limits.max_events),
+    );
+    shared.recorder.send(Record::Started(run.clone())).await;
+    ctx.record_event(
+        "run_start",
+        raw(&json!({
+            "jobId": job.id,
+            "agentId": job.agent_id,
+            "attempt": lease.epoch,
+            "sandbox": run.sandbox,
+            "workerId": &*shared.worker_id,
+        })),
+    )
+    .await;
+
+    let started = Instant::now();
+    let outcome = match (&spec, &sandbox) {
+        (Some(spec), Some(sandbox)) => run_agent(spec, sandbox.as_ref(), job, &ctx, control).await,
+        _ => RunOutcome::from_result(Err(Failure::permanent(
+            "UnknownAgent",
+            format!(
+                "no agent with id {:?} is registered on this host",
+                job.agent_id
+            ),
+        ))),
+    };
+    let duration = started.elapsed();
+
+    run.ended_at = Some(now_ms());
+    run.fuel_used = outcome
+        .fuel_used
+        .map(|f| i64::try_from(f).unwrap_or(i64::MAX));
+    run.peak_memory = outcome
+        .peak_memory
+        .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+    let (kind, result_status) = match outcome.result {
+        Ok(output) => {
+            run.status = RunStatus::Success;
+            run.output = Some(output);
+            (Some(FinishKind::Complete), RunStatus::Success)
+        }
+        Err(failure) => {
+            run.status = failure.status;
+            run.error_tag = Some(failure.error.tag.clone());
+            run.error_message = Some(failure.error.message.clone());
+            ctx.record_event("error", raw(&failure.error)).await;
+            let kind = match control.aborted() {
+                // Someone else holds the job now; its outcome is not ours to write.
+                Some(AbortReason::LeaseLost) => None,
+                // Handed back untouched for another host.
+                Some(AbortReason::Shutdown) => Some(FinishKind::Release),
+                // A cancel is final.
+                Some(AbortReason::Cancelled) => Some(FinishKind::Fail {
+                    error: failure.error,
+                    retry: false,
+                }),
+                _ => Some(FinishKind::Fail {
+                    error: failure.error,
+                    retry: failure.retry,
+                }),
+            };
+            (kind, failure.status)
+        }
+    };
+    ctx.record_event(
+        "run_end",
+        raw(&json!({
+            "status": run.status,
+            "durationMs": duration.as_secs_f64() * 1000.0,
+            "fuelUsed": run.fuel_used,
+            "peakMemory": run.peak_memory,
+        })),
+    )
+    .await;
+    if let (Some(tag), Some(message)) = (&run.error_tag, &run.error_message) {
+        tracing::debug!(job_id = %job.id, run_id = %run_id, %tag, %message, "run failed");
+    }
+    let finish = kind.map(|kind| Finish {
+        lease: lease.clone(),
+        kind,
+        run_id: Some(run_id.to_string()),
+        result_status: Some(result_status.as_str().to_string()),
+    });
+    let status = run.status;
+    let fuel = outcome.fuel_used;
+    shared.recorder.send(Record::Finished { run, finish }).await;
+    (status, fuel)
+}
+
+/// Validates the input, then runs the agent until it returns or the run is aborted (a cancel, a
+/// lost lease, a shutdown, or a stop request it ignores past its grace period).
+async fn run_agent(
+    spec: &AgentSpec,
+    sandbox: &dyn Sandbox,
+    job: &Job,
+    ctx: &RunContext,
+    control: &Arc<Control>,
+) -> RunOutcome {
+    if let Some(reason) = control.aborted() {
+        return RunOutcome::from_result(Err(reason.failure()));
+    }
+    if let Some(schema) = &spec.input_schema {
+        let checked = serde_json::from_str::<serde_json::Value>(job.input.get())
+            .map_err(|e| e.to_string())
+            .and_then(|input| schema.validate(&input));
+        if let Err(problems) = checked {
+            return RunOutcome::from_result(Err(Failure::permanent(
+                "InvalidInput",
+                format!("input does not match the agent's schema: {problems}"),
+            )));
+        }
+    }
+    let run = sandbox.run(spec, Arc::clone(&job.input), ctx.clone());
+    let mut outcome = tokio::select! {
+        outcome = run => outcome,
+        reason = abort_or_stop_timeout(control, spec.stop_grace) => {
+            RunOutcome::from_result(Err(reason.failure()))
+        }
+    };
+    // An abort that raced with the agent's own return still decides the outcome.
+    if let (Err(_), Some(reason)) = (&outcome.result, control.aborted()) {
+        outcome.result = Err(reason.failure());
+    }
+    if let (Ok(output), Some(schema)) = (&outcome.result, &spec.output_schema) {
+        let checked = serde_json::from_str::<serde_json::Value>(output.get())
+            .map_err(|e| e.to_string())
+            .and_then(|output| schema.validate(&output));
+        if let Err(problems) = checked {
+            outcome.result = Err(Failure::permanent(
+                "InvalidOutput",
+                format!("output does not match the agent's schema: {problems}"),
+            ));
+        }
+    }
+    outcome
+}
+
+/// Resolves when the run must be cut short: an abort, or a stop request that the agent has not
+/// honoured within `grace`.
+async fn abort_or_stop_timeout(control: &Control, grace: Duration) -> AbortReason {
+    let stop_timer = async {
+        control.stopped().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        reason = control.abort_requested() => reason,
+        () = stop_timer => {
+            control.abort(AbortReason::StopTimeout);
+            control.aborted().unwrap_or(AbortReason::StopTimeout)
+        }
+    }
+}
+
+fn raw(value: &impl serde::Serialize) -> Arc<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(value)
+        .map(Arc::from)
+        .unwrap_or_else(|_| Arc::from(serde_json::value::RawValue::NULL.to_owned()))
+}

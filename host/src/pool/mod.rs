@@ -1,0 +1,429 @@
+//! The worker pool: claims jobs under leases, runs each in the sandbox that `sandbox_for` picks,
+//! and records the outcome, for as long as it holds the lease.
+//!
+//! Background loops keep the pool honest: leases of in-flight jobs are renewed together in one
+//! statement, cancel and stop requests reach running jobs (at once from this process, by polling
+//! from others), and expired leases of crashed hosts are reclaimed.
+
+mod job;
+pub(crate) mod recorder;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::queue::{ErrorInfo, Lease, Lifecycle, Queue, Signal};
+use crate::registry::Registry;
+use crate::sandbox::{AbortReason, Control, SandboxFor};
+use crate::store::RunStore;
+use crate::time::now_ms;
+
+use recorder::RecorderHandle;
+pub use stats::PoolStats;
+
+/// How a pool behaves.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// How long a claim holds a job before another host may take it over.
+    pub lease_duration: Duration,
+    /// How often in-flight leases are renewed (default: a third of the lease).
+    pub heartbeat_interval: Option<Duration>,
+    /// How often expired leases (of crashed hosts) are looked for.
+    pub reclaim_interval: Duration,
+    /// How often cancel and stop requests made by other processes are looked for.
+    pub signal_poll_interval: Duration,
+    /// Longest pause between claims while the queue is empty.
+    pub idle_poll_max: Duration,
+    /// How long in-flight jobs may take to finish when the pool shuts down.
+    pub shutdown_grace: Duration,
+    /// This pool's worker id (default: host name, process id and a random suffix).
+    pub worker_id: Option<String>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            lease_duration: Duration::from_secs(30),
+            heartbeat_interval: None,
+            reclaim_interval: Duration::from_secs(5),
+            signal_poll_interval: Duration::from_millis(250),
+            idle_poll_max: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(30),
+            worker_id: None,
+        }
+    }
+}
+
+/// What a pool works with.
+#[derive(Clone)]
+pub struct PoolDeps {
+    /// Where jobs come from.
+    pub queue: Queue,
+    /// Where runs and events go.
+    pub store: RunStore,
+    /// Which agents exist.
+    pub registry: Arc<dyn Registry>,
+    /// Which sandbox runs each job.
+    pub sandbox_for: SandboxFor,
+}
+
+/// A pool, configured but not started.
+pub struct WorkerPool {
+    deps: PoolDeps,
+    config: PoolConfig,
+}
+
+/// A running job, as the pool's background loops see it.
+struct InFlight {
+    lease: Lease,
+    control: Arc<Control>,
+    lifecycle: Lifecycle,
+}
+
+/// State shared by the pool's tasks.
+struct Shared {
+    deps: PoolDeps,
+    config: PoolConfig,
+    worker_id: Arc<str>,
+    recorder: RecorderHandle,
+    stats: Arc<PoolStats>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    slots: Arc<Semaphore>,
+    /// Stops claiming.
+    stop_claiming: CancellationToken,
+    /// Stops the background loops.
+    stop_loops: CancellationToken,
+}
+
+impl Shared {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(&self, signal: &Signal) {
+        if let Some(job) = self.in_flight().get(&signal.job_id) {
+            if signal.cancel {
+                job.control.abort(AbortReason::Cancelled);
+            }
+            if signal.stop {
+                job.control.request_stop();
+            }
+        }
+    }
+}
+
+impl WorkerPool {
+    /// A pool over `deps`.
+    pub fn new(deps: PoolDeps, config: PoolConfig) -> Self {
+        Self { deps, config }
+    }
+
+    /// Starts claiming and running jobs on the current tokio runtime.
+    pub fn start(self) -> PoolHandle {
+        let mut config = self.config;
+        config.concurrency = config.concurrency.max(1);
+        let worker_id: Arc<str> = config
+            .worker_id
+            .clone()
+            .unwrap_or_else(default_worker_id)
+            .into();
+        let stats = Arc::new(PoolStats::default());
+        let (recorder, recorder_task) = recorder::spawn(
+            self.deps.queue.clone(),
+            self.deps.store.clone(),
+            Arc::clone(&stats),
+        );
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.concurrency)),
+            deps: self.deps,
+            config,
+            worker_id: Arc::clone(&worker_id),
+            recorder,
+            stats: Arc::clone(&stats),
+            in_flight: Mutex::new(HashMap::new()),
+            stop_claiming: CancellationToken::new(),
+            stop_loops: CancellationToken::new(),
+        });
+        let jobs = TaskTracker::new();
+        let loops = vec![
+            tokio::spawn(claim_loop(Arc::clone(&shared), jobs.clone())),
+            tokio::spawn(heartbeat_loop(Arc::clone(&shared))),
+            tokio::spawn(signal_loop(Arc::clone(&shared))),
+            tokio::spawn(reclaim_loop(Arc::clone(&shared))),
+        ];
+        tracing::info!(
+            worker_id = %worker_id,
+            concurrency = shared.config.concurrency,
+            lease_ms = shared.config.lease_duration.as_millis() as u64,
+            "worker pool started"
+        );
+        PoolHandle {
+            shared,
+            jobs,
+            loops,
+            recorder_task,
+            worker_id,
+            stats,
+        }
+    }
+}
+
+/// A running pool.
+pub struct PoolHandle {
+    shared: Arc<Shared>,
+    jobs: TaskTracker,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    recorder_task: tokio::task::JoinHandle<()>,
+    worker_id: Arc<str>,
+    stats: Arc<PoolStats>,
+}
+
+impl PoolHandle {
+    /// The id this pool claims jobs under.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Counters about the pool's work.
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.stats
+    }
+
+    /// Waits until everything recorded so far is written.
+    pub async fn flush(&self) {
+        self.shared.recorder.flush().await;
+    }
+
+    /// Stops gracefully: no new claims; jobs in flight get the shutdown grace period to finish,
+    /// then are aborted and handed back to the queue (not failed) for another host. Long-lived
+    /// agents are handed back at once: they would not finish, and a host shutting down is no
+    /// reason to stop them.
+    pub async fn shutdown(self) {
+        let shared = &self.shared;
+        shared.stop_claiming.cancel();
+        self.jobs.close();
+        for job in shared.in_flight().values() {
+            if job.lifecycle == Lifecycle::LongLived {
+                job.control.abort(AbortReason::Shutdown);
+            }
+        }
+        let in_flight = shared.in_flight().len();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                grace_ms = shared.config.shutdown_grace.as_millis() as u64,
+                "waiting for in-flight jobs"
+            );
+        }
+        if tokio::time::timeout(shared.config.shutdown_grace, self.jobs.wait())
+            .await
+            .is_err()
+        {
+            let remaining: Vec<Arc<Control>> = shared
+                .in_flight()
+                .values()
+                .map(|j| Arc::clone(&j.control))
+                .collect();
+            tracing::warn!(
+                remaining = remaining.len(),
+                "shutdown grace period over; handing the remaining jobs back"
+            );
+            for control in remaining {
+                control.abort(AbortReason::Shutdown);
+            }
+            self.jobs.wait().await;
+        }
+        shared.stop_loops.cancel();
+        for task in self.loops {
+            let _ = task.await;
+        }
+        shared.recorder.flush().await;
+        drop(self.shared);
+        self.recorder_task.abort();
+        tracing::info!(worker_id = %self.worker_id, "worker pool stopped");
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+}
+
+/// Shortest pause between claims while the queue is empty.
+const IDLE_POLL_MIN: Duration = Duration::from_millis(5);
+
+async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
+    let queue = shared.deps.queue.clone();
+    let mut idle = IDLE_POLL_MIN;
+    loop {
+        if shared.stop_claiming.is_cancelled() {
+            break;
+        }
+        let free = shared.slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                permit = Arc::clone(&shared.slots).acquire_owned() => drop(permit),
+                () = shared.stop_claiming.cancelled() => break,
+            }
+            continue;
+        }
+        // Listen for in-process enqueues before looking, so none slips between the two.
+        let enqueued = queue.hub().enqueued();
+        tokio::pin!(enqueued);
+        enqueued.as_mut().enable();
+
+        let started = Instant::now();
+        let claimed = queue
+            .claim(&shared.worker_id, shared.config.lease_duration, free)
+            .await;
+        match claimed {
+            Ok(claimed) if !claimed.is_empty() => {
+                shared.stats.record_claim(claimed.len(), started.elapsed());
+                idle = IDLE_POLL_MIN;
+                for job in claimed {
+                    let Ok(permit) = Arc::clone(&shared.slots).acquire_owned().await else {
+                        break;
+                    };
+                    jobs.spawn(job::run(Arc::clone(&shared), job, permit));
+                }
+            }
+            Ok(_) => {
+                tokio::select! {
+                    () = &mut enqueued => {}
+                    () = tokio::time::sleep(idle) => {}
+                    () = shared.stop_claiming.cancelled() => break,
+                }
+                idle = (idle * 2).min(shared.config.idle_poll_max);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming jobs failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(shared.config.idle_poll_max) => {}
+                    () = shared.stop_claiming.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let period = shared
+        .config
+        .heartbeat_interval
+        .unwrap_or(shared.config.lease_duration / 3)
+        .max(Duration::from_millis(10));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.stop_loops.cancelled() => break,
+        }
+        let leases: Vec<Lease> = shared
+            .in_flight()
+            .values()
+            .map(|j| j.lease.clone())
+            .collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match shared
+            .deps
+            .queue
+            .renew(&leases, shared.config.lease_duration)
+            .await
+        {
+            Ok(held) => {
+                let in_flight = shared.in_flight();
+                for lease in leases.iter().filter(|l| !held.contains(&l.job_id)) {
+                    if let Some(job) = in_flight.get(&lease.job_id)
+                        && job.lease == *lease
+                    {
+                        tracing::warn!(job_id = %lease.job_id, "lease lost; aborting the run");
+                        job.control.abort(AbortReason::LeaseLost);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
+        }
+    }
+}
+
+async fn signal_loop(shared: Arc<Shared>) {
+    let mut local = shared.deps.queue.hub().subscribe_signals();
+    let mut ticker = tokio::time::interval(shared.config.signal_poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            signal = local.recv() => match signal {
+                Ok(signal) => shared.apply(&signal),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    local = shared.deps.queue.hub().subscribe_signals();
+                }
+            },
+            _ = ticker.tick() => {
+                if shared.in_flight().is_empty() {
+                    continue;
+                }
+                match shared.deps.queue.signals(&shared.worker_id).await {
+                    Ok(signals) => signals.iter().for_each(|s| shared.apply(s)),
+                    Err(e) => tracing::warn!(error = %e, "polling cancel requests failed"),
+                }
+            }
+            () = shared.stop_loops.cancelled() => break,
+        }
+    }
+}
+
+async fn reclaim_loop(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(shared.config.reclaim_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.stop_loops.cancelled() => break,
+        }
+        let reclaimed = match shared.deps.queue.reclaim_stale(now_ms()).await {
+            Ok(reclaimed) => reclaimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "reclaiming expired leases failed");
+                continue;
+            }
+        };
+        if reclaimed.is_empty() {
+            continue;
+        }
+        tracing::info!(jobs = reclaimed.len(), "reclaimed expired leases");
+        let attempts: Vec<(String, i64)> = reclaimed
+            .iter()
+            .map(|r| (r.job_id.clone(), r.epoch))
+            .collect();
+        let error = ErrorInfo::new(
+            "LeaseExpired",
+            "the worker running this attempt stopped renewing its lease",
+        );
+        if let Err(e) = shared
+            .deps
+            .store
+            .mark_attempts_lost(&attempts, &error, now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, "marking lost runs failed");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Counters and histograms a pool keeps about its work, exported as Prometheus metrics.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::RunStatus;
+
+/// Label set for runs by final status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The run status.
+    pub status: String,
+}
+
+/// What a pool has done since it started.
+#[derive(Debug)]
+pub struct PoolStats {
+    claimed: Counter,
+    runs: Family<StatusLabel, Counter>,
+    in_flight: Gauge,
+    events: Counter,
+    fuel: Counter,
+    claim_seconds: Histogram,
+    finish_seconds: Histogram,
+    run_seconds: Histogram,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        // 50 µs … ~26 s.
+        let buckets = || exponential_buckets(0.000_05, 2.0, 20);
+        Self {
+            claimed: Counter::default(),
+            runs: Family::default(),
+            in_flight: Gauge::default(),
+            events: Counter::default(),
+            fuel: Counter::default(),
+            claim_seconds: Histogram::new(buckets()),
+            finish_seconds: Histogram::new(buckets()),
+            run_seconds: Histogram::new(buckets()),
+        }
+    }
+}
+
+impl PoolStats {
+    pub(crate) fn record_claim(&self, jobs: usize, took: Duration) {
+        self.claimed.inc_by(jobs as u64);
+        self.claim_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn run_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub(crate) fn run_ended(&self, status: RunStatus, took: Duration, fuel: Option<u64>) {
+        self.in_flight.dec();
+        self.runs
+            .get_or_create(&StatusLabel {
+                status: status.as_str().to_string(),
+            })
+            .inc();
+        self.run_seconds.observe(took.as_secs_f64());
+        if let Some(fuel) = fuel {
+            self.fuel.inc_by(fuel);
+        }
+    }
+
+    pub(crate) fn record_events(&self, n: usize) {
+        self.events.inc_by(n as u64);
+    }
+
+    pub(crate) fn record_finish_latency(&self, took: Duration) {
+        self.finish_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Jobs claimed so far.
+    pub fn claimed(&self) -> u64 {
+        self.claimed.get()
+    }
+
+    /// Runs currently executing.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Runs that ended with `status`.
+    pub fn runs_with_status(&self, status: RunStatus) -> u64 {
+        self.runs
+            .get_or_create(&StatusLabel {
+                status: status.as_str().to_string(),
+            })
+            .get()
+    }
+
+    /// Adds the pool's metrics to a Prometheus registry.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "drover_jobs_claimed",
+            "Jobs claimed by this host",
+            self.claimed.clone(),
+        );
+        registry.register(
+            "drover_runs_finished",
+            "Runs finished by this host, by status",
+            self.runs.clone(),
+        );
+        registry.register(
+            "drover_runs_in_flight",
+            "Runs executing on this host",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "drover_events_written",
+            "Run events written by this host",
+            self.events.clone(),
+        );
+        registry.register(
+            "drover_fuel_consumed",
+            "WebAssembly fuel consumed by runs on this host",
+            self.fuel.clone(),
+        );
+        registry.register(
+            "drover_claim_seconds",
+            "Time to claim a batch of jobs",
+            self.claim_seconds.clone(),
+        );
+        registry.register(
+            "drover_complete_seconds",
+            "Time to record a batch of job outcomes",
+            self.finish_seconds.clone(),
+        );
+        registry.register(
+            "drover_run_seconds",
+            "Run durations",
+            self.run_seconds.clone(),
+        );
+    }
+}

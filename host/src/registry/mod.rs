@@ -1,0 +1,207 @@
+//! Agent registries: which agents exist, what they are allowed to use, and how to run them.
+//!
+//! An [`AgentSpec`] describes one agent type: its id, lifecycle, limits, input and output
+//! schemas, and its code (a native Rust agent or a WebAssembly component). A [`Registry`] looks
+//! specs up by id; [`StaticRegistry`] is a fixed set.
+
+mod limits;
+mod native;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::queue::Lifecycle;
+
+pub use limits::Limits;
+pub use native::{NativeAgent, native_agent};
+pub use schema::{Schema, SchemaError};
+
+/// The code behind an agent.
+#[derive(Clone)]
+pub enum AgentCode {
+    /// In-process Rust code, trusted (runs only in the none sandbox).
+    Native(Arc<dyn NativeAgent>),
+}
+
+impl std::fmt::Debug for AgentCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentCode::Native(_) => f.write_str("Native"),
+        }
+    }
+}
+
+/// Everything the host knows about one agent type.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Unique id, used in jobs' `agentId`.
+    pub id: String,
+    /// The agent's version string.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+    /// Runs to completion, or until told to stop.
+    pub lifecycle: Lifecycle,
+    /// Resource limits in the wasm sandbox.
+    pub limits: Limits,
+    /// Environment variables the agent sees (wasm sandbox: nothing else is visible).
+    pub env: BTreeMap<String, String>,
+    /// Whether each run gets a private scratch directory (wasm sandbox).
+    pub scratch_dir: bool,
+    /// How long a long-lived agent may take to stop after being asked, before it is interrupted.
+    #[serde(serialize_with = "serialize_ms")]
+    pub stop_grace: Duration,
+    /// Cap on restarts after its host died (long-lived agents; `None`: unlimited).
+    pub max_restarts: Option<i64>,
+    /// Input validation.
+    pub input_schema: Option<Schema>,
+    /// Output validation.
+    pub output_schema: Option<Schema>,
+    /// Where the code came from (a `.wasm` file), if anywhere.
+    pub source: Option<PathBuf>,
+    /// The code.
+    #[serde(skip)]
+    pub code: AgentCode,
+}
+
+fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Default time a long-lived agent gets to stop gracefully.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
+
+impl AgentSpec {
+    /// A spec for a native agent, with default limits for a job.
+    pub fn native(id: impl Into<String>, agent: impl NativeAgent) -> Self {
+        Self {
+            id: id.into(),
+            version: "0.0.0".into(),
+            description: String::new(),
+            lifecycle: Lifecycle::Job,
+            limits: Limits::for_lifecycle(Lifecycle::Job),
+            env: BTreeMap::new(),
+            scratch_dir: false,
+            stop_grace: DEFAULT_STOP_GRACE,
+            max_restarts: None,
+            input_schema: None,
+            output_schema: None,
+            source: None,
+            code: AgentCode::Native(Arc::new(agent)),
+        }
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Makes the agent long-lived (and gives it the long-lived default limits).
+    pub fn long_lived(mut self) -> Self {
+        self.lifecycle = Lifecycle::LongLived;
+        self.limits = Limits::for_lifecycle(Lifecycle::LongLived);
+        self
+    }
+
+    /// Sets the input schema.
+    pub fn input_schema(mut self, schema: Schema) -> Self {
+        self.input_schema = Some(schema);
+        self
+    }
+
+    /// Sets the output schema.
+    pub fn output_schema(mut self, schema: Schema) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    /// Sets the stop grace period.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+}
+
+/// Looks agents up by id.
+pub trait Registry: Send + Sync + 'static {
+    /// The agent with this id, if any.
+    fn get(&self, id: &str) -> Option<Arc<AgentSpec>>;
+    /// Every agent, ordered by id.
+    fn list(&self) -> Vec<Arc<AgentSpec>>;
+}
+
+/// A fixed set of agents.
+#[derive(Debug, Clone, Default)]
+pub struct StaticRegistry {
+    agents: BTreeMap<String, Arc<AgentSpec>>,
+}
+
+impl StaticRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) an agent.
+    pub fn with(mut self, spec: AgentSpec) -> Self {
+        self.insert(spec);
+        self
+    }
+
+    /// Adds (or replaces) an agent.
+    pub fn insert(&mut self, spec: AgentSpec) {
+        self.agents.insert(spec.id.clone(), Arc::new(spec));
+    }
+}
+
+impl Registry for StaticRegistry {
+    fn get(&self, id: &str) -> Option<Arc<AgentSpec>> {
+        self.agents.get(id).cloned()
+    }
+
+    fn list(&self) -> Vec<Arc<AgentSpec>> {
+        self.agents.values().cloned().collect()
+    }
+}
+
+/// Several registries searched in order (e.g. native agents, then the agent directory).
+#[derive(Clone, Default)]
+pub struct ChainRegistry {
+    registries: Vec<Arc<dyn Registry>>,
+}
+
+impl ChainRegistry {
+    /// An empty chain.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a registry; earlier ones win on duplicate ids.
+    pub fn with(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registries.push(registry);
+        self
+    }
+}
+
+impl Registry for ChainRegistry {
+    fn get(&self, id: &str) -> Option<Arc<AgentSpec>> {
+        self.registries.iter().find_map(|r| r.get(id))
+    }
+
+    fn list(&self) -> Vec<Arc<AgentSpec>> {
+        let mut all: BTreeMap<String, Arc<AgentSpec>> = BTreeMap::new();
+        for registry in self.registries.iter().rev() {
+            for spec in registry.list() {
+                all.insert(spec.id.clone(), spec);
+            }
+        }
+        all.into_values().collect()
+    }
+}

@@ -1,0 +1,50 @@
+//! Native agents: trusted Rust code that runs in-process, in the none sandbox.
+
+use std::future::Future;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::queue::ErrorInfo;
+use crate::sandbox::RunContext;
+
+/// An agent written in Rust and linked into the host.
+pub trait NativeAgent: Send + Sync + 'static {
+    /// Runs the agent on `input`. `ctx` emits events, heartbeats, and tells a long-lived agent
+    /// when to stop.
+    fn run(&self, input: Value, ctx: RunContext) -> BoxFuture<'static, Result<Value, ErrorInfo>>;
+}
+
+/// A native agent from an async closure.
+///
+/// ```
+/// use drover_host::registry::{AgentSpec, native_agent};
+/// use serde_json::json;
+///
+/// let echo = AgentSpec::native(
+///     "echo",
+///     native_agent(|input, _ctx| async move {
+///         Ok(json!({ "received": input["n"], "ok": true }))
+///     }),
+/// );
+/// assert_eq!(echo.id, "echo");
+/// ```
+pub fn native_agent<F, Fut>(f: F) -> impl NativeAgent
+where
+    F: Fn(Value, RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ErrorInfo>> + Send + 'static,
+{
+    FnAgent(f)
+}
+
+struct FnAgent<F>(F);
+
+impl<F, Fut> NativeAgent for FnAgent<F>
+where
+    F: Fn(Value, RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ErrorInfo>> + Send + 'static,
+{
+    fn run(&self, input: Value, ctx: RunContext) -> BoxFuture<'static, Result<Value, ErrorInfo>> {
+        Box::pin((self.0)(input, ctx))
+    }
+}

@@ -1,0 +1,74 @@
+//! The none sandbox: trusted code, in-process, no isolation and no limits.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+
+use super::{Failure, RunContext, RunOutcome, Sandbox};
+use crate::registry::{AgentCode, AgentSpec};
+
+/// Runs native agents directly on the host's async runtime.
+#[derive(Debug, Clone, Default)]
+pub struct NoneSandbox;
+
+impl NoneSandbox {
+    /// The none sandbox.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Sandbox for NoneSandbox {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a AgentSpec,
+        input: Arc<RawValue>,
+        ctx: RunContext,
+    ) -> BoxFuture<'a, RunOutcome> {
+        async move {
+            let AgentCode::Native(agent) = &spec.code;
+            let input = match serde_json::from_str(input.get()) {
+                Ok(value) => value,
+                Err(e) => {
+                    return RunOutcome::from_result(Err(Failure::permanent(
+                        "InvalidInput",
+                        format!("input is not JSON: {e}"),
+                    )));
+                }
+            };
+            // A panic in trusted code fails the run, not the host.
+            let result = std::panic::AssertUnwindSafe(agent.run(input, ctx))
+                .catch_unwind()
+                .await;
+            let result = match result {
+                Ok(Ok(output)) => serde_json::value::to_raw_value(&output)
+                    .map(Arc::from)
+                    .map_err(|e| Failure::permanent("InvalidOutput", e.to_string())),
+                Ok(Err(error)) => Err(Failure {
+                    status: crate::store::RunStatus::Error,
+                    error,
+                    retry: true,
+                }),
+                Err(panic) => Err(Failure::error("Panic", panic_message(&panic))),
+            };
+            RunOutcome::from_result(result)
+        }
+        .boxed()
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("the agent panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("the agent panicked: {s}")
+    } else {
+        "the agent panicked".to_string()
+    }
+}

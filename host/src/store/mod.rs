@@ -1,0 +1,489 @@
+//! The run store: every run of every agent, its outcome and resource figures, and the ordered
+//! events it emitted.
+//!
+//! Writes arrive in batches ([`WriteBatch`]) from the worker pool's recorder, which coalesces a
+//! short run's start and end into one row; each batch is at most three statements.
+
+mod run;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use libsql::Value;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::db::{Db, DbError, Migration, RowExt, query_all};
+use crate::queue::{ErrorInfo, Lifecycle};
+
+pub use run::{Event, Run, RunFilter, RunStatus};
+
+/// Errors from the run store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A value could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "runs and events",
+    sql: r#"
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    job_id TEXT,
+    agent_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    parent_run_id TEXT,
+    status TEXT NOT NULL,
+    sandbox TEXT,
+    long_lived INTEGER NOT NULL DEFAULT 0,
+    input TEXT,
+    output TEXT,
+    error_tag TEXT,
+    error_message TEXT,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    heartbeat_at INTEGER,
+    fuel_used INTEGER,
+    peak_memory INTEGER,
+    worker_id TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id, attempt);
+CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, seq);
+CREATE INDEX IF NOT EXISTS runs_running ON runs (seq) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"#,
+}];
+
+const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status, sandbox, \
+    long_lived, input, output, error_tag, error_message, started_at, ended_at, heartbeat_at, \
+    fuel_used, peak_memory, worker_id";
+
+/// Inserts or updates runs from a JSON array. A run's identity, input and start never change; its
+/// outcome fields are overwritten, and its heartbeat only moves forward.
+const UPSERT_RUNS: &str = "
+    INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox, long_lived,
+                      input, output, error_tag, error_message, started_at, ended_at,
+                      heartbeat_at, fuel_used, peak_memory, worker_id)
+    SELECT value->>'id', value->>'jobId', value->>'agentId', value->>'attempt',
+           value->>'parentRunId', value->>'status', value->>'sandbox', value->>'longLived',
+           value->>'input', value->>'output', value->>'errorTag', value->>'errorMessage',
+           value->>'startedAt', value->>'endedAt', value->>'heartbeatAt', value->>'fuelUsed',
+           value->>'peakMemory', value->>'workerId'
+    FROM json_each(?1) WHERE true
+    ON CONFLICT (id) DO UPDATE SET
+        status = excluded.status,
+        output = excluded.output,
+        error_tag = excluded.error_tag,
+        error_message = excluded.error_message,
+        ended_at = excluded.ended_at,
+        heartbeat_at = max(coalesce(runs.heartbeat_at, 0), coalesce(excluded.heartbeat_at, 0)),
+        fuel_used = excluded.fuel_used,
+        peak_memory = excluded.peak_memory";
+
+const INSERT_EVENTS: &str = "
+    INSERT OR IGNORE INTO events (run_id, seq, ts, kind, payload)
+    SELECT value->>'runId', value->>'seq', value->>'ts', value->>'kind', value->>'payload'
+    FROM json_each(?1)";
+
+const HEARTBEATS: &str = "
+    UPDATE runs SET heartbeat_at = max(coalesce(runs.heartbeat_at, 0), h.ts)
+    FROM (SELECT value->>'id' AS id, value->>'ts' AS ts FROM json_each(?1)) AS h
+    WHERE runs.id = h.id";
+
+/// Marks still-running runs as lost: by run id, or by job id and attempt (`?1` JSON array of
+/// `{id}` or `{jobId, attempt}`), with error `?2`/`?3` at time `?4`.
+const MARK_LOST: &str = "
+    UPDATE runs SET status = 'lost', error_tag = ?2, error_message = ?3,
+                    ended_at = coalesce(runs.ended_at, ?4)
+    FROM (SELECT value->>'id' AS id, value->>'jobId' AS job_id, value->>'attempt' AS attempt
+          FROM json_each(?1)) AS l
+    WHERE (runs.id = l.id OR (runs.job_id = l.job_id AND runs.attempt = l.attempt))
+      AND runs.status IN ('running', 'success')";
+
+/// A run as written by the recorder: the full current state of the row.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Job id.
+    pub job_id: Option<String>,
+    /// Agent id.
+    pub agent_id: String,
+    /// Claim number of the job.
+    pub attempt: i64,
+    /// Parent run.
+    pub parent_run_id: Option<String>,
+    /// Status.
+    pub status: RunStatus,
+    /// Sandbox name.
+    pub sandbox: Option<&'static str>,
+    /// Whether the agent is long-lived.
+    pub long_lived: bool,
+    /// Input JSON text.
+    #[serde(serialize_with = "json_text::option")]
+    pub input: Option<Arc<RawValue>>,
+    /// Output JSON text.
+    #[serde(serialize_with = "json_text::option")]
+    pub output: Option<Arc<RawValue>>,
+    /// Error tag.
+    pub error_tag: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// Start (epoch ms).
+    pub started_at: i64,
+    /// End (epoch ms).
+    pub ended_at: Option<i64>,
+    /// Last heartbeat (epoch ms).
+    pub heartbeat_at: Option<i64>,
+    /// Fuel used.
+    pub fuel_used: Option<i64>,
+    /// Peak linear memory (bytes).
+    pub peak_memory: Option<i64>,
+    /// Worker id.
+    pub worker_id: Option<Arc<str>>,
+}
+
+/// An event as written by the recorder.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// Run id.
+    pub run_id: Arc<str>,
+    /// Position in the run's timeline.
+    pub seq: i64,
+    /// When (epoch ms).
+    pub ts: i64,
+    /// Kind.
+    pub kind: String,
+    /// Payload JSON text.
+    #[serde(serialize_with = "json_text::value")]
+    pub payload: Arc<RawValue>,
+}
+
+/// Everything one recorder flush writes.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Runs to insert or update.
+    pub runs: Vec<RunRecord>,
+    /// Events to append.
+    pub events: Vec<EventRecord>,
+    /// Heartbeats: run id → time (epoch ms).
+    pub heartbeats: HashMap<Arc<str>, i64>,
+}
+
+impl WriteBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.events.is_empty() && self.heartbeats.is_empty()
+    }
+}
+
+/// The run store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    db: Db,
+}
+
+/// Most rows a list call returns.
+const MAX_LIST_LIMIT: u32 = 1000;
+
+impl RunStore {
+    /// Opens the store at `url`, creating and migrating its tables as needed.
+    pub async fn open(url: &str, auth_token: Option<&str>) -> Result<Self, StoreError> {
+        Self::with_db(Db::open(url, auth_token).await?).await
+    }
+
+    /// Builds a store on an open database (which may also hold the queue).
+    pub async fn with_db(db: Db) -> Result<Self, StoreError> {
+        db.migrate("store", MIGRATIONS).await?;
+        Ok(Self { db })
+    }
+
+    /// The database behind the store.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Writes a batch: runs, then events, then heartbeats.
+    pub async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let runs = (!batch.runs.is_empty())
+            .then(|| encode(&batch.runs))
+            .transpose()?;
+        let events = (!batch.events.is_empty())
+            .then(|| encode(&batch.events))
+            .transpose()?;
+        let heartbeats = (!batch.heartbeats.is_empty())
+            .then(|| {
+                encode(
+                    &batch
+                        .heartbeats
+                        .iter()
+                        .map(|(id, ts)| serde_json::json!({ "id": &**id, "ts": ts }))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .transpose()?;
+        self.db
+            .run(move |conn| async move {
+                if let Some(runs) = runs {
+                    conn.execute(UPSERT_RUNS, [runs]).await?;
+                }
+                if let Some(events) = events {
+                    conn.execute(INSERT_EVENTS, [events]).await?;
+                }
+                if let Some(heartbeats) = heartbeats {
+                    conn.execute(HEARTBEATS, [heartbeats]).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the given runs lost (their worker lost its lease, so their outcome was dropped).
+    pub async fn mark_runs_lost(
+        &self,
+        run_ids: &[String],
+        error: &ErrorInfo,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let items: Vec<_> = run_ids
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+        self.mark_lost(items, error, now_ms).await
+    }
+
+    /// Marks the runs of the given job attempts lost (their host stopped responding).
+    pub async fn mark_attempts_lost(
+        &self,
+        attempts: &[(String, i64)],
+        error: &ErrorInfo,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let items: Vec<_> = attempts
+            .iter()
+            .map(|(job, attempt)| serde_json::json!({ "jobId": job, "attempt": attempt }))
+            .collect();
+        self.mark_lost(items, error, now_ms).await
+    }
+
+    async fn mark_lost(
+        &self,
+        items: Vec<serde_json::Value>,
+        error: &ErrorInfo,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let items = encode(&items)?;
+        let (tag, message) = (error.tag.clone(), error.message.clone());
+        self.db
+            .run(move |conn| async move {
+                conn.execute(MARK_LOST, (items, tag, message, now_ms))
+                    .await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// One run by id.
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<Run>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+        let id = run_id.to_string();
+        let mut runs = self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql, [id], decode_run).await })
+            .await?;
+        Ok(runs.pop())
+    }
+
+    /// The latest run of a job.
+    pub async fn latest_run_for_job(&self, job_id: &str) -> Result<Option<Run>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ?1 ORDER BY attempt DESC, seq DESC LIMIT 1"
+        );
+        let id = job_id.to_string();
+        let mut runs = self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql, [id], decode_run).await })
+            .await?;
+        Ok(runs.pop())
+    }
+
+    /// Runs matching `filter`, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+        let mut params: Vec<Value> = Vec::new();
+        if !filter.status.is_empty() {
+            let statuses: Vec<&str> = filter.status.iter().map(|s| s.as_str()).collect();
+            params.push(Value::Text(encode(&statuses)?));
+            sql.push_str(&format!(
+                " AND status IN (SELECT value FROM json_each(?{}))",
+                params.len()
+            ));
+        }
+        if let Some(agent) = &filter.agent_id {
+            params.push(Value::Text(agent.clone()));
+            sql.push_str(&format!(" AND agent_id = ?{}", params.len()));
+        }
+        if let Some(job) = &filter.job_id {
+            params.push(Value::Text(job.clone()));
+            sql.push_str(&format!(" AND job_id = ?{}", params.len()));
+        }
+        if let Some(lifecycle) = filter.lifecycle {
+            params.push(Value::Integer(i64::from(lifecycle == Lifecycle::LongLived)));
+            sql.push_str(&format!(" AND long_lived = ?{}", params.len()));
+        }
+        params.push(Value::Integer(i64::from(
+            filter.limit.unwrap_or(50).min(MAX_LIST_LIMIT),
+        )));
+        params.push(Value::Integer(i64::from(filter.offset.unwrap_or(0))));
+        sql.push_str(&format!(
+            " ORDER BY seq DESC LIMIT ?{} OFFSET ?{}",
+            params.len() - 1,
+            params.len()
+        ));
+        Ok(self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql, params, decode_run).await })
+            .await?)
+    }
+
+    /// Up to `limit` events of a run with `seq > after`, in order.
+    pub async fn events(
+        &self,
+        run_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let id = run_id.to_string();
+        let limit = i64::from(limit.clamp(1, 10_000));
+        Ok(self
+            .db
+            .run(move |conn| async move {
+                query_all(
+                    &conn,
+                    "SELECT run_id, seq, ts, kind, payload FROM events
+                     WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    (id, after, limit),
+                    |row| {
+                        Ok(Event {
+                            run_id: row.text(0)?,
+                            seq: row.int(1)?,
+                            ts: row.int(2)?,
+                            kind: row.text(3)?,
+                            payload: parse_raw(row.text(4)?)?,
+                        })
+                    },
+                )
+                .await
+            })
+            .await?)
+    }
+
+    /// How many runs are in each status.
+    pub async fn counts(&self) -> Result<HashMap<RunStatus, i64>, StoreError> {
+        let rows = self
+            .db
+            .run(|conn| async move {
+                query_all(
+                    &conn,
+                    "SELECT status, count(*) FROM runs GROUP BY status",
+                    (),
+                    |row| Ok((parse_status(&row.text(0)?)?, row.int(1)?)),
+                )
+                .await
+            })
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+/// Raw JSON travels inside batch parameters as a JSON string, so that `->>` hands SQLite the
+/// exact text (a bare JSON string value would otherwise lose its quotes).
+mod json_text {
+    use std::sync::Arc;
+
+    use serde::Serializer;
+    use serde_json::value::RawValue;
+
+    pub(super) fn value<S: Serializer>(v: &Arc<RawValue>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.get())
+    }
+
+    pub(super) fn option<S: Serializer>(
+        v: &Option<Arc<RawValue>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(v.get()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn parse_status(s: &str) -> Result<RunStatus, DbError> {
+    s.parse().map_err(DbError::Decode)
+}
+
+fn parse_raw(text: String) -> Result<Arc<RawValue>, DbError> {
+    RawValue::from_string(text)
+        .map(Arc::from)
+        .map_err(|e| DbError::Decode(format!("stored JSON is invalid: {e}")))
+}
+
+fn decode_run(row: &libsql::Row) -> Result<Run, DbError> {
+    let error_tag = row.opt_text(10)?;
+    let error_message = row.opt_text(11)?;
+    Ok(Run {
+        id: row.text(0)?,
+        job_id: row.opt_text(1)?,
+        agent_id: row.text(2)?,
+        attempt: row.int(3)?,
+        parent_run_id: row.opt_text(4)?,
+        status: parse_status(&row.text(5)?)?,
+        sandbox: row.opt_text(6)?,
+        lifecycle: if row.int(7)? != 0 {
+            Lifecycle::LongLived
+        } else {
+            Lifecycle::Job
+        },
+        input: row.opt_text(8)?.map(parse_raw).transpose()?,
+        output: row.opt_text(9)?.map(parse_raw).transpose()?,
+        error: error_tag.map(|tag| ErrorInfo {
+            tag,
+            message: error_message.unwrap_or_default(),
+        }),
+        started_at: row.int(12)?,
+        ended_at: row.opt_int(13)?,
+        heartbeat_at: row.opt_int(14)?,
+        fuel_used: row.opt_int(15)?,
+        peak_memory: row.opt_int(16)?,
+        worker_id: row.opt_text(17)?,
+    })
+}

@@ -1,0 +1,839 @@
+//! The worker pool end to end with native agents in the none sandbox, on real libsql files.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use drover_host::api::RunApi;
+use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
+use drover_host::queue::{ErrorInfo, JobFilter, JobStatus, NewJob, Queue, QueueOptions};
+use drover_host::registry::{AgentSpec, Registry, Schema, StaticRegistry, native_agent};
+use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
+use drover_host::store::{RunFilter, RunStatus, RunStore};
+use drover_host::time::now_ms;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Env {
+    dir: tempfile::TempDir,
+    queue: Queue,
+    store: RunStore,
+    registry: Arc<dyn Registry>,
+    api: RunApi,
+}
+
+impl Env {
+    async fn new(registry: StaticRegistry) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::in_dir(dir, registry).await
+    }
+
+    async fn in_dir(dir: tempfile::TempDir, registry: StaticRegistry) -> Self {
+        let queue_url = format!("file:{}", dir.path().join("queue.db").display());
+        let store_url = format!("file:{}", dir.path().join("runs.db").display());
+        let queue = Queue::with_db(
+            drover_host::db::Db::open(&queue_url, None)
+                .await
+                .expect("queue db"),
+            QueueOptions {
+                backoff_base: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(5),
+            },
+        )
+        .await
+        .expect("queue");
+        let store = RunStore::open(&store_url, None).await.expect("store");
+        let registry: Arc<dyn Registry> = Arc::new(registry);
+        let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry));
+        Self {
+            dir,
+            queue,
+            store,
+            registry,
+            api,
+        }
+    }
+
+    fn pool(&self, config: PoolConfig) -> PoolHandle {
+        let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
+        let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&none));
+        WorkerPool::new(
+            PoolDeps {
+                queue: self.queue.clone(),
+                store: self.store.clone(),
+                registry: Arc::clone(&self.registry),
+                sandbox_for,
+            },
+            config,
+        )
+        .start()
+    }
+}
+
+fn fast() -> PoolConfig {
+    PoolConfig {
+        concurrency: 4,
+        reclaim_interval: Duration::from_millis(100),
+        signal_poll_interval: Duration::from_millis(50),
+        shutdown_grace: Duration::from_secs(5),
+        ..PoolConfig::default()
+    }
+}
+
+fn echo() -> AgentSpec {
+    AgentSpec::native(
+        "echo",
+        native_agent(|input: Value, _ctx| async move {
+            Ok(json!({ "received": input["n"], "ok": true }))
+        }),
+    )
+    .input_schema(
+        Schema::new(json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer" } },
+            "required": ["n"]
+        }))
+        .expect("schema"),
+    )
+}
+
+/// Sleeps for `input.ms` milliseconds, ignoring everything else.
+fn sleeper() -> AgentSpec {
+    AgentSpec::native(
+        "sleeper",
+        native_agent(|input: Value, _ctx| async move {
+            let ms = input["ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({ "slept": ms }))
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flow_enqueue_wait_done() {
+    let env = Env::new(StaticRegistry::new().with(echo())).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(
+            NewJob::new("echo", &json!({ "n": 42 }))
+                .id("seed-1")
+                .priority(10)
+                .max_attempts(3),
+        )
+        .await
+        .expect("enqueue")
+        .job;
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    let run = done.run.expect("run");
+    assert_eq!(run.status, RunStatus::Success);
+    assert_eq!(
+        serde_json::from_str::<Value>(run.output.expect("output").get()).expect("json"),
+        json!({ "received": 42, "ok": true })
+    );
+    assert_eq!(done.job.run_id.as_deref(), Some(run.id.as_str()));
+    assert_eq!(run.sandbox.as_deref(), Some("none"));
+    let events = env.api.events(&run.id, 0, 100).await.expect("events");
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["run_start", "run_end"]);
+    assert_eq!(events[0].seq, 1);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_rejects_unknown_agents_and_invalid_input() {
+    let env = Env::new(StaticRegistry::new().with(echo())).await;
+    let unknown = env.api.enqueue(NewJob::new("nope", &json!({}))).await;
+    assert!(
+        matches!(unknown, Err(drover_host::api::ApiError::BadRequest(ref e)) if e.tag == "UnknownAgent"),
+        "{unknown:?}"
+    );
+    let invalid = env
+        .api
+        .enqueue(NewJob::new("echo", &json!({ "n": "x" })))
+        .await;
+    assert!(
+        matches!(invalid, Err(drover_host::api::ApiError::BadRequest(ref e)) if e.tag == "InvalidInput"),
+        "{invalid:?}"
+    );
+    assert!(
+        env.api
+            .list(&JobFilter::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_until_one_succeeds() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let flaky = AgentSpec::native(
+        "flaky",
+        native_agent(move |_input, _ctx| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n < 3 {
+                    Err(ErrorInfo::new("Flaky", format!("attempt {n} fails")))
+                } else {
+                    Ok(json!({ "attempt": n }))
+                }
+            }
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(flaky)).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("flaky", &json!(null)).max_attempts(3))
+        .await
+        .expect("enqueue")
+        .job;
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    assert_eq!(done.job.attempts, 2, "two failed attempts were used");
+    assert_eq!(done.run.expect("run").attempt, 3);
+    pool.flush().await;
+    let runs = env
+        .store
+        .list_runs(&RunFilter {
+            job_id: Some(job.id.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    let mut statuses: Vec<_> = runs.iter().map(|r| (r.attempt, r.status)).collect();
+    statuses.sort_by_key(|(a, _)| *a);
+    assert_eq!(
+        statuses,
+        [
+            (1, RunStatus::Error),
+            (2, RunStatus::Error),
+            (3, RunStatus::Success)
+        ]
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_attempts_fail_with_the_last_error() {
+    let always = AgentSpec::native(
+        "always-fails",
+        native_agent(|_input, _ctx| async move { Err(ErrorInfo::new("Nope", "never works")) }),
+    );
+    let env = Env::new(StaticRegistry::new().with(always)).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("always-fails", &json!(null)).max_attempts(2))
+        .await
+        .expect("enqueue")
+        .job;
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Failed);
+    assert_eq!(done.job.attempts, 2);
+    assert_eq!(
+        done.job.result_error,
+        Some(ErrorInfo::new("Nope", "never works"))
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_agents_and_invalid_input_fail_without_retry() {
+    let env = Env::new(StaticRegistry::new().with(echo())).await;
+    // Enqueued straight on the queue (as another producer might), bypassing the API's checks.
+    env.queue
+        .enqueue_batch(vec![
+            NewJob::new("ghost", &json!({})).id("ghost").max_attempts(3),
+            NewJob::new("echo", &json!({ "n": "not a number" }))
+                .id("bad-input")
+                .max_attempts(3),
+        ])
+        .await
+        .expect("enqueue");
+    let pool = env.pool(fast());
+    for (id, tag) in [("ghost", "UnknownAgent"), ("bad-input", "InvalidInput")] {
+        let done = env.api.wait_for(id, WAIT).await.expect("wait");
+        assert_eq!(done.job.status, JobStatus::Failed, "{id}");
+        assert_eq!(done.job.attempts, 1, "{id} was not retried");
+        let error = done.job.result_error.expect("error");
+        assert_eq!(error.tag, tag);
+        assert!(!error.message.is_empty());
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_agent_fails_its_job_and_the_pool_goes_on() {
+    let panics = AgentSpec::native(
+        "panics",
+        native_agent(|_input, _ctx| async move {
+            let v: Vec<u8> = Vec::new();
+            Ok(json!(v[3]))
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(panics).with(echo())).await;
+    let pool = env.pool(fast());
+    let bad = env
+        .api
+        .enqueue(NewJob::new("panics", &json!(null)))
+        .await
+        .expect("enqueue");
+    let done = env.api.wait_for(&bad.job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Failed);
+    let error = done.job.result_error.expect("error");
+    assert_eq!(error.tag, "Panic");
+    assert!(
+        error.message.contains("index out of bounds"),
+        "{}",
+        error.message
+    );
+    let good = env
+        .api
+        .enqueue(NewJob::new("echo", &json!({ "n": 1 })))
+        .await
+        .expect("enqueue");
+    let done = env.api.wait_for(&good.job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bound_is_respected() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (Arc::clone(&running), Arc::clone(&peak));
+    let tracked = AgentSpec::native(
+        "tracked",
+        native_agent(move |_input, _ctx| {
+            let (r, p) = (Arc::clone(&r), Arc::clone(&p));
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(json!(null))
+            }
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(tracked)).await;
+    let jobs: Vec<_> = (0..15)
+        .map(|_| NewJob::new("tracked", &json!(null)))
+        .collect();
+    let ids: Vec<String> = env
+        .api
+        .enqueue_batch(jobs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    let pool = env.pool(PoolConfig {
+        concurrency: 3,
+        ..fast()
+    });
+    for id in &ids {
+        let done = env.api.wait_for(id, WAIT).await.expect("wait");
+        assert_eq!(done.job.status, JobStatus::Done);
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "ran exactly 3 at a time");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_aborts_it_without_retry() {
+    // This agent never looks at its context: the pool must abort it.
+    let stubborn = AgentSpec::native(
+        "stubborn",
+        native_agent(|_input, _ctx| async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(stubborn)).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("stubborn", &json!(null)).max_attempts(5))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    env.api.cancel(&job.id).await.expect("cancel");
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Failed);
+    assert_eq!(
+        done.job.result_error.map(|e| e.tag),
+        Some("Cancelled".into())
+    );
+    assert_eq!(done.run.expect("run").status, RunStatus::Cancelled);
+    // No retry happens later either.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let job = env.queue.get(&job.id).await.expect("get").expect("job");
+    assert_eq!(job.status, JobStatus::Failed);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_process_reaches_the_worker() {
+    let stubborn = AgentSpec::native(
+        "stubborn",
+        native_agent(|_input, _ctx| async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(stubborn)).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("stubborn", &json!(null)))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    // A separate handle on the same file shares no in-process channel with the pool.
+    let url = format!("file:{}", env.dir.path().join("queue.db").display());
+    let other = Queue::open(&url, None).await.expect("other handle");
+    other.cancel(&job.id).await.expect("cancel");
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Failed);
+    assert_eq!(
+        done.job.result_error.map(|e| e.tag),
+        Some("Cancelled".into())
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lease_has_its_result_dropped() {
+    let env = Env::new(StaticRegistry::new().with(sleeper())).await;
+    // Pool A never renews its short lease and never reclaims; with one slot it cannot claim the
+    // job again while its first run is still going.
+    let a = env.pool(PoolConfig {
+        worker_id: Some("worker-a".into()),
+        concurrency: 1,
+        lease_duration: Duration::from_millis(100),
+        heartbeat_interval: Some(Duration::from_secs(3600)),
+        reclaim_interval: Duration::from_secs(3600),
+        ..fast()
+    });
+    let job = env
+        .api
+        .enqueue(NewJob::new("sleeper", &json!({ "ms": 600 })).max_attempts(2))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reclaimed = env.queue.reclaim_stale(now_ms()).await.expect("reclaim");
+    assert_eq!(reclaimed.len(), 1);
+    // Pool B takes the job over and finishes it.
+    let b = env.pool(PoolConfig {
+        worker_id: Some("worker-b".into()),
+        ..fast()
+    });
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    let winner = done.run.expect("run");
+    assert_eq!(winner.worker_id.as_deref(), Some("worker-b"));
+    // A finishes too, later; its outcome must not overwrite B's.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.flush().await;
+    let job = env.queue.get(&job.id).await.expect("get").expect("job");
+    assert_eq!(job.run_id.as_deref(), Some(winner.id.as_str()));
+    let runs = env
+        .store
+        .list_runs(&RunFilter {
+            job_id: Some(job.id.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    let a_run = runs
+        .iter()
+        .find(|r| r.worker_id.as_deref() == Some("worker-a"))
+        .expect("a's run");
+    assert_eq!(a_run.status, RunStatus::Lost);
+    assert_eq!(
+        a_run.error.as_ref().map(|e| e.tag.as_str()),
+        Some("LeaseLost")
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_aborts_runs_whose_lease_it_can_no_longer_renew() {
+    let env = Env::new(StaticRegistry::new().with(sleeper())).await;
+    let pool = env.pool(PoolConfig {
+        worker_id: Some("renewer".into()),
+        lease_duration: Duration::from_secs(30),
+        heartbeat_interval: Some(Duration::from_millis(50)),
+        reclaim_interval: Duration::from_secs(3600),
+        ..fast()
+    });
+    let job = env
+        .api
+        .enqueue(NewJob::new("sleeper", &json!({ "ms": 60_000 })).max_attempts(2))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    // Another host takes the job (as if the lease had expired): the epoch moves on.
+    let url = format!("file:{}", env.dir.path().join("queue.db").display());
+    let other = Queue::open(&url, None).await.expect("other");
+    other.reclaim_stale(i64::MAX).await.expect("reclaim");
+    let thief = other
+        .claim("thief", Duration::from_secs(30), 1)
+        .await
+        .expect("claim");
+    assert_eq!(thief.len(), 1);
+    // The pool notices at its next renewal and aborts the run; the thief's lease stands.
+    let run = wait_for_run_status(&env.store, &job.id, RunStatus::Lost).await;
+    assert_eq!(run.error.map(|e| e.tag), Some("LeaseLost".into()));
+    let job = env.queue.get(&job.id).await.expect("get").expect("job");
+    assert_eq!(job.lease_owner.as_deref(), Some("thief"));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_crashed_host_are_reclaimed_and_finished() {
+    let env = Env::new(StaticRegistry::new().with(echo())).await;
+    env.api
+        .enqueue(
+            NewJob::new("echo", &json!({ "n": 7 }))
+                .id("orphan")
+                .max_attempts(2),
+        )
+        .await
+        .expect("enqueue");
+    // A host claims the job and dies before doing anything.
+    let claimed = env
+        .queue
+        .claim("crashed-host", Duration::from_millis(50), 1)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let pool = env.pool(fast());
+    let done = env.api.wait_for("orphan", WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    assert_eq!(done.job.attempts, 1, "the expired lease used up an attempt");
+    assert_eq!(done.run.expect("run").attempt, 2);
+    pool.shutdown().await;
+}
+
+/// A long-lived agent in the shape of seed 002's queue worker.
+fn worker(ignores_stop: bool) -> AgentSpec {
+    AgentSpec::native(
+        if ignores_stop {
+            "deaf-worker"
+        } else {
+            "worker"
+        },
+        native_agent(move |_input, ctx| async move {
+            ctx.emit("worker_started", &json!({})).await?;
+            let mut items = 0;
+            loop {
+                ctx.heartbeat().await;
+                ctx.emit("heartbeat", &json!({ "status": "running" }))
+                    .await?;
+                items += 1;
+                ctx.emit("item_processed", &json!({ "item": items }))
+                    .await?;
+                let stop = ctx.sleep(Duration::from_millis(20)).await;
+                if stop && !ignores_stop {
+                    break;
+                }
+            }
+            ctx.emit("worker_stopping", &json!({ "reason": "stop requested" }))
+                .await?;
+            Ok(json!({ "items": items }))
+        }),
+    )
+    .long_lived()
+    .stop_grace(Duration::from_millis(200))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_long_lived_agent_is_recorded_as_completed() {
+    let env = Env::new(StaticRegistry::new().with(worker(false))).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("worker", &json!(null)))
+        .await
+        .expect("enqueue")
+        .job;
+    assert_eq!(job.lifecycle, drover_host::queue::Lifecycle::LongLived);
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    pool.flush().await;
+    let running = env.api.get(&job.id).await.expect("get");
+    let run = running.run.expect("run");
+    assert_eq!(run.status, RunStatus::Running);
+    assert!(run.heartbeat_at.is_some(), "heartbeats are recorded");
+    env.api.stop(&job.id).await.expect("stop");
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    let run = done.run.expect("run");
+    assert_eq!(run.status, RunStatus::Success);
+    let events = env.api.events(&run.id, 0, 1000).await.expect("events");
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "heartbeat").count() >= 2,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds[kinds.len() - 2..], ["worker_stopping", "run_end"]);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_agent_that_ignores_a_stop_is_interrupted() {
+    let env = Env::new(StaticRegistry::new().with(worker(true))).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("deaf-worker", &json!(null)))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    env.api.stop(&job.id).await.expect("stop");
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Failed);
+    assert_eq!(
+        done.job.result_error.map(|e| e.tag),
+        Some("StopTimeout".into())
+    );
+    assert_eq!(done.run.expect("run").status, RunStatus::Interrupted);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_jobs_finish_within_the_grace_period() {
+    let env = Env::new(StaticRegistry::new().with(sleeper())).await;
+    let pool = env.pool(fast());
+    let job = env
+        .api
+        .enqueue(NewJob::new("sleeper", &json!({ "ms": 300 })))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
+    pool.shutdown().await;
+    let job = env.queue.get(&job.id).await.expect("get").expect("job");
+    assert_eq!(job.status, JobStatus::Done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_unfinished_jobs_back_without_failing_them() {
+    let env = Env::new(StaticRegistry::new().with(sleeper()).with(worker(false))).await;
+    let pool = env.pool(PoolConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..fast()
+    });
+    let slow = env
+        .api
+        .enqueue(NewJob::new("sleeper", &json!({ "ms": 60_000 })))
+        .await
+        .expect("enqueue")
+        .job;
+    let agent = env
+        .api
+        .enqueue(NewJob::new("worker", &json!(null)))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&env.queue, &slow.id, JobStatus::Leased).await;
+    wait_for_status(&env.queue, &agent.id, JobStatus::Leased).await;
+    pool.shutdown().await;
+    for id in [&slow.id, &agent.id] {
+        let job = env.queue.get(id).await.expect("get").expect("job");
+        assert_eq!(job.status, JobStatus::Queued, "{id} handed back");
+        assert_eq!(job.attempts, 0, "no attempt used");
+        let run = env
+            .store
+            .latest_run_for_job(id)
+            .await
+            .expect("run")
+            .expect("run");
+        assert_eq!(run.status, RunStatus::Interrupted);
+        assert_eq!(run.error.map(|e| e.tag), Some("Shutdown".into()));
+    }
+    // Another pool picks the long-lived agent up again, as a new run of the same job.
+    let pool = env.pool(fast());
+    wait_for_status(&env.queue, &agent.id, JobStatus::Leased).await;
+    env.api.stop(&agent.id).await.expect("stop");
+    let done = env.api.wait_for(&agent.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    assert_eq!(done.run.expect("run").attempt, 2);
+    env.api.cancel(&slow.id).await.expect("cancel");
+    pool.shutdown().await;
+}
+
+async fn wait_for_status(queue: &Queue, id: &str, status: JobStatus) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let job = queue.get(id).await.expect("get").expect("job");
+        if job.status == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never reached {status}; it is {}",
+            job.status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_for_run_status(
+    store: &RunStore,
+    job_id: &str,
+    status: RunStatus,
+) -> drover_host::store::Run {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(run) = store.latest_run_for_job(job_id).await.expect("run")
+            && run.status == status
+        {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no run of {job_id} reached {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Environment variable that turns [`child_pool`] into a worker process of
+/// [`two_processes_share_one_database`].
+const CHILD_DIR: &str = "DROVER_TEST_CHILD_DIR";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_database() {
+    const JOBS: usize = 2000;
+    let dir = tempfile::tempdir().expect("dir");
+    let env = Env::in_dir(dir, StaticRegistry::new().with(echo())).await;
+    let jobs: Vec<_> = (0..JOBS)
+        .map(|n| NewJob::new("echo", &json!({ "n": n })).id(format!("job-{n}")))
+        .collect();
+    env.api.enqueue_batch(jobs).await.expect("enqueue");
+
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_pool", "--ignored", "--nocapture"])
+                .env(CHILD_DIR, env.dir.path())
+                .env("DROVER_TEST_WORKER", format!("child-{i}"))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    for mut child in children {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        assert!(status.success(), "child failed: {status}");
+    }
+
+    let counts = env.queue.counts().await.expect("counts");
+    assert_eq!(
+        counts.get(&JobStatus::Done).copied(),
+        Some(JOBS as i64),
+        "{counts:?}"
+    );
+    let runs = env
+        .store
+        .list_runs(&RunFilter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    assert!(!runs.is_empty());
+    let run_counts = env.store.counts().await.expect("run counts");
+    assert_eq!(
+        run_counts.get(&RunStatus::Success).copied(),
+        Some(JOBS as i64),
+        "exactly one successful run per job: {run_counts:?}"
+    );
+    assert_eq!(
+        run_counts.values().sum::<i64>(),
+        JOBS as i64,
+        "no other runs"
+    );
+    // Both processes did part of the work.
+    let mut per_worker = std::collections::HashMap::new();
+    for offset in (0..JOBS).step_by(1000) {
+        let page = env
+            .store
+            .list_runs(&RunFilter {
+                limit: Some(1000),
+                offset: Some(offset as u32),
+                ..Default::default()
+            })
+            .await
+            .expect("runs");
+        for run in page {
+            let worker = run.worker_id.unwrap_or_default();
+            let worker = worker.split(':').next().unwrap_or_default().to_string();
+            *per_worker.entry(worker).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(per_worker.len(), 2, "{per_worker:?}");
+    assert!(per_worker.values().all(|n| *n > 0), "{per_worker:?}");
+}
+
+/// The worker process of [`two_processes_share_one_database`]: drains the shared queue, then
+/// exits. Runs only when that test starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started as a child process by two_processes_share_one_database"]
+async fn child_pool() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let worker = std::env::var("DROVER_TEST_WORKER").expect("worker id");
+    let dir = std::path::PathBuf::from(dir);
+    let queue_url = format!("file:{}", dir.join("queue.db").display());
+    let store_url = format!("file:{}", dir.join("runs.db").display());
+    let queue = Queue::open(&queue_url, None).await.expect("queue");
+    let store = RunStore::open(&store_url, None).await.expect("store");
+    let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
+    let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&none));
+    let pool = WorkerPool::new(
+        PoolDeps {
+            queue: queue.clone(),
+            store,
+            registry: Arc::new(StaticRegistry::new().with(echo())),
+            sandbox_for,
+        },
+        PoolConfig {
+            worker_id: Some(worker),
+            concurrency: 8,
+            ..fast()
+        },
+    )
+    .start();
+    loop {
+        let counts = queue.counts().await.expect("counts");
+        let open = counts.get(&JobStatus::Queued).copied().unwrap_or(0)
+            + counts.get(&JobStatus::Leased).copied().unwrap_or(0);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.shutdown().await;
+}
