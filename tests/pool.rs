@@ -6,17 +6,16 @@ use std::time::Duration;
 
 use drover_host::api::RunApi;
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
-use drover_host::queue::{ErrorInfo, JobFilter, JobStatus, NewJob, Queue, QueueOptions};
+use drover_host::queue::{ErrorInfo, JobFilter, JobStatus, NewJob, Queue};
 use drover_host::registry::{AgentSpec, Registry, Schema, StaticRegistry, native_agent};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{RunFilter, RunStatus, RunStore};
 use drover_host::time::now_ms;
+use drover_test_support::{TestDb, WAIT, wait_for_run_status, wait_for_status};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(20);
-
 struct Env {
-    dir: tempfile::TempDir,
+    db: TestDb,
     queue: Queue,
     store: RunStore,
     registry: Arc<dyn Registry>,
@@ -25,31 +24,13 @@ struct Env {
 
 impl Env {
     async fn new(registry: StaticRegistry) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        Self::in_dir(dir, registry).await
-    }
-
-    async fn in_dir(dir: tempfile::TempDir, registry: StaticRegistry) -> Self {
-        let queue_url = format!("file:{}", dir.path().join("queue.db").display());
-        let store_url = format!("file:{}", dir.path().join("runs.db").display());
-        let queue = Queue::with_db(
-            drover_host::db::Db::open(&queue_url, None)
-                .await
-                .expect("queue db"),
-            QueueOptions {
-                backoff_base: Duration::from_millis(1),
-                backoff_max: Duration::from_millis(5),
-            },
-        )
-        .await
-        .expect("queue");
-        let store = RunStore::open(&store_url, None).await.expect("store");
+        let db = TestDb::new().await;
         let registry: Arc<dyn Registry> = Arc::new(registry);
-        let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry));
+        let api = RunApi::new(db.queue.clone(), db.store.clone(), Arc::clone(&registry));
         Self {
-            dir,
-            queue,
-            store,
+            queue: db.queue.clone(),
+            store: db.store.clone(),
+            db,
             registry,
             api,
         }
@@ -399,8 +380,9 @@ async fn a_cancel_from_another_process_reaches_the_worker() {
         .job;
     wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
     // A separate handle on the same file shares no in-process channel with the pool.
-    let url = format!("file:{}", env.dir.path().join("queue.db").display());
-    let other = Queue::open(&url, None).await.expect("other handle");
+    let other = Queue::open(&env.db.queue_url(), None)
+        .await
+        .expect("other handle");
     other.cancel(&job.id).await.expect("cancel");
     let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
     assert_eq!(done.job.status, JobStatus::Failed);
@@ -487,8 +469,7 @@ async fn a_pool_aborts_runs_whose_lease_it_can_no_longer_renew() {
         .job;
     wait_for_status(&env.queue, &job.id, JobStatus::Leased).await;
     // Another host takes the job (as if the lease had expired): the epoch moves on.
-    let url = format!("file:{}", env.dir.path().join("queue.db").display());
-    let other = Queue::open(&url, None).await.expect("other");
+    let other = Queue::open(&env.db.queue_url(), None).await.expect("other");
     other.reclaim_stale(i64::MAX).await.expect("reclaim");
     let thief = other
         .claim("thief", Duration::from_secs(30), 1)
@@ -678,42 +659,6 @@ async fn shutdown_hands_unfinished_jobs_back_without_failing_them() {
     pool.shutdown().await;
 }
 
-async fn wait_for_status(queue: &Queue, id: &str, status: JobStatus) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let job = queue.get(id).await.expect("get").expect("job");
-        if job.status == status {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {id} never reached {status}; it is {}",
-            job.status
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn wait_for_run_status(
-    store: &RunStore,
-    job_id: &str,
-    status: RunStatus,
-) -> drover_host::store::Run {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(run) = store.latest_run_for_job(job_id).await.expect("run")
-            && run.status == status
-        {
-            return run;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no run of {job_id} reached {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Environment variable that turns [`child_pool`] into a worker process of
 /// [`two_processes_share_one_database`].
 const CHILD_DIR: &str = "DROVER_TEST_CHILD_DIR";
@@ -721,8 +666,7 @@ const CHILD_DIR: &str = "DROVER_TEST_CHILD_DIR";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_database() {
     const JOBS: usize = 2000;
-    let dir = tempfile::tempdir().expect("dir");
-    let env = Env::in_dir(dir, StaticRegistry::new().with(echo())).await;
+    let env = Env::new(StaticRegistry::new().with(echo())).await;
     let jobs: Vec<_> = (0..JOBS)
         .map(|n| NewJob::new("echo", &json!({ "n": n })).id(format!("job-{n}")))
         .collect();
@@ -733,7 +677,7 @@ async fn two_processes_share_one_database() {
         .map(|i| {
             std::process::Command::new(&exe)
                 .args(["--exact", "child_pool", "--ignored", "--nocapture"])
-                .env(CHILD_DIR, env.dir.path())
+                .env(CHILD_DIR, env.db.dir.path())
                 .env("DROVER_TEST_WORKER", format!("child-{i}"))
                 .stdout(std::process::Stdio::null())
                 .spawn()

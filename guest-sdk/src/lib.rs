@@ -1,1 +1,242 @@
+//! Write drover agents in Rust.
+//!
+//! An agent is a type that implements [`Agent`]: typed input in, typed output (or an [`Error`])
+//! out. [`export_agent!`] turns it into a WebAssembly component for the `drover:agent` world:
+//!
+//! ```no_run
+//! use drover_sdk::{Agent, Error, export_agent};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Input { n: i64 }
+//!
+//! #[derive(Serialize)]
+//! struct Output { received: i64, ok: bool }
+//!
+//! struct Echo;
+//!
+//! impl Agent for Echo {
+//!     type Input = Input;
+//!     type Output = Output;
+//!
+//!     fn run(input: Input) -> Result<Output, Error> {
+//!         Ok(Output { received: input.n, ok: true })
+//!     }
+//! }
+//!
+//! export_agent!(Echo);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (or `cargo component build
+//! --release`) and drop the `.wasm` into the host's `agents/` directory.
+//!
+//! While it runs, an agent reaches the host through the functions of this crate: [`emit`] events,
+//! [`heartbeat`], [`log`], read the clock with [`now_ms`], and — for long-lived agents — notice a
+//! stop request with [`stop_requested`] or an interruptible [`sleep`]. Environment variables set
+//! in the agent's manifest are visible through [`std::env::var`]; nothing else of the host is.
 
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use serde_json::{Value, json};
+
+/// Generated bindings and the glue used by [`export_agent!`]. Not part of the API.
+#[doc(hidden)]
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod __private {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "agent",
+        pub_export_macro: true,
+        export_macro_name: "__export_agent_world",
+        default_bindings_module: "drover_sdk::__private",
+    });
+
+    pub use drover::agent::types::Lifecycle as WitLifecycle;
+
+    use super::{Agent, Error, Lifecycle};
+
+    /// The `describe` export for `A`, defaulting to the crate's package metadata.
+    pub fn describe<A: Agent>(name: &str, version: &str, description: &str) -> AgentInfo {
+        AgentInfo {
+            id: A::ID.unwrap_or(name).to_string(),
+            version: version.to_string(),
+            description: A::DESCRIPTION.unwrap_or(description).to_string(),
+            lifecycle: match A::LIFECYCLE {
+                Lifecycle::Job => WitLifecycle::Job,
+                Lifecycle::LongLived => WitLifecycle::LongLived,
+            },
+            input_schema: A::input_schema().map(|s| s.to_string()),
+            output_schema: A::output_schema().map(|s| s.to_string()),
+        }
+    }
+
+    /// The `run` export for `A`: decode, run, encode.
+    pub fn run<A: Agent>(input: &str) -> Result<String, Failure> {
+        let input: A::Input = serde_json::from_str(input).map_err(|e| {
+            failure(Error::new("InvalidInput", format!("cannot decode the input: {e}")).permanent())
+        })?;
+        let output = A::run(input).map_err(failure)?;
+        serde_json::to_string(&output).map_err(|e| {
+            failure(
+                Error::new("InvalidOutput", format!("cannot encode the output: {e}")).permanent(),
+            )
+        })
+    }
+
+    fn failure(e: Error) -> Failure {
+        Failure {
+            tag: e.tag,
+            message: e.message,
+            retryable: e.retryable,
+        }
+    }
+}
+
+use __private::drover::agent::host;
+
+/// An agent: typed input in, typed output out.
+pub trait Agent {
+    /// The input, decoded from the job's JSON.
+    type Input: DeserializeOwned;
+    /// The output, encoded as the run's JSON output.
+    type Output: Serialize;
+
+    /// The agent id. Default: the crate's package name.
+    const ID: Option<&'static str> = None;
+    /// One line on what the agent does. Default: the crate's package description.
+    const DESCRIPTION: Option<&'static str> = None;
+    /// Whether it runs to completion or until stopped.
+    const LIFECYCLE: Lifecycle = Lifecycle::Job;
+
+    /// JSON Schema the input must match (checked by the host before the run).
+    fn input_schema() -> Option<Value> {
+        None
+    }
+
+    /// JSON Schema the output must match (checked by the host after the run).
+    fn output_schema() -> Option<Value> {
+        None
+    }
+
+    /// Runs the agent once.
+    fn run(input: Self::Input) -> Result<Self::Output, Error>;
+}
+
+/// Whether an agent runs to completion or until it is told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Runs to completion.
+    Job,
+    /// Loops until [`stop_requested`] (or [`sleep`] returns `true`), then returns.
+    LongLived,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Machine-readable class, e.g. `NotFound`.
+    pub tag: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Whether another attempt could succeed.
+    pub retryable: bool,
+}
+
+impl Error {
+    /// A retryable error.
+    pub fn new(tag: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            tag: tag.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// Marks the error as one that another attempt would only repeat.
+    pub fn permanent(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.tag, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::new("Json", e.to_string()).permanent()
+    }
+}
+
+/// Log severity for [`log`].
+pub use __private::drover::agent::types::Level;
+
+/// Appends an event to the run's timeline. `kind` is 1 to 64 bytes.
+pub fn emit(kind: &str, payload: &impl Serialize) -> Result<(), Error> {
+    let payload = serde_json::to_string(payload)?;
+    host::emit(kind, &payload);
+    Ok(())
+}
+
+/// Marks the run as alive.
+pub fn heartbeat() {
+    host::heartbeat();
+}
+
+/// Writes a log line to the run's timeline.
+pub fn log(level: Level, message: &str) {
+    host::log(level, message);
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    host::now()
+}
+
+/// Whether the host has asked this agent to stop.
+pub fn stop_requested() -> bool {
+    host::stop_requested()
+}
+
+/// Sleeps for up to `duration`; returns `true` early if a stop is requested meanwhile.
+pub fn sleep(duration: Duration) -> bool {
+    host::sleep(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Exports `$agent` (a type implementing [`Agent`]) as this component's agent.
+///
+/// The agent id defaults to the crate's package name, its version and description to the
+/// package's; see [`Agent::ID`] and [`Agent::DESCRIPTION`] to override them.
+#[macro_export]
+macro_rules! export_agent {
+    ($agent:ty) => {
+        #[doc(hidden)]
+        pub struct __DroverAgent;
+
+        impl $crate::__private::Guest for __DroverAgent {
+            fn describe() -> $crate::__private::AgentInfo {
+                $crate::__private::describe::<$agent>(
+                    env!("CARGO_PKG_NAME"),
+                    env!("CARGO_PKG_VERSION"),
+                    env!("CARGO_PKG_DESCRIPTION"),
+                )
+            }
+
+            fn run(
+                input: ::std::string::String,
+            ) -> ::std::result::Result<::std::string::String, $crate::__private::Failure> {
+                $crate::__private::run::<$agent>(&input)
+            }
+        }
+
+        $crate::__private::__export_agent_world!(__DroverAgent with_types_in $crate::__private);
+    };
+}

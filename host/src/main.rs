@@ -1,1 +1,3 @@
+//! The `drover-host` command.
+
 fn main() {}

@@ -58,6 +58,12 @@ impl RecorderHandle {
         let _ = self.tx.send(record).await;
     }
 
+    /// Queues a record without waiting; returns `false` (dropping it) when the inbox is full.
+    /// For callers that cannot wait, such as a guest's stdout.
+    pub(crate) fn try_send(&self, record: Record) -> bool {
+        self.tx.try_send(record).is_ok()
+    }
+
     /// Resolves once everything sent before this call is written.
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();

@@ -2,9 +2,12 @@
 //!
 //! An [`AgentSpec`] describes one agent type: its id, lifecycle, limits, input and output
 //! schemas, and its code (a native Rust agent or a WebAssembly component). A [`Registry`] looks
-//! specs up by id; [`StaticRegistry`] is a fixed set.
+//! specs up by id; [`StaticRegistry`] is a fixed set, and [`DirRegistry`] loads `agents/*.wasm`
+//! and follows changes.
 
+pub mod dir;
 mod limits;
+mod manifest;
 mod native;
 mod schema;
 
@@ -16,8 +19,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::queue::Lifecycle;
+use crate::sandbox::wasm::WasmAgent;
 
+pub use dir::DirRegistry;
 pub use limits::Limits;
+pub use manifest::{Manifest, ManifestError};
 pub use native::{NativeAgent, native_agent};
 pub use schema::{Schema, SchemaError};
 
@@ -26,12 +32,15 @@ pub use schema::{Schema, SchemaError};
 pub enum AgentCode {
     /// In-process Rust code, trusted (runs only in the none sandbox).
     Native(Arc<dyn NativeAgent>),
+    /// A WebAssembly component.
+    Wasm(Arc<WasmAgent>),
 }
 
 impl std::fmt::Debug for AgentCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AgentCode::Native(_) => f.write_str("Native"),
+            AgentCode::Wasm(agent) => f.debug_tuple("Wasm").field(&agent.digest()).finish(),
         }
     }
 }
@@ -120,6 +129,11 @@ impl AgentSpec {
     pub fn output_schema(mut self, schema: Schema) -> Self {
         self.output_schema = Some(schema);
         self
+    }
+
+    /// Whether the code is a WebAssembly component.
+    pub fn is_wasm(&self) -> bool {
+        matches!(self.code, AgentCode::Wasm(_))
     }
 
     /// Sets the stop grace period.

@@ -259,17 +259,28 @@ impl RunContext {
 
     /// Writes an event without counting it against the agent's budget (host events).
     pub(crate) async fn record_event(&self, kind: &str, payload: Arc<RawValue>) {
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         self.inner
             .recorder
-            .send(Record::Event(EventRecord {
-                run_id: Arc::clone(&self.inner.run_id),
-                seq: i64::try_from(seq).unwrap_or(i64::MAX),
-                ts: now_ms(),
-                kind: kind.to_string(),
-                payload,
-            }))
+            .send(self.next_event(kind, payload))
             .await;
+    }
+
+    /// Writes a host event without waiting; returns `false` if the recorder is too far behind
+    /// (the event is then dropped). For callers that cannot wait, such as a guest's stdout.
+    pub(crate) fn record_event_now(&self, kind: &str, payload: Arc<RawValue>) -> bool {
+        self.inner.recorder.try_send(self.next_event(kind, payload))
+    }
+
+    /// The next event of this run's timeline.
+    fn next_event(&self, kind: &str, payload: Arc<RawValue>) -> Record {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        Record::Event(EventRecord {
+            run_id: Arc::clone(&self.inner.run_id),
+            seq: i64::try_from(seq).unwrap_or(i64::MAX),
+            ts: now_ms(),
+            kind: kind.to_string(),
+            payload,
+        })
     }
 
     /// Records that the agent is alive.

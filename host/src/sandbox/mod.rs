@@ -7,6 +7,7 @@
 
 mod context;
 mod none;
+pub mod wasm;
 
 use std::sync::Arc;
 

@@ -6,17 +6,28 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use super::wasm::WasmRuntime;
 use super::{Failure, RunContext, RunOutcome, Sandbox};
 use crate::registry::{AgentCode, AgentSpec};
 
-/// Runs native agents directly on the host's async runtime.
+/// Runs native agents directly on the host's async runtime, and WebAssembly agents without
+/// limits, with the host's environment variables and network.
 #[derive(Debug, Clone, Default)]
-pub struct NoneSandbox;
+pub struct NoneSandbox {
+    wasm: Option<Arc<WasmRuntime>>,
+}
 
 impl NoneSandbox {
-    /// The none sandbox.
+    /// The none sandbox for native agents.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The none sandbox, able to run WebAssembly agents (trusted) on `runtime` too.
+    pub fn with_wasm(runtime: Arc<WasmRuntime>) -> Self {
+        Self {
+            wasm: Some(runtime),
+        }
     }
 }
 
@@ -32,7 +43,20 @@ impl Sandbox for NoneSandbox {
         ctx: RunContext,
     ) -> BoxFuture<'a, RunOutcome> {
         async move {
-            let AgentCode::Native(agent) = &spec.code;
+            let agent = match &spec.code {
+                AgentCode::Native(agent) => agent,
+                AgentCode::Wasm(agent) => {
+                    return match &self.wasm {
+                        Some(runtime) => {
+                            super::wasm::run_trusted(runtime, agent, spec, &input, ctx).await
+                        }
+                        None => RunOutcome::from_result(Err(Failure::permanent(
+                            "SandboxMismatch",
+                            "this none sandbox has no WebAssembly runtime",
+                        ))),
+                    };
+                }
+            };
             let input = match serde_json::from_str(input.get()) {
                 Ok(value) => value,
                 Err(e) => {

@@ -1,1 +1,152 @@
+//! Test support: the agents of `agents/`, compiled for `wasm32-wasip2` by this crate's build
+//! script, and agent directories made from them.
 
+use std::path::{Path, PathBuf};
+
+/// The `echo` component.
+pub const ECHO: &str = env!("DROVER_AGENT_ECHO");
+/// The `queue-worker` component.
+pub const QUEUE_WORKER: &str = env!("DROVER_AGENT_QUEUE_WORKER");
+/// The `chaos` component (misbehaves on request).
+pub const CHAOS: &str = env!("DROVER_AGENT_CHAOS");
+
+/// A compiled-component cache shared by every test, so each component compiles once.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("DROVER_TEST_CACHE_DIR"))
+}
+
+/// A temporary agent directory.
+pub struct AgentDir {
+    dir: tempfile::TempDir,
+}
+
+impl AgentDir {
+    /// An empty agent directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Installs `component` as `<name>.wasm`, with `manifest` as `<name>.toml` if given. The
+    /// file is copied under a hidden name and renamed into place, as a user should.
+    pub fn add(&self, name: &str, component: &str, manifest: Option<&str>) -> &Self {
+        if let Some(manifest) = manifest {
+            std::fs::write(self.path().join(format!("{name}.toml")), manifest).expect("manifest");
+        }
+        let staging = self.path().join(format!(".{name}.wasm.tmp"));
+        std::fs::copy(component, &staging).expect("copy component");
+        std::fs::rename(&staging, self.path().join(format!("{name}.wasm"))).expect("rename");
+        self
+    }
+
+    /// Writes arbitrary bytes as `<name>.wasm` (e.g. a corrupt component).
+    pub fn add_bytes(&self, name: &str, bytes: &[u8]) -> &Self {
+        std::fs::write(self.path().join(format!("{name}.wasm")), bytes).expect("write");
+        self
+    }
+}
+
+impl Default for AgentDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+use std::time::{Duration, Instant};
+
+use drover_host::db::Db;
+use drover_host::queue::{JobStatus, Queue, QueueOptions};
+use drover_host::store::{Run, RunStatus, RunStore};
+
+/// How long the helpers wait for something before failing the test.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A queue and a run store on fresh database files, with retries backing off by milliseconds.
+pub struct TestDb {
+    /// The directory holding the files.
+    pub dir: tempfile::TempDir,
+    /// The queue (`queue.db`).
+    pub queue: Queue,
+    /// The run store (`runs.db`).
+    pub store: RunStore,
+}
+
+impl TestDb {
+    /// Fresh databases.
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = Queue::with_db(
+            Db::open(&Self::queue_url_in(dir.path()), None)
+                .await
+                .expect("queue db"),
+            QueueOptions {
+                backoff_base: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(5),
+            },
+        )
+        .await
+        .expect("queue");
+        let store = RunStore::open(&Self::store_url_in(dir.path()), None)
+            .await
+            .expect("store");
+        Self { dir, queue, store }
+    }
+
+    /// The queue database's URL.
+    pub fn queue_url(&self) -> String {
+        Self::queue_url_in(self.dir.path())
+    }
+
+    /// The run store's URL.
+    pub fn store_url(&self) -> String {
+        Self::store_url_in(self.dir.path())
+    }
+
+    fn queue_url_in(dir: &Path) -> String {
+        format!("file:{}", dir.join("queue.db").display())
+    }
+
+    fn store_url_in(dir: &Path) -> String {
+        format!("file:{}", dir.join("runs.db").display())
+    }
+}
+
+/// Waits until job `id` has `status`.
+pub async fn wait_for_status(queue: &Queue, id: &str, status: JobStatus) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = queue.get(id).await.expect("get").expect("job exists");
+        if job.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never reached {status}; it is {}",
+            job.status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the latest run of job `job_id` has `status`, and returns it.
+pub async fn wait_for_run_status(store: &RunStore, job_id: &str, status: RunStatus) -> Run {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(run) = store.latest_run_for_job(job_id).await.expect("run")
+            && run.status == status
+        {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run of {job_id} reached {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,179 @@
+//! A misbehaving agent for the host's containment tests. Its input picks the misbehaviour:
+//!
+//! | `mode`        | what it does                                                         |
+//! |---------------|----------------------------------------------------------------------|
+//! | `spin`        | loops forever in pure compute                                        |
+//! | `hoard`       | allocates memory until something stops it                            |
+//! | `panic`       | panics with a message                                                |
+//! | `recurse`     | recurses until the call stack overflows                              |
+//! | `escape`      | tries to read files outside its scratch directory                    |
+//! | `env`         | returns every environment variable it can see                        |
+//! | `big-output`  | returns an output of `bytes` bytes                                   |
+//! | `flood`       | emits events until something stops it                                |
+//! | `print`       | writes `lines` lines to stdout and stderr, then succeeds             |
+//! | `fail`        | returns an error (`retryable` as given)                               |
+//! | `deaf`        | a long wait that ignores stop requests                               |
+//! | `ok`          | returns `{"ok": true}`                                               |
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use drover_sdk::{Agent, Error, Value, emit, json};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Input {
+    mode: String,
+    #[serde(default)]
+    bytes: Option<usize>,
+    #[serde(default)]
+    lines: Option<usize>,
+    #[serde(default)]
+    retryable: Option<bool>,
+}
+
+struct Chaos;
+
+impl Agent for Chaos {
+    type Input = Input;
+    type Output = Value;
+
+    fn run(input: Input) -> Result<Value, Error> {
+        match input.mode.as_str() {
+            "spin" => spin(),
+            "hoard" => hoard(),
+            "panic" => panic!("chaos agent panicked on purpose"),
+            "recurse" => Ok(json!({ "depth": recurse(0) })),
+            "escape" => Ok(escape()),
+            "env" => Ok(json!(std::env::vars().collect::<std::collections::BTreeMap<_, _>>())),
+            "big-output" => Ok(json!({ "blob": "x".repeat(input.bytes.unwrap_or(8 << 20)) })),
+            "flood" => flood(),
+            "print" => {
+                for i in 0..input.lines.unwrap_or(3) {
+                    println!("stdout line {i}");
+                    eprintln!("stderr line {i}");
+                }
+                Ok(json!({ "ok": true }))
+            }
+            "fail" => {
+                let error = Error::new("ChaosFailure", "failed on purpose");
+                Err(if input.retryable.unwrap_or(true) {
+                    error
+                } else {
+                    error.permanent()
+                })
+            }
+            "deaf" => {
+                // Ignores stop requests: keeps waiting out its full minute whatever `sleep` says.
+                let until = drover_sdk::now_ms() + 60_000;
+                while drover_sdk::now_ms() < until {
+                    drover_sdk::sleep(Duration::from_millis(100));
+                }
+                Ok(json!({ "ok": true }))
+            }
+            "ok" => Ok(json!({ "ok": true })),
+            other => Err(Error::new("UnknownMode", format!("unknown mode {other:?}")).permanent()),
+        }
+    }
+}
+
+fn spin() -> Result<Value, Error> {
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+    }
+}
+
+fn hoard() -> Result<Value, Error> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(black_box(vec![1u8; 1 << 20]));
+    }
+}
+
+/// Recurses until the WebAssembly call stack is exhausted. The call goes through a function
+/// pointer so that it cannot be turned into a loop.
+fn recurse(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    let next: fn(u64) -> u64 = black_box(recurse);
+    next(depth + 1).wrapping_mul(3).wrapping_add(depth)
+}
+
+/// Creates a symbolic link `name` in the scratch directory pointing at `target` (std has no
+/// stable API for this on WASI, so this goes through the WASI filesystem interface directly).
+fn symlink(target: &str, name: &str) -> std::io::Result<()> {
+    let scratch = wasip2::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, path)| path == "/scratch")
+        .ok_or_else(|| std::io::Error::other("no /scratch preopen"))?;
+    scratch
+        .0
+        .symlink_at(target, name)
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))
+}
+
+fn flood() -> Result<Value, Error> {
+    let mut n = 0u64;
+    loop {
+        emit("flood", &json!({ "n": n }))?;
+        n += 1;
+    }
+}
+
+/// Tries every way out of the scratch directory it can think of and reports what happened.
+fn escape() -> Value {
+    let mut attempts = Vec::new();
+    let mut attempt = |what: &str, result: std::io::Result<String>| {
+        attempts.push(json!({
+            "what": what,
+            "escaped": result.is_ok(),
+            "result": match result {
+                Ok(text) => format!("read {} bytes", text.len()),
+                Err(e) => e.to_string(),
+            },
+        }));
+    };
+    attempt("/etc/passwd", std::fs::read_to_string("/etc/passwd"));
+    attempt("/proc/self/environ", std::fs::read_to_string("/proc/self/environ"));
+    attempt("../../etc/passwd", std::fs::read_to_string("../../etc/passwd"));
+    attempt(
+        "/scratch/../etc/passwd",
+        std::fs::read_to_string("/scratch/../etc/passwd"),
+    );
+    attempt(
+        "/scratch/../../../etc/passwd",
+        std::fs::read_to_string("/scratch/../../../etc/passwd"),
+    );
+    attempt(
+        "symlink to /etc/passwd",
+        symlink("/etc/passwd", "link-abs")
+            .and_then(|()| std::fs::read_to_string("/scratch/link-abs")),
+    );
+    attempt(
+        "symlink to ../../etc/passwd",
+        symlink("../../etc/passwd", "link-rel")
+            .and_then(|()| std::fs::read_to_string("/scratch/link-rel")),
+    );
+    attempt(
+        "list /",
+        std::fs::read_dir("/").map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+    );
+    // The scratch directory itself works.
+    let scratch = std::fs::write("/scratch/note.txt", "hello")
+        .and_then(|()| std::fs::read_to_string("/scratch/note.txt"));
+    json!({
+        "attempts": attempts,
+        "scratch": scratch.map_err(|e| e.to_string()),
+    })
+}
+
+drover_sdk::export_agent!(Chaos);

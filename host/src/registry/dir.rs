@@ -1,0 +1,445 @@
+//! The agent directory: every `*.wasm` in it is an agent (with an optional `<name>.toml`
+//! manifest beside it), loaded at start and reloaded when files change.
+//!
+//! To replace an agent without a restart, write the new file under another name and rename it
+//! into place (`cp echo.wasm agents/.echo.wasm.tmp && mv agents/.echo.wasm.tmp agents/echo.wasm`):
+//! a rename is atomic, so the host never reads a half-written component. Runs already in flight
+//! keep the version they started with. A file that fails to load is reported and skipped (or,
+//! when it replaces a working version, the working version stays).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::{AgentCode, AgentSpec, DEFAULT_STOP_GRACE, Manifest, Registry, Schema};
+use crate::sandbox::wasm::WasmRuntime;
+
+/// How long file events settle before a rescan.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Rescan interval when no file events arrive (a safety net for filesystems without them).
+const POLL: Duration = Duration::from_secs(10);
+
+/// A file that could not be loaded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadProblem {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What a scan changed.
+#[derive(Debug, Default, Clone)]
+pub struct ScanReport {
+    /// Agents loaded or reloaded.
+    pub loaded: Vec<String>,
+    /// Agents removed (their file is gone).
+    pub removed: Vec<String>,
+    /// Files that failed.
+    pub problems: Vec<LoadProblem>,
+}
+
+/// Agents loaded from a directory.
+pub struct DirRegistry {
+    dir: PathBuf,
+    runtime: Arc<WasmRuntime>,
+    agents: RwLock<BTreeMap<String, Arc<AgentSpec>>>,
+    files: Mutex<HashMap<PathBuf, LoadedFile>>,
+    /// Files currently failing to load, with why.
+    problems: RwLock<BTreeMap<PathBuf, String>>,
+    scan_lock: tokio::sync::Mutex<()>,
+}
+
+/// What was loaded from one `.wasm` file.
+#[derive(Debug, Clone)]
+struct LoadedFile {
+    signature: Signature,
+    agent_id: Option<String>,
+}
+
+/// Size and modification times of a component and its manifest; a change means reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Signature {
+    wasm: (u64, Option<SystemTime>),
+    manifest: Option<(u64, Option<SystemTime>)>,
+}
+
+fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file().then(|| (meta.len(), meta.modified().ok()))
+}
+
+impl std::fmt::Debug for DirRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirRegistry")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl DirRegistry {
+    /// Loads every agent in `dir` (created if missing).
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        runtime: Arc<WasmRuntime>,
+    ) -> std::io::Result<Arc<Self>> {
+        let dir = dir.into();
+        tokio::fs::create_dir_all(&dir).await?;
+        let registry = Arc::new(Self {
+            dir,
+            runtime,
+            agents: RwLock::new(BTreeMap::new()),
+            files: Mutex::new(HashMap::new()),
+            problems: RwLock::new(BTreeMap::new()),
+            scan_lock: tokio::sync::Mutex::new(()),
+        });
+        registry.rescan().await;
+        Ok(registry)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Files that currently fail to load.
+    pub fn problems(&self) -> Vec<LoadProblem> {
+        self.problems
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(path, error)| LoadProblem {
+                path: path.clone(),
+                error: error.clone(),
+            })
+            .collect()
+    }
+
+    fn set_problem(&self, path: &Path, error: Option<String>) {
+        let mut problems = self.problems.write().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(error) => problems.insert(path.to_path_buf(), error),
+            None => problems.remove(path),
+        };
+    }
+
+    /// Looks at the directory again: loads new and changed agents, drops removed ones.
+    pub async fn rescan(&self) -> ScanReport {
+        let _scan = self.scan_lock.lock().await;
+        let mut report = ScanReport::default();
+        let wasm_files = match list_wasm(&self.dir) {
+            Ok(files) => {
+                self.set_problem(&self.dir, None);
+                files
+            }
+            Err(e) => {
+                let error = format!("cannot list the agent directory: {e}");
+                self.set_problem(&self.dir, Some(error.clone()));
+                report.problems.push(LoadProblem {
+                    path: self.dir.clone(),
+                    error,
+                });
+                return report;
+            }
+        };
+
+        // Files that disappeared take their agents with them.
+        let gone: Vec<(PathBuf, LoadedFile)> = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files
+                .iter()
+                .filter(|(path, _)| !wasm_files.contains(path))
+                .map(|(p, f)| (p.clone(), f.clone()))
+                .collect()
+        };
+        for (path, file) in gone {
+            self.files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&path);
+            self.set_problem(&path, None);
+            if let Some(id) = file.agent_id {
+                self.agents
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                tracing::info!(agent = %id, path = %path.display(), "agent removed");
+                report.removed.push(id);
+            }
+        }
+
+        for path in wasm_files {
+            let manifest_path = path.with_extension("toml");
+            let Some(wasm_stat) = stat(&path) else {
+                continue;
+            };
+            let signature = Signature {
+                wasm: wasm_stat,
+                manifest: stat(&manifest_path),
+            };
+            let previous = self
+                .files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&path)
+                .cloned();
+            if previous.as_ref().is_some_and(|p| p.signature == signature) {
+                continue;
+            }
+            let previous_id = previous.and_then(|p| p.agent_id);
+            match self
+                .load(&path, &manifest_path, previous_id.as_deref())
+                .await
+            {
+                Ok(spec) => {
+                    let id = spec.id.clone();
+                    tracing::info!(
+                        agent = %id,
+                        path = %path.display(),
+                        lifecycle = spec.lifecycle.as_str(),
+                        "agent loaded"
+                    );
+                    let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(old) = previous_id.filter(|old| *old != id) {
+                        agents.remove(&old);
+                    }
+                    agents.insert(id.clone(), Arc::new(spec));
+                    drop(agents);
+                    self.set_problem(&path, None);
+                    self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        path,
+                        LoadedFile {
+                            signature,
+                            agent_id: Some(id.clone()),
+                        },
+                    );
+                    report.loaded.push(id);
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "agent not loaded");
+                    self.set_problem(&path, Some(error.clone()));
+                    report.problems.push(LoadProblem {
+                        path: path.clone(),
+                        error,
+                    });
+                    // Remember the failed signature so an unchanged broken file is not retried
+                    // on every scan; a working previous version stays registered.
+                    self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        path,
+                        LoadedFile {
+                            signature,
+                            agent_id: previous_id,
+                        },
+                    );
+                }
+            }
+        }
+        report
+    }
+
+    async fn load(
+        &self,
+        path: &Path,
+        manifest_path: &Path,
+        replacing: Option<&str>,
+    ) -> Result<AgentSpec, String> {
+        let manifest = if manifest_path.exists() {
+            Manifest::read(manifest_path).map_err(|e| e.to_string())?
+        } else {
+            Manifest::default()
+        };
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| "the file name is not valid UTF-8".to_string())?;
+        let id = manifest.id.clone().unwrap_or_else(|| stem.to_string());
+        validate_id(&id)?;
+        if let Some(owner) = self.owner_of(&id, path)
+            && replacing != Some(id.as_str())
+        {
+            return Err(format!(
+                "agent id {id:?} is already taken by {}",
+                owner.display()
+            ));
+        }
+        let agent = self
+            .runtime
+            .load_file(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let described = agent.description().clone();
+        let lifecycle = manifest.lifecycle.unwrap_or(described.lifecycle);
+        let limits = manifest.limits(lifecycle);
+        let schema = |text: &Option<String>, which: &str| {
+            text.as_deref()
+                .map(Schema::parse)
+                .transpose()
+                .map_err(|e| format!("the agent's {which} schema: {e}"))
+        };
+        Ok(AgentSpec {
+            id,
+            version: described.version.clone(),
+            description: manifest
+                .description
+                .clone()
+                .unwrap_or_else(|| described.description.clone()),
+            lifecycle,
+            limits,
+            env: manifest.env.clone(),
+            scratch_dir: manifest.scratch_dir.unwrap_or(false),
+            stop_grace: manifest
+                .stop_grace_ms
+                .map_or(DEFAULT_STOP_GRACE, Duration::from_millis),
+            max_restarts: manifest.max_restarts,
+            input_schema: schema(&described.input_schema, "input")?,
+            output_schema: schema(&described.output_schema, "output")?,
+            source: Some(path.to_path_buf()),
+            code: AgentCode::Wasm(Arc::new(agent)),
+        })
+    }
+
+    /// The file that currently provides agent `id`, if another file than `path` does.
+    fn owner_of(&self, id: &str, path: &Path) -> Option<PathBuf> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(p, f)| f.agent_id.as_deref() == Some(id) && p.as_path() != path)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Follows changes to the directory until the returned handle is dropped.
+    pub fn watch(self: &Arc<Self>) -> WatchHandle {
+        use notify::Watcher;
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let relevant = event.is_ok_and(|e| {
+                e.paths.iter().any(|p| {
+                    matches!(
+                        p.extension().and_then(|x| x.to_str()),
+                        Some("wasm") | Some("toml")
+                    )
+                })
+            });
+            if relevant {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| {
+            w.watch(&self.dir, notify::RecursiveMode::NonRecursive)
+                .map(|()| w)
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the agent directory; polling instead");
+                None
+            }
+        };
+        let registry = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = rx.recv() => {
+                        if event.is_none() {
+                            // No watcher: fall back to polling only.
+                            tokio::time::sleep(POLL).await;
+                        } else {
+                            // Let a burst of events (copy, rename, manifest edit) settle.
+                            tokio::time::sleep(DEBOUNCE).await;
+                            while rx.try_recv().is_ok() {}
+                        }
+                    }
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                registry.rescan().await;
+            }
+        });
+        WatchHandle {
+            _watcher: watcher,
+            task,
+        }
+    }
+}
+
+/// Stops following the directory when dropped.
+pub struct WatchHandle {
+    _watcher: Option<notify::RecommendedWatcher>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Registry for DirRegistry {
+    fn get(&self, id: &str) -> Option<Arc<AgentSpec>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn list(&self) -> Vec<Arc<AgentSpec>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The `*.wasm` files directly in `dir`, skipping hidden files (such as a `.name.wasm.tmp` being
+/// copied in). Files whose manifest names a different id come last, so that when two files claim
+/// one id the file named after it (`<id>.wasm`) wins; otherwise the order is by name.
+fn list_wasm(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if !hidden && path.extension().and_then(|e| e.to_str()) == Some("wasm") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort_by_cached_key(|path| (renames_itself(path), path.clone()));
+    Ok(files)
+}
+
+/// Whether the manifest beside `path` gives the agent an id other than the file's name.
+fn renames_itself(path: &Path) -> bool {
+    let stem = path.file_stem().and_then(|s| s.to_str());
+    Manifest::read(&path.with_extension("toml"))
+        .ok()
+        .and_then(|m| m.id)
+        .is_some_and(|id| Some(id.as_str()) != stem)
+}
+
+/// Agent ids: 1 to 64 characters of letters, digits, `-`, `_` and `.`, starting with a letter
+/// or digit.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid agent id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+}

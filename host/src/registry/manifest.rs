@@ -1,0 +1,239 @@
+//! Agent manifests: `agents/<name>.toml` beside `agents/<name>.wasm`, the analogue of an agent
+//! template. Every field is optional; what a manifest leaves out comes from the component's
+//! `describe` export and the defaults for its lifecycle.
+//!
+//! ```toml
+//! id = "queue-worker"            # default: the file name
+//! description = "Drains a queue on a loop"
+//! lifecycle = "long-lived"       # "job" or "long-lived"
+//! scratch-dir = false            # a private directory at /scratch for each run
+//! stop-grace-ms = 30000          # time to stop after being asked (long-lived)
+//! max-restarts = 10              # restarts after host deaths (long-lived; default unlimited)
+//!
+//! [limits]
+//! fuel = 5_000_000_000           # or "unlimited"
+//! memory = "64MiB"
+//! timeout-ms = 60000             # or "none"
+//! max-output-bytes = "1MiB"
+//! max-events = 10000             # or "unlimited"
+//! max-log-bytes = "64KiB"
+//!
+//! [env]
+//! POLL_INTERVAL_MS = "30000"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Limits;
+use crate::queue::Lifecycle;
+
+/// A manifest that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("manifest {path}: {message}")]
+pub struct ManifestError {
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An agent manifest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Manifest {
+    /// Agent id.
+    pub id: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Lifecycle.
+    pub lifecycle: Option<Lifecycle>,
+    /// Per-run scratch directory.
+    pub scratch_dir: Option<bool>,
+    /// Stop grace period in milliseconds.
+    pub stop_grace_ms: Option<u64>,
+    /// Restart cap for long-lived agents.
+    pub max_restarts: Option<i64>,
+    /// Limit overrides.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Limit overrides in a manifest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Fuel per run.
+    pub fuel: Option<Quantity>,
+    /// Linear memory.
+    pub memory: Option<Quantity>,
+    /// Wall clock, in milliseconds.
+    pub timeout_ms: Option<Quantity>,
+    /// Output size.
+    pub max_output_bytes: Option<Quantity>,
+    /// Events per run.
+    pub max_events: Option<Quantity>,
+    /// Bytes of stdout and stderr kept.
+    pub max_log_bytes: Option<Quantity>,
+}
+
+/// A number, a size with a unit (`"64MiB"`), or `"unlimited"` / `"none"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quantity {
+    /// A finite amount.
+    Finite(u64),
+    /// No limit.
+    Unlimited,
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(Quantity::Finite)
+                .map_err(|_| serde::de::Error::custom("must not be negative")),
+            Raw::Text(text) => parse_quantity(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_quantity(text: &str) -> Result<Quantity, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("none") {
+        return Ok(Quantity::Unlimited);
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let number: u64 = digits.replace('_', "").parse().map_err(|_| {
+        format!("{text:?} is not a number, a size like \"64MiB\", or \"unlimited\"")
+    })?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" | "kB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .map(Quantity::Finite)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl Manifest {
+    /// Reads a manifest file.
+    pub fn read(path: &Path) -> Result<Self, ManifestError> {
+        let err = |message: String| ManifestError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        Self::parse(&text).map_err(err)
+    }
+
+    /// Parses manifest text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(max) = manifest.max_restarts
+            && max < 0
+        {
+            return Err("max-restarts must not be negative".into());
+        }
+        Ok(manifest)
+    }
+
+    /// The limits for an agent of `lifecycle`, with this manifest's overrides applied.
+    pub fn limits(&self, lifecycle: Lifecycle) -> Limits {
+        let mut limits = Limits::for_lifecycle(lifecycle);
+        let o = &self.limits;
+        let finite = |q: &Quantity| match q {
+            Quantity::Finite(n) => Some(*n),
+            Quantity::Unlimited => None,
+        };
+        if let Some(q) = &o.fuel {
+            limits.fuel = finite(q);
+        }
+        if let Some(q) = &o.memory {
+            limits.memory_bytes = finite(q).unwrap_or(u64::MAX);
+        }
+        if let Some(q) = &o.timeout_ms {
+            limits.timeout = finite(q).map(Duration::from_millis);
+        }
+        if let Some(q) = &o.max_output_bytes {
+            limits.max_output_bytes = finite(q).unwrap_or(u64::MAX);
+        }
+        if let Some(q) = &o.max_events {
+            limits.max_events = finite(q);
+        }
+        if let Some(q) = &o.max_log_bytes {
+            limits.max_log_bytes = finite(q).unwrap_or(u64::MAX);
+        }
+        limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::parse(
+            r#"
+            id = "qw"
+            lifecycle = "long-lived"
+            scratch-dir = true
+            stop-grace-ms = 500
+            [limits]
+            fuel = "unlimited"
+            memory = "32MiB"
+            timeout-ms = 1_000
+            max-events = 5
+            [env]
+            POLL_INTERVAL_MS = "10"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(m.id.as_deref(), Some("qw"));
+        assert_eq!(m.lifecycle, Some(Lifecycle::LongLived));
+        let limits = m.limits(Lifecycle::LongLived);
+        assert_eq!(limits.fuel, None);
+        assert_eq!(limits.memory_bytes, 32 << 20);
+        assert_eq!(limits.timeout, Some(Duration::from_secs(1)));
+        assert_eq!(limits.max_events, Some(5));
+        assert_eq!(
+            m.env.get("POLL_INTERVAL_MS").map(String::as_str),
+            Some("10")
+        );
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_sizes_clearly() {
+        let typo = Manifest::parse("lifecylce = \"job\"").expect_err("unknown field");
+        assert!(typo.contains("lifecylce"), "{typo}");
+        let size = Manifest::parse("[limits]\nmemory = \"64 parsecs\"").expect_err("bad unit");
+        assert!(size.contains("unknown unit"), "{size}");
+        let negative = Manifest::parse("[limits]\nfuel = -1").expect_err("negative");
+        assert!(negative.contains("negative"), "{negative}");
+        let lifecycle = Manifest::parse("lifecycle = \"forever\"").expect_err("bad lifecycle");
+        assert!(lifecycle.contains("forever"), "{lifecycle}");
+    }
+}

@@ -1,0 +1,98 @@
+//! The host's one `wasmtime::Engine`: pooling allocator, fuel, and epoch interruption driven by
+//! a single engine-wide ticker thread.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy};
+
+/// How the wasm engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Component instances that may exist at once (jobs in flight plus live long-lived agents).
+    pub max_instances: u32,
+    /// Largest linear memory any agent may be granted, in bytes (a manifest asking for more is
+    /// rejected when the agent loads).
+    pub max_memory_bytes: u64,
+    /// Where compiled components are cached, so a restart deserializes instead of recompiling.
+    /// `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the epoch advances: the granularity of timeouts, cancellation and time slicing.
+    pub epoch_tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory_bytes: 1 << 30,
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Core instances, memories and tables a Rust `wasm32-wasip2` component uses at most (its main
+/// module plus the shims that `wasm-component-ld` adds), with room to spare.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Linear memory kept mapped when a pool slot is reused (reset with `pagemap_scan` rather than
+/// released), which spares every instantiation the page faults of a fresh mapping.
+const KEEP_RESIDENT: usize = 1 << 20;
+
+/// Builds the engine.
+pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
+    let instances = config.max_instances.max(1);
+    let max_memory = usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX);
+
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(instances)
+        .max_memory_size(max_memory)
+        .max_memories_per_module(1)
+        .max_tables_per_module(2)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+
+    let mut wasm = Config::new();
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        // Agents are plain WASIp2 components; the component-model-async machinery only adds
+        // per-call bookkeeping.
+        .concurrency_support(false)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size(1 << 20);
+    if let Some(dir) = &config.cache_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            wasmtime::format_err!("cannot create cache directory {}: {e}", dir.display())
+        })?;
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir);
+        wasm.cache(Some(Cache::new(cache)?));
+    }
+    Engine::new(&wasm)
+}
+
+/// Advances the engine's epoch every `tick` until the engine is dropped.
+pub(crate) fn start_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("drover-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the epoch ticker; wasm timeouts will not fire");
+    }
+}

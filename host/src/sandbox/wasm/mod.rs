@@ -1,0 +1,594 @@
+//! The wasm sandbox: every run gets a fresh instance of the agent's component in a fresh store,
+//! deny-by-default, held to the agent's limits.
+//!
+//! * **Compile once.** A component is compiled when it is loaded (or deserialized from the
+//!   on-disk cache, keyed by its content hash and the engine's settings), linked once into an
+//!   `InstancePre`, and instantiated per run from the pooling allocator.
+//! * **Limits.** Fuel (exhaustion: status `quota`), linear memory (a `ResourceLimiter`), wall
+//!   clock (the engine-wide epoch, which also slices time between guests), output size and
+//!   event count.
+//! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets, no
+//!   filesystem except an optional per-run scratch directory, removed afterwards; stdout and
+//!   stderr become bounded `log` events.
+//! * **Containment.** Any trap — panic, stack overflow, out-of-bounds access, a limit — fails only
+//!   that run, with a clear error; the host and other runs carry on.
+
+mod engine;
+mod state;
+mod stdio;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox};
+use crate::queue::{ErrorInfo, Lifecycle};
+use crate::registry::{AgentCode, AgentSpec, Limits};
+use crate::store::RunStatus;
+
+pub use engine::EngineConfig;
+use state::{HostState, MemoryMeter};
+use stdio::Capture;
+
+/// Bindings for the `drover:agent` world (from `wit/`).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "agent",
+        imports: {
+            "drover:agent/host.emit": async | trappable,
+            "drover:agent/host.heartbeat": async | trappable,
+            "drover:agent/host.log": async | trappable,
+            "drover:agent/host.sleep": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+/// Errors while loading a component.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The bytes are not a valid component for this engine.
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component imports something the host does not provide, or lacks an export.
+    #[error("the component does not fit the drover:agent world: {0}")]
+    Link(String),
+    /// The component trapped or misbehaved while describing itself.
+    #[error("the agent failed to describe itself: {0}")]
+    Describe(String),
+    /// The engine could not be set up.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+/// What an agent says about itself through its `describe` export.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// Id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Description.
+    pub description: String,
+    /// Lifecycle.
+    pub lifecycle: Lifecycle,
+    /// Input JSON Schema (text).
+    pub input_schema: Option<String>,
+    /// Output JSON Schema (text).
+    pub output_schema: Option<String>,
+}
+
+/// A loaded, linked component, ready to be instantiated per run.
+pub struct WasmAgent {
+    pre: bindings::AgentPre<HostState>,
+    digest: String,
+    description: Description,
+}
+
+impl WasmAgent {
+    /// SHA-256 of the component's bytes (hex).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// What the component said about itself.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+}
+
+/// Whether a run is isolated and limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// The wasm sandbox: deny-by-default, every limit enforced.
+    Sandboxed,
+    /// The none sandbox: the host's environment and network, no limits.
+    Trusted,
+}
+
+/// The engine, the linker and the scratch area shared by every wasm run of a host.
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    scratch_root: PathBuf,
+}
+
+impl std::fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime")
+            .field("scratch_root", &self.scratch_root)
+            .finish()
+    }
+}
+
+/// Fuel and time an agent gets to describe itself.
+const DESCRIBE_FUEL: u64 = 1_000_000_000;
+const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WasmRuntime {
+    /// Builds the engine (and its epoch ticker). Per-run scratch directories are created under
+    /// `scratch_root`.
+    pub fn new(
+        config: &EngineConfig,
+        scratch_root: impl Into<PathBuf>,
+    ) -> Result<Arc<Self>, WasmError> {
+        let engine = engine::build(config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        engine::start_ticker(&engine, config.epoch_tick);
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        bindings::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            scratch_root: scratch_root.into(),
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads a component file: compile (or take it from the cache), link, and ask the agent to
+    /// describe itself.
+    pub async fn load_file(&self, path: &Path) -> Result<WasmAgent, WasmError> {
+        let bytes = tokio::fs::read(path).await.map_err(|e| WasmError::Read {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        self.load_bytes(bytes).await
+    }
+
+    /// Loads a component from its bytes.
+    pub async fn load_bytes(&self, bytes: Vec<u8>) -> Result<WasmAgent, WasmError> {
+        let digest = hex(&Sha256::digest(&bytes));
+        let engine = self.engine.clone();
+        // Compiling is CPU-bound: keep it off the async workers.
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| WasmError::Compile(e.to_string()))?
+                .map_err(|e| WasmError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let pre = bindings::AgentPre::new(pre).map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let description = self.describe(&pre).await?;
+        Ok(WasmAgent {
+            pre,
+            digest,
+            description,
+        })
+    }
+
+    async fn describe(
+        &self,
+        pre: &bindings::AgentPre<HostState>,
+    ) -> Result<Description, WasmError> {
+        let describe_err = |e: wasmtime::Error| WasmError::Describe(format!("{e:#}"));
+        let state = HostState {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            ctx: None,
+            memory: MemoryMeter {
+                limit: Some(256 << 20),
+                ..MemoryMeter::default()
+            },
+            deadline: Some(Instant::now() + DESCRIBE_TIMEOUT),
+            timed_out: false,
+            host_error: None,
+        };
+        let mut store = self
+            .store(state, Some(DESCRIBE_FUEL))
+            .map_err(describe_err)?;
+        let call = async {
+            let agent = pre.instantiate_async(&mut store).await?;
+            agent.call_describe(&mut store).await
+        };
+        let info = tokio::time::timeout(DESCRIBE_TIMEOUT, call)
+            .await
+            .map_err(|_| WasmError::Describe("timed out".into()))?
+            .map_err(describe_err)?;
+        let schema = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        Ok(Description {
+            id: info.id,
+            version: info.version,
+            description: info.description,
+            lifecycle: match info.lifecycle {
+                bindings::drover::agent::types::Lifecycle::Job => Lifecycle::Job,
+                bindings::drover::agent::types::Lifecycle::LongLived => Lifecycle::LongLived,
+            },
+            input_schema: schema(info.input_schema),
+            output_schema: schema(info.output_schema),
+        })
+    }
+
+    /// A store with fuel (none: as good as unlimited) and the epoch policy installed.
+    fn store(&self, state: HostState, fuel: Option<u64>) -> wasmtime::Result<Store<HostState>> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        store.set_fuel(fuel.unwrap_or(u64::MAX))?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            if state
+                .ctx
+                .as_ref()
+                .is_some_and(|ctx| ctx.control().aborted().is_some())
+            {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if state.deadline.is_some_and(|d| Instant::now() >= d) {
+                state.timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Let other tasks run between slices of a long computation.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        Ok(store)
+    }
+
+    /// Runs `agent` on `input` for one job.
+    async fn run(
+        &self,
+        agent: &WasmAgent,
+        spec: &AgentSpec,
+        input: &RawValue,
+        ctx: RunContext,
+        isolation: Isolation,
+    ) -> RunOutcome {
+        let limits = match isolation {
+            Isolation::Sandboxed => spec.limits.clone(),
+            Isolation::Trusted => Limits {
+                fuel: None,
+                memory_bytes: u64::MAX,
+                timeout: None,
+                max_output_bytes: u64::MAX,
+                max_events: None,
+                max_log_bytes: spec.limits.max_log_bytes,
+            },
+        };
+        let capture = Capture::new(Some(ctx.clone()), limits.max_log_bytes);
+        let scratch = match spec.scratch_dir {
+            true => match ScratchDir::create(&self.scratch_root, ctx.run_id()) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    return RunOutcome::from_result(Err(Failure::error(
+                        "Scratch",
+                        format!("cannot create the run's scratch directory: {e}"),
+                    )));
+                }
+            },
+            false => None,
+        };
+        let wasi = match build_wasi(spec, &capture, scratch.as_ref(), isolation) {
+            Ok(wasi) => wasi,
+            Err(e) => {
+                return RunOutcome::from_result(Err(Failure::error(
+                    "Sandbox",
+                    format!("cannot set up the sandbox: {e:#}"),
+                )));
+            }
+        };
+        let deadline = limits.timeout.map(|t| Instant::now() + t);
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            ctx: Some(ctx.clone()),
+            memory: MemoryMeter {
+                limit: Some(limits.memory_bytes).filter(|m| *m != u64::MAX),
+                ..MemoryMeter::default()
+            },
+            deadline,
+            timed_out: false,
+            host_error: None,
+        };
+        let mut store = match self.store(state, limits.fuel) {
+            Ok(store) => store,
+            Err(e) => {
+                return RunOutcome::from_result(Err(Failure::error("Sandbox", format!("{e:#}"))));
+            }
+        };
+
+        let input = input.get().to_string();
+        let call = async {
+            let instance = agent.pre.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store, &input).await
+        };
+        // Epochs interrupt a guest that computes past its deadline; this catches one that waits.
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), call)
+                .await
+                .unwrap_or_else(|_| {
+                    store.data_mut().timed_out = true;
+                    Err(wasmtime::format_err!(
+                        "the run exceeded its wall-clock limit"
+                    ))
+                }),
+            None => call.await,
+        };
+
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_used = limits.fuel.unwrap_or(u64::MAX).saturating_sub(fuel_left);
+        let state = store.data();
+        let outcome = match result {
+            Ok(Ok(output)) => accept_output(output, &limits),
+            Ok(Err(failure)) => Err(Failure {
+                status: RunStatus::Error,
+                error: ErrorInfo::new(failure.tag, failure.message),
+                retry: failure.retryable,
+            }),
+            Err(error) => Err(classify(&error, state, &limits, &capture, &ctx)),
+        };
+        let peak_memory = state.memory.peak;
+        capture.finish();
+        drop(store);
+        drop(scratch);
+        RunOutcome {
+            result: outcome,
+            fuel_used: Some(fuel_used),
+            peak_memory: Some(peak_memory),
+        }
+    }
+}
+
+/// Builds the guest's WASI context: the manifest's environment only, captured stdio, no network,
+/// and the scratch directory if there is one. Trusted runs also see the host's environment and
+/// network.
+fn build_wasi(
+    spec: &AgentSpec,
+    capture: &Capture,
+    scratch: Option<&ScratchDir>,
+    isolation: Isolation,
+) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
+    let mut wasi = WasiCtxBuilder::new();
+    if isolation == Isolation::Trusted {
+        wasi.inherit_env()
+            .inherit_network()
+            .allow_ip_name_lookup(true);
+    }
+    for (key, value) in &spec.env {
+        wasi.env(key, value);
+    }
+    wasi.stdout(capture.stdout()).stderr(capture.stderr());
+    if let Some(scratch) = scratch {
+        wasi.preopened_dir(&scratch.path, "/scratch", FsPerms::ReadWrite)?;
+        wasi.initial_cwd("/scratch");
+    }
+    Ok(wasi.build())
+}
+
+/// Checks an output against the size limit and that it is JSON.
+fn accept_output(output: String, limits: &Limits) -> Result<Arc<RawValue>, Failure> {
+    if output.len() as u64 > limits.max_output_bytes {
+        return Err(Failure::permanent(
+            "OutputTooLarge",
+            format!(
+                "the output is {} bytes; the agent's limit is {} bytes",
+                output.len(),
+                limits.max_output_bytes
+            ),
+        ));
+    }
+    RawValue::from_string(output)
+        .map(Arc::from)
+        .map_err(|e| Failure::permanent("InvalidOutput", format!("the output is not JSON: {e}")))
+}
+
+/// Turns a trap (or a host-side error) into the run's failure.
+fn classify(
+    error: &wasmtime::Error,
+    state: &HostState,
+    limits: &Limits,
+    capture: &Capture,
+    ctx: &RunContext,
+) -> Failure {
+    if let Some(reason) = ctx.control().aborted() {
+        return reason.failure();
+    }
+    if state.timed_out {
+        return AbortReason::Timeout.failure();
+    }
+    if let Some(host_error) = &state.host_error {
+        return Failure::permanent(host_error.tag.clone(), host_error.message.clone());
+    }
+    let trap = error.downcast_ref::<Trap>().copied();
+    if trap == Some(Trap::OutOfFuel) {
+        return Failure::permanent(
+            "OutOfFuel",
+            format!(
+                "the run used up its fuel ({} units)",
+                limits.fuel.unwrap_or(u64::MAX)
+            ),
+        )
+        .with_status(RunStatus::Quota);
+    }
+    if state.memory.denied {
+        return Failure::permanent(
+            "MemoryLimit",
+            format!(
+                "the agent exceeded its memory limit of {} (it asked for more and failed: {})",
+                human_bytes(limits.memory_bytes),
+                first_line(error)
+            ),
+        );
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Failure::error(
+            "Exit",
+            format!("the agent exited with code {} instead of returning", exit.0),
+        );
+    }
+    if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return Failure::error(
+            "Capacity",
+            format!(
+                "no instance slot is free on this host: {}",
+                first_line(error)
+            ),
+        );
+    }
+    let (tag, what) = match trap {
+        Some(Trap::StackOverflow) => ("StackOverflow", "the agent overflowed its stack"),
+        Some(Trap::UnreachableCodeReached) => ("Trap", "the agent aborted (a panic or an abort)"),
+        Some(Trap::MemoryOutOfBounds) => (
+            "Trap",
+            "the agent accessed memory out of bounds (an overflow of the stack a compiler keeps \
+             in linear memory also ends this way)",
+        ),
+        Some(_) => ("Trap", "the agent trapped"),
+        None => ("Trap", "the agent failed"),
+    };
+    let mut message = format!("{what}: {}", first_line(error));
+    let tail = capture.stderr_tail();
+    if !tail.is_empty() {
+        message.push_str("; stderr: ");
+        message.push_str(&tail.join(" | "));
+    }
+    Failure::error(tag, message)
+}
+
+fn first_line(error: &wasmtime::Error) -> String {
+    error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A run's private directory, removed when dropped (also when the run is aborted).
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    fn create(root: &Path, run_id: &str) -> std::io::Result<Self> {
+        let path = root.join(run_id);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a scratch directory");
+        }
+    }
+}
+
+/// Runs WebAssembly agents isolated and limited.
+#[derive(Debug, Clone)]
+pub struct WasmSandbox {
+    runtime: Arc<WasmRuntime>,
+}
+
+impl WasmSandbox {
+    /// The wasm sandbox on `runtime`.
+    pub fn new(runtime: Arc<WasmRuntime>) -> Self {
+        Self { runtime }
+    }
+}
+
+impl Sandbox for WasmSandbox {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a AgentSpec,
+        input: Arc<RawValue>,
+        ctx: RunContext,
+    ) -> BoxFuture<'a, RunOutcome> {
+        async move {
+            match &spec.code {
+                AgentCode::Wasm(agent) => {
+                    self.runtime
+                        .run(agent, spec, &input, ctx, Isolation::Sandboxed)
+                        .await
+                }
+                AgentCode::Native(_) => RunOutcome::from_result(Err(Failure::permanent(
+                    "SandboxMismatch",
+                    format!(
+                        "agent {:?} is native Rust code and can only run in the none sandbox",
+                        spec.id
+                    ),
+                ))),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Runs a wasm agent without isolation or limits (for the none sandbox).
+pub(crate) async fn run_trusted(
+    runtime: &WasmRuntime,
+    agent: &WasmAgent,
+    spec: &AgentSpec,
+    input: &RawValue,
+    ctx: RunContext,
+) -> RunOutcome {
+    runtime
+        .run(agent, spec, input, ctx, Isolation::Trusted)
+        .await
+}

@@ -1,0 +1,145 @@
+//! What one store holds: the guest's WASI context, its resource accounting, and the host
+//! functions of the `drover:agent/host` interface.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::drover::agent::{host, types};
+use crate::queue::ErrorInfo;
+use crate::sandbox::RunContext;
+use crate::time::now_ms;
+
+/// Longest single `sleep` a guest may ask for (it can loop).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// Most elements a table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The data of one store.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    /// The run this store serves (none while the host asks the agent to describe itself).
+    pub(crate) ctx: Option<RunContext>,
+    pub(crate) memory: MemoryMeter,
+    /// Wall-clock limit of the run.
+    pub(crate) deadline: Option<Instant>,
+    /// Set when the epoch callback ended the run for passing `deadline`.
+    pub(crate) timed_out: bool,
+    /// Why a host function ended the run (event limit, invalid payload, …).
+    pub(crate) host_error: Option<ErrorInfo>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Linear memory accounting: enforces the agent's limit and remembers the peak.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryMeter {
+    /// Bytes the guest may hold (none: only the engine's own cap).
+    pub(crate) limit: Option<u64>,
+    pub(crate) used: u64,
+    pub(crate) peak: u64,
+    /// Set when a growth was refused because of `limit`.
+    pub(crate) denied: bool,
+}
+
+impl ResourceLimiter for MemoryMeter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let next = self
+            .used
+            .saturating_sub(current as u64)
+            .saturating_add(desired as u64);
+        if self.limit.is_some_and(|limit| next > limit) {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.used = next;
+        self.peak = self.peak.max(next);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl HostState {
+    fn run_ctx(&self) -> wasmtime::Result<&RunContext> {
+        self.ctx.as_ref().ok_or_else(|| {
+            wasmtime::format_err!(
+                "host functions are not available while the agent describes itself"
+            )
+        })
+    }
+
+    /// Ends the run with `error` (the guest traps; the error is what gets recorded).
+    fn fail(&mut self, error: ErrorInfo) -> wasmtime::Error {
+        let message = error.to_string();
+        self.host_error = Some(error);
+        wasmtime::format_err!(message)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    async fn emit(&mut self, kind: String, payload: String) -> wasmtime::Result<()> {
+        let ctx = self.run_ctx()?.clone();
+        match ctx.emit_raw(&kind, payload).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    async fn heartbeat(&mut self) -> wasmtime::Result<()> {
+        self.run_ctx()?.clone().heartbeat().await;
+        Ok(())
+    }
+
+    async fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            types::Level::Trace => "trace",
+            types::Level::Debug => "debug",
+            types::Level::Info => "info",
+            types::Level::Warn => "warn",
+            types::Level::Error => "error",
+        };
+        let ctx = self.run_ctx()?.clone();
+        match ctx.log(level, &message).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(u64::try_from(now_ms()).unwrap_or(0))
+    }
+
+    fn stop_requested(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.ctx.as_ref().is_some_and(RunContext::stop_requested))
+    }
+
+    async fn sleep(&mut self, ms: u64) -> wasmtime::Result<bool> {
+        let ctx = self.run_ctx()?.clone();
+        Ok(ctx.sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await)
+    }
+}

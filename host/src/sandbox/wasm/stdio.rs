@@ -1,0 +1,215 @@
+//! A guest's stdout and stderr, captured line by line as `log` events, within a byte budget.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::sandbox::RunContext;
+
+/// Longest line kept whole; longer ones are split.
+const MAX_LINE: usize = 8 << 10;
+/// Lines of stderr remembered for error messages (a panic's message is printed there).
+const STDERR_TAIL: usize = 8;
+
+/// The captured output of one run.
+pub(crate) struct Capture {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    ctx: Option<RunContext>,
+    remaining: AtomicU64,
+    truncated: AtomicBool,
+    stdout: Mutex<Vec<u8>>,
+    stderr: Mutex<Vec<u8>>,
+    stderr_tail: Mutex<VecDeque<String>>,
+}
+
+impl Capture {
+    /// A capture that writes `log` events to `ctx` (none: output is discarded), keeping at most
+    /// `budget` bytes.
+    pub(crate) fn new(ctx: Option<RunContext>, budget: u64) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                ctx,
+                remaining: AtomicU64::new(budget),
+                truncated: AtomicBool::new(false),
+                stdout: Mutex::new(Vec::new()),
+                stderr: Mutex::new(Vec::new()),
+                stderr_tail: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+
+    /// The guest's stdout.
+    pub(crate) fn stdout(&self) -> Stream {
+        Stream {
+            shared: Arc::clone(&self.shared),
+            stderr: false,
+        }
+    }
+
+    /// The guest's stderr.
+    pub(crate) fn stderr(&self) -> Stream {
+        Stream {
+            shared: Arc::clone(&self.shared),
+            stderr: true,
+        }
+    }
+
+    /// Emits what is left of unterminated lines.
+    pub(crate) fn finish(&self) {
+        for stderr in [false, true] {
+            let rest = std::mem::take(&mut *self.shared.buffer(stderr));
+            if !rest.is_empty() {
+                self.shared.line(stderr, &rest);
+            }
+        }
+    }
+
+    /// The last lines the guest wrote to stderr.
+    pub(crate) fn stderr_tail(&self) -> Vec<String> {
+        self.finish();
+        lock(&self.shared.stderr_tail).iter().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn buffer(&self, stderr: bool) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        lock(if stderr { &self.stderr } else { &self.stdout })
+    }
+
+    fn write(&self, stderr: bool, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        let allowed = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(len))
+            })
+            .unwrap_or(0);
+        let kept = &bytes[..usize::try_from(allowed.min(len)).unwrap_or(0)];
+        if kept.len() < bytes.len() && !self.truncated.swap(true, Ordering::Relaxed) {
+            self.emit(
+                stderr,
+                "output truncated: the run's log budget is spent",
+                "warn",
+            );
+        }
+        let mut lines = Vec::new();
+        {
+            let mut buffer = self.buffer(stderr);
+            buffer.extend_from_slice(kept);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                lines.push(line);
+            }
+            while buffer.len() >= MAX_LINE {
+                let line: Vec<u8> = buffer.drain(..MAX_LINE).collect();
+                lines.push(line);
+            }
+        }
+        for line in lines {
+            self.line(stderr, &line);
+        }
+    }
+
+    fn line(&self, stderr: bool, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if stderr {
+            let mut tail = lock(&self.stderr_tail);
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(text.to_string());
+        }
+        self.emit(stderr, text, if stderr { "error" } else { "info" });
+    }
+
+    fn emit(&self, stderr: bool, message: &str, level: &str) {
+        if let Some(ctx) = &self.ctx {
+            let payload = serde_json::json!({
+                "stream": if stderr { "stderr" } else { "stdout" },
+                "level": level,
+                "message": message,
+            });
+            if let Ok(raw) = serde_json::value::to_raw_value(&payload) {
+                // A recorder that is far behind drops log lines rather than stall the guest.
+                ctx.record_event_now("log", Arc::from(raw));
+            }
+        }
+    }
+}
+
+/// One of a guest's output streams.
+#[derive(Clone)]
+pub(crate) struct Stream {
+    shared: Arc<Shared>,
+    stderr: bool,
+}
+
+impl IsTerminal for Stream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Stream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Stream {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for Stream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.shared.write(self.stderr, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.shared.write(self.stderr, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

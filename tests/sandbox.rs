@@ -1,0 +1,685 @@
+//! The wasm sandbox, with the real components of `agents/` (compiled for `wasm32-wasip2` by the
+//! test-support build) running in real wasmtime, through the real pool and libsql files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_host::api::{ApiError, JobView, RunApi};
+use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
+use drover_host::queue::{JobStatus, Lifecycle, NewJob};
+use drover_host::registry::{DirRegistry, Registry};
+use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
+use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
+use drover_host::store::{Run, RunStatus};
+use drover_test_support::{AgentDir, CHAOS, ECHO, QUEUE_WORKER, TestDb, WAIT, wait_for_status};
+use serde_json::{Value, json};
+
+/// The chaos agent under a few names, each with the limits its misbehaviour needs.
+const CHAOS_LIMITED: &str = r#"
+description = "chaos with tight limits"
+scratch-dir = true
+[limits]
+fuel = 200_000_000
+memory = "32MiB"
+timeout-ms = 20000
+max-output-bytes = "64KiB"
+max-events = 50
+max-log-bytes = "4KiB"
+[env]
+GREETING = "hello from the manifest"
+"#;
+
+const CHAOS_UNMETERED: &str = r#"
+[limits]
+fuel = "unlimited"
+timeout-ms = 300
+"#;
+
+const CHAOS_ENDLESS: &str = r#"
+[limits]
+fuel = "unlimited"
+timeout-ms = "none"
+"#;
+
+const CHAOS_DEAF: &str = r#"
+lifecycle = "long-lived"
+stop-grace-ms = 300
+"#;
+
+const QUEUE_WORKER_FAST: &str = r#"
+lifecycle = "long-lived"
+[env]
+POLL_INTERVAL_MS = "25"
+"#;
+
+struct Host {
+    db: TestDb,
+    agents: AgentDir,
+    registry: Arc<DirRegistry>,
+    api: RunApi,
+    pool: Option<PoolHandle>,
+}
+
+impl Host {
+    /// A host whose agent directory holds echo, queue-worker and the chaos variants.
+    async fn start() -> Self {
+        let agents = AgentDir::new();
+        agents
+            .add("echo", ECHO, None)
+            .add("queue-worker", QUEUE_WORKER, Some(QUEUE_WORKER_FAST))
+            .add("chaos", CHAOS, Some(CHAOS_LIMITED))
+            .add("chaos-unmetered", CHAOS, Some(CHAOS_UNMETERED))
+            .add("chaos-endless", CHAOS, Some(CHAOS_ENDLESS))
+            .add("chaos-deaf", CHAOS, Some(CHAOS_DEAF));
+        Self::start_with(agents, |_job, _spec| false).await
+    }
+
+    /// A host on `agents`; jobs for which `trusted` says so run in the none sandbox.
+    async fn start_with(
+        agents: AgentDir,
+        trusted: impl Fn(&drover_host::queue::Job, &drover_host::registry::AgentSpec) -> bool
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        let db = TestDb::new().await;
+        let runtime = WasmRuntime::new(
+            &EngineConfig {
+                max_instances: 64,
+                cache_dir: Some(drover_test_support::cache_dir()),
+                ..EngineConfig::default()
+            },
+            db.dir.path().join("scratch"),
+        )
+        .expect("runtime");
+        let registry = DirRegistry::open(agents.path(), Arc::clone(&runtime))
+            .await
+            .expect("registry");
+        let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(&runtime)));
+        let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::with_wasm(Arc::clone(&runtime)));
+        let sandbox_for: SandboxFor = Arc::new(move |job, spec| {
+            if trusted(job, spec) {
+                Arc::clone(&none)
+            } else {
+                Arc::clone(&wasm)
+            }
+        });
+        let registry_dyn: Arc<dyn Registry> = registry.clone();
+        let api = RunApi::new(
+            db.queue.clone(),
+            db.store.clone(),
+            Arc::clone(&registry_dyn),
+        );
+        let pool = WorkerPool::new(
+            PoolDeps {
+                queue: db.queue.clone(),
+                store: db.store.clone(),
+                registry: registry_dyn,
+                sandbox_for,
+            },
+            PoolConfig {
+                concurrency: 4,
+                signal_poll_interval: Duration::from_millis(50),
+                ..PoolConfig::default()
+            },
+        )
+        .start();
+        Self {
+            db,
+            agents,
+            registry,
+            api,
+            pool: Some(pool),
+        }
+    }
+
+    async fn run(&self, agent: &str, input: Value) -> JobView {
+        let job = self
+            .api
+            .enqueue(NewJob::new(agent, &input))
+            .await
+            .expect("enqueue")
+            .job;
+        self.api.wait_for(&job.id, WAIT).await.expect("wait")
+    }
+
+    /// Runs a chaos mode and returns the failed job's view.
+    async fn contained(&self, agent: &str, mode: &str) -> (JobView, Run) {
+        let view = self.run(agent, json!({ "mode": mode })).await;
+        assert_eq!(view.job.status, JobStatus::Failed, "{mode}: {:?}", view.job);
+        let run = view.run.clone().expect("run");
+        // The host is fine and the next job on the same pool succeeds.
+        self.echo_still_works().await;
+        (view, run)
+    }
+
+    async fn echo_still_works(&self) {
+        let view = self.run("echo", json!({ "n": 7 })).await;
+        assert_eq!(view.job.status, JobStatus::Done);
+        assert_eq!(
+            output(&view.run.expect("run")),
+            json!({ "received": 7, "ok": true })
+        );
+    }
+
+    async fn events(&self, run: &Run) -> Vec<(String, Value)> {
+        self.pool.as_ref().expect("pool").flush().await;
+        self.api
+            .events(&run.id, 0, 10_000)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.kind, serde_json::from_str(e.payload.get()).expect("json")))
+            .collect()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown().await;
+        }
+    }
+}
+
+fn output(run: &Run) -> Value {
+    serde_json::from_str(run.output.as_ref().expect("output").get()).expect("json")
+}
+
+fn error_of(run: &Run) -> (String, String) {
+    let e = run.error.clone().expect("error");
+    (e.tag, e.message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_runs_in_the_wasm_sandbox() {
+    let host = Host::start().await;
+    let view = host.run("echo", json!({ "n": 42 })).await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let run = view.run.expect("run");
+    assert_eq!(output(&run), json!({ "received": 42, "ok": true }));
+    assert_eq!(run.sandbox.as_deref(), Some("wasm"));
+    assert!(run.fuel_used.is_some_and(|f| f > 0), "fuel is metered");
+    assert!(run.peak_memory.is_some_and(|m| m > 0), "memory is measured");
+    let spec = host.registry.get("echo").expect("echo");
+    assert_eq!(spec.lifecycle, Lifecycle::Job);
+    assert!(
+        spec.input_schema.is_some(),
+        "the schema comes from describe"
+    );
+    assert!(
+        spec.description.contains("received"),
+        "{}",
+        spec.description
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_that_breaks_the_agents_schema_fails_at_once() {
+    let host = Host::start().await;
+    let rejected = host
+        .api
+        .enqueue(NewJob::new("echo", &json!({ "n": "seven" })))
+        .await;
+    match rejected {
+        Err(ApiError::BadRequest(e)) => {
+            assert_eq!(e.tag, "InvalidInput");
+            assert!(e.message.contains("/n"), "{}", e.message);
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Straight onto the queue (another producer): fails without retry, before any run.
+    host.db
+        .queue
+        .enqueue(NewJob::new("echo", &json!({})).id("no-n").max_attempts(3))
+        .await
+        .expect("enqueue");
+    let view = host.api.wait_for("no-n", WAIT).await.expect("wait");
+    assert_eq!(view.job.status, JobStatus::Failed);
+    assert_eq!(view.job.attempts, 1);
+    assert_eq!(
+        view.job.result_error.map(|e| e.tag),
+        Some("InvalidInput".into())
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_loop_runs_out_of_fuel() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "spin").await;
+    assert_eq!(run.status, RunStatus::Quota);
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "OutOfFuel");
+    assert!(message.contains("200000000"), "{message}");
+    assert!(run.fuel_used.is_some_and(|f| f >= 200_000_000));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_loop_without_a_fuel_limit_times_out() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos-unmetered", "spin").await;
+    assert_eq!(run.status, RunStatus::Timeout);
+    assert_eq!(error_of(&run).0, "Timeout");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hoarding_hits_the_memory_limit() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "hoard").await;
+    assert_eq!(run.status, RunStatus::Error);
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "MemoryLimit");
+    assert!(message.contains("32 MiB"), "{message}");
+    assert!(
+        run.peak_memory.is_some_and(|m| m <= 32 << 20),
+        "{:?}",
+        run.peak_memory
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_fails_the_run_with_its_message() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "panic").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "Trap");
+    assert!(message.contains("panicked on purpose"), "{message}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_overflows_the_stack_safely() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "recurse").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "StackOverflow", "{message}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filesystem_is_limited_to_the_scratch_directory() {
+    let host = Host::start().await;
+    let view = host.run("chaos", json!({ "mode": "escape" })).await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let out = output(&view.run.expect("run"));
+    let attempts = out["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 8);
+    for attempt in attempts {
+        assert_eq!(attempt["escaped"], json!(false), "{attempt}");
+    }
+    let listing = attempts
+        .iter()
+        .find(|a| a["what"] == "list /")
+        .expect("listing attempt");
+    assert!(
+        listing["result"]
+            .as_str()
+            .is_some_and(|r| !r.contains("etc")),
+        "{listing}"
+    );
+    assert_eq!(
+        out["scratch"],
+        json!({ "Ok": "hello" }),
+        "the scratch directory works"
+    );
+    // And it is gone after the run.
+    let scratch = host.db.dir.path().join("scratch");
+    let leftovers = std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "scratch directories are removed");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_holds_only_the_manifests_variables() {
+    let host = Host::start().await;
+    let view = host.run("chaos", json!({ "mode": "env" })).await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let env = output(&view.run.expect("run"));
+    assert_eq!(env, json!({ "GREETING": "hello from the manifest" }));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_output_is_refused() {
+    let host = Host::start().await;
+    let view = host
+        .run("chaos", json!({ "mode": "big-output", "bytes": 1_000_000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Failed);
+    let (tag, message) = error_of(&view.run.expect("run"));
+    assert_eq!(tag, "OutputTooLarge");
+    assert!(message.contains("65536"), "{message}");
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_flood_is_cut_off_at_the_limit() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "flood").await;
+    let (tag, _) = error_of(&run);
+    assert_eq!(tag, "EventLimit");
+    let events = host.events(&run).await;
+    let floods = events.iter().filter(|(k, _)| k == "flood").count();
+    assert_eq!(floods, 50, "exactly the limit was kept");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_and_stderr_become_bounded_log_events() {
+    let host = Host::start().await;
+    let view = host
+        .run("chaos", json!({ "mode": "print", "lines": 2 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let events = host.events(&view.run.expect("run")).await;
+    let logs: Vec<(String, String)> = events
+        .iter()
+        .filter(|(k, _)| k == "log")
+        .map(|(_, p)| {
+            (
+                p["stream"].as_str().unwrap_or_default().to_string(),
+                p["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        logs.contains(&("stdout".into(), "stdout line 0".into())),
+        "{logs:?}"
+    );
+    assert!(
+        logs.contains(&("stderr".into(), "stderr line 1".into())),
+        "{logs:?}"
+    );
+
+    // Far more output than the 4 KiB budget: kept up to the budget, then a truncation notice.
+    let view = host
+        .run("chaos", json!({ "mode": "print", "lines": 2000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let events = host.events(&view.run.expect("run")).await;
+    let kept: usize = events
+        .iter()
+        .filter(|(k, _)| k == "log")
+        .map(|(_, p)| p["message"].as_str().map_or(0, str::len))
+        .sum();
+    assert!(kept <= 4096 + 100, "kept {kept} bytes");
+    assert!(
+        events.iter().any(|(_, p)| p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("truncated"))),
+        "a truncation notice"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_spinning_guest_interrupts_it() {
+    let host = Host::start().await;
+    let job = host
+        .api
+        .enqueue(NewJob::new("chaos-endless", &json!({ "mode": "spin" })).max_attempts(3))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&host.db.queue, &job.id, JobStatus::Leased).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    host.api.cancel(&job.id).await.expect("cancel");
+    let view = host.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(view.job.status, JobStatus::Failed);
+    assert_eq!(view.job.attempts, 1, "a cancel is never retried");
+    let run = view.run.expect("run");
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(error_of(&run).0, "Cancelled");
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_own_error_says_whether_to_retry() {
+    let host = Host::start().await;
+    let permanent = host
+        .api
+        .enqueue(
+            NewJob::new("chaos", &json!({ "mode": "fail", "retryable": false })).max_attempts(3),
+        )
+        .await
+        .expect("enqueue")
+        .job;
+    let view = host.api.wait_for(&permanent.id, WAIT).await.expect("wait");
+    assert_eq!(view.job.status, JobStatus::Failed);
+    assert_eq!(view.job.attempts, 1);
+    assert_eq!(
+        view.job.result_error.map(|e| (e.tag, e.message)),
+        Some(("ChaosFailure".into(), "failed on purpose".into()))
+    );
+    let retryable = host
+        .api
+        .enqueue(NewJob::new("chaos", &json!({ "mode": "fail" })).max_attempts(3))
+        .await
+        .expect("enqueue")
+        .job;
+    let view = host.api.wait_for(&retryable.id, WAIT).await.expect("wait");
+    assert_eq!(view.job.status, JobStatus::Failed);
+    assert_eq!(view.job.attempts, 3, "retried until attempts ran out");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_worker_heartbeats_until_stopped_and_completes() {
+    let host = Host::start().await;
+    let spec = host.registry.get("queue-worker").expect("queue-worker");
+    assert_eq!(spec.lifecycle, Lifecycle::LongLived);
+    let job = host
+        .api
+        .enqueue(NewJob::new("queue-worker", &json!({ "itemsPerBatch": 2 })))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&host.db.queue, &job.id, JobStatus::Leased).await;
+    // Heartbeats accumulate while it runs.
+    let run = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let view = host.api.get(&job.id).await.expect("get");
+        if let Some(run) = view.run {
+            let beats = host
+                .events(&run)
+                .await
+                .iter()
+                .filter(|(k, _)| k == "heartbeat")
+                .count();
+            if beats >= 3 {
+                break run;
+            }
+        }
+    };
+    assert_eq!(run.status, RunStatus::Running);
+    assert!(run.heartbeat_at.is_some());
+    host.api.stop(&job.id).await.expect("stop");
+    let view = host.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(
+        view.job.status,
+        JobStatus::Done,
+        "a requested stop is a completion"
+    );
+    let run = view.run.expect("run");
+    assert_eq!(run.status, RunStatus::Success);
+    let out = output(&run);
+    assert!(
+        out["itemsProcessed"].as_u64().is_some_and(|n| n >= 2),
+        "{out}"
+    );
+    let events = host.events(&run).await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds[..2], ["run_start", "worker_started"]);
+    assert!(kinds.contains(&"item_processed"));
+    assert_eq!(kinds[kinds.len() - 2..], ["worker_stopping", "run_end"]);
+    let started = &events[1].1;
+    assert_eq!(
+        started["intervalMs"],
+        json!(25),
+        "the manifest's env reached the agent"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_ignores_a_stop_is_interrupted_after_its_grace_period() {
+    let host = Host::start().await;
+    let job = host
+        .api
+        .enqueue(NewJob::new("chaos-deaf", &json!({ "mode": "deaf" })))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&host.db.queue, &job.id, JobStatus::Leased).await;
+    host.api.stop(&job.id).await.expect("stop");
+    let view = host.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(view.job.status, JobStatus::Failed);
+    let run = view.run.expect("run");
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert_eq!(error_of(&run).0, "StopTimeout");
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_components_and_manifests_are_reported_and_skipped() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add_bytes("garbage", b"\0asm\x0d\0\x01\0 not really")
+        .add_bytes("empty", b"")
+        .add("badmanifest", ECHO, Some("lifecycle = \"sometimes\""))
+        .add("dup", ECHO, Some("id = \"echo\""));
+    std::fs::write(agents.path().join("readme.toml"), "not = \"an agent\"").expect("write");
+    let host = Host::start_with(agents, |_, _| false).await;
+    let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, ["echo"]);
+    let problems = host.registry.problems();
+    let files: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            p.path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        files,
+        ["badmanifest.wasm", "dup.wasm", "empty.wasm", "garbage.wasm"],
+        "{problems:?}"
+    );
+    for problem in &problems {
+        assert!(!problem.error.is_empty());
+    }
+    let dup = problems
+        .iter()
+        .find(|p| p.path.ends_with("dup.wasm"))
+        .expect("dup");
+    assert!(dup.error.contains("already taken"), "{}", dup.error);
+    let bad = problems
+        .iter()
+        .find(|p| p.path.ends_with("badmanifest.wasm"))
+        .expect("bad manifest");
+    assert!(bad.error.contains("sometimes"), "{}", bad.error);
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_hot_reloaded_and_running_jobs_keep_their_version() {
+    let agents = AgentDir::new();
+    agents.add("worker", QUEUE_WORKER, Some(QUEUE_WORKER_FAST));
+    let host = Host::start_with(agents, |_, _| false).await;
+    let _watch = host.registry.watch();
+    let before = host.registry.get("worker").expect("worker");
+
+    // A long-lived run starts on the current version.
+    let job = host
+        .api
+        .enqueue(NewJob::new("worker", &json!(null)))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_status(&host.db.queue, &job.id, JobStatus::Leased).await;
+
+    // A new agent appears, and the worker's file is replaced (by another component).
+    host.agents.add("echo", ECHO, None);
+    host.agents
+        .add("worker", CHAOS, Some("lifecycle = \"long-lived\""));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let replaced = host
+            .registry
+            .get("worker")
+            .is_some_and(|s| !Arc::ptr_eq(&s, &before));
+        if replaced && host.registry.get("echo").is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.echo_still_works().await;
+
+    // The running job still runs the queue worker it started with, and stops like one.
+    host.api.stop(&job.id).await.expect("stop");
+    let view = host.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(view.job.status, JobStatus::Done);
+    let out = output(&view.run.expect("run"));
+    assert!(out.get("itemsProcessed").is_some(), "{out}");
+
+    // Removing a file removes its agent.
+    std::fs::remove_file(host.agents.path().join("echo.wasm")).expect("remove");
+    let deadline = std::time::Instant::now() + WAIT;
+    while host.registry.get("echo").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removal never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_none_sandbox_runs_a_trusted_wasm_agent_without_isolation() {
+    let agents = AgentDir::new();
+    agents.add("chaos", CHAOS, Some(CHAOS_LIMITED));
+    let host = Host::start_with(agents, |job, _spec| {
+        job.meta
+            .as_ref()
+            .is_some_and(|m| m.get().contains("trusted"))
+    })
+    .await;
+    let isolated = host.run("chaos", json!({ "mode": "env" })).await;
+    let trusted_job = host
+        .api
+        .enqueue(NewJob::new("chaos", &json!({ "mode": "env" })).meta(&json!({ "trusted": true })))
+        .await
+        .expect("enqueue")
+        .job;
+    let trusted = host
+        .api
+        .wait_for(&trusted_job.id, WAIT)
+        .await
+        .expect("wait");
+    let isolated_run = isolated.run.expect("run");
+    let trusted_run = trusted.run.expect("run");
+    assert_eq!(isolated_run.sandbox.as_deref(), Some("wasm"));
+    assert_eq!(trusted_run.sandbox.as_deref(), Some("none"));
+    assert!(output(&isolated_run).get("PATH").is_none());
+    assert!(
+        output(&trusted_run).get("PATH").is_some(),
+        "the host environment is visible"
+    );
+    host.shutdown().await;
+}

@@ -1,0 +1,94 @@
+//! Compiles every agent in `agents/` for `wasm32-wasip2` (the real components the tests run) and
+//! tells the crate where they are. Installs the target with rustup when it is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// Agent crates and the file name cargo gives their component.
+const AGENTS: &[(&str, &str)] = &[
+    ("echo", "echo.wasm"),
+    ("queue-worker", "queue_worker.wasm"),
+    ("chaos", "chaos.wasm"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let root = manifest_dir
+        .ancestors()
+        .nth(2)
+        .expect("tests/support lives two levels below the repository root")
+        .to_path_buf();
+    let agents = root.join("agents");
+    for path in [
+        agents.join("Cargo.toml"),
+        agents.join("Cargo.lock"),
+        root.join("guest-sdk"),
+        root.join("wit"),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    for (name, _) in AGENTS {
+        println!("cargo:rerun-if-changed={}", agents.join(name).display());
+    }
+
+    ensure_target();
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
+    let target_dir = out_dir.join("agents");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(agents.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Flags meant for the host build do not apply to the wasm one.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .expect("cannot run cargo to build the agents");
+    assert!(
+        status.success(),
+        "building the agents in {} for {TARGET} failed",
+        agents.display()
+    );
+    for (name, file) in AGENTS {
+        let path = target_dir.join(TARGET).join("release").join(file);
+        assert!(path.exists(), "{} was not built", path.display());
+        let var = name.to_uppercase().replace('-', "_");
+        println!("cargo:rustc-env=DROVER_AGENT_{var}={}", path.display());
+    }
+    println!(
+        "cargo:rustc-env=DROVER_TEST_CACHE_DIR={}",
+        out_dir.join("wasmtime-cache").display()
+    );
+}
+
+/// Makes sure the standard library for the wasm target is installed.
+fn ensure_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = |sysroot: &Path| sysroot.join("lib/rustlib").join(TARGET).exists();
+    if sysroot.as_deref().is_some_and(installed) {
+        return;
+    }
+    println!("cargo:warning=the {TARGET} target is missing; installing it with rustup");
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        added,
+        "the {TARGET} target is not installed and `rustup target add {TARGET}` failed; install it and try again"
+    );
+}
