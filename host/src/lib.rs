@@ -5,10 +5,12 @@
 //! its events; the [`api`] enqueues, observes, waits for, cancels and stops jobs.
 
 pub mod api;
+pub mod cli;
 pub mod db;
 pub mod pool;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod store;
+pub mod telemetry;
 pub mod time;

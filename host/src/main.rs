@@ -1,3 +1,5 @@
-//! The `drover-host` command.
+//! The `drover-host` command: `drover-host run` starts a host; see `drover-host --help`.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    drover_host::cli::main()
+}

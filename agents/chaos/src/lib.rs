@@ -13,6 +13,7 @@
 //! | `print`       | writes `lines` lines to stdout and stderr, then succeeds             |
 //! | `fail`        | returns an error (`retryable` as given)                               |
 //! | `deaf`        | a long wait that ignores stop requests                               |
+//! | `sleep`       | sleeps `ms` milliseconds (waking early on a stop), then succeeds    |
 //! | `ok`          | returns `{"ok": true}`                                               |
 
 use std::hint::black_box;
@@ -31,6 +32,8 @@ struct Input {
     lines: Option<usize>,
     #[serde(default)]
     retryable: Option<bool>,
+    #[serde(default)]
+    ms: Option<u64>,
 }
 
 struct Chaos;
@@ -46,7 +49,9 @@ impl Agent for Chaos {
             "panic" => panic!("chaos agent panicked on purpose"),
             "recurse" => Ok(json!({ "depth": recurse(0) })),
             "escape" => Ok(escape()),
-            "env" => Ok(json!(std::env::vars().collect::<std::collections::BTreeMap<_, _>>())),
+            "env" => Ok(json!(
+                std::env::vars().collect::<std::collections::BTreeMap<_, _>>()
+            )),
             "big-output" => Ok(json!({ "blob": "x".repeat(input.bytes.unwrap_or(8 << 20)) })),
             "flood" => flood(),
             "print" => {
@@ -71,6 +76,10 @@ impl Agent for Chaos {
                     drover_sdk::sleep(Duration::from_millis(100));
                 }
                 Ok(json!({ "ok": true }))
+            }
+            "sleep" => {
+                let stopped = drover_sdk::sleep(Duration::from_millis(input.ms.unwrap_or(1000)));
+                Ok(json!({ "ok": true, "stopped": stopped }))
             }
             "ok" => Ok(json!({ "ok": true })),
             other => Err(Error::new("UnknownMode", format!("unknown mode {other:?}")).permanent()),
@@ -137,8 +146,14 @@ fn escape() -> Value {
         }));
     };
     attempt("/etc/passwd", std::fs::read_to_string("/etc/passwd"));
-    attempt("/proc/self/environ", std::fs::read_to_string("/proc/self/environ"));
-    attempt("../../etc/passwd", std::fs::read_to_string("../../etc/passwd"));
+    attempt(
+        "/proc/self/environ",
+        std::fs::read_to_string("/proc/self/environ"),
+    );
+    attempt(
+        "../../etc/passwd",
+        std::fs::read_to_string("../../etc/passwd"),
+    );
     attempt(
         "/scratch/../etc/passwd",
         std::fs::read_to_string("/scratch/../etc/passwd"),

@@ -1,5 +1,8 @@
 //! The producer API: enqueue jobs, observe them and their runs, wait for them, cancel and stop
-//! them.
+//! them. [`RunApi`] is the Rust face; [`http`] serves the same operations as JSON over HTTP.
+
+pub mod http;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -24,13 +24,16 @@ use crate::store::RunStore;
 use crate::time::now_ms;
 
 use recorder::RecorderHandle;
-pub use stats::PoolStats;
+pub use stats::{PoolStats, StatusLabel};
 
 /// How a pool behaves.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Jobs run at once.
+    /// Run-to-completion jobs run at once.
     pub concurrency: usize,
+    /// Long-lived agents run at once. They hold their slot until stopped, so they have slots of
+    /// their own and never starve ordinary jobs.
+    pub max_agents: usize,
     /// How long a claim holds a job before another host may take it over.
     pub lease_duration: Duration,
     /// How often in-flight leases are renewed (default: a third of the lease).
@@ -51,6 +54,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             concurrency: 4,
+            max_agents: 1024,
             lease_duration: Duration::from_secs(30),
             heartbeat_interval: None,
             reclaim_interval: Duration::from_secs(5),
@@ -96,7 +100,10 @@ struct Shared {
     recorder: RecorderHandle,
     stats: Arc<PoolStats>,
     in_flight: Mutex<HashMap<String, InFlight>>,
-    slots: Arc<Semaphore>,
+    /// Slots for run-to-completion jobs.
+    job_slots: Arc<Semaphore>,
+    /// Slots for long-lived agents.
+    agent_slots: Arc<Semaphore>,
     /// Stops claiming.
     stop_claiming: CancellationToken,
     /// Stops the background loops.
@@ -130,6 +137,7 @@ impl WorkerPool {
     pub fn start(self) -> PoolHandle {
         let mut config = self.config;
         config.concurrency = config.concurrency.max(1);
+        config.max_agents = config.max_agents.max(1);
         let worker_id: Arc<str> = config
             .worker_id
             .clone()
@@ -142,7 +150,8 @@ impl WorkerPool {
             Arc::clone(&stats),
         );
         let shared = Arc::new(Shared {
-            slots: Arc::new(Semaphore::new(config.concurrency)),
+            job_slots: Arc::new(Semaphore::new(config.concurrency)),
+            agent_slots: Arc::new(Semaphore::new(config.max_agents)),
             deps: self.deps,
             config,
             worker_id: Arc::clone(&worker_id),
@@ -162,6 +171,7 @@ impl WorkerPool {
         tracing::info!(
             worker_id = %worker_id,
             concurrency = shared.config.concurrency,
+            max_agents = shared.config.max_agents,
             lease_ms = shared.config.lease_duration.as_millis() as u64,
             "worker pool started"
         );
@@ -265,56 +275,126 @@ fn default_worker_id() -> String {
 /// Shortest pause between claims while the queue is empty.
 const IDLE_POLL_MIN: Duration = Duration::from_millis(5);
 
+/// One kind of slot: jobs, or long-lived agents. Each lane claims only its own kind of job and
+/// backs off on its own when there is nothing for it.
+struct Lane {
+    lifecycle: Lifecycle,
+    slots: Arc<Semaphore>,
+    idle: Duration,
+    next_claim: Instant,
+}
+
+impl Lane {
+    fn new(lifecycle: Lifecycle, slots: &Arc<Semaphore>) -> Self {
+        Self {
+            lifecycle,
+            slots: Arc::clone(slots),
+            idle: IDLE_POLL_MIN,
+            next_claim: Instant::now(),
+        }
+    }
+
+    fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Claims again at once.
+    fn wake(&mut self, now: Instant) {
+        self.idle = IDLE_POLL_MIN;
+        self.next_claim = now;
+    }
+
+    /// Found less than it asked for: wait longer before the next look.
+    fn back_off(&mut self, now: Instant, max: Duration) {
+        self.next_claim = now + self.idle;
+        self.idle = (self.idle * 2).min(max);
+    }
+
+    /// Resolves when one of this lane's slots is free (immediately if one is).
+    async fn slot_freed(&self) {
+        if let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await {
+            drop(permit);
+        }
+    }
+}
+
 async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
     let queue = shared.deps.queue.clone();
-    let mut idle = IDLE_POLL_MIN;
-    loop {
-        if shared.stop_claiming.is_cancelled() {
-            break;
-        }
-        let free = shared.slots.available_permits();
-        if free == 0 {
-            tokio::select! {
-                permit = Arc::clone(&shared.slots).acquire_owned() => drop(permit),
-                () = shared.stop_claiming.cancelled() => break,
-            }
-            continue;
-        }
+    let max_idle = shared.config.idle_poll_max;
+    let mut lanes = [
+        Lane::new(Lifecycle::Job, &shared.job_slots),
+        Lane::new(Lifecycle::LongLived, &shared.agent_slots),
+    ];
+    while !shared.stop_claiming.is_cancelled() {
         // Listen for in-process enqueues before looking, so none slips between the two.
         let enqueued = queue.hub().enqueued();
         tokio::pin!(enqueued);
         enqueued.as_mut().enable();
 
-        let started = Instant::now();
-        let claimed = queue
-            .claim(&shared.worker_id, shared.config.lease_duration, free)
-            .await;
-        match claimed {
-            Ok(claimed) if !claimed.is_empty() => {
-                shared.stats.record_claim(claimed.len(), started.elapsed());
-                idle = IDLE_POLL_MIN;
-                for job in claimed {
-                    let Ok(permit) = Arc::clone(&shared.slots).acquire_owned().await else {
-                        break;
-                    };
-                    jobs.spawn(job::run(Arc::clone(&shared), job, permit));
+        let now = Instant::now();
+        let mut claimed_any = false;
+        for lane in &mut lanes {
+            let free = lane.free();
+            if free == 0 || now < lane.next_claim {
+                continue;
+            }
+            let started = Instant::now();
+            match queue
+                .claim_lifecycle(
+                    &shared.worker_id,
+                    shared.config.lease_duration,
+                    free,
+                    Some(lane.lifecycle),
+                )
+                .await
+            {
+                Ok(claimed) => {
+                    let got = claimed.len();
+                    if got > 0 {
+                        shared.stats.record_claim(got, started.elapsed());
+                        claimed_any = true;
+                    }
+                    for job in claimed {
+                        let Ok(permit) = Arc::clone(&lane.slots).acquire_owned().await else {
+                            break;
+                        };
+                        jobs.spawn(job::run(Arc::clone(&shared), job, permit));
+                    }
+                    if got < free {
+                        lane.back_off(now, max_idle);
+                    } else {
+                        lane.wake(now);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming jobs failed; retrying");
+                    lane.next_claim = now + max_idle;
                 }
             }
-            Ok(_) => {
-                tokio::select! {
-                    () = &mut enqueued => {}
-                    () = tokio::time::sleep(idle) => {}
-                    () = shared.stop_claiming.cancelled() => break,
-                }
-                idle = (idle * 2).min(shared.config.idle_poll_max);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming jobs failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(shared.config.idle_poll_max) => {}
-                    () = shared.stop_claiming.cancelled() => break,
-                }
-            }
+        }
+        if claimed_any {
+            continue;
+        }
+
+        // Nothing to do now: sleep until a lane may look again, a full lane frees a slot, a job
+        // is enqueued in this process, or the pool stops.
+        let next = lanes
+            .iter()
+            .filter(|l| l.free() > 0)
+            .map(|l| l.next_claim)
+            .min()
+            .unwrap_or(now + max_idle);
+        let [jobs_lane, agents_lane] = &lanes;
+        let woke_by_enqueue = tokio::select! {
+            () = &mut enqueued => true,
+            () = tokio::time::sleep_until(next.into()) => false,
+            () = jobs_lane.slot_freed(), if jobs_lane.free() == 0 => false,
+            () = agents_lane.slot_freed(), if agents_lane.free() == 0 => false,
+            () = shared.stop_claiming.cancelled() => break,
+        };
+        if woke_by_enqueue {
+            let now = Instant::now();
+            lanes.iter_mut().for_each(|lane| lane.wake(now));
         }
     }
 }

@@ -216,9 +216,22 @@ impl Queue {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
+        self.claim_lifecycle(worker_id, lease, max, None).await
+    }
+
+    /// Like [`Queue::claim`], restricted to the jobs of agents with `lifecycle` (a pool keeps
+    /// separate slots for long-lived agents, which hold theirs until stopped).
+    pub async fn claim_lifecycle(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        max: usize,
+        lifecycle: Option<Lifecycle>,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let long_lived = lifecycle.map(|l| i64::from(l == Lifecycle::LongLived));
         let now = now_ms();
         let expires = now.saturating_add(duration_ms(lease));
         let worker = worker_id.to_string();
@@ -227,7 +240,13 @@ impl Queue {
         let jobs = self
             .db
             .run(move |conn| async move {
-                query_all(&conn, &sql.claim, (worker, expires, now, max), decode_job).await
+                query_all(
+                    &conn,
+                    &sql.claim,
+                    (worker, expires, now, max, long_lived),
+                    decode_job,
+                )
+                .await
             })
             .await?;
         let mut claimed: Vec<ClaimedJob> = jobs

@@ -69,13 +69,15 @@ pub(crate) fn insert_jobs() -> String {
     )
 }
 
-/// Leases up to `?4` due jobs to worker `?1` until `?2`; `?3` is now.
+/// Leases up to `?4` due jobs to worker `?1` until `?2`; `?3` is now; `?5` restricts the claim
+/// to long-lived (1) or run-to-completion (0) agents' jobs, or takes both (null).
 pub(crate) fn claim() -> String {
     format!(
         "UPDATE jobs SET status = 'leased', lease_owner = ?1, lease_epoch = lease_epoch + 1,
                          lease_expires_at = ?2, updated_at = ?3
          WHERE seq IN (SELECT seq FROM jobs
                        WHERE status = 'queued' AND scheduled_for <= ?3
+                         AND (?5 IS NULL OR long_lived = ?5)
                        ORDER BY priority DESC, seq LIMIT ?4)
          RETURNING {JOB_COLUMNS}"
     )

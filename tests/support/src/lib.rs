@@ -150,3 +150,109 @@ pub async fn wait_for_run_status(store: &RunStore, job_id: &str, status: RunStat
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A `drover-host run` process on its own databases and agent directory, killed when dropped.
+pub struct HostProcess {
+    child: std::process::Child,
+    /// The base URL of its HTTP API.
+    pub url: String,
+    /// Everything it logged (JSON lines), collected in the background.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HostProcess {
+    /// Starts `exe run` with `args` (plus a free port and JSON logs), with `envs` set, and waits
+    /// until it listens (or, with `--worker-only`, until its pool runs).
+    pub fn start(exe: &str, args: &[String], envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+
+        let worker_only = args.iter().any(|a| a == "--worker-only");
+        let mut command = std::process::Command::new(exe);
+        command
+            .arg("--log-format")
+            .arg("json")
+            .arg("run")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if !worker_only {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start drover-host");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let address: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    let _ = ready_tx.send(format!("http://{address}"));
+                } else if worker_only && line.contains("worker pool started") {
+                    let _ = ready_tx.send(String::new());
+                }
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let url = match ready_rx.recv_timeout(WAIT) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                panic!("drover-host did not start:\n{log}");
+            }
+        };
+        Self { child, url, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. `"TERM"`, `"KILL"`) and waits for the exit; returns its status.
+    pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drover-host did not exit after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

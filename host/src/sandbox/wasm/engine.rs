@@ -70,9 +70,11 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
         .max_wasm_stack(512 << 10)
         .async_stack_size(1 << 20);
     if let Some(dir) = &config.cache_dir {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            wasmtime::format_err!("cannot create cache directory {}: {e}", dir.display())
-        })?;
+        let dir = std::fs::create_dir_all(dir)
+            .and_then(|()| std::path::absolute(dir))
+            .map_err(|e| {
+                wasmtime::format_err!("cannot create cache directory {}: {e}", dir.display())
+            })?;
         let mut cache = CacheConfig::new();
         cache.with_directory(dir);
         wasm.cache(Some(Cache::new(cache)?));

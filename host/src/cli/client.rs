@@ -1,0 +1,541 @@
+//! The client subcommands: talk to a running host over its HTTP API and print for people (or
+//! JSON with `--json`).
+
+use std::time::Duration;
+
+use clap::Args;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::Command;
+
+/// Options shared by the client subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The host's HTTP API.
+    #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer token, if the host requires one.
+    #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit codes.
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+const JOB_FAILED: u8 = 2;
+const TIMED_OUT: u8 = 3;
+
+/// An error worth one line on stderr.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: args.url.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body. Errors from the API become a
+    /// failure carrying its message.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        accept: &[StatusCode],
+    ) -> Result<(StatusCode, Value), Failure> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .query(query);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            Failure(format!(
+                "cannot reach the host at {} ({e}); is `drover-host run` running?",
+                self.base
+            ))
+        })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() || accept.contains(&status) {
+            return Ok((status, body));
+        }
+        let message = body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the host answered {status}"));
+        let tag = body["error"]["tag"].as_str().unwrap_or("Error");
+        Err(Failure(format!("{tag}: {message}")))
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
+        Ok(self.call(Method::GET, path, query, None, &[]).await?.1)
+    }
+}
+
+/// Runs a client subcommand and returns its exit code.
+pub(super) async fn execute(command: Command) -> u8 {
+    match dispatch(command).await {
+        Ok(code) => code,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            FAILED
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Run(_) => Ok(FAILED),
+        Command::Enqueue {
+            agent,
+            input,
+            id,
+            priority,
+            max_attempts,
+            wait,
+            timeout_ms,
+            client,
+        } => {
+            let input: Value = serde_json::from_str(&input)
+                .map_err(|e| Failure(format!("the input is not JSON: {e}")))?;
+            let c = Client::new(&client);
+            let body = json!({
+                "id": id,
+                "agentId": agent,
+                "input": input,
+                "priority": priority,
+                "maxAttempts": max_attempts,
+            });
+            let (status, created) = c
+                .call(Method::POST, "/v1/jobs", &[], Some(&body), &[])
+                .await?;
+            let job = &created["job"];
+            if !wait {
+                if client.json {
+                    print_json(&created);
+                } else {
+                    let verb = if status == StatusCode::CREATED {
+                        "queued"
+                    } else {
+                        "exists"
+                    };
+                    println!("{verb} {}", job["id"].as_str().unwrap_or_default());
+                }
+                return Ok(OK);
+            }
+            let id = job["id"].as_str().unwrap_or_default().to_string();
+            wait_and_show(&c, &id, timeout_ms, client.json).await
+        }
+        Command::Get { id, client } => {
+            let view = Client::new(&client)
+                .get(&format!("/v1/jobs/{id}"), &[])
+                .await?;
+            show_view(&view, client.json);
+            Ok(OK)
+        }
+        Command::Wait {
+            id,
+            timeout_ms,
+            client,
+        } => wait_and_show(&Client::new(&client), &id, timeout_ms, client.json).await,
+        Command::Cancel { id, client } => {
+            act(
+                &Client::new(&client),
+                &id,
+                "cancel",
+                "cancel requested",
+                client.json,
+            )
+            .await
+        }
+        Command::Stop { id, client } => {
+            act(
+                &Client::new(&client),
+                &id,
+                "stop",
+                "stop requested",
+                client.json,
+            )
+            .await
+        }
+        Command::Jobs {
+            status,
+            agent,
+            limit,
+            client,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(status.map(|s| ("status", s)));
+            query.extend(agent.map(|a| ("agentId", a)));
+            let list = Client::new(&client).get("/v1/jobs", &query).await?;
+            if client.json {
+                print_json(&list);
+            } else {
+                print_table(
+                    &["ID", "AGENT", "STATUS", "ATTEMPTS", "PRIORITY", "CREATED"],
+                    list["jobs"].as_array().into_iter().flatten().map(|j| {
+                        vec![
+                            text(&j["id"]),
+                            text(&j["agentId"]),
+                            status_with_error(j),
+                            format!("{}/{}", j["attempts"], j["maxAttempts"]),
+                            j["priority"].to_string(),
+                            age(&j["createdAt"]),
+                        ]
+                    }),
+                );
+            }
+            Ok(OK)
+        }
+        Command::Runs {
+            status,
+            agent,
+            limit,
+            client,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(status.map(|s| ("status", s)));
+            query.extend(agent.map(|a| ("agentId", a)));
+            let list = Client::new(&client).get("/v1/runs", &query).await?;
+            if client.json {
+                print_json(&list);
+            } else {
+                print_table(
+                    &[
+                        "RUN", "AGENT", "JOB", "STATUS", "DURATION", "FUEL", "STARTED",
+                    ],
+                    list["runs"].as_array().into_iter().flatten().map(|r| {
+                        vec![
+                            text(&r["id"]),
+                            text(&r["agentId"]),
+                            text(&r["jobId"]),
+                            text(&r["status"]),
+                            duration(r),
+                            r["fuelUsed"]
+                                .as_u64()
+                                .map(|f| f.to_string())
+                                .unwrap_or_default(),
+                            age(&r["startedAt"]),
+                        ]
+                    }),
+                );
+            }
+            Ok(OK)
+        }
+        Command::Events {
+            id,
+            follow,
+            after,
+            client,
+        } => events(&Client::new(&client), &id, follow, after, client.json).await,
+        Command::Agents { client } => {
+            let list = Client::new(&client).get("/v1/templates", &[]).await?;
+            if client.json {
+                print_json(&list);
+                return Ok(OK);
+            }
+            print_table(
+                &["AGENT", "LIFECYCLE", "SANDBOX", "VERSION", "DESCRIPTION"],
+                list["templates"].as_array().into_iter().flatten().map(|t| {
+                    vec![
+                        text(&t["id"]),
+                        text(&t["lifecycle"]),
+                        text(&t["sandbox"]),
+                        text(&t["version"]),
+                        text(&t["description"]),
+                    ]
+                }),
+            );
+            for problem in list["problems"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "not loaded: {}: {}",
+                    text(&problem["path"]),
+                    text(&problem["error"])
+                );
+            }
+            Ok(OK)
+        }
+    }
+}
+
+async fn act(
+    client: &Client,
+    id: &str,
+    action: &str,
+    done: &str,
+    as_json: bool,
+) -> Result<u8, Failure> {
+    let (_, body) = client
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/{action}"),
+            &[],
+            None,
+            &[],
+        )
+        .await?;
+    if as_json {
+        print_json(&body);
+    } else {
+        println!("{done}: {id} is {}", text(&body["job"]["status"]));
+    }
+    Ok(OK)
+}
+
+async fn wait_and_show(
+    client: &Client,
+    id: &str,
+    timeout_ms: u64,
+    as_json: bool,
+) -> Result<u8, Failure> {
+    let (status, view) = client
+        .call(
+            Method::GET,
+            &format!("/v1/jobs/{id}/wait"),
+            &[("timeoutMs", timeout_ms.to_string())],
+            None,
+            &[StatusCode::REQUEST_TIMEOUT],
+        )
+        .await?;
+    show_view(&view, as_json);
+    if status == StatusCode::REQUEST_TIMEOUT {
+        if !as_json {
+            eprintln!(
+                "timed out after {timeout_ms} ms; the job is still {}",
+                text(&view["job"]["status"])
+            );
+        }
+        return Ok(TIMED_OUT);
+    }
+    Ok(if view["job"]["status"] == "done" {
+        OK
+    } else {
+        JOB_FAILED
+    })
+}
+
+async fn events(
+    client: &Client,
+    id: &str,
+    follow: bool,
+    mut after: i64,
+    as_json: bool,
+) -> Result<u8, Failure> {
+    // A job id stands for its latest run.
+    let run_id = match client
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{id}"),
+            &[],
+            None,
+            &[StatusCode::NOT_FOUND],
+        )
+        .await?
+    {
+        (StatusCode::NOT_FOUND, _) => {
+            let view = client.get(&format!("/v1/jobs/{id}"), &[]).await?;
+            view["run"]["id"]
+                .as_str()
+                .ok_or_else(|| Failure(format!("job {id} has not started a run yet")))?
+                .to_string()
+        }
+        (_, run) => text(&run["run"]["id"]),
+    };
+    loop {
+        let page = client
+            .get(
+                &format!("/v1/runs/{run_id}/events"),
+                &[("after", after.to_string())],
+            )
+            .await?;
+        for event in page["events"].as_array().into_iter().flatten() {
+            after = event["seq"].as_i64().unwrap_or(after);
+            if as_json {
+                println!("{event}");
+            } else {
+                println!(
+                    "{:>5}  {}  {:<16} {}",
+                    event["seq"],
+                    clock(&event["ts"]),
+                    text(&event["kind"]),
+                    event["payload"]
+                );
+            }
+        }
+        if !follow {
+            return Ok(OK);
+        }
+        let run = client.get(&format!("/v1/runs/{run_id}"), &[]).await?;
+        if run["run"]["status"] != "running" {
+            // One last look for events written as the run ended.
+            let page = client
+                .get(
+                    &format!("/v1/runs/{run_id}/events"),
+                    &[("after", after.to_string())],
+                )
+                .await?;
+            if page["events"].as_array().is_none_or(Vec::is_empty) {
+                return Ok(OK);
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn show_view(view: &Value, as_json: bool) {
+    if as_json {
+        print_json(view);
+        return;
+    }
+    let job = &view["job"];
+    println!(
+        "job     {}  agent {}  {}  attempts {}/{}  priority {}",
+        text(&job["id"]),
+        text(&job["agentId"]),
+        status_with_error(job),
+        job["attempts"],
+        job["maxAttempts"],
+        job["priority"]
+    );
+    let run = &view["run"];
+    if run.is_null() {
+        println!("run     (none yet)");
+        return;
+    }
+    let mut line = format!(
+        "run     {}  {}  {}  sandbox {}",
+        text(&run["id"]),
+        text(&run["status"]),
+        duration(run),
+        text(&run["sandbox"])
+    );
+    if let Some(fuel) = run["fuelUsed"].as_u64() {
+        line.push_str(&format!("  fuel {fuel}"));
+    }
+    if let Some(memory) = run["peakMemory"].as_u64() {
+        line.push_str(&format!(
+            "  memory {:.1} MiB",
+            memory as f64 / f64::from(1 << 20)
+        ));
+    }
+    println!("{line}");
+    if !run["output"].is_null() {
+        println!("output  {}", run["output"]);
+    }
+    if !run["error"].is_null() {
+        println!(
+            "error   {}: {}",
+            text(&run["error"]["tag"]),
+            text(&run["error"]["message"])
+        );
+    }
+}
+
+fn status_with_error(job: &Value) -> String {
+    match job["resultError"]["tag"].as_str() {
+        Some(tag) => format!("{} ({tag})", text(&job["status"])),
+        None => text(&job["status"]),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn duration(run: &Value) -> String {
+    match (run["startedAt"].as_i64(), run["endedAt"].as_i64()) {
+        (Some(start), Some(end)) => format!("{} ms", end - start),
+        (Some(_), None) => "running".into(),
+        _ => String::new(),
+    }
+}
+
+fn age(ts: &Value) -> String {
+    let Some(ts) = ts.as_i64() else {
+        return String::new();
+    };
+    let secs = (crate::time::now_ms() - ts).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86_400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+fn clock(ts: &Value) -> String {
+    let ms = ts.as_i64().unwrap_or(0).rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<width$}", width = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for row in rows {
+        println!("{}", line(row));
+    }
+}

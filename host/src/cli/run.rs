@@ -1,0 +1,249 @@
+//! `drover-host run`: wires the queue, the run store, the agent directory, the sandboxes, the
+//! worker pool and the HTTP API together, and shuts them down gracefully on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::RunApi;
+use crate::api::http::{self, HttpState};
+use crate::api::metrics::Metrics;
+use crate::db::Db;
+use crate::pool::{PoolConfig, PoolDeps, WorkerPool};
+use crate::queue::{Queue, QueueOptions};
+use crate::registry::{DirRegistry, Registry};
+use crate::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
+use crate::sandbox::{NoneSandbox, Sandbox, SandboxFor};
+use crate::store::RunStore;
+
+/// Options of `drover-host run`. Every option has an environment variable too.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Directory of agents (`*.wasm`, with optional `<name>.toml` manifests); followed for
+    /// changes.
+    #[arg(long, env = "DROVER_AGENTS_DIR", default_value = "agents")]
+    pub agents: PathBuf,
+    /// Address of the HTTP API and run viewer.
+    #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Run-to-completion jobs run at once.
+    #[arg(long, env = "DROVER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Long-lived agents run at once (they keep their slot until stopped).
+    #[arg(long, env = "DROVER_MAX_AGENTS", default_value_t = 256)]
+    pub max_agents: usize,
+    /// Lease duration in milliseconds.
+    #[arg(long, env = "DROVER_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// How often expired leases of crashed hosts are reclaimed, in milliseconds.
+    #[arg(long, env = "DROVER_RECLAIM_INTERVAL_MS", default_value_t = 5_000)]
+    pub reclaim_interval_ms: u64,
+    /// How long in-flight jobs may finish at shutdown, in milliseconds.
+    #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+    /// The queue database: `file:PATH`, `:memory:`, or `libsql://…` / `https://…`.
+    #[arg(long, env = "DROVER_QUEUE_URL", default_value = "file:./var/queue.db")]
+    pub queue_url: String,
+    /// Auth token for a remote queue database.
+    #[arg(long, env = "DROVER_QUEUE_AUTH_TOKEN", hide_env_values = true)]
+    pub queue_auth_token: Option<String>,
+    /// The run store database (may be the same as the queue's).
+    #[arg(long, env = "DROVER_STORAGE_URL", default_value = "file:./var/runs.db")]
+    pub storage_url: String,
+    /// Auth token for a remote run store database.
+    #[arg(long, env = "DROVER_STORAGE_AUTH_TOKEN", hide_env_values = true)]
+    pub storage_auth_token: Option<String>,
+    /// Where per-run scratch directories (and, by default, the compiled-component cache) live.
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = "var")]
+    pub data_dir: PathBuf,
+    /// Where compiled components are cached (default: `<data-dir>/cache`).
+    #[arg(long, env = "DROVER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Agents that run in the none sandbox (trusted: no limits, host environment), by id.
+    #[arg(long, env = "DROVER_TRUSTED_AGENTS", value_delimiter = ',')]
+    pub trusted: Vec<String>,
+    /// This host's worker id (default: host name, process id and a random suffix).
+    #[arg(long, env = "DROVER_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// A long-lived agent silent for this long (ms) is shown as stale.
+    #[arg(long, env = "DROVER_STALE_AFTER_MS", default_value_t = 90_000)]
+    pub stale_after_ms: u64,
+    /// Bearer token required by every HTTP request.
+    #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Run only the worker pool (no HTTP API).
+    #[arg(long, conflicts_with = "api_only")]
+    pub worker_only: bool,
+    /// Run only the HTTP API (no worker pool): producers and viewers on one machine, pools on
+    /// others.
+    #[arg(long)]
+    pub api_only: bool,
+}
+
+/// Runs the host until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (queue, store) = open_databases(&args).await?;
+
+    let runtime = WasmRuntime::new(
+        &EngineConfig {
+            max_instances: u32::try_from(args.concurrency + args.max_agents + 16)
+                .unwrap_or(u32::MAX),
+            cache_dir: Some(
+                args.cache_dir
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("cache")),
+            ),
+            ..EngineConfig::default()
+        },
+        args.data_dir.join("scratch"),
+    )
+    .context("cannot start the WebAssembly engine")?;
+    let registry = DirRegistry::open(&args.agents, Arc::clone(&runtime))
+        .await
+        .with_context(|| format!("cannot open the agent directory {}", args.agents.display()))?;
+    let _watch = registry.watch();
+    let ids: Vec<String> = registry.list().iter().map(|s| s.id.clone()).collect();
+    tracing::info!(
+        dir = %args.agents.display(),
+        agents = %ids.join(", "),
+        "loaded {} agent(s)",
+        ids.len()
+    );
+    for problem in registry.problems() {
+        tracing::warn!(path = %problem.path.display(), "skipped: {}", problem.error);
+    }
+
+    let registry_dyn: Arc<dyn Registry> = registry.clone();
+    let pool = (!args.api_only).then(|| {
+        WorkerPool::new(
+            PoolDeps {
+                queue: queue.clone(),
+                store: store.clone(),
+                registry: Arc::clone(&registry_dyn),
+                sandbox_for: sandbox_for(&runtime, args.trusted.clone()),
+            },
+            PoolConfig {
+                concurrency: args.concurrency,
+                max_agents: args.max_agents,
+                lease_duration: Duration::from_millis(args.lease_ms),
+                reclaim_interval: Duration::from_millis(args.reclaim_interval_ms),
+                shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+                worker_id: args.worker_id.clone(),
+                ..PoolConfig::default()
+            },
+        )
+        .start()
+    });
+
+    let stop_serving = CancellationToken::new();
+    let server = if args.worker_only {
+        None
+    } else {
+        let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn));
+        let problems_of = Arc::clone(&registry);
+        let state = HttpState {
+            api,
+            problems: Arc::new(move || problems_of.problems()),
+            metrics: Arc::new(Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()))),
+            token: args.api_token.as_deref().map(Arc::from),
+            stale_after: Duration::from_millis(args.stale_after_ms),
+        };
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr().unwrap_or(args.listen);
+        tracing::info!("listening on http://{address}");
+        let app = http::router(state);
+        let stop = stop_serving.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }))
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down (send the signal again to exit at once)");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    stop_serving.cancel();
+    if let Some(pool) = pool {
+        pool.shutdown().await;
+    }
+    if let Some(server) = server {
+        server
+            .await
+            .context("the HTTP server task failed")?
+            .context("the HTTP server failed")?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the queue and the run store; one database when both URLs are the same.
+async fn open_databases(args: &RunArgs) -> anyhow::Result<(Queue, RunStore)> {
+    let queue_db = Db::open(&args.queue_url, args.queue_auth_token.as_deref())
+        .await
+        .context("cannot open the queue database")?;
+    let store_db = if args.storage_url == args.queue_url {
+        queue_db.clone()
+    } else {
+        Db::open(&args.storage_url, args.storage_auth_token.as_deref())
+            .await
+            .context("cannot open the run store database")?
+    };
+    let queue = Queue::with_db(queue_db, QueueOptions::default())
+        .await
+        .context("cannot prepare the queue")?;
+    let store = RunStore::with_db(store_db)
+        .await
+        .context("cannot prepare the run store")?;
+    tracing::info!(queue = %args.queue_url, storage = %args.storage_url, "databases ready");
+    Ok((queue, store))
+}
+
+/// The wasm sandbox for every agent, except the trusted ones, which run in the none sandbox.
+fn sandbox_for(runtime: &Arc<WasmRuntime>, trusted: Vec<String>) -> SandboxFor {
+    let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(runtime)));
+    let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::with_wasm(Arc::clone(runtime)));
+    Arc::new(move |_job, spec| {
+        if trusted.contains(&spec.id) {
+            Arc::clone(&none)
+        } else {
+            Arc::clone(&wasm)
+        }
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

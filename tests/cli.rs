@@ -1,0 +1,533 @@
+//! The real `drover-host` binary, driven over real HTTP and through its own CLI: both seed
+//! walkthroughs, bad requests, authentication, graceful shutdown, and two hosts sharing one
+//! database while one of them is killed.
+
+use std::time::{Duration, Instant};
+
+use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, WAIT};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
+
+/// An agent directory with echo, queue-worker (fast polling) and chaos, and a place for the
+/// databases.
+struct Setup {
+    agents: AgentDir,
+    data: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let agents = AgentDir::new();
+        agents
+            .add("echo", ECHO, None)
+            .add(
+                "queue-worker",
+                QUEUE_WORKER,
+                Some("lifecycle = \"long-lived\"\n[env]\nPOLL_INTERVAL_MS = \"50\"\n"),
+            )
+            .add(
+                "chaos",
+                CHAOS,
+                Some("[limits]\nfuel = \"unlimited\"\ntimeout-ms = \"none\"\n"),
+            );
+        Self {
+            agents,
+            data: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let dir = self.data.path();
+        let mut args: Vec<String> = vec![
+            "--agents".into(),
+            self.agents.path().display().to_string(),
+            "--data-dir".into(),
+            dir.join("var").display().to_string(),
+            "--cache-dir".into(),
+            drover_test_support::cache_dir().display().to_string(),
+            "--queue-url".into(),
+            format!("file:{}", dir.join("queue.db").display()),
+            "--storage-url".into(),
+            format!("file:{}", dir.join("runs.db").display()),
+        ];
+        if !extra.contains(&"--concurrency") {
+            args.extend(["--concurrency".into(), "4".into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn start(&self, extra: &[&str]) -> HostProcess {
+        HostProcess::start(EXE, &self.args(extra), &[])
+    }
+}
+
+/// Runs a client subcommand against `url`.
+fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(EXE)
+        .args(args)
+        .env("DROVER_URL", url)
+        .env_remove("DROVER_API_TOKEN")
+        .output()
+        .expect("run drover-host");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: String) -> (StatusCode, Value) {
+    call(reqwest::Method::GET, url, None).await
+}
+
+async fn post(url: String, body: Value) -> (StatusCode, Value) {
+    call(reqwest::Method::POST, url, Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_one_enqueue_wait_and_cancel_over_http() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let url = &host.url;
+
+    let (status, created) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "id": "job-42", "agentId": "echo", "input": { "n": 42 }, "priority": 10, "maxAttempts": 3 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["job"]["id"], "job-42");
+    let (status, done) = get(format!("{url}/v1/jobs/job-42/wait?timeoutMs=30000")).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["job"]["status"], "done");
+    assert_eq!(done["run"]["output"], json!({ "received": 42, "ok": true }));
+    assert_eq!(done["run"]["status"], "success");
+
+    // The same id again returns the existing job.
+    let (status, again) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "id": "job-42", "agentId": "echo", "input": { "n": 1 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["job"]["status"], "done");
+
+    // Cancel mid-flight: failed, never retried.
+    let (_, spinning) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "agentId": "chaos", "input": { "mode": "spin" }, "maxAttempts": 3 }),
+    )
+    .await;
+    let id = spinning["job"]["id"].as_str().expect("id").to_string();
+    wait_until(|| async {
+        get(format!("{url}/v1/jobs/{id}")).await.1["job"]["status"] == "leased"
+    })
+    .await;
+    let (status, cancelled) = post(format!("{url}/v1/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
+    let (_, finished) = get(format!("{url}/v1/jobs/{id}/wait?timeoutMs=30000")).await;
+    assert_eq!(finished["job"]["status"], "failed");
+    assert_eq!(finished["job"]["resultError"]["tag"], "Cancelled");
+    assert_eq!(finished["job"]["attempts"], 1);
+    assert_eq!(finished["run"]["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_one_through_the_cli() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let (code, out, err) = cli(&host.url, &["enqueue", "echo", r#"{"n": 42}"#, "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#"{"received":42,"ok":true}"#), "{out}");
+    assert!(out.contains("done"), "{out}");
+
+    let (code, out, _) = cli(
+        &host.url,
+        &["enqueue", "chaos", r#"{"mode": "spin"}"#, "--json"],
+    );
+    assert_eq!(code, 0);
+    let id = serde_json::from_str::<Value>(&out).expect("json")["job"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (code, out, err) = cli(&host.url, &["cancel", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cli(&host.url, &["wait", &id, "--timeout-ms", "30000"]);
+    assert_eq!(code, 2, "a failed job exits with 2: {out}");
+    assert!(out.contains("Cancelled"), "{out}");
+
+    let (code, out, _) = cli(&host.url, &["jobs", "--status", "done"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().count() >= 2 && out.contains("echo"), "{out}");
+    let (code, out, _) = cli(&host.url, &["runs", "--agent", "echo"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("success"), "{out}");
+    let (code, out, _) = cli(&host.url, &["agents"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("queue-worker") && out.contains("long-lived"),
+        "{out}"
+    );
+
+    let (code, _, err) = cli(&host.url, &["enqueue", "nope", "{}"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("UnknownAgent"), "{err}");
+    let (code, _, err) = cli(&host.url, &["get", "missing-job"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = cli("http://127.0.0.1:9", &["jobs"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_two_spawn_heartbeat_and_delete_is_completed() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let url = &host.url;
+    let (status, spawned) = post(
+        format!("{url}/spawn"),
+        json!({ "agentType": "queue-worker", "tenantId": "tenant-1", "userId": "user-1" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{spawned}");
+    let name = spawned["workloadName"]
+        .as_str()
+        .expect("workloadName")
+        .to_string();
+    assert!(name.starts_with("queue-worker-"), "{name}");
+
+    // Heartbeat events accumulate while it stays Running.
+    wait_until(|| async {
+        let (_, events) = get(format!("{url}/v1/agents/{name}/events")).await;
+        events["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().filter(|e| e["kind"] == "heartbeat").count() >= 3)
+    })
+    .await;
+    let (_, agent) = get(format!("{url}/v1/agents/{name}")).await;
+    assert_eq!(agent["agent"]["phase"], "Running");
+    assert_eq!(agent["agent"]["stale"], false);
+    let (_, agents) = get(format!("{url}/v1/agents")).await;
+    assert!(
+        agents["agents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["id"] == name.as_str())),
+        "{agents}"
+    );
+
+    // Deletion is the stop signal: a graceful stop is Completed, not Failed.
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{url}/v1/agents/{name}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_until(|| async {
+        get(format!("{url}/v1/agents/{name}")).await.1["agent"]["phase"] == "Completed"
+    })
+    .await;
+    let (_, agent) = get(format!("{url}/v1/agents/{name}")).await;
+    assert_eq!(agent["agent"]["run"]["status"], "success");
+    let (_, events) = get(format!("{url}/v1/agents/{name}/events")).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"worker_started") && kinds.contains(&"item_processed"));
+    assert_eq!(kinds[kinds.len() - 2..], ["worker_stopping", "run_end"]);
+
+    // The CLI follows the same agent's events to the end.
+    let (code, out, _) = cli(url, &["events", &name, "--follow"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("worker_stopping"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_write_nothing() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let url = &host.url;
+    let client = reqwest::Client::new();
+    let malformed = client
+        .post(format!("{url}/v1/jobs"))
+        .header("content-type", "application/json")
+        .body("{\"agentId\": \"echo\", ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let body: Value = malformed.json().await.expect("json");
+    assert_eq!(body["error"]["tag"], "InvalidJson");
+
+    let cases = [
+        (json!({ "agentId": "ghost", "input": {} }), "UnknownAgent"),
+        (
+            json!({ "agentId": "echo", "input": { "n": "x" } }),
+            "InvalidInput",
+        ),
+        (
+            json!({ "agentId": "echo", "input": { "n": 1 }, "maxAttempts": 0 }),
+            "InvalidRequest",
+        ),
+        (
+            json!({ "agentId": "echo", "input": { "n": 1 }, "colour": "red" }),
+            "InvalidRequest",
+        ),
+        (json!({ "input": { "n": 1 } }), "InvalidRequest"),
+    ];
+    for (body, tag) in cases {
+        let (status, error) = post(format!("{url}/v1/jobs"), body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+        assert_eq!(error["error"]["tag"], tag, "{body}: {error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (status, error) = post(format!("{url}/spawn"), json!({ "agentType": "ghost" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["tag"], "UnknownAgent");
+    let (_, jobs) = get(format!("{url}/v1/jobs")).await;
+    assert_eq!(jobs["jobs"], json!([]), "nothing was written");
+
+    for path in [
+        "/v1/jobs/nope",
+        "/v1/runs/nope",
+        "/v1/agents/nope",
+        "/v1/runs/nope/events",
+    ] {
+        let (status, error) = get(format!("{url}{path}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error["error"]["tag"], "NotFound");
+    }
+    let (status, _) = get(format!("{url}/v1/jobs?status=sleeping")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A wait that times out answers 408 with the job as it is.
+    let (_, slow) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 5000 } }),
+    )
+    .await;
+    let id = slow["job"]["id"].as_str().expect("id");
+    let (status, view) = get(format!("{url}/v1/jobs/{id}/wait?timeoutMs=100")).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(view["job"]["id"], id);
+
+    let (status, health) = get(format!("{url}/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("drover_jobs{status=\"queued\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("drover_runs_in_flight"), "{metrics}");
+    let (status, templates) = get(format!("{url}/v1/templates")).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = templates["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["chaos", "echo", "queue-worker"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_is_required_on_every_route() {
+    let setup = Setup::new();
+    let host = HostProcess::start(EXE, &setup.args(&[]), &[("DROVER_API_TOKEN", "s3cret")]);
+    let url = &host.url;
+    for path in ["/healthz", "/v1/jobs", "/v1/templates", "/metrics"] {
+        let (status, body) = get(format!("{url}{path}")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(body["error"]["tag"], "Unauthorized");
+    }
+    let wrong = reqwest::Client::new()
+        .get(format!("{url}/v1/jobs"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let right = reqwest::Client::new()
+        .get(format!("{url}/v1/jobs"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(right.status(), StatusCode::OK);
+    let out = std::process::Command::new(EXE)
+        .args(["jobs"])
+        .env("DROVER_URL", url)
+        .env("DROVER_API_TOKEN", "s3cret")
+        .output()
+        .expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_and_hands_back_long_lived_agents() {
+    let setup = Setup::new();
+    let host = setup.start(&["--shutdown-grace-ms", "10000"]);
+    let url = host.url.clone();
+    let (_, spawned) = post(
+        format!("{url}/spawn"),
+        json!({ "agentType": "queue-worker" }),
+    )
+    .await;
+    let name = spawned["workloadName"].as_str().expect("name").to_string();
+    let (_, job) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 1500 } }),
+    )
+    .await;
+    let job_id = job["job"]["id"].as_str().expect("id").to_string();
+    wait_until(|| async {
+        get(format!("{url}/v1/jobs/{job_id}")).await.1["job"]["status"] == "leased"
+            && get(format!("{url}/v1/jobs/{name}")).await.1["job"]["status"] == "leased"
+    })
+    .await;
+    let log = std::sync::Arc::clone(&host.log);
+    let status = host.signal("TERM");
+    assert!(status.success(), "exit status {status}");
+    let log = log.lock().expect("log").join("\n");
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+
+    // The in-flight job was allowed to finish; the long-lived agent was handed back.
+    let restarted = setup.start(&["--worker-only"]);
+    let queue = drover_host::queue::Queue::open(
+        &format!("file:{}", setup.data.path().join("queue.db").display()),
+        None,
+    )
+    .await
+    .expect("queue");
+    let job = queue.get(&job_id).await.expect("get").expect("job");
+    assert_eq!(job.status, drover_host::queue::JobStatus::Done);
+    let agent = queue.get(&name).await.expect("get").expect("agent");
+    assert_eq!(agent.attempts, 0);
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_one_database_and_survive_a_sigkill() {
+    let setup = Setup::new();
+    let fast = [
+        "--lease-ms",
+        "1000",
+        "--reclaim-interval-ms",
+        "200",
+        "--concurrency",
+        "2",
+    ];
+    let a = setup.start(&[&fast[..], &["--worker-id", "host-a"]].concat());
+    let b = setup.start(&[&fast[..], &["--worker-id", "host-b"]].concat());
+    let url = b.url.clone();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let (status, job) = post(
+            format!("{url}/v1/jobs"),
+            json!({ "id": format!("slow-{n}"), "agentId": "chaos",
+                    "input": { "mode": "sleep", "ms": 1500 }, "maxAttempts": 3 }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(job["job"]["id"].as_str().expect("id").to_string());
+    }
+    // Wait until host A holds some jobs, then kill it without warning.
+    let on_a = wait_for(|| async {
+        let (_, jobs) = get(format!("{url}/v1/jobs?status=leased")).await;
+        let held: Vec<String> = jobs["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["leaseOwner"] == "host-a")
+            .filter_map(|j| j["id"].as_str().map(str::to_string))
+            .collect();
+        (!held.is_empty()).then_some(held)
+    })
+    .await;
+    let status = a.signal("KILL");
+    assert!(!status.success());
+
+    for id in &ids {
+        let (status, view) = get(format!("{url}/v1/jobs/{id}/wait?timeoutMs=30000")).await;
+        assert_eq!(status, StatusCode::OK, "{id}: {view}");
+        assert_eq!(view["job"]["status"], "done", "{id}: {view}");
+    }
+    for id in &on_a {
+        let (_, runs) = get(format!("{url}/v1/runs?jobId={id}")).await;
+        let runs = runs["runs"].as_array().expect("runs");
+        let winner: Vec<&Value> = runs.iter().filter(|r| r["status"] == "success").collect();
+        assert_eq!(winner.len(), 1, "{id}: {runs:?}");
+        assert_eq!(
+            winner[0]["workerId"], "host-b",
+            "{id} finished on the survivor"
+        );
+        assert!(
+            runs.iter()
+                .any(|r| r["workerId"] == "host-a" && r["status"] == "lost"),
+            "{id}: the killed host's run is marked lost: {runs:?}"
+        );
+    }
+}
+
+/// Polls `check` until it holds.
+async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(|| {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Polls `check` until it yields a value.
+async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "condition never held");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
