@@ -14,6 +14,7 @@
 //! | `fail`        | returns an error (`retryable` as given)                               |
 //! | `deaf`        | a long wait that ignores stop requests                               |
 //! | `sleep`       | sleeps `ms` milliseconds (waking early on a stop), then succeeds    |
+//! | `sieve`       | counts the primes below `n` (a CPU-bound workload)                   |
 //! | `ok`          | returns `{"ok": true}`                                               |
 
 use std::hint::black_box;
@@ -34,6 +35,8 @@ struct Input {
     retryable: Option<bool>,
     #[serde(default)]
     ms: Option<u64>,
+    #[serde(default)]
+    n: Option<usize>,
 }
 
 struct Chaos;
@@ -81,10 +84,30 @@ impl Agent for Chaos {
                 let stopped = drover_sdk::sleep(Duration::from_millis(input.ms.unwrap_or(1000)));
                 Ok(json!({ "ok": true, "stopped": stopped }))
             }
+            "sieve" => Ok(json!({ "primes": sieve(input.n.unwrap_or(1_000_000)) })),
             "ok" => Ok(json!({ "ok": true })),
             other => Err(Error::new("UnknownMode", format!("unknown mode {other:?}")).permanent()),
         }
     }
+}
+
+/// Counts the primes below `n` with the sieve of Eratosthenes.
+fn sieve(n: usize) -> usize {
+    let mut composite = vec![false; n];
+    let mut count = 0;
+    for i in 2..n {
+        if !composite[i] {
+            count += 1;
+            if i <= (n - 1) / i {
+                let mut j = i * i;
+                while j < n {
+                    composite[j] = true;
+                    j += i;
+                }
+            }
+        }
+    }
+    count
 }
 
 fn spin() -> Result<Value, Error> {

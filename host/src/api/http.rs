@@ -17,6 +17,7 @@
 //! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances |
 //! | `GET /v1/agents/{id}/events` | the instance's events |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
+//! | `GET /v1/stats` | jobs and runs counted by status |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
 //! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured,
@@ -34,7 +35,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
@@ -80,6 +81,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{id}", get(get_agent).delete(delete_agent))
         .route("/v1/agents/{id}/events", get(agent_events))
+        .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
     api.layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -500,6 +502,30 @@ async fn delete_agent(State(state): State<HttpState>, Path(id): Path<String>) ->
         StatusCode::ACCEPTED,
         json!({ "job": state.api.stop(&id).await? }),
     )
+}
+
+async fn stats(State(state): State<HttpState>) -> HttpResult {
+    let jobs = state.api.queue().counts().await.map_err(ApiError::from)?;
+    let runs = state.api.store().counts().await.map_err(ApiError::from)?;
+    let jobs: serde_json::Map<String, Value> = JobStatus::ALL
+        .iter()
+        .map(|s| {
+            (
+                s.as_str().to_string(),
+                json!(jobs.get(s).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let runs: serde_json::Map<String, Value> = RunStatus::ALL
+        .iter()
+        .map(|s| {
+            (
+                s.as_str().to_string(),
+                json!(runs.get(s).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    ok(StatusCode::OK, json!({ "jobs": jobs, "runs": runs }))
 }
 
 async fn healthz() -> HttpResult {

@@ -158,7 +158,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().unwrap_or(args.listen);
         tracing::info!("listening on http://{address}");
-        let app = http::router(state);
+        let app = crate::viewer::router().merge(http::router(state));
         let stop = stop_serving.clone();
         Some(tokio::spawn(async move {
             axum::serve(listener, app)

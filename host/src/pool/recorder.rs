@@ -52,6 +52,13 @@ pub(crate) struct RecorderHandle {
 }
 
 impl RecorderHandle {
+    /// A handle whose records go nowhere (nothing receives them).
+    pub(crate) fn discarding() -> Self {
+        Self {
+            tx: mpsc::channel(1).0,
+        }
+    }
+
     /// Queues a record, waiting while the recorder is behind.
     pub(crate) async fn send(&self, record: Record) {
         // After shutdown there is nobody left to write; the record is dropped.

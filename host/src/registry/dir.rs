@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::{AgentCode, AgentSpec, DEFAULT_STOP_GRACE, Manifest, Registry, Schema};
+use super::{AgentSpec, Manifest, Registry};
 use crate::sandbox::wasm::WasmRuntime;
 
 /// How long file events settle before a rescan.
@@ -172,6 +172,8 @@ impl DirRegistry {
             }
         }
 
+        // Files that are new or changed since the last scan, in load order.
+        let mut changed = Vec::new();
         for path in wasm_files {
             let manifest_path = path.with_extension("toml");
             let Some(wasm_stat) = stat(&path) else {
@@ -190,11 +192,23 @@ impl DirRegistry {
             if previous.as_ref().is_some_and(|p| p.signature == signature) {
                 continue;
             }
-            let previous_id = previous.and_then(|p| p.agent_id);
-            match self
-                .load(&path, &manifest_path, previous_id.as_deref())
-                .await
-            {
+            changed.push((path, signature, previous.and_then(|p| p.agent_id)));
+        }
+
+        // Compile them all at once (each compile runs on the blocking pool), then register
+        // them one by one in load order, so that id conflicts resolve the same way every time.
+        let loads =
+            futures::future::join_all(changed.iter().map(|(path, _, _)| self.load(path))).await;
+        for ((path, signature, previous_id), loaded) in changed.into_iter().zip(loads) {
+            let loaded = loaded.and_then(|spec| match self.owner_of(&spec.id, &path) {
+                Some(owner) if previous_id.as_deref() != Some(spec.id.as_str()) => Err(format!(
+                    "agent id {:?} is already taken by {}",
+                    spec.id,
+                    owner.display()
+                )),
+                _ => Ok(spec),
+            });
+            match loaded {
                 Ok(spec) => {
                     let id = spec.id.clone();
                     tracing::info!(
@@ -241,12 +255,10 @@ impl DirRegistry {
         report
     }
 
-    async fn load(
-        &self,
-        path: &Path,
-        manifest_path: &Path,
-        replacing: Option<&str>,
-    ) -> Result<AgentSpec, String> {
+    /// Reads a component and its manifest into a spec (not yet registered).
+    async fn load(&self, path: &Path) -> Result<AgentSpec, String> {
+        let manifest_path = path.with_extension("toml");
+        let manifest_path = manifest_path.as_path();
         let manifest = if manifest_path.exists() {
             Manifest::read(manifest_path).map_err(|e| e.to_string())?
         } else {
@@ -258,48 +270,26 @@ impl DirRegistry {
             .ok_or_else(|| "the file name is not valid UTF-8".to_string())?;
         let id = manifest.id.clone().unwrap_or_else(|| stem.to_string());
         validate_id(&id)?;
-        if let Some(owner) = self.owner_of(&id, path)
-            && replacing != Some(id.as_str())
-        {
-            return Err(format!(
-                "agent id {id:?} is already taken by {}",
-                owner.display()
-            ));
-        }
         let agent = self
             .runtime
             .load_file(path)
             .await
             .map_err(|e| e.to_string())?;
-        let described = agent.description().clone();
-        let lifecycle = manifest.lifecycle.unwrap_or(described.lifecycle);
-        let limits = manifest.limits(lifecycle);
-        let schema = |text: &Option<String>, which: &str| {
-            text.as_deref()
-                .map(Schema::parse)
-                .transpose()
-                .map_err(|e| format!("the agent's {which} schema: {e}"))
-        };
-        Ok(AgentSpec {
-            id,
-            version: described.version.clone(),
-            description: manifest
-                .description
-                .clone()
-                .unwrap_or_else(|| described.description.clone()),
-            lifecycle,
-            limits,
-            env: manifest.env.clone(),
-            scratch_dir: manifest.scratch_dir.unwrap_or(false),
-            stop_grace: manifest
-                .stop_grace_ms
-                .map_or(DEFAULT_STOP_GRACE, Duration::from_millis),
-            max_restarts: manifest.max_restarts,
-            input_schema: schema(&described.input_schema, "input")?,
-            output_schema: schema(&described.output_schema, "output")?,
-            source: Some(path.to_path_buf()),
-            code: AgentCode::Wasm(Arc::new(agent)),
-        })
+        let mut spec =
+            AgentSpec::from_component(id, agent).map_err(|e| format!("the agent's schema: {e}"))?;
+        spec.lifecycle = manifest.lifecycle.unwrap_or(spec.lifecycle);
+        spec.limits = manifest.limits(spec.lifecycle);
+        if let Some(description) = &manifest.description {
+            spec.description = description.clone();
+        }
+        spec.env = manifest.env.clone();
+        spec.scratch_dir = manifest.scratch_dir.unwrap_or(false);
+        if let Some(ms) = manifest.stop_grace_ms {
+            spec.stop_grace = Duration::from_millis(ms);
+        }
+        spec.max_restarts = manifest.max_restarts;
+        spec.source = Some(path.to_path_buf());
+        Ok(spec)
     }
 
     /// The file that currently provides agent `id`, if another file than `path` does.

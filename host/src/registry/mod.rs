@@ -106,6 +106,28 @@ impl AgentSpec {
         }
     }
 
+    /// A spec for a loaded component, from what it says about itself and the default limits of
+    /// its lifecycle. Fails if its schemas are not valid JSON Schemas.
+    pub fn from_component(id: impl Into<String>, agent: WasmAgent) -> Result<Self, SchemaError> {
+        let described = agent.description().clone();
+        let schema = |text: &Option<String>| text.as_deref().map(Schema::parse).transpose();
+        Ok(Self {
+            id: id.into(),
+            version: described.version,
+            description: described.description,
+            lifecycle: described.lifecycle,
+            limits: Limits::for_lifecycle(described.lifecycle),
+            env: BTreeMap::new(),
+            scratch_dir: false,
+            stop_grace: DEFAULT_STOP_GRACE,
+            max_restarts: None,
+            input_schema: schema(&described.input_schema)?,
+            output_schema: schema(&described.output_schema)?,
+            source: None,
+            code: AgentCode::Wasm(Arc::new(agent)),
+        })
+    }
+
     /// Sets the description.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();

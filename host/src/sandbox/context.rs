@@ -196,6 +196,18 @@ impl RunContext {
         }
     }
 
+    /// A context for running an agent outside a pool (embedding, benchmarks): its events,
+    /// heartbeats and logs are discarded.
+    pub fn detached(identity: RunIdentity, max_events: Option<u64>) -> Self {
+        Self::new(
+            identity,
+            Control::new(),
+            RecorderHandle::discarding(),
+            1,
+            max_events,
+        )
+    }
+
     /// The run id.
     pub fn run_id(&self) -> &str {
         &self.inner.run_id

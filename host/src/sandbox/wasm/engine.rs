@@ -19,6 +19,9 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// How often the epoch advances: the granularity of timeouts, cancellation and time slicing.
     pub epoch_tick: Duration,
+    /// Fuel metering and epoch interruption. Without them a guest computing in a loop can be
+    /// neither limited nor interrupted; turn them off only to measure what they cost.
+    pub metering: bool,
 }
 
 impl Default for EngineConfig {
@@ -28,6 +31,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 1 << 30,
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
+            metering: true,
         }
     }
 }
@@ -62,8 +66,8 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
 
     let mut wasm = Config::new();
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .consume_fuel(true)
-        .epoch_interruption(true)
+        .consume_fuel(config.metering)
+        .epoch_interruption(config.metering)
         // Agents are plain WASIp2 components; the component-model-async machinery only adds
         // per-call bookkeeping.
         .concurrency_support(false)

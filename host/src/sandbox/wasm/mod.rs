@@ -129,6 +129,7 @@ pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     scratch_root: PathBuf,
+    metering: bool,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -151,7 +152,9 @@ impl WasmRuntime {
         scratch_root: impl Into<PathBuf>,
     ) -> Result<Arc<Self>, WasmError> {
         let engine = engine::build(config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        engine::start_ticker(&engine, config.epoch_tick);
+        if config.metering {
+            engine::start_ticker(&engine, config.epoch_tick);
+        }
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
@@ -164,6 +167,7 @@ impl WasmRuntime {
             engine,
             linker,
             scratch_root: scratch_root.into(),
+            metering: config.metering,
         }))
     }
 
@@ -251,6 +255,9 @@ impl WasmRuntime {
     fn store(&self, state: HostState, fuel: Option<u64>) -> wasmtime::Result<Store<HostState>> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
+        if !self.metering {
+            return Ok(store);
+        }
         store.set_fuel(fuel.unwrap_or(u64::MAX))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut cx| {
@@ -352,8 +359,10 @@ impl WasmRuntime {
             None => call.await,
         };
 
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let fuel_used = limits.fuel.unwrap_or(u64::MAX).saturating_sub(fuel_left);
+        let fuel_used = store
+            .get_fuel()
+            .ok()
+            .map(|left| limits.fuel.unwrap_or(u64::MAX).saturating_sub(left));
         let state = store.data();
         let outcome = match result {
             Ok(Ok(output)) => accept_output(output, &limits),
@@ -370,7 +379,7 @@ impl WasmRuntime {
         drop(scratch);
         RunOutcome {
             result: outcome,
-            fuel_used: Some(fuel_used),
+            fuel_used,
             peak_memory: Some(peak_memory),
         }
     }

@@ -1,0 +1,783 @@
+//! The benchmark harness. Every figure is measured beside a baseline in the same run and reported
+//! as a ratio, because on shared machines only ratios hold.
+//!
+//! ```sh
+//! cargo bench -p drover-host --bench drover              # full run, writes docs/BENCHMARKS.md
+//! cargo bench -p drover-host --bench drover -- --quick   # small sizes, proves the harness works
+//! cargo bench -p drover-host --bench drover -- --only throughput   # one benchmark
+//! ```
+//!
+//! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
+//! proves it still works; its figures are then from an unoptimized build and mean nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_host::db::Db;
+use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
+use drover_host::queue::{Finish, FinishKind, JobStatus, NewJob, Queue, QueueOptions};
+use drover_host::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
+use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
+use drover_host::sandbox::{NoneSandbox, RunContext, RunIdentity, Sandbox, SandboxFor};
+use drover_host::store::{RunStatus, RunStore};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+/// How much work each benchmark does.
+#[derive(Clone, Copy)]
+struct Scale {
+    quick: bool,
+}
+
+impl Scale {
+    fn pick<T>(self, quick: T, full: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+/// One line of the report.
+struct Row {
+    name: String,
+    figure: String,
+    baseline: String,
+    ratio: f64,
+    target: String,
+    /// `Some(true)`: target met; `Some(false)`: missed; `None`: no target.
+    met: Option<bool>,
+}
+
+impl Row {
+    fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "—",
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; anything else (`cargo test`) gets the quick mode.
+    let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let scale = Scale { quick };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut rows = Vec::new();
+
+    let dir = work.path();
+    if wanted("per-job") {
+        eprintln!("[1/6] per-job instance cost");
+        rows.extend(runtime.block_on(per_job_cost(scale, dir)));
+    }
+    if wanted("throughput") {
+        eprintln!("[2/6] end-to-end durable throughput");
+        rows.extend(runtime.block_on(throughput(scale, dir)));
+    }
+    if wanted("cancel") {
+        eprintln!("[3/6] cancel latency");
+        rows.extend(runtime.block_on(cancel_latency(scale, dir)));
+    }
+    if wanted("density") {
+        eprintln!("[4/6] density of long-lived agents");
+        rows.extend(runtime.block_on(density(scale, dir)));
+    }
+    if wanted("quota") {
+        eprintln!("[5/6] quota overhead");
+        rows.extend(runtime.block_on(quota_overhead(scale, dir)));
+    }
+    if wanted("cold-start") {
+        eprintln!("[6/6] cold vs warm start");
+        rows.extend(runtime.block_on(cold_start(scale, dir)));
+    }
+    if only.is_some() {
+        // A partial run is for investigating; it does not replace the report.
+        println!("{}", report(&rows, scale));
+        return;
+    }
+
+    let report = report(&rows, scale);
+    println!("{report}");
+    let out = if quick {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("BENCHMARKS.quick.md")
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md")
+    };
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).expect("report directory");
+    }
+    std::fs::write(&out, report).expect("write report");
+    eprintln!("wrote {}", out.display());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Per-job instance cost
+
+async fn per_job_cost(scale: Scale, work: &Path) -> Vec<Row> {
+    let iterations = scale.pick(2_000, 20_000);
+    let runtime = wasm_runtime(work, 64, true);
+    let wasm_spec = component_spec(&runtime, "echo", drover_test_support::ECHO).await;
+    let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(&runtime)));
+    let native_spec = native_echo();
+    let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
+    let input: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"n":42}"#.into()).expect("json"));
+
+    let wasm_times = time_runs(&wasm, &wasm_spec, &input, iterations).await;
+    let native_times = time_runs(&none, &native_spec, &input, iterations).await;
+    let (w50, w99) = (percentile(&wasm_times, 0.50), percentile(&wasm_times, 0.99));
+    let (n50, n99) = (
+        percentile(&native_times, 0.50),
+        percentile(&native_times, 0.99),
+    );
+    vec![
+        Row {
+            name: format!(
+                "Per-job instance cost, p50 ({iterations} runs): new store + instantiate + call + drop of `echo` in the wasm sandbox, vs the native agent in the none sandbox"
+            ),
+            figure: micros(w50),
+            baseline: micros(n50),
+            ratio: w50 / n50,
+            target: "≤ 15 µs".into(),
+            met: Some(w50 <= 15e-6),
+        },
+        Row {
+            name: "Per-job instance cost, p99".into(),
+            figure: micros(w99),
+            baseline: micros(n99),
+            ratio: w99 / n99,
+            target: String::new(),
+            met: None,
+        },
+    ]
+}
+
+async fn time_runs(
+    sandbox: &Arc<dyn Sandbox>,
+    spec: &AgentSpec,
+    input: &Arc<RawValue>,
+    iterations: usize,
+) -> Vec<f64> {
+    let run = |i: usize| {
+        let ctx = RunContext::detached(
+            RunIdentity {
+                run_id: Arc::from(format!("bench-{i}")),
+                job_id: String::new(),
+                agent_id: spec.id.clone(),
+                attempt: 1,
+            },
+            None,
+        );
+        sandbox.run(spec, Arc::clone(input), ctx)
+    };
+    for i in 0..iterations / 10 {
+        let outcome = run(i).await;
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    }
+    let mut times = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let started = Instant::now();
+        let outcome = run(i).await;
+        times.push(started.elapsed().as_secs_f64());
+        assert!(outcome.result.is_ok());
+    }
+    times
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. End-to-end durable throughput
+
+async fn throughput(scale: Scale, work: &Path) -> Vec<Row> {
+    let jobs = scale.pick(2_000, 20_000);
+    let batch = 32;
+    let runtime = wasm_runtime(work, 256, true);
+    let echo = component_spec(&runtime, "echo", drover_test_support::ECHO).await;
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(echo));
+
+    // The drain: fresh wasm instance per job, runs and events recorded.
+    let dir = tempfile::tempdir_in(work).expect("dir");
+    let (queue, store) = databases(dir.path()).await;
+    let enqueue_started = Instant::now();
+    enqueue_echo(&queue, jobs).await;
+    let enqueue_rate = jobs as f64 / enqueue_started.elapsed().as_secs_f64();
+    let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(&runtime)));
+    let started = Instant::now();
+    let pool = start_pool(&queue, &store, &registry, wasm, batch, 1);
+    wait_for_runs(&pool, jobs as u64).await;
+    pool.flush().await;
+    let elapsed = started.elapsed();
+    pool.shutdown().await;
+    let counts = queue.counts().await.expect("counts");
+    assert_eq!(
+        counts.get(&JobStatus::Done).copied(),
+        Some(jobs as i64),
+        "{counts:?}"
+    );
+    let runs = store.counts().await.expect("run counts");
+    assert_eq!(runs.get(&RunStatus::Success).copied(), Some(jobs as i64));
+    let drained = jobs as f64 / elapsed.as_secs_f64();
+
+    // The floor: the same claim and fenced complete statements, same batch, no agent, no runs.
+    let floor_dir = tempfile::tempdir_in(work).expect("dir");
+    let (floor_queue, _) = databases(floor_dir.path()).await;
+    enqueue_echo(&floor_queue, jobs).await;
+    let started = Instant::now();
+    let mut done = 0;
+    loop {
+        let claimed = floor_queue
+            .claim("floor", Duration::from_secs(30), batch)
+            .await
+            .expect("claim");
+        if claimed.is_empty() {
+            break;
+        }
+        let outcomes: Vec<Finish> = claimed
+            .iter()
+            .map(|c| Finish {
+                lease: c.lease.clone(),
+                kind: FinishKind::Complete,
+                run_id: None,
+                result_status: Some("success".into()),
+            })
+            .collect();
+        done += floor_queue.finish(&outcomes).await.expect("finish").len();
+    }
+    assert_eq!(done, jobs);
+    let floor = jobs as f64 / started.elapsed().as_secs_f64();
+
+    vec![
+        Row {
+            name: format!(
+                "Durable throughput: drain {jobs} `echo` jobs through `file:` libsql, a fresh wasm instance per job, runs and events recorded; vs the bare queue floor (claim + fenced complete, batches of {batch})"
+            ),
+            figure: format!("{drained:.0} jobs/s"),
+            baseline: format!("{floor:.0} jobs/s"),
+            ratio: drained / floor,
+            target: "≥ 30,000 jobs/s and ≥ 0.35 of the floor".into(),
+            met: Some(drained >= 30_000.0 && drained / floor >= 0.35),
+        },
+        Row {
+            name: format!(
+                "Batched enqueue of the same {jobs} jobs (batches of 1,000; one statement each)"
+            ),
+            figure: format!("{enqueue_rate:.0} jobs/s"),
+            baseline: format!("{floor:.0} jobs/s (floor drain)"),
+            ratio: enqueue_rate / floor,
+            target: String::new(),
+            met: None,
+        },
+    ]
+}
+
+async fn enqueue_echo(queue: &Queue, jobs: usize) {
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
+        let batch = chunk
+            .iter()
+            .map(|n| NewJob::new("echo", &json!({ "n": n })))
+            .collect();
+        queue.enqueue_batch(batch).await.expect("enqueue");
+    }
+}
+
+async fn wait_for_runs(pool: &PoolHandle, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while pool.stats().runs_with_status(RunStatus::Success) < n {
+        assert!(Instant::now() < deadline, "the pool did not finish");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cancel latency
+
+async fn cancel_latency(scale: Scale, work: &Path) -> Vec<Row> {
+    let rounds = scale.pick(8, 40);
+    let runtime = wasm_runtime(work, 64, true);
+    let mut chaos = component_spec(&runtime, "chaos", drover_test_support::CHAOS).await;
+    chaos.limits.fuel = None;
+    chaos.limits.timeout = None;
+    let spinner = AgentSpec::native(
+        "native-spin",
+        native_agent(|_input, _ctx| async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }),
+    );
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(chaos).with(spinner));
+    let dir = tempfile::tempdir_in(work).expect("dir");
+    let (queue, store) = databases(dir.path()).await;
+    let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(&runtime)));
+    let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
+    let sandbox_for: SandboxFor = Arc::new(move |_job, spec| {
+        if spec.is_wasm() {
+            Arc::clone(&wasm)
+        } else {
+            Arc::clone(&none)
+        }
+    });
+    let pool = WorkerPool::new(
+        PoolDeps {
+            queue: queue.clone(),
+            store: store.clone(),
+            registry: Arc::clone(&registry),
+            sandbox_for,
+        },
+        PoolConfig {
+            concurrency: 4,
+            ..PoolConfig::default()
+        },
+    )
+    .start();
+    let api = drover_host::api::RunApi::new(queue.clone(), store, registry);
+    let measure = async |agent: &str, input: serde_json::Value| {
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let job = api
+                .enqueue(NewJob::new(agent, &input))
+                .await
+                .expect("enqueue")
+                .job;
+            while queue.get(&job.id).await.expect("get").expect("job").status != JobStatus::Leased {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Let the guest get deep into its loop.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let started = Instant::now();
+            api.cancel(&job.id).await.expect("cancel");
+            let view = api
+                .wait_for(&job.id, Duration::from_secs(30))
+                .await
+                .expect("wait");
+            times.push(started.elapsed().as_secs_f64());
+            assert_eq!(view.job.status, JobStatus::Failed);
+        }
+        times
+    };
+    let wasm_times = measure("chaos", json!({ "mode": "spin" })).await;
+    let native_times = measure("native-spin", json!(null)).await;
+    pool.shutdown().await;
+    let (w50, w99) = (percentile(&wasm_times, 0.5), percentile(&wasm_times, 0.99));
+    let (n50, n99) = (
+        percentile(&native_times, 0.5),
+        percentile(&native_times, 0.99),
+    );
+    vec![
+        Row {
+            name: format!(
+                "Cancel latency, p99 ({rounds} cancels): from `cancel` to the job being terminal, a wasm guest spinning in pure compute; vs a native agent that yields"
+            ),
+            figure: millis(w99),
+            baseline: millis(n99),
+            ratio: w99 / n99,
+            target: "≤ 100 ms".into(),
+            met: Some(w99 <= 0.100),
+        },
+        Row {
+            name: "Cancel latency, p50".into(),
+            figure: millis(w50),
+            baseline: millis(n50),
+            ratio: w50 / n50,
+            target: String::new(),
+            met: None,
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Density of long-lived agents
+
+async fn density(scale: Scale, work: &Path) -> Vec<Row> {
+    let steps: &[usize] = if scale.quick {
+        &[100]
+    } else {
+        &[1_000, 5_000, 10_000]
+    };
+    let mut rows = Vec::new();
+    for &n in steps {
+        let (wasm_rss, wasm_late) = live_agents(n, true, work).await;
+        let (native_rss, native_late) = live_agents(n, false, work).await;
+        rows.push(Row {
+            name: format!("Density, {n} long-lived `queue-worker` agents idling and heartbeating every second in one host: resident memory per agent; vs the same loop as a native agent"),
+            figure: kib(wasm_rss),
+            baseline: kib(native_rss),
+            ratio: wasm_rss / native_rss.max(1.0),
+            target: if n == 10_000 { "≤ 200 KiB at 10,000".into() } else { String::new() },
+            met: (n == 10_000).then_some(wasm_rss <= 200.0 * 1024.0),
+        });
+        rows.push(Row {
+            name: format!("Density, {n} agents: heartbeat lateness p99 (gap between heartbeats beyond the 1 s interval)"),
+            figure: millis(wasm_late),
+            baseline: millis(native_late),
+            ratio: wasm_late / native_late.max(1e-4),
+            target: String::new(),
+            met: None,
+        });
+    }
+    rows
+}
+
+/// Starts `n` long-lived agents (wasm `queue-worker`s, or the same loop natively), lets them
+/// heartbeat for a few seconds, and returns the resident memory per agent and the p99
+/// heartbeat lateness.
+async fn live_agents(n: usize, wasm: bool, work: &Path) -> (f64, f64) {
+    const INTERVAL_MS: i64 = 1000;
+    let dir = tempfile::tempdir_in(work).expect("dir");
+    let (queue, store) = databases(dir.path()).await;
+    let runtime = wasm_runtime(work, u32::try_from(n + 16).expect("n"), true);
+    let spec = if wasm {
+        let mut spec = component_spec(&runtime, "worker", drover_test_support::QUEUE_WORKER).await;
+        spec.env
+            .insert("POLL_INTERVAL_MS".into(), INTERVAL_MS.to_string());
+        spec
+    } else {
+        AgentSpec::native(
+            "worker",
+            native_agent(|_input, ctx| async move {
+                ctx.emit("worker_started", &json!({ "intervalMs": INTERVAL_MS }))
+                    .await?;
+                let mut items = 0u64;
+                loop {
+                    ctx.heartbeat().await;
+                    ctx.emit("heartbeat", &json!({ "status": "running" }))
+                        .await?;
+                    items += 1;
+                    ctx.emit("item_processed", &json!({ "item": items }))
+                        .await?;
+                    if ctx.sleep(Duration::from_millis(INTERVAL_MS as u64)).await {
+                        break;
+                    }
+                }
+                Ok(json!({ "itemsProcessed": items }))
+            }),
+        )
+        .long_lived()
+    };
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(spec));
+    let sandbox: Arc<dyn Sandbox> = if wasm {
+        Arc::new(WasmSandbox::new(Arc::clone(&runtime)))
+    } else {
+        Arc::new(NoneSandbox::new())
+    };
+    let pool = start_pool(&queue, &store, &registry, sandbox, 4, n);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes();
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|i| {
+            NewJob::new("worker", &json!(null))
+                .id(format!("agent-{i}"))
+                .lifecycle(drover_host::queue::Lifecycle::LongLived)
+        })
+        .collect();
+    queue.enqueue_batch(jobs).await.expect("enqueue");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while pool.stats().in_flight() < n as i64 {
+        assert!(Instant::now() < deadline, "agents did not all start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let measured_from = drover_host::time::now_ms();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pool.flush().await;
+    let after = rss_bytes();
+    let lateness = heartbeat_lateness(&store, measured_from, INTERVAL_MS).await;
+    let per_agent = (after.saturating_sub(before)) as f64 / n as f64;
+    pool.shutdown().await;
+    (per_agent, lateness)
+}
+
+/// p99 of (gap between consecutive heartbeats of one agent − the interval), in seconds.
+async fn heartbeat_lateness(store: &RunStore, since: i64, interval_ms: i64) -> f64 {
+    let gaps = store
+        .db()
+        .run(move |conn| async move {
+            drover_host::db::query_all(
+                &conn,
+                "SELECT gap FROM (
+                    SELECT ts - lag(ts) OVER (PARTITION BY run_id ORDER BY seq) AS gap
+                    FROM events WHERE kind = 'heartbeat' AND ts >= ?1)
+                 WHERE gap IS NOT NULL",
+                [since],
+                |row| drover_host::db::RowExt::int(row, 0),
+            )
+            .await
+        })
+        .await
+        .expect("heartbeat gaps");
+    let lateness: Vec<f64> = gaps
+        .iter()
+        .map(|gap| (gap - interval_ms).max(0) as f64 / 1000.0)
+        .collect();
+    if lateness.is_empty() {
+        return 0.0;
+    }
+    percentile(&lateness, 0.99)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Quota overhead
+
+async fn quota_overhead(scale: Scale, work: &Path) -> Vec<Row> {
+    let rounds = scale.pick(5, 25);
+    let input: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"mode":"sieve","n":2000000}"#.into()).expect("json"));
+    let mut medians = Vec::new();
+    for metering in [true, false] {
+        let runtime = wasm_runtime(work, 16, metering);
+        let mut spec = component_spec(&runtime, "chaos", drover_test_support::CHAOS).await;
+        spec.limits.fuel = None;
+        spec.limits.timeout = None;
+        let sandbox: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(runtime));
+        let times = time_runs(&sandbox, &spec, &input, rounds).await;
+        medians.push(percentile(&times, 0.5));
+    }
+    let (on, off) = (medians[0], medians[1]);
+    vec![Row {
+        name: "Quota overhead: a CPU-bound guest (sieve of Eratosthenes to 2,000,000), median run with fuel and epochs on; vs both off".into(),
+        figure: millis(on),
+        baseline: millis(off),
+        ratio: on / off,
+        target: "≤ 1.15×".into(),
+        met: Some(on / off <= 1.15),
+    }]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Cold vs warm start
+
+async fn cold_start(scale: Scale, work: &Path) -> Vec<Row> {
+    let agents = tempfile::tempdir_in(work).expect("agents");
+    let sources = [
+        drover_test_support::ECHO,
+        drover_test_support::QUEUE_WORKER,
+        drover_test_support::CHAOS,
+    ];
+    let count = scale.pick(3, 10);
+    for i in 0..count {
+        // Ten distinct components: the same code with a distinguishing custom section, so that
+        // each one is compiled (and cached) on its own.
+        let mut bytes = std::fs::read(sources[i % sources.len()]).expect("read");
+        bytes.extend(custom_section(
+            "drover-bench",
+            format!("variant {i}").as_bytes(),
+        ));
+        std::fs::write(agents.path().join(format!("agent-{i}.wasm")), bytes).expect("write");
+    }
+    let cache = tempfile::tempdir_in(work).expect("cache");
+    let start = async || {
+        let started = Instant::now();
+        let runtime = WasmRuntime::new(
+            &EngineConfig {
+                max_instances: 64,
+                cache_dir: Some(cache.path().to_path_buf()),
+                ..EngineConfig::default()
+            },
+            work.join("scratch"),
+        )
+        .expect("runtime");
+        let registry = drover_host::registry::DirRegistry::open(agents.path(), runtime)
+            .await
+            .expect("registry");
+        assert_eq!(registry.list().len(), count, "{:?}", registry.problems());
+        started.elapsed().as_secs_f64()
+    };
+    let cold = start().await;
+    let warm = start().await;
+    vec![Row {
+        name: format!(
+            "Cold vs warm start: engine + loading {count} agents, compiled-artifact cache empty; vs warm"
+        ),
+        figure: millis(cold),
+        baseline: millis(warm),
+        ratio: cold / warm,
+        target: String::new(),
+        met: None,
+    }]
+}
+
+/// A WebAssembly custom section named `name` (valid at the end of a component, too).
+fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    use wasm_encoder::{Encode, Section};
+
+    let section = wasm_encoder::CustomSection {
+        name: name.into(),
+        data: payload.into(),
+    };
+    let mut bytes = vec![section.id()];
+    section.encode(&mut bytes);
+    bytes
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared set-up
+
+fn wasm_runtime(work: &Path, instances: u32, metering: bool) -> Arc<WasmRuntime> {
+    WasmRuntime::new(
+        &EngineConfig {
+            max_instances: instances,
+            cache_dir: Some(drover_test_support::cache_dir()),
+            metering,
+            ..EngineConfig::default()
+        },
+        work.join("scratch"),
+    )
+    .expect("wasm runtime")
+}
+
+async fn component_spec(runtime: &WasmRuntime, id: &str, path: &str) -> AgentSpec {
+    let agent = runtime
+        .load_file(Path::new(path))
+        .await
+        .expect("load component");
+    AgentSpec::from_component(id, agent).expect("spec")
+}
+
+fn native_echo() -> AgentSpec {
+    AgentSpec::native(
+        "echo",
+        native_agent(
+            |input, _ctx| async move { Ok(json!({ "received": input["n"], "ok": true })) },
+        ),
+    )
+}
+
+async fn databases(dir: &Path) -> (Queue, RunStore) {
+    let queue = Queue::with_db(
+        Db::open(&format!("file:{}", dir.join("queue.db").display()), None)
+            .await
+            .expect("queue db"),
+        QueueOptions::default(),
+    )
+    .await
+    .expect("queue");
+    let store = RunStore::open(&format!("file:{}", dir.join("runs.db").display()), None)
+        .await
+        .expect("store");
+    (queue, store)
+}
+
+fn start_pool(
+    queue: &Queue,
+    store: &RunStore,
+    registry: &Arc<dyn Registry>,
+    sandbox: Arc<dyn Sandbox>,
+    concurrency: usize,
+    max_agents: usize,
+) -> PoolHandle {
+    WorkerPool::new(
+        PoolDeps {
+            queue: queue.clone(),
+            store: store.clone(),
+            registry: Arc::clone(registry),
+            sandbox_for: Arc::new(move |_job, _spec| Arc::clone(&sandbox)),
+        },
+        PoolConfig {
+            concurrency,
+            max_agents,
+            ..PoolConfig::default()
+        },
+    )
+    .start()
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn micros(seconds: f64) -> String {
+    format!("{:.1} µs", seconds * 1e6)
+}
+
+fn millis(seconds: f64) -> String {
+    format!("{:.1} ms", seconds * 1e3)
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.0} KiB", bytes / 1024.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+
+fn report(rows: &[Row], scale: Scale) -> String {
+    let mut out = String::new();
+    out.push_str("# Benchmarks\n\n");
+    out.push_str(
+        "Produced by `cargo bench -p drover-host --bench drover` (the harness is \
+         `host/benches/drover.rs`). Every figure is measured beside its baseline in the same run; \
+         the ratio is figure ÷ baseline.\n\n",
+    );
+    if scale.quick {
+        out.push_str("**Quick mode**: small sizes, for checking the harness only.\n\n");
+    }
+    out.push_str(&format!("Machine: {}\n\n", machine()));
+    out.push_str("| benchmark | figure | baseline | ratio | target | verdict |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for row in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {} | {} |\n",
+            row.name,
+            row.figure,
+            row.baseline,
+            row.ratio,
+            row.target,
+            row.verdict()
+        ));
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or_else(String::new, |kb| format!(", {} GiB RAM", kb / (1 << 20)));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| format!(", Linux {}", k.trim()))
+        .unwrap_or_default();
+    format!(
+        "{cores} × {cpu}{memory}{kernel}; {}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
+}

@@ -1,0 +1,447 @@
+// The drover run viewer: runs and their event timelines, live long-lived agents, agent types and
+// the queue, kept current by polling the host's HTTP API. No build step, no dependencies.
+"use strict";
+
+const POLL_MS = 2000;
+const PAGE = 50;
+const state = { timers: [], view: null };
+
+// ---- API ------------------------------------------------------------------------------------
+
+const params = new URLSearchParams(location.search);
+if (params.get("token")) {
+  localStorage.setItem("drover-token", params.get("token"));
+  history.replaceState(null, "", location.pathname + location.hash);
+}
+
+async function api(path, options = {}) {
+  const headers = { "content-type": "application/json", ...(options.headers || {}) };
+  const token = localStorage.getItem("drover-token");
+  if (token) headers.authorization = `Bearer ${token}`;
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    askForToken();
+    throw new Error("this host requires an access token");
+  }
+  const body = await response.json().catch(() => null);
+  if (!response.ok && response.status !== 408) {
+    const e = body && body.error;
+    throw new Error(e ? `${e.tag}: ${e.message}` : `HTTP ${response.status}`);
+  }
+  return body;
+}
+
+function askForToken() {
+  const dialog = document.getElementById("token-dialog");
+  if (!dialog.open) dialog.showModal();
+}
+
+document.getElementById("token-form").addEventListener("submit", () => {
+  localStorage.setItem("drover-token", document.getElementById("token-input").value);
+  render();
+});
+
+// ---- formatting -----------------------------------------------------------------------------
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) =>
+    ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+const short = (id) => (id && id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-4)}` : id || "");
+function ago(ms) {
+  if (!ms) return "—";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+function duration(start, end) {
+  if (!start) return "—";
+  return span((end || Date.now()) - start);
+}
+function span(ms) {
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.floor(ms / 60000)}m ${Math.round((ms % 60000) / 1000)}s`;
+}
+function bytes(n) {
+  if (n == null) return "—";
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(0)} KiB`;
+  return `${n} B`;
+}
+const number = (n) => (n == null ? "—" : Number(n).toLocaleString("en-US"));
+const clock = (ms) => new Date(ms).toISOString().slice(11, 23);
+const stamp = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—");
+const badge = (status, extra = "") =>
+  `<span class="badge s-${esc(status)} ${extra}" data-status="${esc(status)}">${esc(status)}</span>`;
+const pretty = (value) => esc(JSON.stringify(value, null, 2));
+
+function toast(message, bad = false) {
+  const el = document.getElementById("toast");
+  el.textContent = message;
+  el.className = bad ? "toast bad" : "toast";
+  el.hidden = false;
+  clearTimeout(el.timer);
+  el.timer = setTimeout(() => (el.hidden = true), 4000);
+}
+
+// ---- routing --------------------------------------------------------------------------------
+
+const views = {
+  runs: viewRuns,
+  run: viewRun,
+  agents: viewAgents,
+  templates: viewTemplates,
+  queue: viewQueue,
+};
+
+function route() {
+  const [name, id] = location.hash.replace(/^#\/?/, "").split("/");
+  if (name === "runs" && id) return { view: "run", id: decodeURIComponent(id) };
+  return { view: views[name] ? name : "runs" };
+}
+
+function every(fn, ms = POLL_MS) {
+  state.timers.push(setInterval(() => fn().catch(showError), ms));
+}
+
+function showError(e) {
+  toast(e.message || String(e), true);
+}
+
+async function render() {
+  state.timers.forEach(clearInterval);
+  state.timers = [];
+  const r = route();
+  document.querySelectorAll("[data-nav]").forEach((a) =>
+    a.classList.toggle("active", a.dataset.nav === (r.view === "run" ? "runs" : r.view)));
+  const main = document.getElementById("main");
+  main.dataset.view = r.view;
+  try {
+    await views[r.view](main, r);
+  } catch (e) {
+    main.innerHTML = `<div class="panel error-box">${esc(e.message)}</div>`;
+  }
+}
+
+window.addEventListener("hashchange", render);
+
+async function refreshSummary() {
+  const el = document.getElementById("summary");
+  try {
+    const stats = await api("/v1/stats");
+    el.innerHTML = `<span><span class="dot"></span>host up</span>
+      <span><b>${number(stats.jobs.queued)}</b> queued</span>
+      <span><b>${number(stats.jobs.leased)}</b> running</span>
+      <span><b>${number(stats.jobs.failed)}</b> failed</span>`;
+  } catch {
+    el.innerHTML = `<span><span class="dot down"></span>host unreachable</span>`;
+  }
+}
+
+// ---- runs -----------------------------------------------------------------------------------
+
+const RUN_STATUSES = ["running", "success", "error", "cancelled", "quota", "timeout", "interrupted", "lost"];
+
+async function viewRuns(main) {
+  const q = new URLSearchParams(location.hash.split("?")[1] || "");
+  const filter = { status: q.get("status") || "", agentId: q.get("agent") || "", page: Number(q.get("page") || 0) };
+  const templates = await api("/v1/templates");
+  main.innerHTML = `
+    <h1>Runs</h1><p class="sub">Every run of every agent, newest first.</p>
+    <div class="toolbar">
+      <select id="f-status" data-testid="filter-status"><option value="">all statuses</option>
+        ${RUN_STATUSES.map((s) => `<option ${s === filter.status ? "selected" : ""}>${s}</option>`).join("")}</select>
+      <select id="f-agent" data-testid="filter-agent"><option value="">all agents</option>
+        ${templates.templates.map((t) => `<option ${t.id === filter.agentId ? "selected" : ""}>${esc(t.id)}</option>`).join("")}</select>
+      <span class="right muted" id="runs-updated"></span>
+    </div>
+    <div class="panel flush"><table data-testid="runs-table">
+      <thead><tr><th>Run</th><th>Agent</th><th>Status</th><th>Job</th><th>Attempt</th><th>Started</th><th>Duration</th><th class="num">Fuel</th><th class="num">Memory</th></tr></thead>
+      <tbody id="runs-body"></tbody></table>
+      <div class="pager"><button id="prev">← Newer</button><span id="page-label"></span><button id="next">Older →</button></div>
+    </div>`;
+  const go = (changes) => {
+    const next = { ...filter, ...changes };
+    const p = new URLSearchParams();
+    if (next.status) p.set("status", next.status);
+    if (next.agentId) p.set("agent", next.agentId);
+    if (next.page) p.set("page", next.page);
+    location.hash = `#/runs${p.toString() ? "?" + p : ""}`;
+  };
+  main.querySelector("#f-status").onchange = (e) => go({ status: e.target.value, page: 0 });
+  main.querySelector("#f-agent").onchange = (e) => go({ agentId: e.target.value, page: 0 });
+  main.querySelector("#prev").onclick = () => go({ page: Math.max(0, filter.page - 1) });
+  main.querySelector("#next").onclick = () => go({ page: filter.page + 1 });
+  main.querySelector("#prev").disabled = filter.page === 0;
+
+  const load = async () => {
+    const p = new URLSearchParams({ limit: PAGE, offset: filter.page * PAGE });
+    if (filter.status) p.set("status", filter.status);
+    if (filter.agentId) p.set("agentId", filter.agentId);
+    const { runs } = await api(`/v1/runs?${p}`);
+    const body = main.querySelector("#runs-body");
+    body.innerHTML = runs.length
+      ? runs.map((r) => `
+        <tr class="link" data-run="${esc(r.id)}" data-testid="run-row">
+          <td class="mono"><a href="#/runs/${encodeURIComponent(r.id)}">${esc(short(r.id))}</a></td>
+          <td>${esc(r.agentId)}</td><td>${badge(r.status)}</td>
+          <td class="mono">${esc(short(r.jobId))}</td><td class="num">${r.attempt}</td>
+          <td title="${esc(stamp(r.startedAt))}">${ago(r.startedAt)}</td>
+          <td>${r.status === "running" ? "running" : duration(r.startedAt, r.endedAt)}</td>
+          <td class="num">${number(r.fuelUsed)}</td><td class="num">${bytes(r.peakMemory)}</td></tr>`).join("")
+      : `<tr><td colspan="9" class="empty">No runs yet. Enqueue a job from <a href="#/templates">Agent types</a>.</td></tr>`;
+    body.querySelectorAll("tr[data-run]").forEach((tr) =>
+      (tr.onclick = (e) => { if (e.target.tagName !== "A") location.hash = `#/runs/${encodeURIComponent(tr.dataset.run)}`; }));
+    main.querySelector("#next").disabled = runs.length < PAGE;
+    main.querySelector("#page-label").textContent = `page ${filter.page + 1}`;
+    main.querySelector("#runs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  };
+  await load();
+  every(load);
+}
+
+// ---- one run --------------------------------------------------------------------------------
+
+async function viewRun(main, { id }) {
+  const { run } = await api(`/v1/runs/${encodeURIComponent(id)}`);
+  const events = [];
+  const hidden = new Set();
+  main.innerHTML = `
+    <p class="sub"><a href="#/runs">← Runs</a></p>
+    <div class="title-row"><h1>Run <span class="mono">${esc(short(run.id))}</span></h1>
+      <span id="run-status" data-testid="run-status"></span><span class="grow"></span>
+      <span id="run-actions"></span></div>
+    <p class="sub mono">${esc(run.id)}</p>
+    <div class="panel"><div class="facts" id="facts"></div></div>
+    <div class="two">
+      <div class="panel"><h2>Input</h2><pre class="json" data-testid="run-input">${pretty(run.input)}</pre></div>
+      <div class="panel" id="result"></div>
+    </div>
+    <div class="panel flush">
+      <div class="panel-head"><h2>Events</h2><span class="muted" id="event-count"></span><span class="grow"></span>
+        <div class="chips" id="kinds" data-testid="event-kinds"></div></div>
+      <ul class="timeline" id="timeline" data-testid="timeline"></ul>
+    </div>`;
+
+  const renderRun = (run) => {
+    main.querySelector("#run-status").innerHTML = badge(run.status);
+    const fact = (label, value) => `<div class="fact"><div class="label">${label}</div><div class="value">${value}</div></div>`;
+    main.querySelector("#facts").innerHTML = [
+      fact("Agent", esc(run.agentId)),
+      fact("Job", `<span class="mono">${esc(run.jobId || "—")}</span>`),
+      fact("Attempt", run.attempt),
+      fact("Sandbox", esc(run.sandbox || "—")),
+      fact("Lifecycle", esc(run.lifecycle)),
+      fact("Started", esc(stamp(run.startedAt))),
+      fact("Duration", run.status === "running" ? `running for ${duration(run.startedAt)}` : duration(run.startedAt, run.endedAt)),
+      fact("Fuel used", number(run.fuelUsed)),
+      fact("Peak memory", bytes(run.peakMemory)),
+      fact("Last heartbeat", run.heartbeatAt ? ago(run.heartbeatAt) : "—"),
+      fact("Parent run", run.parentRunId ? `<a href="#/runs/${encodeURIComponent(run.parentRunId)}">${esc(short(run.parentRunId))}</a>` : "—"),
+      fact("Worker", `<span class="mono">${esc(run.workerId || "—")}</span>`),
+    ].join("");
+    main.querySelector("#result").innerHTML = run.error
+      ? `<h2>Error</h2><div class="error-box" data-testid="run-error"><span class="tag">${esc(run.error.tag)}</span>${esc(run.error.message)}</div>`
+      : run.status === "running"
+        ? `<h2>Output</h2><p class="muted">Still running.</p>`
+        : `<h2>Output</h2><pre class="json" data-testid="run-output">${pretty(run.output)}</pre>`;
+    const actions = main.querySelector("#run-actions");
+    actions.innerHTML = "";
+    if (run.status === "running" && run.jobId) {
+      if (run.lifecycle === "long-lived") actions.append(button("Stop", "", () => act(run.jobId, "stop"), "stop-run"));
+      actions.append(button("Cancel", "danger", () => act(run.jobId, "cancel"), "cancel-run"));
+    }
+  };
+
+  const renderEvents = () => {
+    const counts = {};
+    events.forEach((e) => (counts[e.kind] = (counts[e.kind] || 0) + 1));
+    main.querySelector("#kinds").innerHTML = Object.keys(counts).sort().map((k) =>
+      `<span class="chip ${hidden.has(k) ? "off" : ""}" data-kind="${esc(k)}">${esc(k)}<span class="n">${counts[k]}</span></span>`).join("");
+    main.querySelectorAll(".chip").forEach((chip) => (chip.onclick = () => {
+      const k = chip.dataset.kind;
+      hidden.has(k) ? hidden.delete(k) : hidden.add(k);
+      renderEvents();
+    }));
+    const shown = events.filter((e) => !hidden.has(e.kind));
+    main.querySelector("#event-count").textContent = `${events.length} events`;
+    main.querySelector("#timeline").innerHTML = shown.length
+      ? shown.map((e) => `<li class="event k-${esc(e.kind)}" data-testid="event" data-kind="${esc(e.kind)}">
+          <span class="seq">#${e.seq}</span><span class="ts">${clock(e.ts)}</span>
+          <details><summary><span class="kind">${esc(e.kind)}</span><span class="preview">${esc(JSON.stringify(e.payload))}</span></summary>
+          <pre class="json">${pretty(e.payload)}</pre></details></li>`).join("")
+      : `<li class="empty">No events${events.length ? " of the selected kinds" : " yet"}.</li>`;
+  };
+
+  let current = run;
+  const load = async () => {
+    const after = events.length ? events[events.length - 1].seq : 0;
+    const page = await api(`/v1/runs/${encodeURIComponent(id)}/events?after=${after}&limit=1000`);
+    if (page.events.length) {
+      events.push(...page.events);
+      renderEvents();
+    }
+    if (current.status === "running") {
+      current = (await api(`/v1/runs/${encodeURIComponent(id)}`)).run;
+      renderRun(current);
+    }
+  };
+  renderRun(run);
+  renderEvents();
+  await load();
+  every(load, 1000);
+}
+
+function button(label, cls, onclick, testid) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  if (cls) b.className = cls;
+  if (testid) b.dataset.testid = testid;
+  b.onclick = async () => {
+    b.disabled = true;
+    try { await onclick(); } catch (e) { showError(e); } finally { b.disabled = false; }
+  };
+  return b;
+}
+
+async function act(jobId, action) {
+  const { job } = await api(`/v1/jobs/${encodeURIComponent(jobId)}/${action}`, { method: "POST" });
+  toast(`${action === "stop" ? "Stop" : "Cancel"} requested for ${short(job.id)}`);
+}
+
+// ---- live agents ----------------------------------------------------------------------------
+
+async function viewAgents(main) {
+  const templates = (await api("/v1/templates")).templates.filter((t) => t.lifecycle === "long-lived");
+  main.innerHTML = `
+    <h1>Live agents</h1><p class="sub">Long-lived agents: running until stopped, heartbeating as they go.</p>
+    <div class="panel"><h2>Spawn</h2><form id="spawn" class="toolbar">
+      <select id="spawn-type" data-testid="spawn-type">${templates.map((t) => `<option>${esc(t.id)}</option>`).join("")}</select>
+      <input id="spawn-input" placeholder='input JSON, e.g. {"itemsPerBatch": 2}' style="flex:1;min-width:240px">
+      <button class="primary" ${templates.length ? "" : "disabled"} data-testid="spawn">Spawn</button></form></div>
+    <div class="panel flush"><table data-testid="agents-table">
+      <thead><tr><th>Agent</th><th>Type</th><th>Phase</th><th>Last heartbeat</th><th>Started</th><th>Restarts</th><th></th></tr></thead>
+      <tbody id="agents-body"></tbody></table></div>`;
+  main.querySelector("#spawn").onsubmit = async (e) => {
+    e.preventDefault();
+    try {
+      const text = main.querySelector("#spawn-input").value.trim();
+      const input = text ? JSON.parse(text) : null;
+      const out = await api("/spawn", { method: "POST", body: JSON.stringify({ agentType: main.querySelector("#spawn-type").value, input }) });
+      toast(`Spawned ${out.workloadName}`);
+      await load();
+    } catch (err) { showError(err); }
+  };
+  const load = async () => {
+    const { agents } = await api("/v1/agents?limit=200");
+    const body = main.querySelector("#agents-body");
+    body.innerHTML = agents.length ? "" : `<tr><td colspan="7" class="empty">No long-lived agents yet.</td></tr>`;
+    for (const a of agents) {
+      const tr = document.createElement("tr");
+      tr.dataset.testid = "agent-row";
+      tr.dataset.agent = a.id;
+      tr.innerHTML = `<td class="mono">${a.run ? `<a href="#/runs/${encodeURIComponent(a.run.id)}">${esc(a.id)}</a>` : esc(a.id)}</td>
+        <td>${esc(a.agentType)}</td>
+        <td>${badge(a.phase)} ${a.stale ? `<span class="badge stale" data-testid="stale">stale</span>` : ""}</td>
+        <td>${a.lastHeartbeatAt ? ago(a.lastHeartbeatAt) : "—"}</td>
+        <td>${ago(a.job.createdAt)}</td><td class="num">${a.job.restarts}</td><td class="actions"></td>`;
+      if (a.phase === "Running" || a.phase === "Pending") {
+        tr.querySelector(".actions").append(button("Stop", "", async () => {
+          await api(`/v1/agents/${encodeURIComponent(a.id)}`, { method: "DELETE" });
+          toast(`Stop requested for ${a.id}`);
+          await load();
+        }, "stop-agent"));
+      }
+      body.append(tr);
+    }
+  };
+  await load();
+  every(load);
+}
+
+// ---- agent types ----------------------------------------------------------------------------
+
+async function viewTemplates(main) {
+  const { templates, problems } = await api("/v1/templates");
+  const limit = (v, fmt = number) => (v == null ? "unlimited" : fmt(v));
+  main.innerHTML = `
+    <h1>Agent types</h1><p class="sub">The agents this host has loaded, their limits, and a form to enqueue a job.</p>
+    ${problems.length ? `<div class="panel problems"><h2>Not loaded</h2><ul>${problems.map((p) =>
+      `<li><span class="mono">${esc(p.path)}</span>: ${esc(p.error)}</li>`).join("")}</ul></div>` : ""}
+    <div class="cards">${templates.map((t) => `
+      <div class="card" data-testid="template" data-agent="${esc(t.id)}">
+        <h3>${esc(t.id)} <span class="pill ${t.lifecycle === "long-lived" ? "ll" : ""}">${esc(t.lifecycle)}</span>
+          <span class="pill">${esc(t.sandbox)}</span><span class="muted" style="font-weight:400;font-size:12px">v${esc(t.version)}</span></h3>
+        <p class="desc">${esc(t.description || "No description.")}</p>
+        <div class="limits">
+          <span>fuel</span><span>${limit(t.limits.fuel)}</span>
+          <span>memory</span><span>${bytes(t.limits.memoryBytes)}</span>
+          <span>timeout</span><span>${t.limits.timeout == null ? "none" : span(t.limits.timeout)}</span>
+          <span>events</span><span>${limit(t.limits.maxEvents)}</span>
+          <span>output</span><span>${bytes(t.limits.maxOutputBytes)}</span>
+          <span>scratch dir</span><span>${t.scratchDir ? "yes" : "no"}</span>
+        </div>
+        ${t.inputSchema ? `<details><summary class="muted">input schema</summary><pre class="json">${pretty(t.inputSchema)}</pre></details>` : ""}
+        <form class="enqueue" data-agent="${esc(t.id)}">
+          <textarea name="input" data-testid="enqueue-input" placeholder="input JSON">${t.inputSchema && t.inputSchema.properties && t.inputSchema.properties.n ? '{"n": 42}' : "null"}</textarea>
+          <div class="toolbar" style="margin:8px 0 0"><label class="muted">priority <input name="priority" type="number" value="0" style="width:70px"></label>
+          <label class="muted">attempts <input name="maxAttempts" type="number" value="1" min="1" style="width:70px"></label>
+          <button class="primary right" data-testid="enqueue">Enqueue</button></div>
+        </form>
+      </div>`).join("") || `<div class="panel empty">No agents loaded. Put <code>.wasm</code> files into the agent directory.</div>`}
+    </div>`;
+  main.querySelectorAll("form.enqueue").forEach((form) => (form.onsubmit = async (e) => {
+    e.preventDefault();
+    try {
+      const input = JSON.parse(form.input.value || "null");
+      const body = { agentId: form.dataset.agent, input, priority: Number(form.priority.value), maxAttempts: Number(form.maxAttempts.value) };
+      const { job } = await api("/v1/jobs", { method: "POST", body: JSON.stringify(body) });
+      toast(`Queued ${short(job.id)}`);
+      const view = await api(`/v1/jobs/${encodeURIComponent(job.id)}/wait?timeoutMs=3000`);
+      if (view.run) location.hash = `#/runs/${encodeURIComponent(view.run.id)}`;
+    } catch (err) { showError(err); }
+  }));
+}
+
+// ---- queue ----------------------------------------------------------------------------------
+
+async function viewQueue(main) {
+  main.innerHTML = `
+    <h1>Queue</h1><p class="sub">Jobs by status, and the most recent ones.</p>
+    <div class="grid" id="counts" data-testid="queue-counts"></div>
+    <h2 style="margin-top:22px">Runs by status</h2><div class="grid" id="run-counts"></div>
+    <div class="panel flush" style="margin-top:22px"><div class="panel-head"><h2>Recent jobs</h2></div>
+      <table><thead><tr><th>Job</th><th>Agent</th><th>Status</th><th>Attempts</th><th>Priority</th><th>Created</th><th></th></tr></thead>
+      <tbody id="jobs-body"></tbody></table></div>`;
+  const tone = { queued: "", leased: "info", done: "ok", failed: "bad", cancelled: "", success: "ok", error: "bad", running: "info", quota: "warn", timeout: "warn" };
+  const tiles = (counts) => Object.entries(counts).map(([k, v]) =>
+    `<div class="stat ${tone[k] || ""}" data-count="${esc(k)}"><div class="label">${esc(k)}</div><div class="value">${number(v)}</div></div>`).join("");
+  const load = async () => {
+    const [stats, { jobs }] = await Promise.all([api("/v1/stats"), api("/v1/jobs?limit=25")]);
+    main.querySelector("#counts").innerHTML = tiles(stats.jobs);
+    main.querySelector("#run-counts").innerHTML = tiles(stats.runs);
+    const body = main.querySelector("#jobs-body");
+    body.innerHTML = jobs.length ? "" : `<tr><td colspan="7" class="empty">The queue is empty.</td></tr>`;
+    for (const j of jobs) {
+      const tr = document.createElement("tr");
+      tr.innerHTML = `<td class="mono">${j.runId ? `<a href="#/runs/${encodeURIComponent(j.runId)}">${esc(short(j.id))}</a>` : esc(short(j.id))}</td>
+        <td>${esc(j.agentId)}</td><td>${badge(j.status)} ${j.resultError ? `<span class="muted">${esc(j.resultError.tag)}</span>` : ""}</td>
+        <td class="num">${j.attempts}/${j.maxAttempts}</td><td class="num">${j.priority}</td><td>${ago(j.createdAt)}</td><td></td>`;
+      if (j.status === "queued" || j.status === "leased") {
+        tr.lastElementChild.append(button("Cancel", "danger", async () => { await act(j.id, "cancel"); await load(); }, "cancel-job"));
+      }
+      body.append(tr);
+    }
+  };
+  await load();
+  every(load);
+}
+
+// ---- start ----------------------------------------------------------------------------------
+
+refreshSummary();
+setInterval(refreshSummary, 5000);
+render();
