@@ -162,8 +162,8 @@ impl WorkerPool {
             stop_loops: CancellationToken::new(),
         });
         let jobs = TaskTracker::new();
+        let claimer = tokio::spawn(claim_loop(Arc::clone(&shared), jobs.clone()));
         let loops = vec![
-            tokio::spawn(claim_loop(Arc::clone(&shared), jobs.clone())),
             tokio::spawn(heartbeat_loop(Arc::clone(&shared))),
             tokio::spawn(signal_loop(Arc::clone(&shared))),
             tokio::spawn(reclaim_loop(Arc::clone(&shared))),
@@ -178,6 +178,7 @@ impl WorkerPool {
         PoolHandle {
             shared,
             jobs,
+            claimer,
             loops,
             recorder_task,
             worker_id,
@@ -190,6 +191,7 @@ impl WorkerPool {
 pub struct PoolHandle {
     shared: Arc<Shared>,
     jobs: TaskTracker,
+    claimer: tokio::task::JoinHandle<()>,
     loops: Vec<tokio::task::JoinHandle<()>>,
     recorder_task: tokio::task::JoinHandle<()>,
     worker_id: Arc<str>,
@@ -219,6 +221,9 @@ impl PoolHandle {
     pub async fn shutdown(self) {
         let shared = &self.shared;
         shared.stop_claiming.cancel();
+        // A claim already on its way to the database still starts its jobs; wait for it, so
+        // every job this pool holds is in flight (and handled below) before looking.
+        let _ = self.claimer.await;
         self.jobs.close();
         for job in shared.in_flight().values() {
             if job.lifecycle == Lifecycle::LongLived {
@@ -335,7 +340,7 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
         let mut claimed_any = false;
         for lane in &mut lanes {
             let free = lane.free();
-            if free == 0 || now < lane.next_claim {
+            if free == 0 || now < lane.next_claim || shared.stop_claiming.is_cancelled() {
                 continue;
             }
             let started = Instant::now();
