@@ -227,6 +227,18 @@ impl Db {
             })?
     }
 
+    /// Applies statements to many rows each, in order, returning the rows each statement
+    /// returned (for `RETURNING`). An embedded database does it all in one transaction, with each
+    /// statement prepared once and stepped per row; a remote one gets each statement as a
+    /// multi-row `VALUES` statement (a few thousand rows per round trip) and no interactive
+    /// transaction, so every statement stands on its own there.
+    pub async fn bulk(&self, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
+        if self.inner.location.is_remote() {
+            return self.run(|conn| bulk_multi_row(conn, statements)).await;
+        }
+        self.run(|conn| bulk_prepared(conn, statements)).await
+    }
+
     /// Applies `migrations` (ordered by version) for `component` that are not applied yet. Each
     /// migration runs as one transactional batch together with its bookkeeping row, so a crash
     /// cannot leave it half-applied, and two processes starting at once both end up migrated.
@@ -332,6 +344,117 @@ impl DbInner {
 /// Connections kept open between operations.
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
+/// One statement applied to many rows: see [`Db::bulk`].
+#[derive(Debug)]
+pub struct Bulk {
+    /// The statement for `n` rows, whose values follow the fixed parameters (built with
+    /// [`values_list`]).
+    pub sql: fn(usize) -> String,
+    /// Parameters `?1…?k` shared by every row.
+    pub fixed: Vec<Value>,
+    /// Values per row.
+    pub cols: usize,
+    /// The rows' values, `cols` per row.
+    pub values: Vec<Value>,
+}
+
+impl Bulk {
+    fn rows(&self) -> usize {
+        self.values.len() / self.cols.max(1)
+    }
+}
+
+/// Embedded databases: one transaction; each statement prepared once, stepped once per row.
+async fn bulk_prepared(
+    conn: Connection,
+    statements: Vec<Bulk>,
+) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
+    conn.execute("BEGIN IMMEDIATE", ()).await?;
+    let applied = async {
+        let mut results = Vec::with_capacity(statements.len());
+        for bulk in statements {
+            let mut returned = Vec::new();
+            let rows = bulk.rows();
+            if rows > 0 {
+                let statement = conn.prepare(&(bulk.sql)(1)).await?;
+                let Bulk {
+                    fixed,
+                    cols,
+                    values,
+                    ..
+                } = bulk;
+                let mut values = values.into_iter();
+                for _ in 0..rows {
+                    let params: Vec<Value> = fixed
+                        .iter()
+                        .cloned()
+                        .chain(values.by_ref().take(cols))
+                        .collect();
+                    // Reset before every reuse: libsql does not, and would keep the old bindings.
+                    statement.reset();
+                    let mut rows = statement.query(params).await?;
+                    while let Some(row) = rows.next().await? {
+                        returned.push(row_values(&row)?);
+                    }
+                }
+            }
+            results.push(returned);
+        }
+        Ok::<_, DbError>(results)
+    }
+    .await;
+    match applied {
+        Ok(results) => {
+            conn.execute("COMMIT", ()).await?;
+            Ok(results)
+        }
+        Err(e) => {
+            if let Err(rollback) = conn.execute("ROLLBACK", ()).await {
+                tracing::warn!(error = %rollback, "rolling back a failed batch failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Remote databases: each statement as multi-row statements, no interactive transaction.
+async fn bulk_multi_row(
+    conn: Connection,
+    statements: Vec<Bulk>,
+) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
+    let mut results = Vec::with_capacity(statements.len());
+    for bulk in statements {
+        let mut returned = Vec::new();
+        let per_statement = rows_per_statement(bulk.cols, bulk.fixed.len());
+        let cols = bulk.cols.max(1);
+        for chunk in bulk.values.chunks(per_statement * cols) {
+            let params: Vec<Value> = bulk.fixed.iter().chain(chunk).cloned().collect();
+            let mut rows = conn.query(&(bulk.sql)(chunk.len() / cols), params).await?;
+            while let Some(row) = rows.next().await? {
+                returned.push(row_values(&row)?);
+            }
+        }
+        results.push(returned);
+    }
+    Ok(results)
+}
+
+/// The text in column `idx` of a row returned by [`Db::bulk`].
+pub fn text_at(row: &[Value], idx: usize) -> Result<String, DbError> {
+    match row.get(idx) {
+        Some(Value::Text(text)) => Ok(text.clone()),
+        other => Err(DbError::Decode(format!(
+            "column {idx}: expected text, found {other:?}"
+        ))),
+    }
+}
+
+fn row_values(row: &libsql::Row) -> Result<Vec<Value>, DbError> {
+    (0..row.column_count())
+        .map(|i| row.get_value(i).map_err(DbError::from))
+        .collect()
+}
+
 /// One schema migration. Its SQL must be idempotent (`CREATE … IF NOT EXISTS`), because two
 /// processes may race to apply it.
 #[derive(Debug, Clone, Copy)]
@@ -412,6 +535,37 @@ pub async fn query_all<T>(
     Ok(out)
 }
 
+/// Most parameters one statement may bind (SQLite's limit is 32766).
+const MAX_PARAMS: usize = 32_000;
+
+/// Rows of `cols` values each that fit in one statement besides `fixed` other parameters.
+pub fn rows_per_statement(cols: usize, fixed: usize) -> usize {
+    ((MAX_PARAMS - fixed) / cols.max(1)).max(1)
+}
+
+/// `(?3, ?4), (?5, ?6)`: a multi-row `VALUES` list of `rows` rows of `cols` numbered
+/// placeholders, starting at `?first`.
+pub fn values_list(rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 7);
+    let mut n = first;
+    for row in 0..rows {
+        if row > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for col in 0..cols {
+            if col > 0 {
+                out.push(',');
+            }
+            out.push('?');
+            out.push_str(&n.to_string());
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +586,12 @@ mod tests {
         assert!(DbLocation::parse("").is_err());
         assert!(DbLocation::parse("ftp://x").is_err());
         assert!(DbLocation::parse("libsql://").is_err());
+    }
+
+    #[test]
+    fn builds_values_lists() {
+        assert_eq!(values_list(2, 3, 2), "(?2,?3,?4),(?5,?6,?7)");
+        assert_eq!(values_list(1, 1, 1), "(?1)");
+        assert_eq!(rows_per_statement(8, 3), 3999);
     }
 }

@@ -18,7 +18,7 @@ use libsql::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::db::{Db, DbError, RowExt, query_all};
+use crate::db::{Bulk, Db, DbError, RowExt, query_all, text_at};
 use crate::time::now_ms;
 
 pub(crate) use hub::Hub;
@@ -288,29 +288,28 @@ impl Queue {
         leases: &[Lease],
         duration: Duration,
     ) -> Result<HashSet<String>, QueueError> {
-        if leases.is_empty() {
-            return Ok(HashSet::new());
-        }
         let now = now_ms();
         let expires = now.saturating_add(duration_ms(duration));
-        let batch = to_json(
-            &leases
-                .iter()
-                .map(|l| LeaseRow {
-                    id: &l.job_id,
-                    epoch: l.epoch,
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let held = self
+        let mut values = Vec::with_capacity(leases.len() * schema::RENEW_COLUMNS);
+        for lease in leases {
+            values.push(Value::Text(lease.job_id.clone()));
+            values.push(Value::Integer(lease.epoch));
+        }
+        let mut returned = self
             .db
-            .run(move |conn| async move {
-                query_all(&conn, schema::RENEW, (batch, expires, now), |row| {
-                    row.text(0)
-                })
-                .await
-            })
+            .bulk(vec![Bulk {
+                sql: schema::renew,
+                fixed: vec![Value::Integer(expires), Value::Integer(now)],
+                cols: schema::RENEW_COLUMNS,
+                values,
+            }])
             .await?;
+        let held = returned
+            .pop()
+            .unwrap_or_default()
+            .iter()
+            .map(|row| text_at(row, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(held.into_iter().collect())
     }
 
@@ -365,29 +364,38 @@ impl Queue {
         Ok(applied.iter().any(|(applied_id, _)| *applied_id == id))
     }
 
-    /// Applies a batch of outcomes in one statement. Outcomes whose lease is not current are
+    /// Applies a batch of outcomes (see [`Db::bulk`]). Outcomes whose lease is not current are
     /// ignored; the returned list holds the jobs that changed, with their new status.
     pub async fn finish(
         &self,
         outcomes: &[Finish],
     ) -> Result<Vec<(String, JobStatus)>, QueueError> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<FinishRow<'_>> = outcomes.iter().map(FinishRow::from).collect();
-        let batch = to_json(&rows)?;
         let now = now_ms();
         let base = duration_ms(self.options.backoff_base);
         let cap = duration_ms(self.options.backoff_max);
-        let changed = self
+        let mut values = Vec::with_capacity(outcomes.len() * schema::FINISH_COLUMNS);
+        outcomes
+            .iter()
+            .for_each(|finish| finish_params(finish, &mut values));
+        let mut returned = self
             .db
-            .run(move |conn| async move {
-                query_all(&conn, schema::FINISH, (batch, now, base, cap), |row| {
-                    Ok((row.text(0)?, parse_status(&row.text(1)?)?))
-                })
-                .await
-            })
+            .bulk(vec![Bulk {
+                sql: schema::finish,
+                fixed: vec![
+                    Value::Integer(now),
+                    Value::Integer(base),
+                    Value::Integer(cap),
+                ],
+                cols: schema::FINISH_COLUMNS,
+                values,
+            }])
             .await?;
+        let changed = returned
+            .pop()
+            .unwrap_or_default()
+            .iter()
+            .map(|row| Ok((text_at(row, 0)?, parse_status(&text_at(row, 1)?)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
         self.hub.notify_terminal(
             changed
                 .iter()
@@ -666,42 +674,23 @@ struct InsertRow<'a> {
     max_restarts: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct LeaseRow<'a> {
-    id: &'a str,
-    epoch: i64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FinishRow<'a> {
-    id: &'a str,
-    epoch: i64,
-    kind: &'static str,
-    run_id: Option<&'a str>,
-    result_status: Option<&'a str>,
-    tag: Option<&'a str>,
-    message: Option<&'a str>,
-    retry: bool,
-}
-
-impl<'a> From<&'a Finish> for FinishRow<'a> {
-    fn from(f: &'a Finish) -> Self {
-        let (kind, error, retry) = match &f.kind {
-            FinishKind::Complete => ("complete", None, false),
-            FinishKind::Fail { error, retry } => ("fail", Some(error), *retry),
-            FinishKind::Release => ("release", None, false),
-            FinishKind::Cancel { error } => ("cancel", Some(error), false),
-        };
-        Self {
-            id: &f.lease.job_id,
-            epoch: f.lease.epoch,
-            kind,
-            run_id: f.run_id.as_deref(),
-            result_status: f.result_status.as_deref(),
-            tag: error.map(|e| e.tag.as_str()),
-            message: error.map(|e| e.message.as_str()),
-            retry,
-        }
-    }
+/// Appends the values of one outcome in the order of [`schema::finish`].
+fn finish_params(f: &Finish, params: &mut Vec<Value>) {
+    let (kind, error, retry) = match &f.kind {
+        FinishKind::Complete => ("complete", None, false),
+        FinishKind::Fail { error, retry } => ("fail", Some(error), *retry),
+        FinishKind::Release => ("release", None, false),
+        FinishKind::Cancel { error } => ("cancel", Some(error), false),
+    };
+    let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
+    params.extend([
+        Value::Text(f.lease.job_id.clone()),
+        Value::Integer(f.lease.epoch),
+        Value::Text(kind.to_string()),
+        text(f.run_id.as_deref()),
+        text(f.result_status.as_deref()),
+        text(error.map(|e| e.tag.as_str())),
+        text(error.map(|e| e.message.as_str())),
+        Value::Integer(i64::from(retry)),
+    ]);
 }

@@ -1,10 +1,12 @@
 //! The queue's tables and the SQL that moves jobs between statuses.
 //!
-//! Every operation is a single statement: batches travel as one JSON array parameter read with
-//! `json_each`, and fencing (`lease_epoch`) is part of each `WHERE` clause. No interactive
-//! transaction is ever held, so a remote libsql server sees one round trip per operation.
+//! Every operation is a single statement, and fencing (`lease_epoch`) is part of each `WHERE`
+//! clause. Batches of outcomes and lease renewals travel as multi-row `VALUES` lists of bound
+//! parameters; a batch of new jobs as one JSON array parameter read with `json_each`, so that
+//! any number of jobs is one statement (one transaction). No interactive transaction is ever
+//! held, so a remote libsql server sees one round trip per operation.
 
-use crate::db::Migration;
+use crate::db::{Migration, values_list};
 
 /// The queue's schema, oldest first.
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
@@ -83,49 +85,63 @@ pub(crate) fn claim() -> String {
     )
 }
 
-/// Extends the leases listed in `?1` (`[{id, epoch}]`) to `?2`; `?3` is now. Returns the ids
-/// whose lease is still held.
-pub(crate) const RENEW: &str = "
-    UPDATE jobs SET lease_expires_at = ?2, updated_at = ?3
-    FROM (SELECT value->>'id' AS id, value->>'epoch' AS epoch FROM json_each(?1)) AS l
-    WHERE jobs.id = l.id AND jobs.lease_epoch = l.epoch AND jobs.status = 'leased'
-    RETURNING jobs.id";
+/// Extends `rows` leases to `?1`; `?2` is now; then `(id, epoch)` pairs from `?3`. Returns the
+/// ids whose lease is still held.
+pub(crate) fn renew(rows: usize) -> String {
+    format!(
+        "WITH l(id, epoch) AS (VALUES {})
+         UPDATE jobs SET lease_expires_at = ?1, updated_at = ?2
+         FROM l
+         WHERE jobs.id = l.id AND jobs.lease_epoch = l.epoch AND jobs.status = 'leased'
+         RETURNING jobs.id",
+        values_list(rows, RENEW_COLUMNS, 3)
+    )
+}
 
-/// Applies a batch of outcomes (`?1`: `[{id, epoch, kind, runId, resultStatus, tag, message,
-/// retry}]`) to the jobs whose lease is still current. `?2` is now, `?3` the backoff base (ms),
-/// `?4` the backoff cap (ms). Returns the ids and new statuses of the jobs it changed.
-pub(crate) const FINISH: &str = "
-    UPDATE jobs SET
-        status = o.next,
-        attempts = jobs.attempts + (o.kind = 'fail'),
-        scheduled_for = CASE
-            WHEN o.kind = 'release' THEN ?2
-            WHEN o.next = 'queued' THEN ?2 + min(?3 << min(jobs.attempts, 30), ?4)
-            ELSE jobs.scheduled_for END,
-        run_id = coalesce(o.run_id, jobs.run_id),
-        result_status = coalesce(o.result_status, jobs.result_status),
-        error_tag = CASE WHEN o.kind = 'complete' THEN NULL ELSE coalesce(o.tag, jobs.error_tag) END,
-        error_message = CASE WHEN o.kind = 'complete' THEN NULL
-                             ELSE coalesce(o.message, jobs.error_message) END,
-        lease_owner = NULL,
-        lease_expires_at = NULL,
-        updated_at = ?2,
-        finished_at = CASE WHEN o.next IN ('done', 'failed', 'cancelled') THEN ?2 ELSE NULL END
-    FROM (SELECT j.seq, n.value->>'kind' AS kind, n.value->>'runId' AS run_id,
-                 n.value->>'resultStatus' AS result_status, n.value->>'tag' AS tag,
-                 n.value->>'message' AS message,
-                 CASE n.value->>'kind'
-                     WHEN 'complete' THEN 'done'
-                     WHEN 'release' THEN 'queued'
-                     WHEN 'cancel' THEN 'cancelled'
-                     ELSE CASE WHEN n.value->>'retry' AND j.attempts + 1 < j.max_attempts
-                               THEN 'queued' ELSE 'failed' END
-                 END AS next
-          FROM json_each(?1) AS n
-          JOIN jobs AS j ON j.id = n.value->>'id' AND j.lease_epoch = n.value->>'epoch'
-          WHERE j.status = 'leased') AS o
-    WHERE jobs.seq = o.seq
-    RETURNING jobs.id, jobs.status";
+/// Values per lease in [`renew`].
+pub(crate) const RENEW_COLUMNS: usize = 2;
+
+/// Applies `rows` outcomes `(id, epoch, kind, run_id, result_status, tag, message, retry)`,
+/// from `?4`, to the jobs whose lease is still current. `?1` is now, `?2` the backoff base (ms),
+/// `?3` the backoff cap (ms). Returns the ids and new statuses of the jobs it changed.
+pub(crate) fn finish(rows: usize) -> String {
+    format!(
+        "WITH n(id, epoch, kind, run_id, result_status, tag, message, retry) AS (VALUES {})
+         UPDATE jobs SET
+            status = o.next,
+            attempts = jobs.attempts + (o.kind = 'fail'),
+            scheduled_for = CASE
+                WHEN o.kind = 'release' THEN ?1
+                WHEN o.next = 'queued' THEN ?1 + min(?2 << min(jobs.attempts, 30), ?3)
+                ELSE jobs.scheduled_for END,
+            run_id = coalesce(o.run_id, jobs.run_id),
+            result_status = coalesce(o.result_status, jobs.result_status),
+            error_tag = CASE WHEN o.kind = 'complete' THEN NULL
+                             ELSE coalesce(o.tag, jobs.error_tag) END,
+            error_message = CASE WHEN o.kind = 'complete' THEN NULL
+                                 ELSE coalesce(o.message, jobs.error_message) END,
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            updated_at = ?1,
+            finished_at = CASE WHEN o.next IN ('done', 'failed', 'cancelled') THEN ?1 ELSE NULL END
+         FROM (SELECT j.seq, n.kind, n.run_id, n.result_status, n.tag, n.message,
+                      CASE n.kind
+                          WHEN 'complete' THEN 'done'
+                          WHEN 'release' THEN 'queued'
+                          WHEN 'cancel' THEN 'cancelled'
+                          ELSE CASE WHEN n.retry AND j.attempts + 1 < j.max_attempts
+                                    THEN 'queued' ELSE 'failed' END
+                      END AS next
+               FROM n JOIN jobs AS j ON j.id = n.id AND j.lease_epoch = n.epoch
+               WHERE j.status = 'leased') AS o
+         WHERE jobs.seq = o.seq
+         RETURNING jobs.id, jobs.status",
+        values_list(rows, FINISH_COLUMNS, 4)
+    )
+}
+
+/// Values per outcome in [`finish`].
+pub(crate) const FINISH_COLUMNS: usize = 8;
 
 /// Cancels job `?1` at `?2`: a queued job becomes `cancelled` at once, a leased one is flagged
 /// for its worker. Terminal jobs are left alone (no row returned).

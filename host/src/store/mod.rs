@@ -2,7 +2,8 @@
 //! events it emitted.
 //!
 //! Writes arrive in batches ([`WriteBatch`]) from the worker pool's recorder, which coalesces a
-//! short run's start and end into one row; each batch is at most three statements.
+//! short run's start and end into one row; a batch is a few multi-row statements of bound
+//! values.
 
 mod run;
 
@@ -13,7 +14,7 @@ use libsql::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::db::{Db, DbError, Migration, RowExt, query_all};
+use crate::db::{Bulk, Db, DbError, Migration, RowExt, query_all, values_list};
 use crate::queue::{ErrorInfo, Lifecycle};
 
 pub use run::{Event, Run, RunFilter, RunStatus};
@@ -72,51 +73,79 @@ const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status,
     long_lived, input, output, error_tag, error_message, started_at, ended_at, heartbeat_at, \
     fuel_used, peak_memory, worker_id";
 
-/// Inserts or updates runs from a JSON array. A run's identity, input and start never change; its
-/// outcome fields are overwritten, and its heartbeat only moves forward.
-const UPSERT_RUNS: &str = "
-    INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox, long_lived,
-                      input, output, error_tag, error_message, started_at, ended_at,
-                      heartbeat_at, fuel_used, peak_memory, worker_id)
-    SELECT value->>'id', value->>'jobId', value->>'agentId', value->>'attempt',
-           value->>'parentRunId', value->>'status', value->>'sandbox', value->>'longLived',
-           value->>'input', value->>'output', value->>'errorTag', value->>'errorMessage',
-           value->>'startedAt', value->>'endedAt', value->>'heartbeatAt', value->>'fuelUsed',
-           value->>'peakMemory', value->>'workerId'
-    FROM json_each(?1) WHERE true
-    ON CONFLICT (id) DO UPDATE SET
-        status = excluded.status,
-        output = excluded.output,
-        error_tag = excluded.error_tag,
-        error_message = excluded.error_message,
-        ended_at = excluded.ended_at,
-        heartbeat_at = max(coalesce(runs.heartbeat_at, 0), coalesce(excluded.heartbeat_at, 0)),
-        fuel_used = excluded.fuel_used,
-        peak_memory = excluded.peak_memory";
+/// Inserts or updates `rows` runs (the values of [`run_params`], from `?1`). A run's identity,
+/// input and start never change; its outcome fields are overwritten, and its heartbeat only
+/// moves forward.
+fn upsert_runs(rows: usize) -> String {
+    format!(
+        "INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox,
+                           long_lived, input, output, error_tag, error_message, started_at,
+                           ended_at, heartbeat_at, fuel_used, peak_memory, worker_id)
+         VALUES {}
+         ON CONFLICT (id) DO UPDATE SET
+            status = excluded.status,
+            output = excluded.output,
+            error_tag = excluded.error_tag,
+            error_message = excluded.error_message,
+            ended_at = excluded.ended_at,
+            heartbeat_at = max(coalesce(runs.heartbeat_at, 0),
+                               coalesce(excluded.heartbeat_at, 0)),
+            fuel_used = excluded.fuel_used,
+            peak_memory = excluded.peak_memory",
+        values_list(rows, RUN_VALUES, 1)
+    )
+}
 
-const INSERT_EVENTS: &str = "
-    INSERT OR IGNORE INTO events (run_id, seq, ts, kind, payload)
-    SELECT value->>'runId', value->>'seq', value->>'ts', value->>'kind', value->>'payload'
-    FROM json_each(?1)";
+/// Values per run in [`upsert_runs`].
+const RUN_VALUES: usize = 18;
 
-const HEARTBEATS: &str = "
-    UPDATE runs SET heartbeat_at = max(coalesce(runs.heartbeat_at, 0), h.ts)
-    FROM (SELECT value->>'id' AS id, value->>'ts' AS ts FROM json_each(?1)) AS h
-    WHERE runs.id = h.id";
+/// Appends `rows` events `(run_id, seq, ts, kind, payload)`.
+fn insert_events(rows: usize) -> String {
+    format!(
+        "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, payload) VALUES {}",
+        values_list(rows, EVENT_VALUES, 1)
+    )
+}
 
-/// Marks still-running runs as lost: by run id, or by job id and attempt (`?1` JSON array of
-/// `{id}` or `{jobId, attempt}`), with error `?2`/`?3` at time `?4`.
-const MARK_LOST: &str = "
-    UPDATE runs SET status = 'lost', error_tag = ?2, error_message = ?3,
-                    ended_at = coalesce(runs.ended_at, ?4)
-    FROM (SELECT value->>'id' AS id, value->>'jobId' AS job_id, value->>'attempt' AS attempt
-          FROM json_each(?1)) AS l
-    WHERE (runs.id = l.id OR (runs.job_id = l.job_id AND runs.attempt = l.attempt))
-      AND runs.status IN ('running', 'success')";
+/// Values per event in [`insert_events`].
+const EVENT_VALUES: usize = 5;
+
+/// Moves the heartbeat of `rows` runs `(id, ts)` forward.
+fn heartbeats(rows: usize) -> String {
+    format!(
+        "WITH h(id, ts) AS (VALUES {})
+         UPDATE runs SET heartbeat_at = max(coalesce(runs.heartbeat_at, 0), h.ts)
+         FROM h WHERE runs.id = h.id",
+        values_list(rows, 2, 1)
+    )
+}
+
+/// Marks `rows` runs, by id, as lost with error `?1`/`?2` at `?3`.
+fn mark_runs_lost(rows: usize) -> String {
+    format!(
+        "WITH l(id) AS (VALUES {})
+         UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
+                         ended_at = coalesce(runs.ended_at, ?3)
+         FROM l WHERE runs.id = l.id AND runs.status != 'lost'",
+        values_list(rows, 1, 4)
+    )
+}
+
+/// Marks the still-running runs of `rows` job attempts `(job_id, attempt)` as lost with error
+/// `?1`/`?2` at `?3`.
+fn mark_attempts_lost(rows: usize) -> String {
+    format!(
+        "WITH l(job_id, attempt) AS (VALUES {})
+         UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
+                         ended_at = coalesce(runs.ended_at, ?3)
+         FROM l WHERE runs.job_id = l.job_id AND runs.attempt = l.attempt
+                  AND runs.status = 'running'",
+        values_list(rows, 2, 4)
+    )
+}
 
 /// A run as written by the recorder: the full current state of the row.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct RunRecord {
     /// Run id.
     pub id: String,
@@ -135,10 +164,8 @@ pub struct RunRecord {
     /// Whether the agent is long-lived.
     pub long_lived: bool,
     /// Input JSON text.
-    #[serde(serialize_with = "json_text::option")]
     pub input: Option<Arc<RawValue>>,
     /// Output JSON text.
-    #[serde(serialize_with = "json_text::option")]
     pub output: Option<Arc<RawValue>>,
     /// Error tag.
     pub error_tag: Option<String>,
@@ -159,8 +186,7 @@ pub struct RunRecord {
 }
 
 /// An event as written by the recorder.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct EventRecord {
     /// Run id.
     pub run_id: Arc<str>,
@@ -171,7 +197,6 @@ pub struct EventRecord {
     /// Kind.
     pub kind: String,
     /// Payload JSON text.
-    #[serde(serialize_with = "json_text::value")]
     pub payload: Arc<RawValue>,
 }
 
@@ -219,41 +244,40 @@ impl RunStore {
         &self.db
     }
 
-    /// Writes a batch: runs, then events, then heartbeats.
+    /// Writes a batch: runs, then events, then heartbeats (see [`Db::bulk`]: one transaction
+    /// on an embedded database).
     pub async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let runs = (!batch.runs.is_empty())
-            .then(|| encode(&batch.runs))
-            .transpose()?;
-        let events = (!batch.events.is_empty())
-            .then(|| encode(&batch.events))
-            .transpose()?;
-        let heartbeats = (!batch.heartbeats.is_empty())
-            .then(|| {
-                encode(
-                    &batch
-                        .heartbeats
-                        .iter()
-                        .map(|(id, ts)| serde_json::json!({ "id": &**id, "ts": ts }))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .transpose()?;
+        let mut runs = Vec::with_capacity(batch.runs.len() * RUN_VALUES);
+        batch.runs.iter().for_each(|run| run_params(run, &mut runs));
+        let mut events = Vec::with_capacity(batch.events.len() * EVENT_VALUES);
+        for e in &batch.events {
+            events.extend([
+                Value::Text(e.run_id.to_string()),
+                Value::Integer(e.seq),
+                Value::Integer(e.ts),
+                Value::Text(e.kind.clone()),
+                Value::Text(e.payload.get().to_string()),
+            ]);
+        }
+        let mut beats = Vec::with_capacity(batch.heartbeats.len() * 2);
+        for (id, ts) in &batch.heartbeats {
+            beats.extend([Value::Text(id.to_string()), Value::Integer(*ts)]);
+        }
+        let bulk = |sql: fn(usize) -> String, cols, values| Bulk {
+            sql,
+            fixed: Vec::new(),
+            cols,
+            values,
+        };
         self.db
-            .run(move |conn| async move {
-                if let Some(runs) = runs {
-                    conn.execute(UPSERT_RUNS, [runs]).await?;
-                }
-                if let Some(events) = events {
-                    conn.execute(INSERT_EVENTS, [events]).await?;
-                }
-                if let Some(heartbeats) = heartbeats {
-                    conn.execute(HEARTBEATS, [heartbeats]).await?;
-                }
-                Ok(())
-            })
+            .bulk(vec![
+                bulk(upsert_runs, RUN_VALUES, runs),
+                bulk(insert_events, EVENT_VALUES, events),
+                bulk(heartbeats, 2, beats),
+            ])
             .await?;
         Ok(())
     }
@@ -265,11 +289,9 @@ impl RunStore {
         error: &ErrorInfo,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let items: Vec<_> = run_ids
-            .iter()
-            .map(|id| serde_json::json!({ "id": id }))
-            .collect();
-        self.mark_lost(items, error, now_ms).await
+        let values = run_ids.iter().map(|id| Value::Text(id.clone())).collect();
+        self.mark_lost(mark_runs_lost, 1, values, error, now_ms)
+            .await
     }
 
     /// Marks the runs of the given job attempts lost (their host stopped responding).
@@ -279,30 +301,33 @@ impl RunStore {
         error: &ErrorInfo,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let items: Vec<_> = attempts
+        let values = attempts
             .iter()
-            .map(|(job, attempt)| serde_json::json!({ "jobId": job, "attempt": attempt }))
+            .flat_map(|(job, attempt)| [Value::Text(job.clone()), Value::Integer(*attempt)])
             .collect();
-        self.mark_lost(items, error, now_ms).await
+        self.mark_lost(mark_attempts_lost, 2, values, error, now_ms)
+            .await
     }
 
     async fn mark_lost(
         &self,
-        items: Vec<serde_json::Value>,
+        sql: fn(usize) -> String,
+        cols: usize,
+        values: Vec<Value>,
         error: &ErrorInfo,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let items = encode(&items)?;
-        let (tag, message) = (error.tag.clone(), error.message.clone());
         self.db
-            .run(move |conn| async move {
-                conn.execute(MARK_LOST, (items, tag, message, now_ms))
-                    .await?;
-                Ok(())
-            })
+            .bulk(vec![Bulk {
+                sql,
+                fixed: vec![
+                    Value::Text(error.tag.clone()),
+                    Value::Text(error.message.clone()),
+                    Value::Integer(now_ms),
+                ],
+                cols,
+                values,
+            }])
             .await?;
         Ok(())
     }
@@ -420,27 +445,31 @@ impl RunStore {
     }
 }
 
-/// Raw JSON travels inside batch parameters as a JSON string, so that `->>` hands SQLite the
-/// exact text (a bare JSON string value would otherwise lose its quotes).
-mod json_text {
-    use std::sync::Arc;
-
-    use serde::Serializer;
-    use serde_json::value::RawValue;
-
-    pub(super) fn value<S: Serializer>(v: &Arc<RawValue>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(v.get())
-    }
-
-    pub(super) fn option<S: Serializer>(
-        v: &Option<Arc<RawValue>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.serialize_str(v.get()),
-            None => s.serialize_none(),
-        }
-    }
+/// Appends the values of one run in the order of [`upsert_runs`].
+fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
+    let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
+    let json = |v: &Option<Arc<RawValue>>| text(v.as_deref().map(RawValue::get));
+    let int = |n: Option<i64>| n.map_or(Value::Null, Value::Integer);
+    params.extend([
+        Value::Text(r.id.clone()),
+        text(r.job_id.as_deref()),
+        Value::Text(r.agent_id.clone()),
+        Value::Integer(r.attempt),
+        text(r.parent_run_id.as_deref()),
+        Value::Text(r.status.as_str().to_string()),
+        text(r.sandbox),
+        Value::Integer(i64::from(r.long_lived)),
+        json(&r.input),
+        json(&r.output),
+        text(r.error_tag.as_deref()),
+        text(r.error_message.as_deref()),
+        Value::Integer(r.started_at),
+        int(r.ended_at),
+        int(r.heartbeat_at),
+        int(r.fuel_used),
+        int(r.peak_memory),
+        text(r.worker_id.as_deref()),
+    ]);
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
