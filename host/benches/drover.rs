@@ -24,6 +24,10 @@ use drover_host::store::{RunStatus, RunStore};
 use serde_json::json;
 use serde_json::value::RawValue;
 
+/// The same allocator as the `drover-host` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How much work each benchmark does.
 #[derive(Clone, Copy)]
 struct Scale {
@@ -134,8 +138,12 @@ async fn per_job_cost(scale: Scale, work: &Path) -> Vec<Row> {
     let input: Arc<RawValue> =
         Arc::from(RawValue::from_string(r#"{"n":42}"#.into()).expect("json"));
 
-    let wasm_times = time_runs(&wasm, &wasm_spec, &input, iterations).await;
-    let native_times = time_runs(&none, &native_spec, &input, iterations).await;
+    // Alternate between the two in rounds, so that both see the same moments of a noisy machine.
+    let (mut wasm_times, mut native_times) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        wasm_times.extend(time_runs(&wasm, &wasm_spec, &input, iterations / 10).await);
+        native_times.extend(time_runs(&none, &native_spec, &input, iterations / 10).await);
+    }
     let (w50, w99) = (percentile(&wasm_times, 0.50), percentile(&wasm_times, 0.99));
     let (n50, n99) = (
         percentile(&native_times, 0.50),

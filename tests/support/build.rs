@@ -22,6 +22,7 @@ fn main() {
         .to_path_buf();
     let agents = root.join("agents");
     for path in [
+        root.join(".cargo/config.toml"),
         agents.join("Cargo.toml"),
         agents.join("Cargo.lock"),
         root.join("guest-sdk"),
