@@ -340,6 +340,7 @@ struct Template<'a> {
     spec: &'a AgentSpec,
     sandbox: &'static str,
     digest: Option<&'a str>,
+    imports: Option<&'a [String]>,
 }
 
 async fn templates(State(state): State<HttpState>) -> HttpResult {
@@ -351,6 +352,10 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
             sandbox: if spec.is_wasm() { "wasm" } else { "none" },
             digest: match &spec.code {
                 crate::registry::AgentCode::Wasm(agent) => Some(agent.digest()),
+                crate::registry::AgentCode::Native(_) => None,
+            },
+            imports: match &spec.code {
+                crate::registry::AgentCode::Wasm(agent) => Some(&agent.description().imports),
                 crate::registry::AgentCode::Native(_) => None,
             },
         })

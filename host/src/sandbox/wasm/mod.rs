@@ -94,6 +94,9 @@ pub struct Description {
     pub input_schema: Option<String>,
     /// Output JSON Schema (text).
     pub output_schema: Option<String>,
+    /// The interfaces the component imports (WASI and `drover:agent`), which is everything it
+    /// could ask the host for.
+    pub imports: Vec<String>,
 }
 
 /// A loaded, linked component, ready to be instantiated per run.
@@ -201,7 +204,13 @@ impl WasmRuntime {
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
         let pre = bindings::AgentPre::new(pre).map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        let description = self.describe(&pre).await?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let mut description = self.describe(&pre).await?;
+        description.imports = imports;
         Ok(WasmAgent {
             pre,
             digest,
@@ -248,6 +257,7 @@ impl WasmRuntime {
             },
             input_schema: schema(info.input_schema),
             output_schema: schema(info.output_schema),
+            imports: Vec::new(),
         })
     }
 
