@@ -21,7 +21,30 @@ pub struct EngineConfig {
     pub epoch_tick: Duration,
     /// Fuel metering and epoch interruption. Without them a guest computing in a loop can be
     /// neither limited nor interrupted; turn them off only to measure what they cost.
-    pub metering: bool,
+    pub metering: Metering,
+}
+
+/// Which of the two instrumentations compiled code carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metering {
+    /// Fuel: counts instructions, so a run can be held to a quota.
+    pub fuel: bool,
+    /// Epoch checks: let a timeout, a cancel or a time slice interrupt a guest that never calls
+    /// the host.
+    pub epochs: bool,
+}
+
+impl Metering {
+    /// Both on: what every host runs with.
+    pub const ON: Self = Self {
+        fuel: true,
+        epochs: true,
+    };
+    /// Both off (for measurement only).
+    pub const OFF: Self = Self {
+        fuel: false,
+        epochs: false,
+    };
 }
 
 impl Default for EngineConfig {
@@ -31,7 +54,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 1 << 30,
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
-            metering: true,
+            metering: Metering::ON,
         }
     }
 }
@@ -74,8 +97,8 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
 
     let mut wasm = Config::new();
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .consume_fuel(config.metering)
-        .epoch_interruption(config.metering)
+        .consume_fuel(config.metering.fuel)
+        .epoch_interruption(config.metering.epochs)
         // Agents are plain WASIp2 components; the component-model-async machinery only adds
         // per-call bookkeeping.
         .concurrency_support(false)

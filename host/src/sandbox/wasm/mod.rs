@@ -34,7 +34,7 @@ use crate::queue::{ErrorInfo, Lifecycle};
 use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::store::RunStatus;
 
-pub use engine::EngineConfig;
+pub use engine::{EngineConfig, Metering};
 use state::{HostState, MemoryMeter};
 use stdio::Capture;
 
@@ -132,7 +132,7 @@ pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     scratch_root: PathBuf,
-    metering: bool,
+    metering: Metering,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -155,7 +155,7 @@ impl WasmRuntime {
         scratch_root: impl Into<PathBuf>,
     ) -> Result<Arc<Self>, WasmError> {
         let engine = engine::build(config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        if config.metering {
+        if config.metering.epochs {
             engine::start_ticker(&engine, config.epoch_tick);
         }
         let mut linker: Linker<HostState> = Linker::new(&engine);
@@ -265,10 +265,12 @@ impl WasmRuntime {
     fn store(&self, state: HostState, fuel: Option<u64>) -> wasmtime::Result<Store<HostState>> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
-        if !self.metering {
+        if self.metering.fuel {
+            store.set_fuel(fuel.unwrap_or(u64::MAX))?;
+        }
+        if !self.metering.epochs {
             return Ok(store);
         }
-        store.set_fuel(fuel.unwrap_or(u64::MAX))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
