@@ -78,6 +78,17 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let work = tempfile::tempdir().expect("temp dir");
+    if let Some(i) = args.iter().position(|a| a == DENSITY_CHILD) {
+        // One density measurement, alone in this process (see `density`).
+        let wasm = args.get(i + 1).is_some_and(|m| m == "wasm");
+        let n = args
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .expect("agent count");
+        let (rss, lateness) = runtime.block_on(live_agents(n, wasm, work.path()));
+        println!("{rss} {lateness}");
+        return;
+    }
     let mut rows = Vec::new();
 
     let dir = work.path();
@@ -95,7 +106,7 @@ fn main() {
     }
     if wanted("density") {
         eprintln!("[4/6] density of long-lived agents");
-        rows.extend(runtime.block_on(density(scale, dir)));
+        rows.extend(density(scale));
     }
     if wanted("quota") {
         eprintln!("[5/6] quota overhead");
@@ -406,7 +417,7 @@ async fn cancel_latency(scale: Scale, work: &Path) -> Vec<Row> {
 // ---------------------------------------------------------------------------------------------
 // 4. Density of long-lived agents
 
-async fn density(scale: Scale, work: &Path) -> Vec<Row> {
+fn density(scale: Scale) -> Vec<Row> {
     let steps: &[usize] = if scale.quick {
         &[100]
     } else {
@@ -414,8 +425,8 @@ async fn density(scale: Scale, work: &Path) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     for &n in steps {
-        let (wasm_rss, wasm_late) = live_agents(n, true, work).await;
-        let (native_rss, native_late) = live_agents(n, false, work).await;
+        let (wasm_rss, wasm_late) = density_in_child(n, "wasm");
+        let (native_rss, native_late) = density_in_child(n, "native");
         rows.push(Row {
             name: format!("Density, {n} long-lived `queue-worker` agents idling and heartbeating every second in one host: resident memory per agent; vs the same loop as a native agent"),
             figure: kib(wasm_rss),
@@ -434,6 +445,31 @@ async fn density(scale: Scale, work: &Path) -> Vec<Row> {
         });
     }
     rows
+}
+
+/// The argument that makes this harness measure one density step and print the result.
+const DENSITY_CHILD: &str = "--density-child";
+
+/// Runs [`live_agents`] in a fresh process, so that memory freed by an earlier step cannot be
+/// reused by this one and hide its cost.
+fn density_in_child(n: usize, mode: &str) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("benchmark executable");
+    let output = std::process::Command::new(exe)
+        .args([DENSITY_CHILD, mode, &n.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("start a density measurement");
+    assert!(output.status.success(), "density measurement failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut figures = text
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|f| f.parse::<f64>().expect("figure"));
+    let rss = figures.next().expect("rss");
+    let lateness = figures.next().expect("lateness");
+    (rss, lateness)
 }
 
 /// Starts `n` long-lived agents (wasm `queue-worker`s, or the same loop natively), lets them
