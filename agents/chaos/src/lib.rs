@@ -15,6 +15,7 @@
 //! | `deaf`        | a long wait that ignores stop requests                               |
 //! | `sleep`       | sleeps `ms` milliseconds (waking early on a stop), then succeeds    |
 //! | `sieve`       | counts the primes below `n` (a CPU-bound workload)                   |
+//! | `json`        | writes and re-reads a 200-item JSON document `n` times (CPU-bound)   |
 //! | `ok`          | returns `{"ok": true}`                                               |
 
 use std::hint::black_box;
@@ -85,6 +86,7 @@ impl Agent for Chaos {
                 Ok(json!({ "ok": true, "stopped": stopped }))
             }
             "sieve" => Ok(json!({ "primes": sieve(input.n.unwrap_or(1_000_000)) })),
+            "json" => round_trips(input.n.unwrap_or(100)),
             "ok" => Ok(json!({ "ok": true })),
             other => Err(Error::new("UnknownMode", format!("unknown mode {other:?}")).permanent()),
         }
@@ -108,6 +110,32 @@ fn sieve(n: usize) -> usize {
         }
     }
     count
+}
+
+/// Serializes a document of 200 records and parses it back, `rounds` times: the kind of work
+/// an agent that transforms JSON does.
+fn round_trips(rounds: usize) -> Result<Value, Error> {
+    let items: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({
+                "id": i,
+                "name": format!("item-{i}"),
+                "tags": ["alpha", "beta", "gamma"],
+                "score": f64::from(i) * 0.25,
+                "active": i % 3 == 0,
+            })
+        })
+        .collect();
+    let mut doc = json!({ "items": items });
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        let text = serde_json::to_string(&doc)
+            .map_err(|e| Error::new("Json", e.to_string()).permanent())?;
+        bytes += text.len();
+        doc = serde_json::from_str(&text)
+            .map_err(|e| Error::new("Json", e.to_string()).permanent())?;
+    }
+    Ok(json!({ "bytes": bytes }))
 }
 
 fn spin() -> Result<Value, Error> {
