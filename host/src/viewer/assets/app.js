@@ -248,12 +248,13 @@ async function viewRun(main, { id }) {
       : run.status === "running"
         ? `<h2>Output</h2><p class="muted">Still running.</p>`
         : `<h2>Output</h2><pre class="json" data-testid="run-output">${pretty(run.output)}</pre>`;
-    const actions = main.querySelector("#run-actions");
-    actions.innerHTML = "";
-    if (run.status === "running" && run.jobId) {
-      if (run.lifecycle === "long-lived") actions.append(button("Stop", "", () => act(run.jobId, "stop"), "stop-run"));
-      actions.append(button("Cancel", "danger", () => act(run.jobId, "cancel"), "cancel-run"));
-    }
+    const live = run.status === "running" && run.jobId;
+    setButtons(main.querySelector("#run-actions"), live ? `live ${run.lifecycle}` : "", () => live
+      ? [
+        ...(run.lifecycle === "long-lived" ? [button("Stop", "", () => act(run.jobId, "stop"), "stop-run")] : []),
+        button("Cancel", "danger", () => act(run.jobId, "cancel"), "cancel-run"),
+      ]
+      : []);
   };
 
   const renderEvents = () => {
@@ -307,6 +308,45 @@ function button(label, cls, onclick, testid) {
   return b;
 }
 
+// Refreshes change tables in place, keyed by row, and rebuild a row's buttons only when what
+// they can do changes: a button the user is pressing is never swapped for a copy under the
+// pointer (which would swallow the click).
+function syncRows(body, items, key, fill, empty) {
+  const rows = new Map([...body.querySelectorAll(":scope > tr[data-key]")].map((tr) => [tr.dataset.key, tr]));
+  body.querySelector(":scope > tr.empty-row")?.remove();
+  items.forEach((item, i) => {
+    const k = key(item);
+    let tr = rows.get(k);
+    if (tr) rows.delete(k);
+    else { tr = document.createElement("tr"); tr.dataset.key = k; }
+    fill(tr, item);
+    if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+  });
+  rows.forEach((tr) => tr.remove());
+  if (!items.length && !body.querySelector(":scope > tr.empty-row")) body.innerHTML = `<tr class="empty-row">${empty}</tr>`;
+}
+
+// What each cell and button holder last showed.
+const shown = new WeakMap();
+
+// Sets a row's cells (`[html, class]` pairs, touched only when they change) and its last cell's
+// buttons.
+function fillRow(tr, cells, state, make) {
+  while (tr.children.length < cells.length + 1) tr.append(document.createElement("td"));
+  cells.forEach(([html, cls], i) => {
+    const td = tr.children[i];
+    if (shown.get(td) !== html) { shown.set(td, html); td.innerHTML = html; }
+    td.className = cls || "";
+  });
+  tr.lastElementChild.className = "actions";
+  setButtons(tr.lastElementChild, state, make);
+}
+
+// Puts the buttons `make` returns into `el`, whenever `state` (what they can do) changes.
+function setButtons(el, state, make) {
+  if (shown.get(el) !== state) { shown.set(el, state); el.replaceChildren(...make()); }
+}
+
 async function act(jobId, action) {
   const { job } = await api(`/v1/jobs/${encodeURIComponent(jobId)}/${action}`, { method: "POST" });
   toast(`${action === "stop" ? "Stop" : "Cancel"} requested for ${short(job.id)}`);
@@ -337,26 +377,23 @@ async function viewAgents(main) {
   };
   const load = async () => {
     const { agents } = await api("/v1/agents?limit=200");
-    const body = main.querySelector("#agents-body");
-    body.innerHTML = agents.length ? "" : `<tr><td colspan="7" class="empty">No long-lived agents yet.</td></tr>`;
-    for (const a of agents) {
-      const tr = document.createElement("tr");
+    syncRows(main.querySelector("#agents-body"), agents, (a) => a.id, (tr, a) => {
       tr.dataset.testid = "agent-row";
       tr.dataset.agent = a.id;
-      tr.innerHTML = `<td class="mono">${a.run ? `<a href="#/runs/${encodeURIComponent(a.run.id)}">${esc(a.id)}</a>` : esc(a.id)}</td>
-        <td>${esc(a.agentType)}</td>
-        <td>${badge(a.phase)} ${a.stale ? `<span class="badge stale" data-testid="stale">stale</span>` : ""}</td>
-        <td>${a.lastHeartbeatAt ? ago(a.lastHeartbeatAt) : "—"}</td>
-        <td>${ago(a.job.createdAt)}</td><td class="num">${a.job.restarts}</td><td class="actions"></td>`;
-      if (a.phase === "Running" || a.phase === "Pending") {
-        tr.querySelector(".actions").append(button("Stop", "", async () => {
-          await api(`/v1/agents/${encodeURIComponent(a.id)}`, { method: "DELETE" });
-          toast(`Stop requested for ${a.id}`);
-          await load();
-        }, "stop-agent"));
-      }
-      body.append(tr);
-    }
+      const stoppable = a.phase === "Running" || a.phase === "Pending";
+      fillRow(tr, [
+        [a.run ? `<a href="#/runs/${encodeURIComponent(a.run.id)}">${esc(a.id)}</a>` : esc(a.id), "mono"],
+        [esc(a.agentType)],
+        [`${badge(a.phase)} ${a.stale ? `<span class="badge stale" data-testid="stale">stale</span>` : ""}`],
+        [a.lastHeartbeatAt ? ago(a.lastHeartbeatAt) : "—"],
+        [ago(a.job.createdAt)],
+        [String(a.job.restarts), "num"],
+      ], stoppable ? "stop" : "", () => stoppable ? [button("Stop", "", async () => {
+        await api(`/v1/agents/${encodeURIComponent(a.id)}`, { method: "DELETE" });
+        toast(`Stop requested for ${a.id}`);
+        await load();
+      }, "stop-agent")] : []);
+    }, `<td colspan="7" class="empty">No long-lived agents yet.</td>`);
   };
   await load();
   every(load);
@@ -423,18 +460,19 @@ async function viewQueue(main) {
     const [stats, { jobs }] = await Promise.all([api("/v1/stats"), api("/v1/jobs?limit=25")]);
     main.querySelector("#counts").innerHTML = tiles(stats.jobs);
     main.querySelector("#run-counts").innerHTML = tiles(stats.runs);
-    const body = main.querySelector("#jobs-body");
-    body.innerHTML = jobs.length ? "" : `<tr><td colspan="7" class="empty">The queue is empty.</td></tr>`;
-    for (const j of jobs) {
-      const tr = document.createElement("tr");
-      tr.innerHTML = `<td class="mono">${j.runId ? `<a href="#/runs/${encodeURIComponent(j.runId)}">${esc(short(j.id))}</a>` : esc(short(j.id))}</td>
-        <td>${esc(j.agentId)}</td><td>${badge(j.status)} ${j.resultError ? `<span class="muted">${esc(j.resultError.tag)}</span>` : ""}</td>
-        <td class="num">${j.attempts}/${j.maxAttempts}</td><td class="num">${j.priority}</td><td>${ago(j.createdAt)}</td><td></td>`;
-      if (j.status === "queued" || j.status === "leased") {
-        tr.lastElementChild.append(button("Cancel", "danger", async () => { await act(j.id, "cancel"); await load(); }, "cancel-job"));
-      }
-      body.append(tr);
-    }
+    syncRows(main.querySelector("#jobs-body"), jobs, (j) => j.id, (tr, j) => {
+      const cancellable = j.status === "queued" || j.status === "leased";
+      fillRow(tr, [
+        [j.runId ? `<a href="#/runs/${encodeURIComponent(j.runId)}">${esc(short(j.id))}</a>` : esc(short(j.id)), "mono"],
+        [esc(j.agentId)],
+        [`${badge(j.status)} ${j.resultError ? `<span class="muted">${esc(j.resultError.tag)}</span>` : ""}`],
+        [`${j.attempts}/${j.maxAttempts}`, "num"],
+        [String(j.priority), "num"],
+        [ago(j.createdAt)],
+      ], cancellable ? "cancel" : "", () => cancellable
+        ? [button("Cancel", "danger", async () => { await act(j.id, "cancel"); await load(); }, "cancel-job")]
+        : []);
+    }, `<td colspan="7" class="empty">The queue is empty.</td>`);
   };
   await load();
   every(load);
