@@ -257,6 +257,30 @@ async fn seed_two_spawn_heartbeat_and_delete_is_completed() {
     let (code, out, _) = cli(url, &["events", &name, "--follow"]);
     assert_eq!(code, 0);
     assert!(out.contains("worker_stopping"), "{out}");
+
+    // The same lifecycle from a shell: enqueue, stop, wait.
+    let (code, out, _) = cli(url, &["enqueue", "queue-worker", "null", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let id = serde_json::from_str::<Value>(&out).expect("json")["job"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_until(|| async {
+        let (_, job) = get(format!("{url}/v1/jobs/{id}")).await;
+        job["run"]["status"] == "running"
+    })
+    .await;
+    let (code, out, err) = cli(url, &["stop", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cli(url, &["wait", &id, "--timeout-ms", "30000"]);
+    assert_eq!(code, 0, "a stopped long-lived agent is done: {out}");
+    assert!(out.contains("done") && out.contains("success"), "{out}");
+    let (code, out, _) = cli(url, &["get", &id, "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["run"]["status"],
+        "success"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
