@@ -182,19 +182,23 @@ async function viewRuns(main) {
     if (filter.status) p.set("status", filter.status);
     if (filter.agentId) p.set("agentId", filter.agentId);
     const { runs } = await api(`/v1/runs?${p}`);
-    const body = main.querySelector("#runs-body");
-    body.innerHTML = runs.length
-      ? runs.map((r) => `
-        <tr class="link" data-run="${esc(r.id)}" data-testid="run-row">
-          <td class="mono"><a href="#/runs/${encodeURIComponent(r.id)}">${esc(short(r.id))}</a></td>
-          <td>${esc(r.agentId)}</td><td>${badge(r.status)}</td>
-          <td class="mono">${esc(short(r.jobId))}</td><td class="num">${r.attempt}</td>
-          <td title="${esc(stamp(r.startedAt))}">${ago(r.startedAt)}</td>
-          <td>${r.status === "running" ? "running" : duration(r.startedAt, r.endedAt)}</td>
-          <td class="num">${number(r.fuelUsed)}</td><td class="num">${bytes(r.peakMemory)}</td></tr>`).join("")
-      : `<tr><td colspan="9" class="empty">No runs yet. Enqueue a job from <a href="#/templates">Agent types</a>.</td></tr>`;
-    body.querySelectorAll("tr[data-run]").forEach((tr) =>
-      (tr.onclick = (e) => { if (e.target.tagName !== "A") location.hash = `#/runs/${encodeURIComponent(tr.dataset.run)}`; }));
+    syncRows(main.querySelector("#runs-body"), runs, (r) => r.id, (tr, r) => {
+      tr.className = "link";
+      tr.dataset.run = r.id;
+      tr.dataset.testid = "run-row";
+      tr.onclick = (e) => { if (e.target.tagName !== "A") location.hash = `#/runs/${encodeURIComponent(r.id)}`; };
+      fillRow(tr, [
+        [`<a href="#/runs/${encodeURIComponent(r.id)}">${esc(short(r.id))}</a>`, "mono"],
+        [esc(r.agentId)],
+        [badge(r.status)],
+        [esc(short(r.jobId)), "mono"],
+        [String(r.attempt), "num"],
+        [`<span title="${esc(stamp(r.startedAt))}">${ago(r.startedAt)}</span>`],
+        [r.status === "running" ? "running" : duration(r.startedAt, r.endedAt)],
+        [number(r.fuelUsed), "num"],
+        [bytes(r.peakMemory), "num"],
+      ]);
+    }, `<td colspan="9" class="empty">No runs yet. Enqueue a job from <a href="#/templates">Agent types</a>.</td>`);
     main.querySelector("#next").disabled = runs.length < PAGE;
     main.querySelector("#page-label").textContent = `page ${filter.page + 1}`;
     main.querySelector("#runs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -329,17 +333,20 @@ function syncRows(body, items, key, fill, empty) {
 // What each cell and button holder last showed.
 const shown = new WeakMap();
 
-// Sets a row's cells (`[html, class]` pairs, touched only when they change) and its last cell's
-// buttons.
+// Sets a row's cells (`[html, class]` pairs, touched only when they change) and, given `make`,
+// a last cell of buttons.
 function fillRow(tr, cells, state, make) {
-  while (tr.children.length < cells.length + 1) tr.append(document.createElement("td"));
+  const count = cells.length + (make ? 1 : 0);
+  while (tr.children.length < count) tr.append(document.createElement("td"));
   cells.forEach(([html, cls], i) => {
     const td = tr.children[i];
     if (shown.get(td) !== html) { shown.set(td, html); td.innerHTML = html; }
     td.className = cls || "";
   });
-  tr.lastElementChild.className = "actions";
-  setButtons(tr.lastElementChild, state, make);
+  if (make) {
+    tr.lastElementChild.className = "actions";
+    setButtons(tr.lastElementChild, state, make);
+  }
 }
 
 // Puts the buttons `make` returns into `el`, whenever `state` (what they can do) changes.
