@@ -120,26 +120,28 @@ fn heartbeats(rows: usize) -> String {
     )
 }
 
-/// Marks `rows` runs, by id, as lost with error `?1`/`?2` at `?3`.
+/// Marks `rows` runs, by id, as lost with error `?1`/`?2` at `?3`: those still running, and
+/// those recorded as a success whose outcome never reached the queue. A run that failed keeps
+/// its own error.
 fn mark_runs_lost(rows: usize) -> String {
     format!(
         "WITH l(id) AS (VALUES {})
          UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
                          ended_at = coalesce(runs.ended_at, ?3)
-         FROM l WHERE runs.id = l.id AND runs.status != 'lost'",
+         FROM l WHERE runs.id = l.id AND runs.status IN ('running', 'success')",
         values_list(rows, 1, 4)
     )
 }
 
-/// Marks the still-running runs of `rows` job attempts `(job_id, attempt)` as lost with error
-/// `?1`/`?2` at `?3`.
+/// Marks the runs of `rows` job attempts `(job_id, attempt)` as lost with error `?1`/`?2` at
+/// `?3`, under the same rule as [`mark_runs_lost`].
 fn mark_attempts_lost(rows: usize) -> String {
     format!(
         "WITH l(job_id, attempt) AS (VALUES {})
          UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
                          ended_at = coalesce(runs.ended_at, ?3)
          FROM l WHERE runs.job_id = l.job_id AND runs.attempt = l.attempt
-                  AND runs.status = 'running'",
+                  AND runs.status IN ('running', 'success')",
         values_list(rows, 2, 4)
     )
 }
