@@ -334,6 +334,11 @@ impl DbInner {
     }
 
     fn checkin(&self, conn: Connection) {
+        // A connection left inside a transaction would hold the write lock for whoever gets it
+        // next: drop it instead.
+        if !conn.is_autocommit() {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
@@ -403,18 +408,21 @@ async fn bulk_prepared(
         Ok::<_, DbError>(results)
     }
     .await;
-    match applied {
-        Ok(results) => {
-            conn.execute("COMMIT", ()).await?;
-            Ok(results)
-        }
-        Err(e) => {
-            if let Err(rollback) = conn.execute("ROLLBACK", ()).await {
-                tracing::warn!(error = %rollback, "rolling back a failed batch failed");
-            }
-            Err(e)
-        }
+    let committed = match applied {
+        Ok(results) => conn
+            .execute("COMMIT", ())
+            .await
+            .map(|_| results)
+            .map_err(DbError::from),
+        Err(e) => Err(e),
+    };
+    if committed.is_err()
+        && !conn.is_autocommit()
+        && let Err(rollback) = conn.execute("ROLLBACK", ()).await
+    {
+        tracing::warn!(error = %rollback, "rolling back a failed batch failed");
     }
+    committed
 }
 
 /// Remote databases: each statement as multi-row statements, no interactive transaction.
