@@ -15,8 +15,16 @@ use crate::sandbox::{AbortReason, Control, Failure, RunContext, RunIdentity, Run
 use crate::store::{RunRecord, RunStatus};
 use crate::time::now_ms;
 
-/// Runs one claimed job to its recorded outcome.
-pub(super) async fn run(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphorePermit) {
+/// A claimed job registered as in flight (so that renewals, signals and shutdown see it) and
+/// about to run.
+pub(super) struct Admitted {
+    job: Job,
+    lease: Lease,
+    control: Arc<Control>,
+}
+
+/// Registers a claimed job as in flight, before its task starts.
+pub(super) fn admit(shared: &Shared, claimed: ClaimedJob) -> Admitted {
     let ClaimedJob { job, lease } = claimed;
     let control = Control::new();
     // Requests that arrived while the job waited (e.g. before a restart) apply at once.
@@ -34,6 +42,20 @@ pub(super) async fn run(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedS
             lifecycle: job.lifecycle,
         },
     );
+    Admitted {
+        job,
+        lease,
+        control,
+    }
+}
+
+/// Runs an admitted job to its recorded outcome.
+pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, permit: OwnedSemaphorePermit) {
+    let Admitted {
+        job,
+        lease,
+        control,
+    } = admitted;
     shared.stats.run_started();
     let started = Instant::now();
     let (status, fuel) = execute(&shared, &job, &lease, &control).await;

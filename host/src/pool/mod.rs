@@ -222,8 +222,17 @@ impl PoolHandle {
         let shared = &self.shared;
         shared.stop_claiming.cancel();
         // A claim already on its way to the database still starts its jobs; wait for it, so
-        // every job this pool holds is in flight (and handled below) before looking.
-        let _ = self.claimer.await;
+        // every job this pool holds is in flight (and handled below) before looking. A claim
+        // that hangs (an unreachable remote database) is abandoned: whatever it leased expires
+        // and is reclaimed.
+        let mut claimer = self.claimer;
+        if tokio::time::timeout(shared.config.shutdown_grace, &mut claimer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a claim did not return within the shutdown grace period");
+            claimer.abort();
+        }
         self.jobs.close();
         for job in shared.in_flight().values() {
             if job.lifecycle == Lifecycle::LongLived {
@@ -363,7 +372,8 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
                         let Ok(permit) = Arc::clone(&lane.slots).acquire_owned().await else {
                             break;
                         };
-                        jobs.spawn(job::run(Arc::clone(&shared), job, permit));
+                        let admitted = job::admit(&shared, job);
+                        jobs.spawn(job::run(Arc::clone(&shared), admitted, permit));
                     }
                     if got < free {
                         lane.back_off(now, max_idle);

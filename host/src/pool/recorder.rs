@@ -22,6 +22,8 @@ use crate::time::now_ms;
 const MAX_BATCH: usize = 4096;
 /// Capacity of the recorder's inbox; a full inbox makes emitters wait (back-pressure).
 const INBOX: usize = 16_384;
+/// Most job outcomes applied in one statement (fewer than a remote database takes in one).
+const FINISH_CHUNK: usize = 1024;
 /// Attempts at writing one batch before it is given up (and the leases expire instead).
 const WRITE_ATTEMPTS: u32 = 6;
 
@@ -144,44 +146,52 @@ impl Recorder {
                 self.stats.record_events(batch.events.len());
             }
         }
-        if !finishes.is_empty() {
-            let outcomes: Vec<Finish> = finishes.iter().map(|(f, _)| f.clone()).collect();
-            let started = std::time::Instant::now();
-            let queue = &self.queue;
-            let applied = retry("queue", || queue.finish(&outcomes)).await;
-            self.stats.record_finish_latency(started.elapsed());
-            if let Some(applied) = applied {
-                let applied: std::collections::HashSet<String> =
-                    applied.into_iter().map(|(id, _)| id).collect();
-                let lost: Vec<String> = finishes
-                    .iter()
-                    .filter(|(f, _)| !applied.contains(&f.lease.job_id))
-                    .map(|(f, run_id)| {
-                        tracing::warn!(
-                            job_id = %f.lease.job_id,
-                            run_id = %run_id,
-                            epoch = f.lease.epoch,
-                            "lease lost before the outcome was recorded; result dropped"
-                        );
-                        run_id.clone()
-                    })
-                    .collect();
-                if !lost.is_empty() {
-                    let error = ErrorInfo::new(
-                        "LeaseLost",
-                        "the worker lost the job's lease before recording the outcome; \
-                         the result was dropped",
-                    );
-                    let store = &self.store;
-                    retry("run store", || {
-                        store.mark_runs_lost(&lost, &error, now_ms())
-                    })
-                    .await;
-                }
-            }
+        // One statement per chunk, so that a retry after a failure never re-applies outcomes
+        // that an earlier statement already applied (which would read as lost leases).
+        for chunk in finishes.chunks(FINISH_CHUNK) {
+            self.apply_outcomes(chunk).await;
         }
         for ack in acks {
             let _ = ack.send(());
+        }
+    }
+
+    /// Applies job outcomes under their leases and marks the runs whose lease was lost.
+    async fn apply_outcomes(&self, finishes: &[(Finish, String)]) {
+        let outcomes: Vec<Finish> = finishes.iter().map(|(f, _)| f.clone()).collect();
+        let started = std::time::Instant::now();
+        let queue = &self.queue;
+        let applied = retry("queue", || queue.finish(&outcomes)).await;
+        self.stats.record_finish_latency(started.elapsed());
+        let Some(applied) = applied else {
+            return;
+        };
+        let applied: std::collections::HashSet<String> =
+            applied.into_iter().map(|(id, _)| id).collect();
+        let lost: Vec<String> = finishes
+            .iter()
+            .filter(|(f, _)| !applied.contains(&f.lease.job_id))
+            .map(|(f, run_id)| {
+                tracing::warn!(
+                    job_id = %f.lease.job_id,
+                    run_id = %run_id,
+                    epoch = f.lease.epoch,
+                    "lease lost before the outcome was recorded; result dropped"
+                );
+                run_id.clone()
+            })
+            .collect();
+        if !lost.is_empty() {
+            let error = ErrorInfo::new(
+                "LeaseLost",
+                "the worker lost the job's lease before recording the outcome; \
+                 the result was dropped",
+            );
+            let store = &self.store;
+            retry("run store", || {
+                store.mark_runs_lost(&lost, &error, now_ms())
+            })
+            .await;
         }
     }
 }
