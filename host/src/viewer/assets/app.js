@@ -317,7 +317,7 @@ function button(label, cls, onclick, testid) {
 // pointer (which would swallow the click).
 function syncRows(body, items, key, fill, empty) {
   const rows = new Map([...body.querySelectorAll(":scope > tr[data-key]")].map((tr) => [tr.dataset.key, tr]));
-  body.querySelector(":scope > tr.empty-row")?.remove();
+  if (items.length) body.querySelector(":scope > tr.empty-row")?.remove();
   items.forEach((item, i) => {
     const k = key(item);
     let tr = rows.get(k);
