@@ -373,27 +373,41 @@ impl Queue {
         let now = now_ms();
         let base = duration_ms(self.options.backoff_base);
         let cap = duration_ms(self.options.backoff_max);
-        let mut values = Vec::with_capacity(outcomes.len() * schema::FINISH_COLUMNS);
-        outcomes
+        let (completes, others): (Vec<&Finish>, Vec<&Finish>) = outcomes
+            .iter()
+            .partition(|f| matches!(f.kind, FinishKind::Complete));
+        let mut complete_values = Vec::with_capacity(completes.len() * schema::COMPLETE_COLUMNS);
+        completes
+            .iter()
+            .for_each(|finish| complete_params(finish, &mut complete_values));
+        let mut values = Vec::with_capacity(others.len() * schema::FINISH_COLUMNS);
+        others
             .iter()
             .for_each(|finish| finish_params(finish, &mut values));
-        let mut returned = self
+        let returned = self
             .db
-            .bulk(vec![Bulk {
-                sql: schema::finish,
-                fixed: vec![
-                    Value::Integer(now),
-                    Value::Integer(base),
-                    Value::Integer(cap),
-                ],
-                cols: schema::FINISH_COLUMNS,
-                values,
-            }])
+            .bulk(vec![
+                Bulk {
+                    sql: schema::complete,
+                    fixed: vec![Value::Integer(now)],
+                    cols: schema::COMPLETE_COLUMNS,
+                    values: complete_values,
+                },
+                Bulk {
+                    sql: schema::finish,
+                    fixed: vec![
+                        Value::Integer(now),
+                        Value::Integer(base),
+                        Value::Integer(cap),
+                    ],
+                    cols: schema::FINISH_COLUMNS,
+                    values,
+                },
+            ])
             .await?;
         let changed = returned
-            .pop()
-            .unwrap_or_default()
             .iter()
+            .flatten()
             .map(|row| Ok((text_at(row, 0)?, parse_status(&text_at(row, 1)?)?)))
             .collect::<Result<Vec<_>, DbError>>()?;
         self.hub.notify_terminal(
@@ -675,6 +689,16 @@ struct InsertRow<'a> {
 }
 
 /// Appends the values of one outcome in the order of [`schema::finish`].
+fn complete_params(f: &Finish, params: &mut Vec<Value>) {
+    let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
+    params.extend([
+        Value::Text(f.lease.job_id.clone()),
+        Value::Integer(f.lease.epoch),
+        text(f.run_id.as_deref()),
+        text(f.result_status.as_deref()),
+    ]);
+}
+
 fn finish_params(f: &Finish, params: &mut Vec<Value>) {
     let (kind, error, retry) = match &f.kind {
         FinishKind::Complete => ("complete", None, false),

@@ -101,6 +101,32 @@ pub(crate) fn renew(rows: usize) -> String {
 /// Values per lease in [`renew`].
 pub(crate) const RENEW_COLUMNS: usize = 2;
 
+/// Completes `rows` jobs `(id, epoch, run_id, result_status)`, from `?2`, whose lease is still
+/// current; `?1` is now. The common outcome, so it has a statement of its own, far cheaper than
+/// the general [`finish`]. Returns the ids and new statuses of the jobs it changed.
+pub(crate) fn complete(rows: usize) -> String {
+    format!(
+        "WITH n(id, epoch, run_id, result_status) AS (VALUES {})
+         UPDATE jobs SET
+            status = 'done',
+            run_id = coalesce(n.run_id, jobs.run_id),
+            result_status = coalesce(n.result_status, jobs.result_status),
+            error_tag = NULL,
+            error_message = NULL,
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            updated_at = ?1,
+            finished_at = ?1
+         FROM n
+         WHERE jobs.id = n.id AND jobs.lease_epoch = n.epoch AND jobs.status = 'leased'
+         RETURNING jobs.id, jobs.status",
+        values_list(rows, COMPLETE_COLUMNS, 2)
+    )
+}
+
+/// Values per job in [`complete`].
+pub(crate) const COMPLETE_COLUMNS: usize = 4;
+
 /// Applies `rows` outcomes `(id, epoch, kind, run_id, result_status, tag, message, retry)`,
 /// from `?4`, to the jobs whose lease is still current. `?1` is now, `?2` the backoff base (ms),
 /// `?3` the backoff cap (ms). Returns the ids and new statuses of the jobs it changed.
