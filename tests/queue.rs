@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use drover_host::db::Db;
 use drover_host::queue::{
     ErrorInfo, Finish, FinishKind, JobFilter, JobStatus, Lifecycle, NewJob, Queue, QueueOptions,
 };
@@ -19,7 +18,7 @@ struct TestQueue {
 async fn queue_with(options: QueueOptions) -> TestQueue {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file:{}", dir.path().join("queue.db").display());
-    let db = Db::open(&url, None).await.expect("open db");
+    let db = drover_test_support::open_db(&url).await;
     let queue = Queue::with_db(db, options).await.expect("open queue");
     TestQueue { queue, _dir: dir }
 }
@@ -176,9 +175,20 @@ async fn claims_by_priority_then_age() {
     let first = t.queue.claim("w", LEASE, 2).await.expect("claim");
     let ids: Vec<_> = first.iter().map(|c| c.job.id.as_str()).collect();
     assert_eq!(ids, ["high", "mid"]);
+    // Equal priority: the older first, whether claimed one at a time or together.
+    let next = t.queue.claim("w", LEASE, 1).await.expect("claim");
+    let ids: Vec<_> = next.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, ["low-old"]);
+    t.queue
+        .enqueue_batch(vec![
+            echo(5).id("low-newest"),
+            echo(6).id("top").priority(20),
+        ])
+        .await
+        .expect("batch");
     let rest = t.queue.claim("w", LEASE, 5).await.expect("claim");
     let ids: Vec<_> = rest.iter().map(|c| c.job.id.as_str()).collect();
-    assert_eq!(ids, ["low-old", "low-new"]);
+    assert_eq!(ids, ["top", "low-new", "low-newest"]);
 }
 
 #[tokio::test]
@@ -288,6 +298,56 @@ async fn stale_leases_cannot_write() {
 }
 
 #[tokio::test]
+async fn recorded_runs_tells_applied_outcomes_from_lost_ones() {
+    let t = queue().await;
+    t.queue
+        .enqueue_batch(vec![
+            echo(1).id("mine"),
+            echo(2).id("taken").max_attempts(2),
+        ])
+        .await
+        .expect("batch");
+    let claimed = t.queue.claim("w", LEASE, 2).await.expect("claim");
+    let lease = |id: &str| {
+        claimed
+            .iter()
+            .find(|c| c.job.id == id)
+            .map(|c| c.lease.clone())
+            .expect("claimed")
+    };
+    assert!(
+        t.queue
+            .complete(&lease("mine"), "run-1", "success")
+            .await
+            .expect("complete")
+    );
+    // "taken" was lost and finished by another worker's run.
+    t.queue.reclaim_stale(i64::MAX).await.expect("reclaim");
+    let other = t
+        .queue
+        .claim("w2", LEASE, 1)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert!(
+        t.queue
+            .complete(&other.lease, "run-2", "success")
+            .await
+            .expect("complete")
+    );
+    let recorded = t
+        .queue
+        .recorded_runs(&[
+            ("mine".into(), "run-1".into()),
+            ("taken".into(), "run-3".into()),
+            ("missing".into(), "run-4".into()),
+        ])
+        .await
+        .expect("recorded");
+    assert_eq!(recorded.into_iter().collect::<Vec<_>>(), ["mine"]);
+}
+
+#[tokio::test]
 async fn renew_extends_many_leases_and_reports_lost_ones() {
     let t = queue().await;
     t.queue
@@ -307,12 +367,18 @@ async fn renew_extends_many_leases_and_reports_lost_ones() {
         .expect("get")
         .expect("a")
         .lease_expires_at;
+    // A stale lease on a third job, which another worker has claimed since.
+    t.queue.enqueue(echo(3).id("c")).await.expect("enqueue");
+    let c = t.queue.claim("other", LEASE, 1).await.expect("claim");
+    assert_eq!(c.len(), 1);
     leases.push(drover_host::queue::Lease {
-        job_id: "b".into(),
-        epoch: 99,
+        job_id: "c".into(),
+        epoch: c[0].lease.epoch - 1,
     });
     let held = t.queue.renew(&leases, LEASE).await.expect("renew");
-    assert_eq!(held.len(), 2);
+    let mut held: Vec<_> = held.into_iter().collect();
+    held.sort();
+    assert_eq!(held, ["a", "b"], "the stale lease on c is not renewed");
     let after = t
         .queue
         .get("a")
@@ -704,4 +770,11 @@ async fn memory_and_shared_file_databases_work() {
     a.enqueue(echo(1).id("x")).await.expect("enqueue");
     let claimed = b.claim("w", LEASE, 5).await.expect("claim");
     assert_eq!(claimed.len(), 1);
+}
+
+#[test]
+fn every_queue_test_passes_with_multi_row_statements() {
+    drover_test_support::rerun_with_multi_row_statements(
+        "every_queue_test_passes_with_multi_row_statements",
+    );
 }

@@ -123,6 +123,8 @@ impl DbLocation {
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DbInner>,
+    /// Whether [`Db::bulk`] sends multi-row statements (always, for a remote database).
+    multi_row: bool,
 }
 
 struct DbInner {
@@ -175,6 +177,7 @@ impl Db {
             _ => None,
         };
         let db = Self {
+            multi_row: location.is_remote(),
             inner: Arc::new(DbInner {
                 location,
                 url: url.to_string(),
@@ -192,6 +195,14 @@ impl Db {
         .await
         .map_err(|e| open_err(e.to_string()))?;
         Ok(db)
+    }
+
+    /// Makes [`Db::bulk`] send multi-row statements without a transaction around them, as it
+    /// does for a remote database, here too. An embedded database then runs exactly the SQL a
+    /// remote one gets, which is how that SQL is tested without a server.
+    pub fn with_multi_row_statements(mut self) -> Self {
+        self.multi_row = true;
+        self
     }
 
     /// The URL this database was opened from.
@@ -233,7 +244,7 @@ impl Db {
     /// multi-row `VALUES` statement (a few thousand rows per round trip) and no interactive
     /// transaction, so every statement stands on its own there.
     pub async fn bulk(&self, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
-        if self.inner.location.is_remote() {
+        if self.multi_row {
             return self.run(|conn| bulk_multi_row(conn, statements)).await;
         }
         self.run(|conn| bulk_prepared(conn, statements)).await

@@ -171,6 +171,9 @@ pub struct Job {
     pub result_error: Option<ErrorInfo>,
     /// When it reached a terminal status (epoch ms).
     pub finished_at: Option<i64>,
+    /// Its place in enqueue order (among jobs of equal priority, lower is claimed first).
+    #[serde(skip)]
+    pub seq: i64,
 }
 
 /// The proof of a claim. Heartbeats and outcomes are accepted only from the holder of the current

@@ -264,7 +264,7 @@ impl Queue {
             b.job
                 .priority
                 .cmp(&a.job.priority)
-                .then(a.job.created_at.cmp(&b.job.created_at))
+                .then(a.job.seq.cmp(&b.job.seq))
         });
         Ok(claimed)
     }
@@ -420,6 +420,25 @@ impl Queue {
             self.hub.notify_enqueued();
         }
         Ok(changed)
+    }
+
+    /// Of these `(job id, run id)` pairs, the jobs whose recorded outcome is that run's. Tells an
+    /// outcome that an earlier, interrupted write already applied from one whose lease was lost.
+    pub async fn recorded_runs(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<HashSet<String>, QueueError> {
+        if pairs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let pairs = to_json(pairs)?;
+        let ids = self
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, schema::RECORDED_RUNS, [pairs], |row| row.text(0)).await
+            })
+            .await?;
+        Ok(ids.into_iter().collect())
     }
 
     /// Cancels a job. A queued job is cancelled at once; a running one is flagged and its worker
@@ -671,6 +690,7 @@ fn decode_job(row: &libsql::Row) -> Result<Job, DbError> {
             message: error_message.unwrap_or_default(),
         }),
         finished_at: row.opt_int(23)?,
+        seq: row.int(24)?,
     })
 }
 

@@ -55,7 +55,7 @@ CREATE INDEX IF NOT EXISTS jobs_agent ON jobs (agent_id, seq);
 pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
     created_at, updated_at, attempts, max_attempts, lease_epoch, lease_owner, lease_expires_at, \
     cancel_requested, stop_requested, long_lived, restarts, max_restarts, run_id, result_status, \
-    error_tag, error_message, finished_at";
+    error_tag, error_message, finished_at, seq";
 
 /// Inserts a batch of jobs (`?1`: JSON array), skipping ids that exist; returns the new rows.
 pub(crate) fn insert_jobs() -> String {
@@ -240,6 +240,12 @@ pub(crate) const RECLAIM: &str = "
           FROM jobs WHERE status = 'leased' AND lease_expires_at < ?1) AS r
     WHERE jobs.seq = r.seq
     RETURNING jobs.id, jobs.lease_epoch, jobs.status";
+
+/// The jobs among `?1` (a JSON array of `[job id, run id]` pairs) whose recorded run is the
+/// paired one.
+pub(crate) const RECORDED_RUNS: &str = "
+    SELECT j.id FROM json_each(?1) AS p
+    JOIN jobs AS j ON j.id = p.value->>0 AND j.run_id = p.value->>1";
 
 /// Cancel and stop requests on jobs leased by worker `?1`.
 pub(crate) const SIGNALS: &str = "

@@ -77,14 +77,47 @@ pub struct TestDb {
     pub store: RunStore,
 }
 
+/// Set (to anything) in a test process whose databases send multi-row statements, as remote
+/// ones do: see [`open_db`] and [`rerun_with_multi_row_statements`].
+pub const MULTI_ROW_ENV: &str = "DROVER_TEST_MULTI_ROW";
+
+/// Opens a database for a test, sending multi-row statements when [`MULTI_ROW_ENV`] is set.
+pub async fn open_db(url: &str) -> Db {
+    let db = Db::open(url, None).await.expect("open database");
+    if std::env::var_os(MULTI_ROW_ENV).is_some() {
+        db.with_multi_row_statements()
+    } else {
+        db
+    }
+}
+
+/// Runs every test of the current test binary except `this_test` once more, in a child process
+/// whose databases send multi-row statements (the SQL a remote libsql server gets), and fails if
+/// any of them does. Does nothing in that child.
+pub fn rerun_with_multi_row_statements(this_test: &str) {
+    if std::env::var_os(MULTI_ROW_ENV).is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let output = std::process::Command::new(exe)
+        .args(["--skip", this_test, "--test-threads", "2"])
+        .env(MULTI_ROW_ENV, "1")
+        .output()
+        .expect("run the test binary");
+    assert!(
+        output.status.success(),
+        "with multi-row statements, some tests failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 impl TestDb {
     /// Fresh databases.
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let queue = Queue::with_db(
-            Db::open(&Self::queue_url_in(dir.path()), None)
-                .await
-                .expect("queue db"),
+            open_db(&Self::queue_url_in(dir.path())).await,
             QueueOptions {
                 backoff_base: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(5),
@@ -92,7 +125,7 @@ impl TestDb {
         )
         .await
         .expect("queue");
-        let store = RunStore::open(&Self::store_url_in(dir.path()), None)
+        let store = RunStore::with_db(open_db(&Self::store_url_in(dir.path())).await)
             .await
             .expect("store");
         Self { dir, queue, store }
