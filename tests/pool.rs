@@ -454,8 +454,10 @@ async fn a_worker_that_lost_its_lease_has_its_result_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_aborts_runs_whose_lease_it_can_no_longer_renew() {
     let env = Env::new(StaticRegistry::new().with(sleeper())).await;
+    // One slot, held by the job: the pool cannot claim it back before the other host does.
     let pool = env.pool(PoolConfig {
         worker_id: Some("renewer".into()),
+        concurrency: 1,
         lease_duration: Duration::from_secs(30),
         heartbeat_interval: Some(Duration::from_millis(50)),
         reclaim_interval: Duration::from_secs(3600),
@@ -481,6 +483,73 @@ async fn a_pool_aborts_runs_whose_lease_it_can_no_longer_renew() {
     assert_eq!(run.error.map(|e| e.tag), Some("LeaseLost".into()));
     let job = env.queue.get(&job.id).await.expect("get").expect("job");
     assert_eq!(job.lease_owner.as_deref(), Some("thief"));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_claims_a_job_again_stops_the_run_that_lost_it() {
+    // The first attempt would run for a minute; the second finishes at once.
+    let agent = AgentSpec::native(
+        "second-wind",
+        native_agent(|_input: Value, ctx| async move {
+            if ctx.attempt() == 1 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            Ok(json!({ "attempt": ctx.attempt() }))
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(agent)).await;
+    // Free slots, and no renewal that could notice the lost lease first.
+    let pool = env.pool(PoolConfig {
+        worker_id: Some("same".into()),
+        concurrency: 2,
+        heartbeat_interval: Some(Duration::from_secs(3600)),
+        reclaim_interval: Duration::from_secs(3600),
+        ..fast()
+    });
+    let job = env
+        .api
+        .enqueue(NewJob::new("second-wind", &json!(null)).max_attempts(2))
+        .await
+        .expect("enqueue")
+        .job;
+    wait_for_run_status(&env.store, &job.id, RunStatus::Running).await;
+    // The lease is taken away (as if it had expired), and the same pool claims the job again.
+    assert_eq!(
+        env.queue
+            .reclaim_stale(i64::MAX)
+            .await
+            .expect("reclaim")
+            .len(),
+        1
+    );
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done);
+    let winner = done.run.expect("run");
+    assert_eq!(winner.attempt, 2);
+    assert_eq!(winner.status, RunStatus::Success);
+    // The run that lost the lease is stopped, not left running beside the new one.
+    let deadline = std::time::Instant::now() + WAIT;
+    let first = loop {
+        let runs = env
+            .store
+            .list_runs(&RunFilter {
+                job_id: Some(job.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .expect("runs");
+        let first = runs
+            .into_iter()
+            .find(|r| r.attempt == 1)
+            .expect("first run");
+        if first.status != RunStatus::Running || std::time::Instant::now() > deadline {
+            break first;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(first.status, RunStatus::Lost);
+    assert_eq!(first.error.map(|e| e.tag), Some("LeaseLost".into()));
     pool.shutdown().await;
 }
 
@@ -718,8 +787,9 @@ async fn two_processes_share_one_database() {
         JOBS as i64,
         "no other runs"
     );
-    // Both processes did part of the work.
+    // Both processes did part of the work, and each job is decided by its own one run.
     let mut per_worker = std::collections::HashMap::new();
+    let mut run_of_job = std::collections::HashMap::new();
     for offset in (0..JOBS).step_by(1000) {
         let page = env
             .store
@@ -731,6 +801,11 @@ async fn two_processes_share_one_database() {
             .await
             .expect("runs");
         for run in page {
+            let job_id = run.job_id.clone().expect("a job's run");
+            assert!(
+                run_of_job.insert(job_id, run.id.clone()).is_none(),
+                "one run per job"
+            );
             let worker = run.worker_id.unwrap_or_default();
             let worker = worker.split(':').next().unwrap_or_default().to_string();
             *per_worker.entry(worker).or_insert(0) += 1;
@@ -738,6 +813,20 @@ async fn two_processes_share_one_database() {
     }
     assert_eq!(per_worker.len(), 2, "{per_worker:?}");
     assert!(per_worker.values().all(|n| *n > 0), "{per_worker:?}");
+    for offset in (0..JOBS).step_by(1000) {
+        let page = env
+            .queue
+            .list(&JobFilter {
+                limit: Some(1000),
+                offset: Some(offset as u32),
+                ..Default::default()
+            })
+            .await
+            .expect("jobs");
+        for job in page {
+            assert_eq!(job.run_id.as_ref(), run_of_job.get(&job.id), "{}", job.id);
+        }
+    }
 }
 
 /// The worker process of [`two_processes_share_one_database`]: drains the shared queue, then
@@ -745,15 +834,20 @@ async fn two_processes_share_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "started as a child process by two_processes_share_one_database"]
 async fn child_pool() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else {
-        return;
-    };
+    let dir = std::env::var(CHILD_DIR).expect("started by two_processes_share_one_database");
     let worker = std::env::var("DROVER_TEST_WORKER").expect("worker id");
     let dir = std::path::PathBuf::from(dir);
     let queue_url = format!("file:{}", dir.join("queue.db").display());
     let store_url = format!("file:{}", dir.join("runs.db").display());
-    let queue = Queue::open(&queue_url, None).await.expect("queue");
-    let store = RunStore::open(&store_url, None).await.expect("store");
+    let queue = Queue::with_db(
+        drover_test_support::open_db(&queue_url).await,
+        Default::default(),
+    )
+    .await
+    .expect("queue");
+    let store = RunStore::with_db(drover_test_support::open_db(&store_url).await)
+        .await
+        .expect("store");
     let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
     let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&none));
     let pool = WorkerPool::new(
@@ -780,4 +874,11 @@ async fn child_pool() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     pool.shutdown().await;
+}
+
+#[test]
+fn every_pool_test_passes_with_multi_row_statements() {
+    drover_test_support::rerun_with_multi_row_statements(
+        "every_pool_test_passes_with_multi_row_statements",
+    );
 }

@@ -34,7 +34,7 @@ pub(super) fn admit(shared: &Shared, claimed: ClaimedJob) -> Admitted {
     if job.stop_requested {
         control.request_stop();
     }
-    shared.in_flight().insert(
+    let earlier = shared.in_flight().insert(
         job.id.clone(),
         InFlight {
             lease: lease.clone(),
@@ -42,6 +42,16 @@ pub(super) fn admit(shared: &Shared, claimed: ClaimedJob) -> Admitted {
             lifecycle: job.lifecycle,
         },
     );
+    // This pool claimed the job again after losing an earlier lease on it (it expired and was
+    // reclaimed): that earlier run is no longer the job's, so it is stopped.
+    if let Some(earlier) = earlier {
+        tracing::warn!(
+            job_id = %job.id,
+            epoch = earlier.lease.epoch,
+            "a run of this job lost its lease; aborting it"
+        );
+        earlier.control.abort(AbortReason::LeaseLost);
+    }
     Admitted {
         job,
         lease,
@@ -60,7 +70,13 @@ pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, permit: OwnedSe
     let started = Instant::now();
     let (status, fuel) = execute(&shared, &job, &lease, &control).await;
     shared.stats.run_ended(status, started.elapsed(), fuel);
-    shared.in_flight().remove(&job.id);
+    {
+        // A later claim of the same job may have taken the entry over; it is not ours to remove.
+        let mut in_flight = shared.in_flight();
+        if in_flight.get(&job.id).is_some_and(|j| j.lease == lease) {
+            in_flight.remove(&job.id);
+        }
+    }
     drop(permit);
 }
 

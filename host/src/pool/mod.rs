@@ -138,6 +138,8 @@ impl WorkerPool {
         let mut config = self.config;
         config.concurrency = config.concurrency.max(1);
         config.max_agents = config.max_agents.max(1);
+        config.reclaim_interval = config.reclaim_interval.max(MIN_LOOP_PERIOD);
+        config.signal_poll_interval = config.signal_poll_interval.max(MIN_LOOP_PERIOD);
         let worker_id: Arc<str> = config
             .worker_id
             .clone()
@@ -286,6 +288,9 @@ fn default_worker_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &suffix[..6])
 }
 
+/// Shortest period of the background loops (renewals, signal polls, reclaims).
+const MIN_LOOP_PERIOD: Duration = Duration::from_millis(10);
+
 /// Shortest pause between claims while the queue is empty.
 const IDLE_POLL_MIN: Duration = Duration::from_millis(5);
 
@@ -419,7 +424,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         .config
         .heartbeat_interval
         .unwrap_or(shared.config.lease_duration / 3)
-        .max(Duration::from_millis(10));
+        .max(MIN_LOOP_PERIOD);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;

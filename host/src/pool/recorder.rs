@@ -7,7 +7,7 @@
 //! is written before the queue, so a job is never `done` while its run is missing; outcomes whose
 //! lease was lost meanwhile are dropped by the queue's fencing and their runs marked `lost`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,10 +144,16 @@ impl Recorder {
             let written = retry("run store", || store.write(&batch)).await;
             if written.is_some() {
                 self.stats.record_events(batch.events.len());
+            } else if !finishes.is_empty() {
+                // A job must never be finished without its run on record. Its lease expires
+                // instead, and the job is reclaimed and run again.
+                tracing::error!(
+                    jobs = finishes.len(),
+                    "the runs of these jobs could not be recorded; leaving them to be reclaimed"
+                );
+                finishes.clear();
             }
         }
-        // One statement per chunk, so that a retry after a failure never re-applies outcomes
-        // that an earlier statement already applied (which would read as lost leases).
         for chunk in finishes.chunks(FINISH_CHUNK) {
             self.apply_outcomes(chunk).await;
         }
@@ -166,8 +172,20 @@ impl Recorder {
         let Some(applied) = applied else {
             return;
         };
-        let applied: std::collections::HashSet<String> =
-            applied.into_iter().map(|(id, _)| id).collect();
+        let mut applied: HashSet<String> = applied.into_iter().map(|(id, _)| id).collect();
+        let unapplied: Vec<(String, String)> = finishes
+            .iter()
+            .filter(|(f, _)| !applied.contains(&f.lease.job_id))
+            .map(|(f, run_id)| (f.lease.job_id.clone(), run_id.clone()))
+            .collect();
+        if !unapplied.is_empty() {
+            // A write that failed part-way (a remote database applies each statement on its own)
+            // and was retried finds its own earlier outcomes no longer leased: they landed.
+            match retry("queue", || queue.recorded_runs(&unapplied)).await {
+                Some(recorded) => applied.extend(recorded),
+                None => return,
+            }
+        }
         let lost: Vec<String> = finishes
             .iter()
             .filter(|(f, _)| !applied.contains(&f.lease.job_id))
