@@ -163,11 +163,39 @@ async fn seed_one_through_the_cli() {
         .as_str()
         .expect("id")
         .to_string();
+    // Cancel it mid-flight: once it runs.
+    let deadline = std::time::Instant::now() + drover_test_support::WAIT;
+    loop {
+        let (code, out, _) = cli(&host.url, &["get", &id, "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let view: Value = serde_json::from_str(&out).expect("json");
+        if view["run"]["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran: {view}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let (code, out, err) = cli(&host.url, &["cancel", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, _) = cli(&host.url, &["wait", &id, "--timeout-ms", "30000"]);
+    let (code, out, _) = cli(&host.url, &["wait", &id, "--timeout-ms", "30000", "--json"]);
     assert_eq!(code, 2, "a failed job exits with 2: {out}");
-    assert!(out.contains("Cancelled"), "{out}");
+    let view: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(view["job"]["status"], "failed", "{view}");
+    assert_eq!(view["job"]["resultError"]["tag"], "Cancelled", "{view}");
+    assert_eq!(view["run"]["status"], "cancelled", "{view}");
+
+    // Any id works, whatever characters it holds.
+    let odd = "batch 7/item?x=1#2";
+    let (code, out, err) = cli(
+        &host.url,
+        &["enqueue", "echo", r#"{"n": 7}"#, "--id", odd, "--wait"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&host.url, &["get", odd, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let view: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(view["job"]["id"], odd);
+    assert_eq!(view["run"]["output"]["received"], 7);
 
     let (code, out, _) = cli(&host.url, &["jobs", "--status", "done"]);
     assert_eq!(code, 0);
@@ -342,8 +370,39 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(error["error"]["tag"], "NotFound");
     }
-    let (status, _) = get(format!("{url}/v1/jobs?status=sleeping")).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Every error, whoever notices it, has the same JSON shape.
+    for (method, path, expected) in [
+        ("GET", "/v1/jobs?status=sleeping", StatusCode::BAD_REQUEST),
+        ("GET", "/v1/jobs?limit=lots", StatusCode::BAD_REQUEST),
+        (
+            "GET",
+            "/v1/jobs/x/wait?timeoutMs=soon",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", "/v1/runs?lifecycle=forever", StatusCode::BAD_REQUEST),
+        ("GET", "/v1/nothing-here", StatusCode::NOT_FOUND),
+        ("DELETE", "/v1/jobs", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let method: reqwest::Method = method.parse().expect("method");
+        let (status, error) = call(method, format!("{url}{path}"), None).await;
+        assert_eq!(status, expected, "{path}: {error}");
+        assert!(error["error"]["tag"].is_string(), "{path}: {error}");
+        assert!(error["error"]["message"].is_string(), "{path}: {error}");
+    }
+    let huge = format!(
+        r#"{{"agentId": "echo", "input": {{"n": 1, "pad": "{}"}}}}"#,
+        "x".repeat(3 << 20)
+    );
+    let response = client
+        .post(format!("{url}/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let error: Value = response.json().await.expect("a JSON error");
+    assert!(error["error"]["tag"].is_string(), "{error}");
 
     // A wait that times out answers 408 with the job as it is.
     let (_, slow) = post(

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -83,9 +84,75 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/agents/{id}/events", get(agent_events))
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed);
     api.layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
+}
+
+/// The answer to a request for a route that does not exist (JSON, like every API error).
+pub async fn not_found(request: Request) -> Response {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response()
+}
+
+/// A query string, parsed; a malformed one is a JSON `400` that says what is wrong.
+struct Query<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|e| HttpError::new(e.status(), "InvalidRequest", e.body_text()))
+    }
+}
+
+/// A path parameter; one that is not valid UTF-8 (after percent-decoding) is a JSON `400`.
+struct Path<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|e| HttpError::new(e.status(), "InvalidRequest", e.body_text()))
+    }
+}
+
+/// A request body; one over the size limit is a JSON `413`.
+struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(request, state)
+            .await
+            .map(Body)
+            .map_err(|e| HttpError::new(e.status(), "InvalidRequest", e.body_text()))
+    }
 }
 
 /// An error response: `{"error": {"tag", "message"}}`.
@@ -192,7 +259,11 @@ fn ok<T: Serialize>(status: StatusCode, value: T) -> HttpResult {
     Ok((status, Json(value)).into_response())
 }
 
-async fn enqueue(State(state): State<HttpState>, headers: HeaderMap, bytes: Bytes) -> HttpResult {
+async fn enqueue(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Body(bytes): Body,
+) -> HttpResult {
     let job: NewJob = body(&headers, &bytes)?;
     let enqueued = state.api.enqueue(job).await?;
     let status = if enqueued.created {
@@ -376,7 +447,11 @@ struct SpawnRequest {
     input: Option<serde_json::Value>,
 }
 
-async fn spawn(State(state): State<HttpState>, headers: HeaderMap, bytes: Bytes) -> HttpResult {
+async fn spawn(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Body(bytes): Body,
+) -> HttpResult {
     let request: SpawnRequest = body(&headers, &bytes)?;
     let spec = state.api.agent(&request.agent_type)?;
     let id = format!(

@@ -49,7 +49,7 @@ impl From<QueueError> for ApiError {
 pub struct JobView {
     /// The job.
     pub job: Job,
-    /// Its deciding run, or the latest one.
+    /// The run that decided a finished job; the latest run of one that is not finished.
     pub run: Option<Run>,
 }
 
@@ -152,12 +152,14 @@ impl RunApi {
         self.view(job).await
     }
 
+    /// A finished job shows the run that decided it; one still queued or running shows its
+    /// latest run (the one going on, or the attempt before a retry or a restart).
     async fn view(&self, job: Job) -> Result<JobView, ApiError> {
-        let run = match &job.run_id {
-            Some(run_id) => self.store.get_run(run_id).await?,
-            None => None,
+        let deciding = match (&job.run_id, job.status.is_terminal()) {
+            (Some(run_id), true) => self.store.get_run(run_id).await?,
+            _ => None,
         };
-        let run = match run {
+        let run = match deciding {
             Some(run) => Some(run),
             None => self.store.latest_run_for_job(&job.id).await?,
         };

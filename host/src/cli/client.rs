@@ -58,15 +58,12 @@ impl Client {
     async fn call(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         query: &[(&str, String)],
         body: Option<&Value>,
         accept: &[StatusCode],
     ) -> Result<(StatusCode, Value), Failure> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .query(query);
+        let mut request = self.http.request(method, self.url(path)?).query(query);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -92,7 +89,19 @@ impl Client {
         Err(Failure(format!("{tag}: {message}")))
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
+    /// The URL of the route made of `segments`, each percent-encoded (job ids may hold any
+    /// character but control characters).
+    fn url(&self, segments: &[&str]) -> Result<reqwest::Url, Failure> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| Failure(format!("invalid host URL {:?}: {e}", self.base)))?;
+        url.path_segments_mut()
+            .map_err(|()| Failure(format!("invalid host URL {:?}", self.base)))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    async fn get(&self, path: &[&str], query: &[(&str, String)]) -> Result<Value, Failure> {
         Ok(self.call(Method::GET, path, query, None, &[]).await?.1)
     }
 }
@@ -132,7 +141,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                 "maxAttempts": max_attempts,
             });
             let (status, created) = c
-                .call(Method::POST, "/v1/jobs", &[], Some(&body), &[])
+                .call(Method::POST, &["v1", "jobs"], &[], Some(&body), &[])
                 .await?;
             let job = &created["job"];
             if !wait {
@@ -152,9 +161,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             wait_and_show(&c, &id, timeout_ms, client.json).await
         }
         Command::Get { id, client } => {
-            let view = Client::new(&client)
-                .get(&format!("/v1/jobs/{id}"), &[])
-                .await?;
+            let view = Client::new(&client).get(&["v1", "jobs", &id], &[]).await?;
             show_view(&view, client.json);
             Ok(OK)
         }
@@ -192,7 +199,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(status.map(|s| ("status", s)));
             query.extend(agent.map(|a| ("agentId", a)));
-            let list = Client::new(&client).get("/v1/jobs", &query).await?;
+            let list = Client::new(&client).get(&["v1", "jobs"], &query).await?;
             if client.json {
                 print_json(&list);
             } else {
@@ -221,7 +228,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(status.map(|s| ("status", s)));
             query.extend(agent.map(|a| ("agentId", a)));
-            let list = Client::new(&client).get("/v1/runs", &query).await?;
+            let list = Client::new(&client).get(&["v1", "runs"], &query).await?;
             if client.json {
                 print_json(&list);
             } else {
@@ -254,7 +261,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             client,
         } => events(&Client::new(&client), &id, follow, after, client.json).await,
         Command::Agents { client } => {
-            let list = Client::new(&client).get("/v1/templates", &[]).await?;
+            let list = Client::new(&client).get(&["v1", "templates"], &[]).await?;
             if client.json {
                 print_json(&list);
                 return Ok(OK);
@@ -291,13 +298,7 @@ async fn act(
     as_json: bool,
 ) -> Result<u8, Failure> {
     let (_, body) = client
-        .call(
-            Method::POST,
-            &format!("/v1/jobs/{id}/{action}"),
-            &[],
-            None,
-            &[],
-        )
+        .call(Method::POST, &["v1", "jobs", id, action], &[], None, &[])
         .await?;
     if as_json {
         print_json(&body);
@@ -316,7 +317,7 @@ async fn wait_and_show(
     let (status, view) = client
         .call(
             Method::GET,
-            &format!("/v1/jobs/{id}/wait"),
+            &["v1", "jobs", id, "wait"],
             &[("timeoutMs", timeout_ms.to_string())],
             None,
             &[StatusCode::REQUEST_TIMEOUT],
@@ -350,7 +351,7 @@ async fn events(
     let run_id = match client
         .call(
             Method::GET,
-            &format!("/v1/runs/{id}"),
+            &["v1", "runs", id],
             &[],
             None,
             &[StatusCode::NOT_FOUND],
@@ -358,7 +359,7 @@ async fn events(
         .await?
     {
         (StatusCode::NOT_FOUND, _) => {
-            let view = client.get(&format!("/v1/jobs/{id}"), &[]).await?;
+            let view = client.get(&["v1", "jobs", id], &[]).await?;
             view["run"]["id"]
                 .as_str()
                 .ok_or_else(|| Failure(format!("job {id} has not started a run yet")))?
@@ -369,7 +370,7 @@ async fn events(
     loop {
         let page = client
             .get(
-                &format!("/v1/runs/{run_id}/events"),
+                &["v1", "runs", &run_id, "events"],
                 &[("after", after.to_string())],
             )
             .await?;
@@ -390,12 +391,12 @@ async fn events(
         if !follow {
             return Ok(OK);
         }
-        let run = client.get(&format!("/v1/runs/{run_id}"), &[]).await?;
+        let run = client.get(&["v1", "runs", &run_id], &[]).await?;
         if run["run"]["status"] != "running" {
             // One last look for events written as the run ended.
             let page = client
                 .get(
-                    &format!("/v1/runs/{run_id}/events"),
+                    &["v1", "runs", &run_id, "events"],
                     &[("after", after.to_string())],
                 )
                 .await?;

@@ -32,16 +32,20 @@ pub struct RunArgs {
     #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Run-to-completion jobs run at once.
-    #[arg(long, env = "DROVER_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "DROVER_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
     /// Long-lived agents run at once (they keep their slot until stopped).
-    #[arg(long, env = "DROVER_MAX_AGENTS", default_value_t = 256)]
+    #[arg(long, env = "DROVER_MAX_AGENTS", default_value_t = 256,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_agents: usize,
     /// Lease duration in milliseconds.
-    #[arg(long, env = "DROVER_LEASE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "DROVER_LEASE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
     pub lease_ms: u64,
     /// How often expired leases of crashed hosts are reclaimed, in milliseconds.
-    #[arg(long, env = "DROVER_RECLAIM_INTERVAL_MS", default_value_t = 5_000)]
+    #[arg(long, env = "DROVER_RECLAIM_INTERVAL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
     pub reclaim_interval_ms: u64,
     /// How long in-flight jobs may finish at shutdown, in milliseconds.
     #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
@@ -84,6 +88,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub api_only: bool,
 }
+
+/// How long open HTTP requests may go on once the host is shutting down and its pool stopped.
+const SERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the host until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -158,7 +165,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().unwrap_or(args.listen);
         tracing::info!("listening on http://{address}");
-        let app = crate::viewer::router().merge(http::router(state));
+        let app = crate::viewer::router()
+            .merge(http::router(state))
+            .fallback(http::not_found);
         let stop = stop_serving.clone();
         Some(tokio::spawn(async move {
             axum::serve(listener, app)
@@ -178,11 +187,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(pool) = pool {
         pool.shutdown().await;
     }
-    if let Some(server) = server {
-        server
-            .await
-            .context("the HTTP server task failed")?
-            .context("the HTTP server failed")?;
+    if let Some(mut server) = server {
+        // Requests still open (a long `wait`, say) get a moment to finish, not their full time.
+        match tokio::time::timeout(SERVER_GRACE, &mut server).await {
+            Ok(served) => served
+                .context("the HTTP server task failed")?
+                .context("the HTTP server failed")?,
+            Err(_) => {
+                tracing::info!("closing the requests still open");
+                server.abort();
+            }
+        }
     }
     tracing::info!("stopped");
     Ok(())
