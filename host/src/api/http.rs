@@ -21,7 +21,7 @@
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
 //! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured,
-//! every route requires `Authorization: Bearer <token>`.
+//! every route here requires `Authorization: Bearer <token>`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +60,7 @@ pub struct HttpState {
     pub problems: Arc<dyn Fn() -> Vec<LoadProblem> + Send + Sync>,
     /// Metrics exported at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Bearer token every request must carry, if set.
+    /// Bearer token every API request must carry, if set.
     pub token: Option<Arc<str>>,
     /// A running long-lived agent without a heartbeat for this long is flagged stale.
     pub stale_after: Duration,

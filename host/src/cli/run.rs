@@ -77,7 +77,7 @@ pub struct RunArgs {
     /// A long-lived agent silent for this long (ms) is shown as stale.
     #[arg(long, env = "DROVER_STALE_AFTER_MS", default_value_t = 90_000)]
     pub stale_after_ms: u64,
-    /// Bearer token required by every HTTP request.
+    /// Bearer token required by every API request (the viewer asks for it).
     #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Run only the worker pool (no HTTP API).
