@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_host::api::http::{self, HttpState};
+use drover_host::api::metrics::Metrics;
 use drover_host::api::{ApiError, JobView, RunApi};
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
-use drover_host::queue::{JobStatus, Lifecycle, NewJob};
-use drover_host::registry::{DirRegistry, Registry};
+use drover_host::queue::{Job, JobStatus, Lifecycle, NewJob};
+use drover_host::registry::{AgentSpec, DirRegistry, Registry};
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{Run, RunStatus};
@@ -60,6 +62,18 @@ struct Host {
     pool: Option<PoolHandle>,
 }
 
+/// Which jobs run in the none sandbox.
+type Trusted = dyn Fn(&Job, &AgentSpec) -> bool + Send + Sync;
+
+/// The engine every test host gets unless it says otherwise.
+fn engine() -> EngineConfig {
+    EngineConfig {
+        max_instances: 64,
+        cache_dir: Some(drover_test_support::cache_dir()),
+        ..EngineConfig::default()
+    }
+}
+
 impl Host {
     /// A host whose agent directory holds echo, queue-worker and the chaos variants.
     async fn start() -> Self {
@@ -77,21 +91,15 @@ impl Host {
     /// A host on `agents`; jobs for which `trusted` says so run in the none sandbox.
     async fn start_with(
         agents: AgentDir,
-        trusted: impl Fn(&drover_host::queue::Job, &drover_host::registry::AgentSpec) -> bool
-        + Send
-        + Sync
-        + 'static,
+        trusted: impl Fn(&Job, &AgentSpec) -> bool + Send + Sync + 'static,
     ) -> Self {
+        Self::start_on(engine(), agents, Arc::new(trusted)).await
+    }
+
+    /// A host whose wasm engine is set up by `config`.
+    async fn start_on(config: EngineConfig, agents: AgentDir, trusted: Arc<Trusted>) -> Self {
         let db = TestDb::new().await;
-        let runtime = WasmRuntime::new(
-            &EngineConfig {
-                max_instances: 64,
-                cache_dir: Some(drover_test_support::cache_dir()),
-                ..EngineConfig::default()
-            },
-            db.dir.path().join("scratch"),
-        )
-        .expect("runtime");
+        let runtime = WasmRuntime::new(&config, db.dir.path().join("scratch")).expect("runtime");
         let registry = DirRegistry::open(agents.path(), Arc::clone(&runtime))
             .await
             .expect("registry");
@@ -131,6 +139,31 @@ impl Host {
             api,
             pool: Some(pool),
         }
+    }
+
+    /// `GET /v1/templates`, from the real HTTP API on this host's registry.
+    async fn templates(&self) -> Value {
+        let registry = Arc::clone(&self.registry);
+        let state = HttpState {
+            api: self.api.clone(),
+            problems: Arc::new(move || registry.problems()),
+            metrics: Arc::new(Metrics::new(None)),
+            token: None,
+            stale_after: Duration::from_secs(90),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move { axum::serve(listener, http::router(state)).await });
+        let body = reqwest::get(format!("http://{address}/v1/templates"))
+            .await
+            .expect("GET /v1/templates")
+            .json::<Value>()
+            .await
+            .expect("json");
+        server.abort();
+        body
     }
 
     async fn run(&self, agent: &str, input: Value) -> JobView {
@@ -271,12 +304,98 @@ async fn memory_hoarding_hits_the_memory_limit() {
     assert_eq!(run.status, RunStatus::Error);
     let (tag, message) = error_of(&run);
     assert_eq!(tag, "MemoryLimit");
-    assert!(message.contains("32 MiB"), "{message}");
+    assert!(message.contains("memory limit of 32 MiB"), "{message}");
+    // What the guest did then: Rust's allocation failure aborts, and says so on stderr.
+    assert!(
+        message.contains("wasm trap: wasm `unreachable` instruction executed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("memory allocation of 1048576 bytes failed"),
+        "{message}"
+    );
+    assert_no_backtrace_header(&message);
     assert!(
         run.peak_memory.is_some_and(|m| m <= 32 << 20),
         "{:?}",
         run.peak_memory
     );
+    host.shutdown().await;
+}
+
+/// Trap messages carry the trap, not wasmtime's backtrace header, and stay short.
+fn assert_no_backtrace_header(message: &str) {
+    assert!(
+        !message.contains("error while executing at wasm backtrace"),
+        "{message}"
+    );
+    assert!(message.len() < 2000, "{} bytes: {message}", message.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_limited_by_the_engines_cap_too() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        // No memory in the manifest: the 64 MiB default is more than this engine grants, so
+        // the engine's 16 MiB is the limit.
+        .add("chaos", CHAOS, None)
+        .add("chaos-trusted", CHAOS, None)
+        .add("greedy", CHAOS, Some("[limits]\nmemory = \"32MiB\""))
+        .add("boundless", CHAOS, Some("[limits]\nmemory = \"unlimited\""));
+    let config = EngineConfig {
+        max_memory_bytes: 16 << 20,
+        ..engine()
+    };
+    let host = Host::start_on(
+        config,
+        agents,
+        Arc::new(|_job: &Job, spec: &AgentSpec| spec.id == "chaos-trusted"),
+    )
+    .await;
+
+    // A manifest asking for more than the engine grants is refused at load, clearly.
+    let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, ["chaos", "chaos-trusted", "echo"]);
+    let templates = host.templates().await;
+    let problems = templates["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    for (file, asked) in [
+        ("greedy.wasm", "32 MiB"),
+        ("boundless.wasm", "\"unlimited\""),
+    ] {
+        let problem = problems
+            .iter()
+            .find(|p| p["path"].as_str().is_some_and(|p| p.ends_with(file)))
+            .unwrap_or_else(|| panic!("no problem for {file}: {problems:?}"));
+        let error = problem["error"].as_str().expect("error");
+        assert!(
+            error.contains(&format!(
+                "memory = {asked} is more than this host grants an instance (16 MiB"
+            )),
+            "{error}"
+        );
+    }
+    let chaos = host.registry.get("chaos").expect("chaos");
+    assert_eq!(chaos.limits.memory_bytes, 16 << 20);
+
+    // Sandboxed: held to the (clamped) limit.
+    let (_, run) = host.contained("chaos", "hoard").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "MemoryLimit", "{message}");
+    assert!(message.contains("memory limit of 16 MiB"), "{message}");
+
+    // Trusted runs have no memory limit of their own, but the pool slot's cap still stops them,
+    // and that is reported as what it is.
+    let (_, run) = host.contained("chaos-trusted", "hoard").await;
+    assert_eq!(run.sandbox.as_deref(), Some("none"));
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "MemoryLimit", "{message}");
+    assert!(
+        message.contains("this host grants an instance at most 16 MiB"),
+        "{message}"
+    );
+    assert_no_backtrace_header(&message);
     host.shutdown().await;
 }
 
@@ -286,7 +405,24 @@ async fn a_panic_fails_the_run_with_its_message() {
     let (_, run) = host.contained("chaos", "panic").await;
     let (tag, message) = error_of(&run);
     assert_eq!(tag, "Trap");
+    // The trap itself, the frame that panicked (past the abort machinery), and the panic's
+    // message from stderr.
+    assert!(
+        message.contains("wasm trap: wasm `unreachable` instruction executed"),
+        "{message}"
+    );
+    let frames = message
+        .split_once("(in ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(frames, _)| frames)
+        .unwrap_or_else(|| panic!("no frames: {message}"));
+    assert!(frames.starts_with("chaos.wasm!"), "{frames}");
+    assert!(
+        !frames.contains("abort") && !frames.contains("panicking"),
+        "{frames}"
+    );
     assert!(message.contains("panicked on purpose"), "{message}");
+    assert_no_backtrace_header(&message);
     host.shutdown().await;
 }
 
@@ -296,6 +432,30 @@ async fn deep_recursion_overflows_the_stack_safely() {
     let (_, run) = host.contained("chaos", "recurse").await;
     let (tag, message) = error_of(&run);
     assert_eq!(tag, "StackOverflow", "{message}");
+    assert!(
+        message.contains("wasm trap: call stack exhausted"),
+        "{message}"
+    );
+    assert!(message.contains("chaos.wasm!chaos::recurse ×"), "{message}");
+    assert_no_backtrace_header(&message);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_bounds_read_traps_with_its_address() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "oob").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "Trap", "{message}");
+    assert!(
+        message.contains("wasm trap: out of bounds memory access"),
+        "{message}"
+    );
+    assert!(
+        message.contains("memory fault at wasm address 0xffffff00"),
+        "{message}"
+    );
+    assert_no_backtrace_header(&message);
     host.shutdown().await;
 }
 

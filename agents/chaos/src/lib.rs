@@ -6,6 +6,7 @@
 //! | `hoard`       | allocates memory until something stops it                            |
 //! | `panic`       | panics with a message                                                |
 //! | `recurse`     | recurses until the call stack overflows                              |
+//! | `oob`         | reads linear memory out of bounds                                    |
 //! | `escape`      | tries to read files outside its scratch directory                    |
 //! | `env`         | returns every environment variable it can see                        |
 //! | `big-output`  | returns an output of `bytes` bytes                                   |
@@ -52,6 +53,7 @@ impl Agent for Chaos {
             "hoard" => hoard(),
             "panic" => panic!("chaos agent panicked on purpose"),
             "recurse" => Ok(json!({ "depth": recurse(0) })),
+            "oob" => Ok(json!({ "read": out_of_bounds() })),
             "escape" => Ok(escape()),
             "env" => Ok(json!(
                 std::env::vars().collect::<std::collections::BTreeMap<_, _>>()
@@ -160,6 +162,17 @@ fn recurse(depth: u64) -> u64 {
         return 0;
     }
     recurse(depth + 1).rotate_left(1) ^ depth
+}
+
+/// Reads a byte far beyond the end of linear memory, which traps.
+fn out_of_bounds() -> u8 {
+    // An address no 32-bit linear memory of this agent reaches (it is held to far less).
+    let address = black_box(0xFFFF_FF00_usize);
+    // SAFETY: none; this is the point. The read traps in the WebAssembly sandbox.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::ptr::read_volatile(address as *const u8)
+    }
 }
 
 /// Creates a symbolic link `name` in the scratch directory pointing at `target` (std has no

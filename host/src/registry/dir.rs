@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::{AgentSpec, Manifest, Registry};
-use crate::sandbox::wasm::WasmRuntime;
+use crate::sandbox::wasm::{WasmRuntime, human_bytes};
 
 /// How long file events settle before a rescan.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -278,7 +278,25 @@ impl DirRegistry {
         let mut spec =
             AgentSpec::from_component(id, agent).map_err(|e| format!("the agent's schema: {e}"))?;
         spec.lifecycle = manifest.lifecycle.unwrap_or(spec.lifecycle);
+        let manifest_error =
+            |message: String| format!("manifest {}: {message}", manifest_path.display());
         spec.limits = manifest.limits(spec.lifecycle);
+        let engine_max = self.runtime.max_memory_bytes();
+        if spec.limits.memory_bytes > engine_max {
+            if manifest.limits.memory.is_some() {
+                let asked = match spec.limits.memory_bytes {
+                    u64::MAX => "\"unlimited\"".to_string(),
+                    bytes => human_bytes(bytes),
+                };
+                return Err(manifest_error(format!(
+                    "memory = {asked} is more than this host grants an instance ({}, the \
+                     engine's max_memory_bytes); set memory to at most that",
+                    human_bytes(engine_max)
+                )));
+            }
+            // The default is more than this engine grants: the engine's cap is the limit.
+            spec.limits.memory_bytes = engine_max;
+        }
         if let Some(description) = &manifest.description {
             spec.description = description.clone();
         }

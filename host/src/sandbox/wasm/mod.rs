@@ -4,18 +4,20 @@
 //! * **Compile once.** A component is compiled when it is loaded (or deserialized from the
 //!   on-disk cache, keyed by its content hash and the engine's settings), linked once into an
 //!   `InstancePre`, and instantiated per run from the pooling allocator.
-//! * **Limits.** Fuel (exhaustion: status `quota`), linear memory (a `ResourceLimiter`), wall
-//!   clock (the engine-wide epoch, which also slices time between guests), output size and
-//!   event count.
+//! * **Limits.** Fuel (exhaustion: status `quota`), linear memory (a `ResourceLimiter`; the
+//!   engine's per-instance cap is reported the same way), wall clock (the engine-wide epoch,
+//!   which also slices time between guests), output size and event count.
 //! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets, no
 //!   filesystem except an optional per-run scratch directory, removed afterwards; stdout and
 //!   stderr become bounded `log` events.
 //! * **Containment.** Any trap — panic, stack overflow, out-of-bounds access, a limit — fails only
-//!   that run, with a clear error; the host and other runs carry on.
+//!   that run, with an error that carries the trap's own message and the innermost frames of
+//!   its backtrace; the host and other runs carry on.
 
 mod engine;
 mod state;
 mod stdio;
+mod trap;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::store::RunStatus;
 
 pub use engine::{EngineConfig, Metering};
-use state::{HostState, MemoryMeter};
+use state::{HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
 
 /// Bindings for the `drover:agent` world (from `wit/`).
@@ -133,6 +135,7 @@ pub struct WasmRuntime {
     linker: Linker<HostState>,
     scratch_root: PathBuf,
     metering: Metering,
+    max_memory_bytes: u64,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -171,12 +174,19 @@ impl WasmRuntime {
             linker,
             scratch_root: scratch_root.into(),
             metering: config.metering,
+            max_memory_bytes: config.max_memory_bytes,
         }))
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The most linear memory this engine grants one instance, in bytes (an agent's memory
+    /// limit may not be higher).
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
     }
 
     /// Loads a component file: compile (or take it from the cache), link, and ask the agent to
@@ -227,10 +237,7 @@ impl WasmRuntime {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
             ctx: None,
-            memory: MemoryMeter {
-                limit: Some(256 << 20),
-                ..MemoryMeter::default()
-            },
+            memory: MemoryMeter::with_limit(Some(256 << 20)),
             deadline: Some(Instant::now() + DESCRIBE_TIMEOUT),
             timed_out: false,
             host_error: None,
@@ -338,10 +345,7 @@ impl WasmRuntime {
             wasi,
             table: ResourceTable::new(),
             ctx: Some(ctx.clone()),
-            memory: MemoryMeter {
-                limit: Some(limits.memory_bytes).filter(|m| *m != u64::MAX),
-                ..MemoryMeter::default()
-            },
+            memory: MemoryMeter::with_limit(Some(limits.memory_bytes).filter(|m| *m != u64::MAX)),
             deadline,
             timed_out: false,
             host_error: None,
@@ -383,7 +387,14 @@ impl WasmRuntime {
                 error: ErrorInfo::new(failure.tag, failure.message),
                 retry: failure.retryable,
             }),
-            Err(error) => Err(classify(&error, state, &limits, &capture, &ctx)),
+            Err(error) => Err(classify(
+                &error,
+                state,
+                &limits,
+                self.max_memory_bytes,
+                &capture,
+                &ctx,
+            )),
         };
         let peak_memory = state.memory.peak;
         capture.finish();
@@ -445,6 +456,7 @@ fn classify(
     error: &wasmtime::Error,
     state: &HostState,
     limits: &Limits,
+    engine_max_memory: u64,
     capture: &Capture,
     ctx: &RunContext,
 ) -> Failure {
@@ -468,14 +480,23 @@ fn classify(
         )
         .with_status(RunStatus::Quota);
     }
-    if state.memory.denied {
+    if let Some(denial) = &state.memory.denied {
+        let what = match denial {
+            MemoryDenial::Limit { desired } => format!(
+                "the agent exceeded its memory limit of {} (it asked for {} in all)",
+                human_bytes(limits.memory_bytes),
+                human_bytes(*desired)
+            ),
+            MemoryDenial::Engine { reason } => format!(
+                "the agent ran out of memory at {}: this host grants an instance at most {} \
+                 ({reason})",
+                human_bytes(state.memory.used),
+                human_bytes(engine_max_memory)
+            ),
+        };
         return Failure::permanent(
             "MemoryLimit",
-            format!(
-                "the agent exceeded its memory limit of {} (it asked for more and failed: {})",
-                human_bytes(limits.memory_bytes),
-                first_line(error)
-            ),
+            with_stderr(format!("{what}; then: {}", trap::describe(error)), capture),
         );
     }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -489,7 +510,7 @@ fn classify(
             "Capacity",
             format!(
                 "no instance slot is free on this host: {}",
-                first_line(error)
+                trap::causes(error)
             ),
         );
     }
@@ -504,27 +525,28 @@ fn classify(
         Some(_) => ("Trap", "the agent trapped"),
         None => ("Trap", "the agent failed"),
     };
-    let mut message = format!("{what}: {}", first_line(error));
+    Failure::error(
+        tag,
+        with_stderr(format!("{what}: {}", trap::describe(error)), capture),
+    )
+}
+
+/// Appends the last lines the guest wrote to stderr (where a panic's message goes).
+fn with_stderr(mut message: String, capture: &Capture) -> String {
     let tail = capture.stderr_tail();
     if !tail.is_empty() {
         message.push_str("; stderr: ");
         message.push_str(&tail.join(" | "));
     }
-    Failure::error(tag, message)
+    message
 }
 
-fn first_line(error: &wasmtime::Error) -> String {
-    error
-        .to_string()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn human_bytes(bytes: u64) -> String {
+/// `64 MiB`, `4 KiB`, `1000 bytes`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
     } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
         format!("{} KiB", bytes >> 10)
     } else {

@@ -41,15 +41,44 @@ impl WasiView for HostState {
     }
 }
 
-/// Linear memory accounting: enforces the agent's limit and remembers the peak.
+/// Linear memory accounting: enforces the agent's limit, remembers the peak, and notes why a
+/// growth was refused (by the agent's limit, or by the engine: an instance slot's cap).
 #[derive(Debug, Default)]
 pub(crate) struct MemoryMeter {
     /// Bytes the guest may hold (none: only the engine's own cap).
     pub(crate) limit: Option<u64>,
     pub(crate) used: u64,
     pub(crate) peak: u64,
-    /// Set when a growth was refused because of `limit`.
-    pub(crate) denied: bool,
+    /// Set when a growth was refused.
+    pub(crate) denied: Option<MemoryDenial>,
+    /// `used` and `peak` before the last growth this meter allowed, restored if the engine then
+    /// fails that growth.
+    before_last_growth: Option<(u64, u64)>,
+}
+
+impl MemoryMeter {
+    /// A meter holding the guest to `limit` bytes (none: only the engine's cap).
+    pub(crate) fn with_limit(limit: Option<u64>) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a memory growth was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MemoryDenial {
+    /// It would have taken the guest past its limit, to `desired` bytes.
+    Limit {
+        /// Bytes the guest would have held.
+        desired: u64,
+    },
+    /// The engine could not grant it (the pool slot's cap, or the memory type's maximum).
+    Engine {
+        /// What wasmtime said.
+        reason: String,
+    },
 }
 
 impl ResourceLimiter for MemoryMeter {
@@ -64,12 +93,23 @@ impl ResourceLimiter for MemoryMeter {
             .saturating_sub(current as u64)
             .saturating_add(desired as u64);
         if self.limit.is_some_and(|limit| next > limit) {
-            self.denied = true;
+            self.denied = Some(MemoryDenial::Limit { desired: next });
             return Ok(false);
         }
+        self.before_last_growth = Some((self.used, self.peak));
         self.used = next;
         self.peak = self.peak.max(next);
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        if let Some(before) = self.before_last_growth.take() {
+            (self.used, self.peak) = before;
+        }
+        self.denied = Some(MemoryDenial::Engine {
+            reason: error.to_string(),
+        });
+        Ok(())
     }
 
     fn table_growing(
