@@ -9,7 +9,7 @@ use drover_host::api::metrics::Metrics;
 use drover_host::api::{ApiError, JobView, RunApi};
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::queue::{Job, JobStatus, Lifecycle, NewJob};
-use drover_host::registry::{AgentSpec, DirRegistry, Registry};
+use drover_host::registry::{AgentSpec, DEFAULT_LONG_LIVED_EVENT_RATE, DirRegistry, Registry};
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{Run, RunStatus};
@@ -48,6 +48,14 @@ lifecycle = "long-lived"
 stop-grace-ms = 300
 "#;
 
+/// A long-lived chaos held to a slow event rate.
+const CHAOS_RATED: &str = r#"
+lifecycle = "long-lived"
+[limits]
+max-events-per-second = 10
+event-burst = 20
+"#;
+
 const QUEUE_WORKER_FAST: &str = r#"
 lifecycle = "long-lived"
 [env]
@@ -84,7 +92,8 @@ impl Host {
             .add("chaos", CHAOS, Some(CHAOS_LIMITED))
             .add("chaos-unmetered", CHAOS, Some(CHAOS_UNMETERED))
             .add("chaos-endless", CHAOS, Some(CHAOS_ENDLESS))
-            .add("chaos-deaf", CHAOS, Some(CHAOS_DEAF));
+            .add("chaos-deaf", CHAOS, Some(CHAOS_DEAF))
+            .add("chaos-rated", CHAOS, Some(CHAOS_RATED));
         Self::start_with(agents, |_job, _spec| false).await
     }
 
@@ -525,6 +534,119 @@ async fn an_event_flood_is_cut_off_at_the_limit() {
     let events = host.events(&run).await;
     let floods = events.iter().filter(|(k, _)| k == "flood").count();
     assert_eq!(floods, 50, "exactly the limit was kept");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_payload_over_the_size_limit_fails_the_run() {
+    let host = Host::start().await;
+    // Well under the 64 KiB default: fine.
+    let view = host
+        .run("chaos", json!({ "mode": "big-event", "bytes": 1000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let view = host
+        .run("chaos", json!({ "mode": "big-event", "bytes": 100_000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Failed);
+    let run = view.run.expect("run");
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "EventLimit");
+    assert!(
+        message
+            .contains("event payload of 100011 bytes is larger than the agent's limit of 64 KiB"),
+        "{message}"
+    );
+    let events = host.events(&run).await;
+    assert!(!events.iter().any(|(k, _)| k == "big"), "nothing was kept");
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_agent_is_held_to_its_event_rate() {
+    let host = Host::start().await;
+    // Long-lived agents have no event count, but a rate by default.
+    let worker = host.registry.get("queue-worker").expect("queue-worker");
+    assert_eq!(worker.limits.max_events, None);
+    assert_eq!(
+        worker.limits.event_rate,
+        Some(DEFAULT_LONG_LIVED_EVENT_RATE)
+    );
+
+    let (_, run) = host.contained("chaos-rated", "flood").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "EventLimit");
+    assert!(
+        message.contains("faster than its limit of 10 per second (bursts of 20"),
+        "{message}"
+    );
+    let floods = host
+        .events(&run)
+        .await
+        .iter()
+        .filter(|(k, _)| k == "flood")
+        .count() as i64;
+    // The burst, plus what the rate refilled while the run lasted; no more.
+    let lasted_ms = run.ended_at.expect("ended") - run.started_at;
+    assert!(floods >= 20, "{floods}");
+    assert!(
+        floods <= 20 + 10 * lasted_ms / 1000 + 1,
+        "{floods} in {lasted_ms} ms"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_calls_share_the_log_budget_with_stdout() {
+    let host = Host::start().await;
+    // 2000 `log` calls: far more than the 50 events and the 4 KiB of log the agent may have.
+    // They are log output, not events: kept up to the budget, then dropped with a notice.
+    let view = host
+        .run("chaos", json!({ "mode": "log-flood", "lines": 2000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let events = host.events(&view.run.expect("run")).await;
+    let logs: Vec<&Value> = events
+        .iter()
+        .filter(|(k, _)| k == "log")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        logs[0],
+        &json!({ "level": "info", "message": "log line 0" })
+    );
+    let kept: usize = logs
+        .iter()
+        .filter(|p| p["level"] == "info")
+        .map(|p| p["message"].as_str().map_or(0, str::len))
+        .sum();
+    assert!((4000..=4096).contains(&kept), "kept {kept} bytes");
+    let notices = logs
+        .iter()
+        .filter(|p| {
+            p["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("truncated"))
+        })
+        .count();
+    assert_eq!(notices, 1, "{logs:?}");
+
+    // One huge message is cut to the budget too.
+    let view = host
+        .run(
+            "chaos",
+            json!({ "mode": "log-flood", "lines": 1, "bytes": 1_000_000 }),
+        )
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let events = host.events(&view.run.expect("run")).await;
+    let kept: usize = events
+        .iter()
+        .filter(|(k, p)| k == "log" && p["level"] == "info")
+        .map(|(_, p)| p["message"].as_str().map_or(0, str::len))
+        .sum();
+    assert_eq!(kept, 4096);
     host.shutdown().await;
 }
 

@@ -11,6 +11,8 @@
 //! | `env`         | returns every environment variable it can see                        |
 //! | `big-output`  | returns an output of `bytes` bytes                                   |
 //! | `flood`       | emits events until something stops it                                |
+//! | `big-event`   | emits one event with a payload of about `bytes` bytes, then succeeds |
+//! | `log-flood`   | makes `lines` `log` calls (of `bytes` bytes each, default short), then succeeds |
 //! | `print`       | writes `lines` lines to stdout and stderr, then succeeds             |
 //! | `fail`        | returns an error (`retryable` as given)                               |
 //! | `deaf`        | a long wait that ignores stop requests                               |
@@ -22,7 +24,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use drover_sdk::{Agent, Error, Value, emit, json};
+use drover_sdk::{Agent, Error, Level, Value, emit, json};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -60,6 +62,19 @@ impl Agent for Chaos {
             )),
             "big-output" => Ok(json!({ "blob": "x".repeat(input.bytes.unwrap_or(8 << 20)) })),
             "flood" => flood(),
+            "big-event" => {
+                let blob = "x".repeat(input.bytes.unwrap_or(1 << 20));
+                emit("big", &json!({ "blob": blob }))?;
+                Ok(json!({ "ok": true }))
+            }
+            "log-flood" => {
+                let lines = input.lines.unwrap_or(1000);
+                let filler = "y".repeat(input.bytes.unwrap_or(0));
+                for i in 0..lines {
+                    drover_sdk::log(Level::Info, &format!("log line {i}{filler}"));
+                }
+                Ok(json!({ "ok": true, "lines": lines }))
+            }
             "print" => {
                 for i in 0..input.lines.unwrap_or(3) {
                     println!("stdout line {i}");

@@ -280,7 +280,7 @@ impl DirRegistry {
         spec.lifecycle = manifest.lifecycle.unwrap_or(spec.lifecycle);
         let manifest_error =
             |message: String| format!("manifest {}: {message}", manifest_path.display());
-        spec.limits = manifest.limits(spec.lifecycle);
+        spec.limits = manifest.limits(spec.lifecycle).map_err(manifest_error)?;
         let engine_max = self.runtime.max_memory_bytes();
         if spec.limits.memory_bytes > engine_max {
             if manifest.limits.memory.is_some() {

@@ -1,4 +1,20 @@
 //! Per-agent resource limits, enforced by the wasm sandbox.
+//!
+//! | limit | job default | long-lived default | exceeding it |
+//! |---|---|---|---|
+//! | `fuel` | 10 000 000 000 | unlimited | status `quota`, tag `OutOfFuel` |
+//! | `memory_bytes` | 64 MiB | 64 MiB | tag `MemoryLimit` |
+//! | `timeout` | 60 s | none | status `timeout`, tag `Timeout` |
+//! | `max_output_bytes` | 1 MiB | 1 MiB | tag `OutputTooLarge` |
+//! | `max_events` | 10 000 per run | unlimited | tag `EventLimit` |
+//! | `max_event_bytes` | 64 KiB per event | 64 KiB per event | tag `EventLimit` |
+//! | `event_rate` | none | 100 per second, bursts of 1 000 | tag `EventLimit` |
+//! | `max_log_bytes` | 64 KiB per run | 1 MiB per run | the rest of the log is dropped |
+//!
+//! A job is bounded by its event count. A long-lived agent runs for as long as it is not
+//! stopped, so a count would only decide when it dies; it is held to a rate instead (a token
+//! bucket: `burst` events at once, refilled at `per_second`), which bounds what it can write per
+//! unit of time however long it lives. Every limit can be set in the agent's manifest.
 
 use std::time::Duration;
 
@@ -14,18 +30,44 @@ pub struct Limits {
     /// Fuel (roughly, WebAssembly instructions) per run; exhausting it ends the run with status
     /// `quota`. `None`: unlimited.
     pub fuel: Option<u64>,
-    /// Linear memory, in bytes, across all of the component's memories.
+    /// Linear memory, in bytes, across all of the component's memories. At most the engine's
+    /// `max_memory_bytes` (an agent asking for more is not loaded).
     pub memory_bytes: u64,
     /// Wall-clock time per run. `None`: unlimited (the default for long-lived agents).
     #[serde(serialize_with = "serialize_opt_ms")]
     pub timeout: Option<Duration>,
     /// Largest output accepted, in bytes of JSON.
     pub max_output_bytes: u64,
-    /// Most events one run may emit. `None`: unlimited.
+    /// Most events one run may emit. `None`: unlimited (the default for long-lived agents,
+    /// which are held to `event_rate` instead).
     pub max_events: Option<u64>,
-    /// Most bytes of stdout and stderr kept (as `log` events) per run; the rest is dropped.
+    /// Largest payload of one event, in bytes of JSON.
+    pub max_event_bytes: u64,
+    /// How fast a run may emit events. `None`: as fast as it likes (the default for jobs, which
+    /// are held to `max_events` instead).
+    pub event_rate: Option<EventRate>,
+    /// Most bytes of log output kept per run: stdout, stderr and the agent's `log` calls share
+    /// this budget (as `log` events); the rest is dropped, with one notice that it was.
     pub max_log_bytes: u64,
 }
+
+/// A token bucket for events: up to `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRate {
+    /// Events per second, sustained.
+    pub per_second: u64,
+    /// Events that may be emitted at once (the bucket's size; a run starts with it full).
+    pub burst: u64,
+}
+
+/// Default largest event payload.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 64 << 10;
+/// Default event rate of long-lived agents.
+pub const DEFAULT_LONG_LIVED_EVENT_RATE: EventRate = EventRate {
+    per_second: 100,
+    burst: 1000,
+};
 
 fn serialize_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
@@ -35,8 +77,9 @@ fn serialize_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<
 }
 
 impl Limits {
-    /// Defaults for an agent of this lifecycle: jobs get a fuel budget and a timeout, long-lived
-    /// agents neither (they idle between batches and live until stopped).
+    /// Defaults for an agent of this lifecycle: jobs get a fuel budget, a timeout and an event
+    /// count; long-lived agents get none of those (they idle between batches and live until
+    /// stopped) but an event rate.
     pub fn for_lifecycle(lifecycle: Lifecycle) -> Self {
         match lifecycle {
             Lifecycle::Job => Self {
@@ -45,6 +88,8 @@ impl Limits {
                 timeout: Some(Duration::from_secs(60)),
                 max_output_bytes: 1 << 20,
                 max_events: Some(10_000),
+                max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+                event_rate: None,
                 max_log_bytes: 64 << 10,
             },
             Lifecycle::LongLived => Self {
@@ -53,8 +98,24 @@ impl Limits {
                 timeout: None,
                 max_output_bytes: 1 << 20,
                 max_events: None,
+                max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+                event_rate: Some(DEFAULT_LONG_LIVED_EVENT_RATE),
                 max_log_bytes: 1 << 20,
             },
+        }
+    }
+
+    /// No limits at all (what the none sandbox applies), keeping `max_log_bytes`.
+    pub fn unlimited(max_log_bytes: u64) -> Self {
+        Self {
+            fuel: None,
+            memory_bytes: u64::MAX,
+            timeout: None,
+            max_output_bytes: u64::MAX,
+            max_events: None,
+            max_event_bytes: u64::MAX,
+            event_rate: None,
+            max_log_bytes,
         }
     }
 }

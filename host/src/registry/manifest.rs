@@ -12,15 +12,23 @@
 //!
 //! [limits]
 //! fuel = 5_000_000_000           # or "unlimited"
-//! memory = "64MiB"
+//! memory = "64MiB"               # at most the engine's max_memory_bytes (1 GiB by default)
 //! timeout-ms = 60000             # or "none"
 //! max-output-bytes = "1MiB"
-//! max-events = 10000             # or "unlimited"
-//! max-log-bytes = "64KiB"
+//! max-events = 10000             # events per run, or "unlimited"
+//! max-event-bytes = "64KiB"      # largest payload of one event
+//! max-events-per-second = 100    # sustained event rate, or "unlimited"
+//! event-burst = 1000             # events at once above that rate (needs a rate)
+//! max-log-bytes = "64KiB"        # stdout, stderr and `log` calls together
 //!
 //! [env]
 //! POLL_INTERVAL_MS = "30000"
 //! ```
+//!
+//! Jobs default to `max-events = 10000` and no rate; long-lived agents to no event count and
+//! `max-events-per-second = 100` with `event-burst = 1000` (see [`Limits`] for every default).
+//! A memory limit above what the host's engine grants an instance, or `"unlimited"` memory, is
+//! refused when the agent loads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,7 +36,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Limits;
+use super::{EventRate, Limits};
 use crate::queue::Lifecycle;
 
 /// A manifest that could not be used.
@@ -79,7 +87,13 @@ pub struct LimitOverrides {
     pub max_output_bytes: Option<Quantity>,
     /// Events per run.
     pub max_events: Option<Quantity>,
-    /// Bytes of stdout and stderr kept.
+    /// Largest payload of one event.
+    pub max_event_bytes: Option<Quantity>,
+    /// Sustained events per second.
+    pub max_events_per_second: Option<Quantity>,
+    /// Events at once above the sustained rate.
+    pub event_burst: Option<Quantity>,
+    /// Bytes of log output (stdout, stderr and `log` calls) kept.
     pub max_log_bytes: Option<Quantity>,
 }
 
@@ -160,8 +174,9 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// The limits for an agent of `lifecycle`, with this manifest's overrides applied.
-    pub fn limits(&self, lifecycle: Lifecycle) -> Limits {
+    /// The limits for an agent of `lifecycle`, with this manifest's overrides applied. Fails
+    /// if the overrides do not make sense together (an `event-burst` without a rate).
+    pub fn limits(&self, lifecycle: Lifecycle) -> Result<Limits, String> {
         let mut limits = Limits::for_lifecycle(lifecycle);
         let o = &self.limits;
         let finite = |q: &Quantity| match q {
@@ -183,10 +198,33 @@ impl Manifest {
         if let Some(q) = &o.max_events {
             limits.max_events = finite(q);
         }
+        if let Some(q) = &o.max_event_bytes {
+            limits.max_event_bytes = finite(q).unwrap_or(u64::MAX);
+        }
+        if let Some(q) = &o.max_events_per_second {
+            limits.event_rate = finite(q).map(|per_second| EventRate {
+                per_second,
+                // A rate the manifest sets keeps the default burst if there is one, or else
+                // allows ten seconds' worth at once.
+                burst: limits
+                    .event_rate
+                    .map_or(per_second.saturating_mul(10), |r| r.burst),
+            });
+        }
+        if let Some(q) = &o.event_burst {
+            let Some(rate) = &mut limits.event_rate else {
+                return Err(
+                    "event-burst needs an event rate: set max-events-per-second too".into(),
+                );
+            };
+            rate.burst = finite(q).ok_or(
+                "event-burst must be a number (use max-events-per-second = \"unlimited\" to lift the rate)",
+            )?;
+        }
         if let Some(q) = &o.max_log_bytes {
             limits.max_log_bytes = finite(q).unwrap_or(u64::MAX);
         }
-        limits
+        Ok(limits)
     }
 }
 
@@ -214,11 +252,20 @@ mod tests {
         .expect("valid");
         assert_eq!(m.id.as_deref(), Some("qw"));
         assert_eq!(m.lifecycle, Some(Lifecycle::LongLived));
-        let limits = m.limits(Lifecycle::LongLived);
+        let limits = m.limits(Lifecycle::LongLived).expect("limits");
         assert_eq!(limits.fuel, None);
         assert_eq!(limits.memory_bytes, 32 << 20);
         assert_eq!(limits.timeout, Some(Duration::from_secs(1)));
         assert_eq!(limits.max_events, Some(5));
+        assert_eq!(limits.max_event_bytes, 64 << 10, "the default");
+        assert_eq!(
+            limits.event_rate,
+            Some(EventRate {
+                per_second: 100,
+                burst: 1000
+            }),
+            "long-lived agents are rate limited by default"
+        );
         assert_eq!(
             m.env.get("POLL_INTERVAL_MS").map(String::as_str),
             Some("10")
@@ -235,5 +282,44 @@ mod tests {
         assert!(negative.contains("negative"), "{negative}");
         let lifecycle = Manifest::parse("lifecycle = \"forever\"").expect_err("bad lifecycle");
         assert!(lifecycle.contains("forever"), "{lifecycle}");
+    }
+
+    #[test]
+    fn event_limits_can_be_set_and_lifted() {
+        let m = Manifest::parse(
+            "[limits]\nmax-event-bytes = \"1KiB\"\nmax-events-per-second = 5\nevent-burst = 7",
+        )
+        .expect("valid");
+        let job = m.limits(Lifecycle::Job).expect("limits");
+        assert_eq!(job.max_event_bytes, 1024);
+        assert_eq!(
+            job.event_rate,
+            Some(EventRate {
+                per_second: 5,
+                burst: 7
+            })
+        );
+        let rate_only = Manifest::parse("[limits]\nmax-events-per-second = 5").expect("valid");
+        assert_eq!(
+            rate_only.limits(Lifecycle::Job).expect("limits").event_rate,
+            Some(EventRate {
+                per_second: 5,
+                burst: 50
+            }),
+            "a job's rate gets ten seconds' worth of burst"
+        );
+        let lifted =
+            Manifest::parse("[limits]\nmax-events-per-second = \"unlimited\"").expect("valid");
+        assert_eq!(
+            lifted
+                .limits(Lifecycle::LongLived)
+                .expect("limits")
+                .event_rate,
+            None
+        );
+        let burst_alone = Manifest::parse("[limits]\nevent-burst = 3").expect("parses");
+        let error = burst_alone.limits(Lifecycle::Job).expect_err("no rate");
+        assert!(error.contains("max-events-per-second"), "{error}");
+        assert!(burst_alone.limits(Lifecycle::LongLived).is_ok());
     }
 }

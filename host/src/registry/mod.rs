@@ -22,7 +22,7 @@ use crate::queue::Lifecycle;
 use crate::sandbox::wasm::WasmAgent;
 
 pub use dir::DirRegistry;
-pub use limits::Limits;
+pub use limits::{DEFAULT_LONG_LIVED_EVENT_RATE, DEFAULT_MAX_EVENT_BYTES, EventRate, Limits};
 pub use manifest::{Manifest, ManifestError};
 pub use native::{NativeAgent, native_agent};
 pub use schema::{Schema, SchemaError};

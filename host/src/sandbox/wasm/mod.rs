@@ -6,10 +6,11 @@
 //!   `InstancePre`, and instantiated per run from the pooling allocator.
 //! * **Limits.** Fuel (exhaustion: status `quota`), linear memory (a `ResourceLimiter`; the
 //!   engine's per-instance cap is reported the same way), wall clock (the engine-wide epoch,
-//!   which also slices time between guests), output size and event count.
+//!   which also slices time between guests), output size, event count, event payload size and
+//!   event rate, and log bytes.
 //! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets, no
-//!   filesystem except an optional per-run scratch directory, removed afterwards; stdout and
-//!   stderr become bounded `log` events.
+//!   filesystem except an optional per-run scratch directory, removed afterwards; stdout, stderr
+//!   and `log` calls become `log` events within one byte budget.
 //! * **Containment.** Any trap — panic, stack overflow, out-of-bounds access, a limit — fails only
 //!   that run, with an error that carries the trap's own message and the innermost frames of
 //!   its backtrace; the host and other runs carry on.
@@ -37,7 +38,7 @@ use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::store::RunStatus;
 
 pub use engine::{EngineConfig, Metering};
-use state::{HostState, MemoryDenial, MemoryMeter};
+use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
 
 /// Bindings for the `drover:agent` world (from `wit/`).
@@ -238,6 +239,8 @@ impl WasmRuntime {
             table: ResourceTable::new(),
             ctx: None,
             memory: MemoryMeter::with_limit(Some(256 << 20)),
+            events: EventGate::open(),
+            logs: Capture::new(None, 0),
             deadline: Some(Instant::now() + DESCRIBE_TIMEOUT),
             timed_out: false,
             host_error: None,
@@ -309,14 +312,7 @@ impl WasmRuntime {
     ) -> RunOutcome {
         let limits = match isolation {
             Isolation::Sandboxed => spec.limits.clone(),
-            Isolation::Trusted => Limits {
-                fuel: None,
-                memory_bytes: u64::MAX,
-                timeout: None,
-                max_output_bytes: u64::MAX,
-                max_events: None,
-                max_log_bytes: spec.limits.max_log_bytes,
-            },
+            Isolation::Trusted => Limits::unlimited(spec.limits.max_log_bytes),
         };
         let capture = Capture::new(Some(ctx.clone()), limits.max_log_bytes);
         let scratch = match spec.scratch_dir {
@@ -346,6 +342,8 @@ impl WasmRuntime {
             table: ResourceTable::new(),
             ctx: Some(ctx.clone()),
             memory: MemoryMeter::with_limit(Some(limits.memory_bytes).filter(|m| *m != u64::MAX)),
+            events: EventGate::new(&limits),
+            logs: capture.clone(),
             deadline,
             timed_out: false,
             host_error: None,

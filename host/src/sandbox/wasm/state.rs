@@ -8,7 +8,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::drover::agent::{host, types};
+use super::human_bytes;
+use super::stdio::Capture;
 use crate::queue::ErrorInfo;
+use crate::registry::{EventRate, Limits};
 use crate::sandbox::RunContext;
 use crate::time::now_ms;
 
@@ -24,6 +27,10 @@ pub(crate) struct HostState {
     /// The run this store serves (none while the host asks the agent to describe itself).
     pub(crate) ctx: Option<RunContext>,
     pub(crate) memory: MemoryMeter,
+    /// The size and rate limits on the guest's events.
+    pub(crate) events: EventGate,
+    /// The run's log output (stdout, stderr and `log` calls), within its byte budget.
+    pub(crate) logs: Capture,
     /// Wall-clock limit of the run.
     pub(crate) deadline: Option<Instant>,
     /// Set when the epoch callback ended the run for passing `deadline`.
@@ -122,6 +129,76 @@ impl ResourceLimiter for MemoryMeter {
     }
 }
 
+/// Checks each event a guest emits against the payload size limit and the event rate.
+#[derive(Debug)]
+pub(crate) struct EventGate {
+    max_bytes: u64,
+    bucket: Option<TokenBucket>,
+}
+
+#[derive(Debug)]
+struct TokenBucket {
+    rate: EventRate,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl EventGate {
+    /// The gate for a run held to `limits`.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            max_bytes: limits.max_event_bytes,
+            bucket: limits.event_rate.map(|rate| TokenBucket {
+                rate,
+                tokens: rate.burst as f64,
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    /// A gate that lets everything through.
+    pub(crate) fn open() -> Self {
+        Self {
+            max_bytes: u64::MAX,
+            bucket: None,
+        }
+    }
+
+    /// Lets one event with a `payload_len`-byte payload through, or says which limit it breaks.
+    pub(crate) fn admit(&mut self, payload_len: usize) -> Result<(), ErrorInfo> {
+        let len = payload_len as u64;
+        if len > self.max_bytes {
+            return Err(ErrorInfo::new(
+                "EventLimit",
+                format!(
+                    "an event payload of {len} bytes is larger than the agent's limit of {} per \
+                     event (max-event-bytes)",
+                    human_bytes(self.max_bytes)
+                ),
+            ));
+        }
+        if let Some(bucket) = &mut self.bucket {
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+            bucket.refilled = now;
+            bucket.tokens = (bucket.tokens + elapsed * bucket.rate.per_second as f64)
+                .min(bucket.rate.burst as f64);
+            if bucket.tokens < 1.0 {
+                return Err(ErrorInfo::new(
+                    "EventLimit",
+                    format!(
+                        "the agent emitted events faster than its limit of {} per second (bursts \
+                         of {}; max-events-per-second, event-burst)",
+                        bucket.rate.per_second, bucket.rate.burst
+                    ),
+                ));
+            }
+            bucket.tokens -= 1.0;
+        }
+        Ok(())
+    }
+}
+
 impl HostState {
     fn run_ctx(&self) -> wasmtime::Result<&RunContext> {
         self.ctx.as_ref().ok_or_else(|| {
@@ -144,6 +221,9 @@ impl types::Host for HostState {}
 impl host::Host for HostState {
     async fn emit(&mut self, kind: String, payload: String) -> wasmtime::Result<()> {
         let ctx = self.run_ctx()?.clone();
+        if let Err(error) = self.events.admit(payload.len()) {
+            return Err(self.fail(error));
+        }
         match ctx.emit_raw(&kind, payload).await {
             Ok(()) => Ok(()),
             Err(error) => Err(self.fail(error)),
@@ -163,11 +243,10 @@ impl host::Host for HostState {
             types::Level::Warn => "warn",
             types::Level::Error => "error",
         };
-        let ctx = self.run_ctx()?.clone();
-        match ctx.log(level, &message).await {
-            Ok(()) => Ok(()),
-            Err(error) => Err(self.fail(error)),
-        }
+        self.run_ctx()?;
+        // Charged to the same budget as stdout and stderr; past it, dropped.
+        self.logs.log(level, &message).await;
+        Ok(())
     }
 
     fn now(&mut self) -> wasmtime::Result<u64> {

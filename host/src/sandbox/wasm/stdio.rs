@@ -1,4 +1,5 @@
-//! A guest's stdout and stderr, captured line by line as `log` events, within a byte budget.
+//! A guest's log output, within one byte budget per run: stdout and stderr, captured line by line
+//! as `log` events, and the messages of its `log` calls.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ const MAX_LINE: usize = 8 << 10;
 const STDERR_TAIL: usize = 8;
 
 /// The captured output of one run.
+#[derive(Clone)]
 pub(crate) struct Capture {
     shared: Arc<Shared>,
 }
@@ -73,6 +75,45 @@ impl Capture {
         }
     }
 
+    /// Records a message of the guest's `log` call as a `log` event, charged to the same budget
+    /// as stdout and stderr (an empty message costs a byte). What does not fit is dropped, with
+    /// one notice for the run; a long message is split into lines of at most 8 KiB.
+    pub(crate) async fn log(&self, level: &str, message: &str) {
+        let charge = message.len().max(1) as u64;
+        let allowed = self.shared.take(charge);
+        let mut keep = usize::try_from(allowed)
+            .unwrap_or(usize::MAX)
+            .min(message.len());
+        while !message.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        if allowed < charge {
+            self.shared.note_truncated(None);
+        }
+        if allowed == 0 {
+            return;
+        }
+        let Some(ctx) = &self.shared.ctx else {
+            return;
+        };
+        let mut rest = &message[..keep];
+        loop {
+            let mut end = rest.len().min(MAX_LINE);
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            let (line, tail) = rest.split_at(end);
+            let payload = serde_json::json!({ "level": level, "message": line });
+            if let Ok(raw) = serde_json::value::to_raw_value(&payload) {
+                ctx.record_event("log", Arc::from(raw)).await;
+            }
+            if tail.is_empty() {
+                break;
+            }
+            rest = tail;
+        }
+    }
+
     /// The last lines the guest wrote to stderr.
     pub(crate) fn stderr_tail(&self) -> Vec<String> {
         self.finish();
@@ -89,21 +130,34 @@ impl Shared {
         lock(if stderr { &self.stderr } else { &self.stdout })
     }
 
-    fn write(&self, stderr: bool, bytes: &[u8]) {
-        let len = bytes.len() as u64;
-        let allowed = self
+    /// Takes up to `len` bytes from the budget; returns how many were granted.
+    fn take(&self, len: u64) -> u64 {
+        let remaining = self
             .remaining
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                 Some(r.saturating_sub(len))
             })
             .unwrap_or(0);
-        let kept = &bytes[..usize::try_from(allowed.min(len)).unwrap_or(0)];
-        if kept.len() < bytes.len() && !self.truncated.swap(true, Ordering::Relaxed) {
+        remaining.min(len)
+    }
+
+    /// Says, once per run, that the budget is spent and output is being dropped.
+    fn note_truncated(&self, stream: Option<&str>) {
+        if !self.truncated.swap(true, Ordering::Relaxed) {
             self.emit(
-                stderr,
+                stream,
                 "output truncated: the run's log budget is spent",
                 "warn",
             );
+        }
+    }
+
+    fn write(&self, stderr: bool, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        let allowed = self.take(len);
+        let kept = &bytes[..usize::try_from(allowed).unwrap_or(0)];
+        if kept.len() < bytes.len() {
+            self.note_truncated(Some(stream_name(stderr)));
         }
         let mut lines = Vec::new();
         {
@@ -133,22 +187,34 @@ impl Shared {
             }
             tail.push_back(text.to_string());
         }
-        self.emit(stderr, text, if stderr { "error" } else { "info" });
+        self.emit(
+            Some(stream_name(stderr)),
+            text,
+            if stderr { "error" } else { "info" },
+        );
     }
 
-    fn emit(&self, stderr: bool, message: &str, level: &str) {
+    /// Records a `log` event without waiting (output streams cannot wait).
+    fn emit(&self, stream: Option<&str>, message: &str, level: &str) {
         if let Some(ctx) = &self.ctx {
-            let payload = serde_json::json!({
-                "stream": if stderr { "stderr" } else { "stdout" },
-                "level": level,
-                "message": message,
-            });
+            let payload = match stream {
+                Some(stream) => serde_json::json!({
+                    "stream": stream,
+                    "level": level,
+                    "message": message,
+                }),
+                None => serde_json::json!({ "level": level, "message": message }),
+            };
             if let Ok(raw) = serde_json::value::to_raw_value(&payload) {
                 // A recorder that is far behind drops log lines rather than stall the guest.
                 ctx.record_event_now("log", Arc::from(raw));
             }
         }
     }
+}
+
+fn stream_name(stderr: bool) -> &'static str {
+    if stderr { "stderr" } else { "stdout" }
 }
 
 /// One of a guest's output streams.
