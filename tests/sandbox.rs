@@ -965,3 +965,115 @@ async fn the_none_sandbox_runs_a_trusted_wasm_agent_without_isolation() {
     );
     host.shutdown().await;
 }
+
+/// A TCP listener and a UDP socket on 127.0.0.1 for the `sockets` chaos mode to try.
+struct Targets {
+    tcp: std::net::TcpListener,
+    udp: std::net::UdpSocket,
+}
+
+impl Targets {
+    fn open() -> Self {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp listener");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+        udp.set_nonblocking(true).expect("nonblocking");
+        Self { tcp, udp }
+    }
+
+    fn input(&self) -> Value {
+        json!({
+            "mode": "sockets",
+            "port": self.tcp.local_addr().expect("address").port(),
+            "udpPort": self.udp.local_addr().expect("address").port(),
+        })
+    }
+}
+
+/// The `sockets` report, by attempt: (escaped, stage, error, result).
+fn socket_attempts(out: &Value) -> Vec<(String, Value)> {
+    out["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            (
+                a["what"].as_str().unwrap_or_default().to_string(),
+                a.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_are_denied_in_the_wasm_sandbox() {
+    let host = Host::start().await;
+    let targets = Targets::open();
+    let view = host.run("chaos", targets.input()).await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let run = view.run.expect("run");
+    assert_eq!(run.sandbox.as_deref(), Some("wasm"));
+    let attempts = socket_attempts(&output(&run));
+    let expected = [
+        // No socket can even be made.
+        ("tcp connect", "create", "access-denied"),
+        ("udp send", "create", "access-denied"),
+        // wasmtime-wasi answers a lookup it may not make with this code.
+        ("name lookup", "resolve", "permanent-resolver-failure"),
+    ];
+    assert_eq!(attempts.len(), expected.len(), "{attempts:?}");
+    for ((what, attempt), (want, stage, error)) in attempts.iter().zip(expected) {
+        assert_eq!(what, want);
+        assert_eq!(attempt["escaped"], json!(false), "{attempt}");
+        assert_eq!(attempt["stage"], stage, "{attempt}");
+        assert_eq!(attempt["error"], error, "{attempt}");
+    }
+    // Nothing reached the listeners (the run is over, so a connection would be waiting).
+    let accepted = targets.tcp.accept();
+    assert!(
+        accepted
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "{accepted:?}"
+    );
+    let mut buf = [0u8; 64];
+    let received = targets.udp.recv(&mut buf);
+    assert!(
+        received
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "{received:?}"
+    );
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_wasm_agent_gets_the_hosts_network() {
+    let agents = AgentDir::new();
+    agents.add("echo", ECHO, None).add("chaos", CHAOS, None);
+    let host = Host::start_with(agents, |_job, spec| spec.id == "chaos").await;
+    let targets = Targets::open();
+    let view = host.run("chaos", targets.input()).await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    let run = view.run.expect("run");
+    assert_eq!(run.sandbox.as_deref(), Some("none"));
+    let attempts = socket_attempts(&output(&run));
+    for (what, attempt) in &attempts {
+        assert_eq!(attempt["escaped"], json!(true), "{what}: {attempt}");
+    }
+    // The connection and the datagram really arrived.
+    targets.tcp.set_nonblocking(false).expect("blocking");
+    let (mut stream, _) = targets.tcp.accept().expect("the agent connected");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut greeting = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut greeting).expect("read");
+    assert_eq!(greeting, "hello from chaos");
+    targets.udp.set_nonblocking(false).expect("blocking");
+    targets.udp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = [0u8; 64];
+    let n = targets.udp.recv(&mut buf).expect("the agent's datagram");
+    assert_eq!(&buf[..n], b"hello from chaos");
+    host.echo_still_works().await;
+    host.shutdown().await;
+}

@@ -8,6 +8,7 @@
 //! | `recurse`     | recurses until the call stack overflows                              |
 //! | `oob`         | reads linear memory out of bounds                                    |
 //! | `escape`      | tries to read files outside its scratch directory                    |
+//! | `sockets`     | tries a TCP connect to 127.0.0.1:`port`, a UDP send to `udpPort`, a name lookup |
 //! | `env`         | returns every environment variable it can see                        |
 //! | `big-output`  | returns an output of `bytes` bytes                                   |
 //! | `flood`       | emits events until something stops it                                |
@@ -41,6 +42,10 @@ struct Input {
     ms: Option<u64>,
     #[serde(default)]
     n: Option<usize>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    udp_port: Option<u16>,
 }
 
 struct Chaos;
@@ -57,6 +62,10 @@ impl Agent for Chaos {
             "recurse" => Ok(json!({ "depth": recurse(0) })),
             "oob" => Ok(json!({ "read": out_of_bounds() })),
             "escape" => Ok(escape()),
+            "sockets" => {
+                let port = input.port.unwrap_or(9);
+                Ok(sockets(port, input.udp_port.unwrap_or(port)))
+            }
             "env" => Ok(json!(
                 std::env::vars().collect::<std::collections::BTreeMap<_, _>>()
             )),
@@ -267,6 +276,109 @@ fn escape() -> Value {
     json!({
         "attempts": attempts,
         "scratch": scratch.map_err(|e| e.to_string()),
+    })
+}
+
+/// One attempt to reach something the sandbox should deny.
+fn attempt(what: &str, result: Result<String, (&str, String)>) -> Value {
+    match result {
+        Ok(done) => json!({ "what": what, "escaped": true, "result": done }),
+        Err((stage, error)) => json!({
+            "what": what,
+            "escaped": false,
+            "stage": stage,
+            "error": error,
+        }),
+    }
+}
+
+/// Tries the network: a TCP connect to 127.0.0.1:`port` (writing a greeting if it connects), a
+/// UDP datagram to 127.0.0.1:`udp_port`, and a name lookup of `localhost`. Reports, for each,
+/// the stage that failed and the WASI error code, or what it achieved.
+fn sockets(port: u16, udp_port: u16) -> Value {
+    use wasip2::sockets::network::{
+        ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress,
+    };
+    use wasip2::sockets::{
+        instance_network, ip_name_lookup, tcp_create_socket, udp, udp_create_socket,
+    };
+
+    let failed = |stage: &'static str| move |e: ErrorCode| (stage, e.name().to_string());
+    let net = instance_network::instance_network();
+    let target = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port,
+        address: (127, 0, 0, 1),
+    });
+
+    let tcp = (|| {
+        let socket = tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4)
+            .map_err(failed("create"))?;
+        socket
+            .start_connect(&net, target)
+            .map_err(failed("connect"))?;
+        let (_input, output) = loop {
+            match socket.finish_connect() {
+                Err(ErrorCode::WouldBlock) => socket.subscribe().block(),
+                other => break other.map_err(failed("connect"))?,
+            }
+        };
+        output
+            .blocking_write_and_flush(b"hello from chaos")
+            .map_err(|e| ("write", format!("{e:?}")))?;
+        Ok("connected and wrote a greeting".to_string())
+    })();
+
+    let udp = (|| {
+        let socket = udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4)
+            .map_err(failed("create"))?;
+        let local = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+            port: 0,
+            address: (127, 0, 0, 1),
+        });
+        socket.start_bind(&net, local).map_err(failed("bind"))?;
+        loop {
+            match socket.finish_bind() {
+                Err(ErrorCode::WouldBlock) => socket.subscribe().block(),
+                other => break other.map_err(failed("bind"))?,
+            }
+        }
+        let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+            port: udp_port,
+            address: (127, 0, 0, 1),
+        });
+        let (_incoming, outgoing) = socket.stream(Some(remote)).map_err(failed("send"))?;
+        outgoing.subscribe().block();
+        outgoing.check_send().map_err(failed("send"))?;
+        let sent = outgoing
+            .send(&[udp::OutgoingDatagram {
+                data: b"hello from chaos".to_vec(),
+                remote_address: None,
+            }])
+            .map_err(failed("send"))?;
+        Ok(format!("sent {sent} datagram(s)"))
+    })();
+
+    let lookup = (|| {
+        let stream =
+            ip_name_lookup::resolve_addresses(&net, "localhost").map_err(failed("resolve"))?;
+        let mut found = 0;
+        loop {
+            match stream.resolve_next_address() {
+                Ok(Some(_)) => found += 1,
+                Ok(None) => break,
+                Err(ErrorCode::WouldBlock) => stream.subscribe().block(),
+                Err(e) => return Err(failed("resolve")(e)),
+            }
+        }
+        Ok(format!("resolved {found} address(es)"))
+    })();
+
+    json!({
+        "attempts": [
+            attempt("tcp connect", tcp),
+            attempt("udp send", udp),
+            attempt("name lookup", lookup),
+        ]
     })
 }
 

@@ -8,9 +8,10 @@
 //!   engine's per-instance cap is reported the same way), wall clock (the engine-wide epoch,
 //!   which also slices time between guests), output size, event count, event payload size and
 //!   event rate, and log bytes.
-//! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets, no
-//!   filesystem except an optional per-run scratch directory, removed afterwards; stdout, stderr
-//!   and `log` calls become `log` events within one byte budget.
+//! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets (TCP, UDP
+//!   and name lookups are all refused), no filesystem except an optional per-run scratch
+//!   directory, removed afterwards; stdout, stderr and `log` calls become `log` events within
+//!   one byte budget.
 //! * **Containment.** Any trap — panic, stack overflow, out-of-bounds access, a limit — fails only
 //!   that run, with an error that carries the trap's own message and the innermost frames of
 //!   its backtrace; the host and other runs carry on.
@@ -408,7 +409,7 @@ impl WasmRuntime {
 
 /// Builds the guest's WASI context: the manifest's environment only, captured stdio, no network,
 /// and the scratch directory if there is one. Trusted runs also see the host's environment and
-/// network.
+/// network (TCP, UDP and name lookups, which wasmtime-wasi leaves off unless asked).
 fn build_wasi(
     spec: &AgentSpec,
     capture: &Capture,
@@ -419,6 +420,8 @@ fn build_wasi(
     if isolation == Isolation::Trusted {
         wasi.inherit_env()
             .inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
             .allow_ip_name_lookup(true);
     }
     for (key, value) in &spec.env {
