@@ -13,7 +13,9 @@ use drover_host::registry::{AgentSpec, DEFAULT_LONG_LIVED_EVENT_RATE, DirRegistr
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{Run, RunStatus};
-use drover_test_support::{AgentDir, CHAOS, ECHO, QUEUE_WORKER, TestDb, WAIT, wait_for_status};
+use drover_test_support::{
+    AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, TestDb, WAIT, wait_for_status,
+};
 use serde_json::{Value, json};
 
 /// The chaos agent under a few names, each with the limits its misbehaviour needs.
@@ -56,6 +58,14 @@ max-events-per-second = 10
 event-burst = 20
 "#;
 
+/// A chaos that sleeps with a scratch directory (for the crash clean-up test).
+const CHAOS_SCRATCH: &str = r#"
+scratch-dir = true
+[limits]
+fuel = "unlimited"
+timeout-ms = "none"
+"#;
+
 const QUEUE_WORKER_FAST: &str = r#"
 lifecycle = "long-lived"
 [env]
@@ -65,6 +75,7 @@ POLL_INTERVAL_MS = "25"
 struct Host {
     db: TestDb,
     agents: AgentDir,
+    runtime: Arc<WasmRuntime>,
     registry: Arc<DirRegistry>,
     api: RunApi,
     pool: Option<PoolHandle>,
@@ -144,6 +155,7 @@ impl Host {
         Self {
             db,
             agents,
+            runtime,
             registry,
             api,
             pool: Some(pool),
@@ -495,8 +507,11 @@ async fn the_filesystem_is_limited_to_the_scratch_directory() {
         "the scratch directory works"
     );
     // And it is gone after the run.
-    let scratch = host.db.dir.path().join("scratch");
-    let leftovers = std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0);
+    let leftovers = std::fs::read_dir(host.runtime.scratch_dir())
+        .expect("the runtime's scratch directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != ".lock")
+        .count();
     assert_eq!(leftovers, 0, "scratch directories are removed");
     host.shutdown().await;
 }
@@ -1076,4 +1091,100 @@ async fn a_trusted_wasm_agent_gets_the_hosts_network() {
     assert_eq!(&buf[..n], b"hello from chaos");
     host.echo_still_works().await;
     host.shutdown().await;
+}
+
+/// The `<pid>-…` scratch directory of process `pid` under `root`.
+fn scratch_dir_of(root: &std::path::Path, pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pid}-")))
+        })
+}
+
+/// The run directories in a host's scratch directory.
+fn run_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_scratch_directories_are_removed_at_the_next_start() {
+    const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
+    let data = tempfile::tempdir().expect("temp dir");
+    let agents = AgentDir::new();
+    agents.add("chaos-scratch", CHAOS, Some(CHAOS_SCRATCH));
+    let scratch = data.path().join("scratch");
+    let args = |name: &str| -> Vec<String> {
+        let db = data.path().join(name);
+        std::fs::create_dir_all(&db).expect("db dir");
+        [
+            "--data-dir".to_string(),
+            data.path().display().to_string(),
+            "--agents".to_string(),
+            agents.path().display().to_string(),
+            "--cache-dir".to_string(),
+            drover_test_support::cache_dir().display().to_string(),
+            "--queue-url".to_string(),
+            format!("file:{}", db.join("queue.db").display()),
+            "--storage-url".to_string(),
+            format!("file:{}", db.join("runs.db").display()),
+        ]
+        .to_vec()
+    };
+
+    // Host A runs a job with a scratch directory…
+    let a = HostProcess::start(EXE, &args("a"), &[]);
+    let enqueued = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", a.url))
+        .json(&json!({ "agentId": "chaos-scratch", "input": { "mode": "sleep", "ms": 600_000 } }))
+        .send()
+        .await
+        .expect("enqueue");
+    assert!(enqueued.status().is_success(), "{enqueued:?}");
+    let a_dir = scratch_dir_of(&scratch, a.pid()).expect("host A's scratch directory");
+    let deadline = std::time::Instant::now() + WAIT;
+    let a_run = loop {
+        if let Some(run) = run_dirs(&a_dir).pop() {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got its scratch directory"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // …while host B starts on the same scratch root: A is alive, so its directory stays.
+    let b = HostProcess::start(EXE, &args("b"), &[]);
+    let b_dir = scratch_dir_of(&scratch, b.pid()).expect("host B's scratch directory");
+    assert!(
+        a_run.exists(),
+        "a live host's run directory survives another's start"
+    );
+
+    // A is killed: nothing removes its directory then.
+    let a_pid = a.pid();
+    a.signal("KILL");
+    assert!(a_run.exists());
+
+    // The next host to start removes it, and leaves B's alone.
+    let runtime = WasmRuntime::new(&engine(), &scratch).expect("runtime");
+    assert!(
+        !a_dir.exists(),
+        "the killed host {a_pid}'s directory is removed"
+    );
+    assert!(b_dir.exists(), "the live host's directory stays");
+    assert!(runtime.scratch_dir().exists());
+    drop(b);
 }

@@ -10,13 +10,14 @@
 //!   event rate, and log bytes.
 //! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets (TCP, UDP
 //!   and name lookups are all refused), no filesystem except an optional per-run scratch
-//!   directory, removed afterwards; stdout, stderr and `log` calls become `log` events within
-//!   one byte budget.
+//!   directory, removed afterwards (and, after a crash, by the next host to start on the same
+//!   scratch root); stdout, stderr and `log` calls become `log` events within one byte budget.
 //! * **Containment.** Any trap — panic, stack overflow, out-of-bounds access, a limit — fails only
 //!   that run, with an error that carries the trap's own message and the innermost frames of
 //!   its backtrace; the host and other runs carry on.
 
 mod engine;
+mod scratch;
 mod state;
 mod stdio;
 mod trap;
@@ -39,6 +40,7 @@ use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::store::RunStatus;
 
 pub use engine::{EngineConfig, Metering};
+use scratch::{ScratchArea, ScratchDir};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
 
@@ -81,6 +83,14 @@ pub enum WasmError {
     /// The engine could not be set up.
     #[error("wasm engine: {0}")]
     Engine(String),
+    /// The scratch root could not be set up.
+    #[error("scratch directory {path}: {message}")]
+    Scratch {
+        /// The scratch root.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
 }
 
 /// What an agent says about itself through its `describe` export.
@@ -135,7 +145,7 @@ enum Isolation {
 pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
-    scratch_root: PathBuf,
+    scratch: ScratchArea,
     metering: Metering,
     max_memory_bytes: u64,
 }
@@ -143,7 +153,7 @@ pub struct WasmRuntime {
 impl std::fmt::Debug for WasmRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmRuntime")
-            .field("scratch_root", &self.scratch_root)
+            .field("scratch", &self.scratch.path())
             .finish()
     }
 }
@@ -153,12 +163,19 @@ const DESCRIBE_FUEL: u64 = 1_000_000_000;
 const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl WasmRuntime {
-    /// Builds the engine (and its epoch ticker). Per-run scratch directories are created under
-    /// `scratch_root`.
+    /// Builds the engine (and its epoch ticker). Per-run scratch directories are created in a
+    /// directory of this runtime's own under `scratch_root` (created if missing), which other
+    /// host processes may share; directories left there by hosts that are gone (killed, say)
+    /// are removed now.
     pub fn new(
         config: &EngineConfig,
         scratch_root: impl Into<PathBuf>,
     ) -> Result<Arc<Self>, WasmError> {
+        let scratch_root = scratch_root.into();
+        let scratch = ScratchArea::open(&scratch_root).map_err(|e| WasmError::Scratch {
+            path: scratch_root.clone(),
+            message: e.to_string(),
+        })?;
         let engine = engine::build(config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         if config.metering.epochs {
             engine::start_ticker(&engine, config.epoch_tick);
@@ -174,7 +191,7 @@ impl WasmRuntime {
         Ok(Arc::new(Self {
             engine,
             linker,
-            scratch_root: scratch_root.into(),
+            scratch,
             metering: config.metering,
             max_memory_bytes: config.max_memory_bytes,
         }))
@@ -189,6 +206,12 @@ impl WasmRuntime {
     /// limit may not be higher).
     pub fn max_memory_bytes(&self) -> u64 {
         self.max_memory_bytes
+    }
+
+    /// This runtime's own directory in the scratch root; runs' scratch directories are made in
+    /// it. Removed when the runtime is dropped.
+    pub fn scratch_dir(&self) -> &Path {
+        self.scratch.path()
     }
 
     /// Loads a component file: compile (or take it from the cache), link, and ask the agent to
@@ -317,7 +340,7 @@ impl WasmRuntime {
         };
         let capture = Capture::new(Some(ctx.clone()), limits.max_log_bytes);
         let scratch = match spec.scratch_dir {
-            true => match ScratchDir::create(&self.scratch_root, ctx.run_id()) {
+            true => match self.scratch.create_run(ctx.run_id()) {
                 Ok(dir) => Some(dir),
                 Err(e) => {
                     return RunOutcome::from_result(Err(Failure::error(
@@ -557,27 +580,6 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A run's private directory, removed when dropped (also when the run is aborted).
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn create(root: &Path, run_id: &str) -> std::io::Result<Self> {
-        let path = root.join(run_id);
-        std::fs::create_dir_all(&path)?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a scratch directory");
-        }
-    }
 }
 
 /// Runs WebAssembly agents isolated and limited.
