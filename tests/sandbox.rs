@@ -9,7 +9,9 @@ use drover_host::api::metrics::Metrics;
 use drover_host::api::{ApiError, JobView, RunApi};
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::queue::{Job, JobStatus, Lifecycle, NewJob};
-use drover_host::registry::{AgentSpec, DEFAULT_LONG_LIVED_EVENT_RATE, DirRegistry, Registry};
+use drover_host::registry::{
+    AgentCode, AgentSpec, DEFAULT_LONG_LIVED_EVENT_RATE, DirRegistry, Registry,
+};
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{Run, RunStatus};
@@ -17,6 +19,7 @@ use drover_test_support::{
     AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, TestDb, WAIT, wait_for_status,
 };
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// The chaos agent under a few names, each with the limits its misbehaviour needs.
 const CHAOS_LIMITED: &str = r#"
@@ -487,20 +490,39 @@ async fn the_filesystem_is_limited_to_the_scratch_directory() {
     assert_eq!(view.job.status, JobStatus::Done);
     let out = output(&view.run.expect("run"));
     let attempts = out["attempts"].as_array().expect("attempts");
-    assert_eq!(attempts.len(), 8);
-    for attempt in attempts {
+    // Each attempt, the stage at which it failed, and why.
+    let expected = [
+        // Paths outside every preopen: there is nothing to open them in.
+        ("/etc/passwd", "read", "NotFound"),
+        ("/proc/self/environ", "read", "NotFound"),
+        ("../../etc/passwd", "read", "NotFound"),
+        // Paths that start in /scratch and climb out: refused by the directory capability.
+        ("/scratch/../etc/passwd", "read", "PermissionDenied"),
+        ("/scratch/../../../etc/passwd", "read", "PermissionDenied"),
+        // A link to an absolute path cannot even be made.
+        ("symlink to /etc/passwd", "create-symlink", "not-permitted"),
+        // Links to relative paths outside can be made; reading through them is refused.
+        ("symlink to ../../etc/passwd", "read", "PermissionDenied"),
+        (
+            "symlink to .., then up/etc/passwd",
+            "read",
+            "PermissionDenied",
+        ),
+        // The root is not a directory the agent has.
+        ("list /", "list", "NotFound"),
+    ];
+    assert_eq!(attempts.len(), expected.len(), "{out}");
+    for (attempt, (what, stage, error)) in attempts.iter().zip(expected) {
+        assert_eq!(attempt["what"], what, "{attempt}");
         assert_eq!(attempt["escaped"], json!(false), "{attempt}");
+        assert_eq!(attempt["stage"], stage, "{attempt}");
+        assert!(
+            attempt["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(error)),
+            "{attempt}"
+        );
     }
-    let listing = attempts
-        .iter()
-        .find(|a| a["what"] == "list /")
-        .expect("listing attempt");
-    assert!(
-        listing["result"]
-            .as_str()
-            .is_some_and(|r| !r.contains("etc")),
-        "{listing}"
-    );
     assert_eq!(
         out["scratch"],
         json!({ "Ok": "hello" }),
@@ -513,6 +535,7 @@ async fn the_filesystem_is_limited_to_the_scratch_directory() {
         .filter(|e| e.file_name() != ".lock")
         .count();
     assert_eq!(leftovers, 0, "scratch directories are removed");
+    host.echo_still_works().await;
     host.shutdown().await;
 }
 
@@ -523,6 +546,7 @@ async fn the_environment_holds_only_the_manifests_variables() {
     assert_eq!(view.job.status, JobStatus::Done);
     let env = output(&view.run.expect("run"));
     assert_eq!(env, json!({ "GREETING": "hello from the manifest" }));
+    host.echo_still_works().await;
     host.shutdown().await;
 }
 
@@ -927,6 +951,27 @@ async fn agents_are_hot_reloaded_and_running_jobs_keep_their_version() {
     }
     host.echo_still_works().await;
 
+    // The new component is what is registered, and what new jobs run: the digest is the chaos
+    // agent's, and only chaos answers `{"mode": "ok"}` with `{"ok": true}`.
+    let chaos_digest = sha256_hex(&std::fs::read(CHAOS).expect("read chaos"));
+    let worker = host.registry.get("worker").expect("worker");
+    match &worker.code {
+        AgentCode::Wasm(agent) => assert_eq!(agent.digest(), chaos_digest),
+        AgentCode::Native(_) => panic!("the worker is a component"),
+    }
+    let templates = host.templates().await;
+    let listed = templates["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["id"] == "worker")
+        .cloned()
+        .expect("worker template");
+    assert_eq!(listed["digest"], json!(chaos_digest), "{listed}");
+    let view = host.run("worker", json!({ "mode": "ok" })).await;
+    assert_eq!(view.job.status, JobStatus::Done);
+    assert_eq!(output(&view.run.expect("run")), json!({ "ok": true }));
+
     // The running job still runs the queue worker it started with, and stops like one.
     host.api.stop(&job.id).await.expect("stop");
     let view = host.api.wait_for(&job.id, WAIT).await.expect("wait");
@@ -978,6 +1023,39 @@ async fn the_none_sandbox_runs_a_trusted_wasm_agent_without_isolation() {
         output(&trusted_run).get("PATH").is_some(),
         "the host environment is visible"
     );
+    host.shutdown().await;
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_component_for_another_world_is_reported_and_skipped() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add_bytes("hollow", &wasm_encoder::Component::new().finish());
+    let host = Host::start_with(agents, |_, _| false).await;
+    let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, ["echo"]);
+    let problems = host.registry.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].path.ends_with("hollow.wasm"));
+    let error = &problems[0].error;
+    // It compiles (it is a component), but it is not an agent.
+    assert!(
+        error.starts_with("the component does not fit the drover:agent world"),
+        "{error}"
+    );
+    assert!(
+        error.contains("describe") || error.contains("run"),
+        "{error}"
+    );
+    host.echo_still_works().await;
     host.shutdown().await;
 }
 

@@ -7,7 +7,7 @@
 //! | `panic`       | panics with a message                                                |
 //! | `recurse`     | recurses until the call stack overflows                              |
 //! | `oob`         | reads linear memory out of bounds                                    |
-//! | `escape`      | tries to read files outside its scratch directory                    |
+//! | `escape`      | tries to read files outside its scratch directory, saying why each failed |
 //! | `sockets`     | tries a TCP connect to 127.0.0.1:`port`, a UDP send to `udpPort`, a name lookup |
 //! | `env`         | returns every environment variable it can see                        |
 //! | `big-output`  | returns an output of `bytes` bytes                                   |
@@ -188,6 +188,14 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1).rotate_left(1) ^ depth
 }
 
+fn flood() -> Result<Value, Error> {
+    let mut n = 0u64;
+    loop {
+        emit("flood", &json!({ "n": n }))?;
+        n += 1;
+    }
+}
+
 /// Reads a byte far beyond the end of linear memory, which traps.
 fn out_of_bounds() -> u8 {
     // An address no 32-bit linear memory of this agent reaches (it is held to far less).
@@ -197,86 +205,6 @@ fn out_of_bounds() -> u8 {
     unsafe {
         std::ptr::read_volatile(address as *const u8)
     }
-}
-
-/// Creates a symbolic link `name` in the scratch directory pointing at `target` (std has no
-/// stable API for this on WASI, so this goes through the WASI filesystem interface directly).
-fn symlink(target: &str, name: &str) -> std::io::Result<()> {
-    let scratch = wasip2::filesystem::preopens::get_directories()
-        .into_iter()
-        .find(|(_, path)| path == "/scratch")
-        .ok_or_else(|| std::io::Error::other("no /scratch preopen"))?;
-    scratch
-        .0
-        .symlink_at(target, name)
-        .map_err(|e| std::io::Error::other(format!("{e:?}")))
-}
-
-fn flood() -> Result<Value, Error> {
-    let mut n = 0u64;
-    loop {
-        emit("flood", &json!({ "n": n }))?;
-        n += 1;
-    }
-}
-
-/// Tries every way out of the scratch directory it can think of and reports what happened.
-fn escape() -> Value {
-    let mut attempts = Vec::new();
-    let mut attempt = |what: &str, result: std::io::Result<String>| {
-        attempts.push(json!({
-            "what": what,
-            "escaped": result.is_ok(),
-            "result": match result {
-                Ok(text) => format!("read {} bytes", text.len()),
-                Err(e) => e.to_string(),
-            },
-        }));
-    };
-    attempt("/etc/passwd", std::fs::read_to_string("/etc/passwd"));
-    attempt(
-        "/proc/self/environ",
-        std::fs::read_to_string("/proc/self/environ"),
-    );
-    attempt(
-        "../../etc/passwd",
-        std::fs::read_to_string("../../etc/passwd"),
-    );
-    attempt(
-        "/scratch/../etc/passwd",
-        std::fs::read_to_string("/scratch/../etc/passwd"),
-    );
-    attempt(
-        "/scratch/../../../etc/passwd",
-        std::fs::read_to_string("/scratch/../../../etc/passwd"),
-    );
-    attempt(
-        "symlink to /etc/passwd",
-        symlink("/etc/passwd", "link-abs")
-            .and_then(|()| std::fs::read_to_string("/scratch/link-abs")),
-    );
-    attempt(
-        "symlink to ../../etc/passwd",
-        symlink("../../etc/passwd", "link-rel")
-            .and_then(|()| std::fs::read_to_string("/scratch/link-rel")),
-    );
-    attempt(
-        "list /",
-        std::fs::read_dir("/").map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(",")
-        }),
-    );
-    // The scratch directory itself works.
-    let scratch = std::fs::write("/scratch/note.txt", "hello")
-        .and_then(|()| std::fs::read_to_string("/scratch/note.txt"));
-    json!({
-        "attempts": attempts,
-        "scratch": scratch.map_err(|e| e.to_string()),
-    })
 }
 
 /// One attempt to reach something the sandbox should deny.
@@ -290,6 +218,78 @@ fn attempt(what: &str, result: Result<String, (&str, String)>) -> Value {
             "error": error,
         }),
     }
+}
+
+/// A read through `std::fs`, failing at stage `read` with the error's kind and message.
+fn read(path: &str) -> Result<String, (&'static str, String)> {
+    std::fs::read_to_string(path)
+        .map(|text| format!("read {} bytes", text.len()))
+        .map_err(|e| ("read", describe_io(&e)))
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    format!("{:?}: {e}", e.kind())
+}
+
+/// Creates a symbolic link `name` in the scratch directory pointing at `target` (std has no
+/// stable API for this on WASI, so this goes through the WASI filesystem interface directly).
+/// Fails at stage `create-symlink` with the WASI error code.
+fn symlink(target: &str, name: &str) -> Result<(), (&'static str, String)> {
+    let scratch = wasip2::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, path)| path == "/scratch")
+        .ok_or(("create-symlink", "no /scratch preopen".to_string()))?;
+    scratch
+        .0
+        .symlink_at(target, name)
+        .map_err(|e| ("create-symlink", e.name().to_string()))
+}
+
+/// Tries every way out of the scratch directory it can think of and reports, for each, what
+/// happened: which stage failed (`read`, or `create-symlink` for a link the host refused to
+/// make) and why. A read through a symbolic link is only tried once the link exists.
+fn escape() -> Value {
+    let mut attempts = Vec::new();
+    for path in [
+        "/etc/passwd",
+        "/proc/self/environ",
+        "../../etc/passwd",
+        "/scratch/../etc/passwd",
+        "/scratch/../../../etc/passwd",
+    ] {
+        attempts.push(attempt(path, read(path)));
+    }
+    attempts.push(attempt(
+        "symlink to /etc/passwd",
+        symlink("/etc/passwd", "link-abs").and_then(|()| read("/scratch/link-abs")),
+    ));
+    attempts.push(attempt(
+        "symlink to ../../etc/passwd",
+        symlink("../../etc/passwd", "link-rel").and_then(|()| read("/scratch/link-rel")),
+    ));
+    attempts.push(attempt(
+        "symlink to .., then up/etc/passwd",
+        symlink("..", "up").and_then(|()| read("/scratch/up/etc/passwd")),
+    ));
+    attempts.push(attempt(
+        "list /",
+        std::fs::read_dir("/")
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .map_err(|e| ("list", describe_io(&e))),
+    ));
+    // The scratch directory itself works.
+    let scratch = std::fs::write("/scratch/note.txt", "hello")
+        .and_then(|()| std::fs::read_to_string("/scratch/note.txt"));
+    json!({
+        "attempts": attempts,
+        "scratch": scratch.map_err(|e| e.to_string()),
+    })
 }
 
 /// Tries the network: a TCP connect to 127.0.0.1:`port` (writing a greeting if it connects), a
