@@ -104,7 +104,9 @@ pub trait Agent {
     /// The output, encoded as the run's JSON output.
     type Output: Serialize;
 
-    /// The agent id. Default: the crate's package name.
+    /// The id the agent reports about itself. Default: the crate's package name.
+    /// Informational: the host names an agent after its file (`agents/<name>.wasm`) or the `id`
+    /// in its manifest.
     const ID: Option<&'static str> = None;
     /// One line on what the agent does. Default: the crate's package description.
     const DESCRIPTION: Option<&'static str> = None;
@@ -179,7 +181,9 @@ impl From<serde_json::Error> for Error {
 /// Log severity for [`log`].
 pub use __private::drover::agent::types::Level;
 
-/// Appends an event to the run's timeline. `kind` is 1 to 64 bytes.
+/// Appends an event to the run's timeline. `kind` is 1 to 64 bytes. Fails if `payload` cannot be
+/// encoded as JSON; an event that breaks the agent's event limits (a count per run, a size per
+/// payload, a rate) ends the run instead, and this call does not return.
 pub fn emit(kind: &str, payload: &impl Serialize) -> Result<(), Error> {
     let payload = serde_json::to_string(payload)?;
     host::emit(kind, &payload);
@@ -191,7 +195,8 @@ pub fn heartbeat() {
     host::heartbeat();
 }
 
-/// Writes a log line to the run's timeline.
+/// Writes a log line to the run's timeline, within the run's log budget (shared with stdout
+/// and stderr; past it, lines are dropped).
 pub fn log(level: Level, message: &str) {
     host::log(level, message);
 }
@@ -213,8 +218,8 @@ pub fn sleep(duration: Duration) -> bool {
 
 /// Exports `$agent` (a type implementing [`Agent`]) as this component's agent.
 ///
-/// The agent id defaults to the crate's package name, its version and description to the
-/// package's; see [`Agent::ID`] and [`Agent::DESCRIPTION`] to override them.
+/// The id the agent reports defaults to the crate's package name, its version and description
+/// to the package's; see [`Agent::ID`] and [`Agent::DESCRIPTION`] to override them.
 #[macro_export]
 macro_rules! export_agent {
     ($agent:ty) => {
