@@ -535,6 +535,23 @@ async fn two_hosts_share_one_database_and_survive_a_sigkill() {
         "2",
     ];
     let a = setup.start(&[&fast[..], &["--worker-id", "host-a"]].concat());
+    // A long-lived agent, running on host A before host B exists.
+    let (status, spawned) = post(
+        format!("{}/spawn", a.url),
+        json!({ "agentType": "queue-worker" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{spawned}");
+    let agent = spawned["workloadName"].as_str().expect("name").to_string();
+    let agent_url = format!("{}/v1/agents/{agent}", a.url);
+    wait_until(|| {
+        let agent_url = agent_url.clone();
+        async move {
+            let (_, view) = get(agent_url).await;
+            view["agent"]["phase"] == "Running" && view["agent"]["job"]["leaseOwner"] == "host-a"
+        }
+    })
+    .await;
     let b = setup.start(&[&fast[..], &["--worker-id", "host-b"]].concat());
     let url = b.url.clone();
     let mut ids = Vec::new();
@@ -555,7 +572,7 @@ async fn two_hosts_share_one_database_and_survive_a_sigkill() {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|j| j["leaseOwner"] == "host-a")
+            .filter(|j| j["leaseOwner"] == "host-a" && j["agentId"] == "chaos")
             .filter_map(|j| j["id"].as_str().map(str::to_string))
             .collect();
         (!held.is_empty()).then_some(held)
@@ -584,6 +601,32 @@ async fn two_hosts_share_one_database_and_survive_a_sigkill() {
             "{id}: the killed host's run is marked lost: {runs:?}"
         );
     }
+
+    // The long-lived agent is restarted on the survivor as a new run of the same job, without
+    // using up an attempt, and its new run heartbeats.
+    let agent_url = format!("{url}/v1/agents/{agent}");
+    let view = wait_for(|| {
+        let agent_url = agent_url.clone();
+        async move {
+            let (_, view) = get(agent_url).await;
+            let restarted = view["agent"]["phase"] == "Running"
+                && view["agent"]["job"]["leaseOwner"] == "host-b"
+                && view["agent"]["lastHeartbeatAt"].is_i64();
+            restarted.then_some(view)
+        }
+    })
+    .await;
+    assert_eq!(view["agent"]["job"]["attempts"], 0, "{view}");
+    assert_eq!(view["agent"]["job"]["restarts"], 1, "{view}");
+    assert_eq!(view["agent"]["run"]["attempt"], 2, "{view}");
+    assert_eq!(view["agent"]["run"]["workerId"], "host-b", "{view}");
+    let (_, events) = get(format!("{agent_url}/events")).await;
+    assert_eq!(events["runId"], view["agent"]["run"]["id"], "{events}");
+    let (status, _) = call(reqwest::Method::DELETE, agent_url.clone(), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, done) = get(format!("{url}/v1/jobs/{agent}/wait?timeoutMs=30000")).await;
+    assert_eq!(done["job"]["status"], "done", "{done}");
+    assert_eq!(done["run"]["status"], "success", "{done}");
 }
 
 /// Polls `check` until it holds.
