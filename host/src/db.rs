@@ -13,12 +13,14 @@
 //! `UPDATE … RETURNING`), never as interactive transactions, so the remote mode costs one round trip
 //! per statement.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libsql::{Connection, Value};
+use libsql::{Connection, Statement, Value};
 
 /// How long a local connection waits for another writer before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,10 +134,10 @@ struct DbInner {
     url: String,
     database: libsql::Database,
     /// Idle connections, reused by later operations.
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     /// In-memory databases are private to a connection, so one connection serves every caller,
     /// one operation at a time.
-    shared: Option<Mutex<Connection>>,
+    shared: Option<Mutex<Conn>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -171,9 +173,9 @@ impl Db {
         .map_err(|e| open_err(e.to_string()))?;
 
         let shared = match location {
-            DbLocation::Memory => Some(Mutex::new(
+            DbLocation::Memory => Some(Mutex::new(Conn::new(
                 database.connect().map_err(|e| open_err(e.to_string()))?,
-            )),
+            ))),
             _ => None,
         };
         let db = Self {
@@ -219,7 +221,7 @@ impl Db {
     /// (libsql's local calls never yield); remote ones run it here, since it waits on the network.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, DbError>
     where
-        F: FnOnce(Connection) -> Fut + Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DbError>> + Send,
         T: Send + 'static,
     {
@@ -313,7 +315,7 @@ impl DbInner {
     /// Runs a local operation to completion on this (blocking-pool) thread.
     fn run_blocking<T, F, Fut>(&self, op: F) -> Result<T, DbError>
     where
-        F: FnOnce(Connection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
         if let Some(shared) = &self.shared {
@@ -330,7 +332,7 @@ impl DbInner {
 
     /// An idle connection, or a new one with the per-connection settings applied. For a file
     /// database this blocks, so it is only called on the blocking pool.
-    fn checkout(&self) -> Result<Connection, DbError> {
+    fn checkout(&self) -> Result<Conn, DbError> {
         if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(conn);
         }
@@ -341,10 +343,10 @@ impl DbInner {
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
             ))?;
         }
-        Ok(conn)
+        Ok(Conn::new(conn))
     }
 
-    fn checkin(&self, conn: Connection) {
+    fn checkin(&self, conn: Conn) {
         // A connection left inside a transaction would hold the write lock for whoever gets it
         // next: drop it instead.
         if !conn.is_autocommit() {
@@ -359,6 +361,73 @@ impl DbInner {
 
 /// Connections kept open between operations.
 const MAX_IDLE_CONNECTIONS: usize = 8;
+
+/// Prepared statements a connection keeps for reuse.
+const MAX_PREPARED: usize = 64;
+
+/// A connection lent to one operation at a time, with the statements it has prepared: the hot
+/// statements (claims, outcomes, run writes) are parsed and planned once per connection, not once
+/// per call.
+#[derive(Clone)]
+pub struct Conn {
+    inner: Arc<ConnInner>,
+}
+
+struct ConnInner {
+    conn: Connection,
+    prepared: Mutex<HashMap<Box<str>, Statement>>,
+}
+
+impl Conn {
+    fn new(conn: Connection) -> Self {
+        Self {
+            inner: Arc::new(ConnInner {
+                conn,
+                prepared: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The prepared form of `sql`: this connection's own, taken out of its cache (hand it back
+    /// with [`Conn::keep`]), or a new one.
+    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, DbError> {
+        let cached = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sql);
+        match cached {
+            Some(statement) => {
+                // libsql does not reset a statement between uses.
+                statement.reset();
+                Ok(statement)
+            }
+            None => Ok(self.inner.conn.prepare(sql).await?),
+        }
+    }
+
+    /// Returns a statement that ran to completion to the cache, for the next use of `sql`.
+    pub fn keep(&self, sql: &str, statement: Statement) {
+        statement.reset();
+        let mut prepared = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if prepared.len() < MAX_PREPARED {
+            prepared.insert(sql.into(), statement);
+        }
+    }
+}
+
+impl Deref for Conn {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.inner.conn
+    }
+}
 
 /// One statement applied to many rows: see [`Db::bulk`].
 #[derive(Debug)]
@@ -381,10 +450,7 @@ impl Bulk {
 }
 
 /// Embedded databases: one transaction; each statement prepared once, stepped once per row.
-async fn bulk_prepared(
-    conn: Connection,
-    statements: Vec<Bulk>,
-) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
+async fn bulk_prepared(conn: Conn, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
     conn.execute("BEGIN IMMEDIATE", ()).await?;
     let applied = async {
         let mut results = Vec::with_capacity(statements.len());
@@ -392,7 +458,8 @@ async fn bulk_prepared(
             let mut returned = Vec::new();
             let rows = bulk.rows();
             if rows > 0 {
-                let statement = conn.prepare(&(bulk.sql)(1)).await?;
+                let sql = (bulk.sql)(1);
+                let statement = conn.prepare_cached(&sql).await?;
                 let Bulk {
                     fixed,
                     cols,
@@ -413,6 +480,7 @@ async fn bulk_prepared(
                         returned.push(row_values(&row)?);
                     }
                 }
+                conn.keep(&sql, statement);
             }
             results.push(returned);
         }
@@ -438,7 +506,7 @@ async fn bulk_prepared(
 
 /// Remote databases: each statement as multi-row statements, no interactive transaction.
 async fn bulk_multi_row(
-    conn: Connection,
+    conn: Conn,
     statements: Vec<Bulk>,
 ) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
     let mut results = Vec::with_capacity(statements.len());
@@ -538,19 +606,23 @@ impl RowExt for libsql::Row {
     }
 }
 
-/// Runs a row-returning statement and decodes every row with `decode`. The rows are drained
-/// completely, so a writing statement (`UPDATE … RETURNING`) commits before this returns.
+/// Runs a row-returning statement (prepared once per connection) and decodes every row with
+/// `decode`. The rows are drained completely, so a writing statement (`UPDATE … RETURNING`)
+/// commits before this returns.
 pub async fn query_all<T>(
-    conn: &Connection,
+    conn: &Conn,
     sql: &str,
     params: impl libsql::params::IntoParams,
     mut decode: impl FnMut(&libsql::Row) -> Result<T, DbError>,
 ) -> Result<Vec<T>, DbError> {
-    let mut rows = conn.query(sql, params).await?;
+    let statement = conn.prepare_cached(sql).await?;
+    let mut rows = statement.query(params).await?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().await? {
         out.push(decode(&row)?);
     }
+    drop(rows);
+    conn.keep(sql, statement);
     Ok(out)
 }
 
