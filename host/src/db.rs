@@ -119,9 +119,13 @@ impl DbLocation {
     }
 }
 
-/// An open database. Statements run through [`Db::run`], which lends the operation a pooled
+/// An open database. Reads run through [`Db::run`], which lends the operation a pooled
 /// connection; for embedded databases (whose libsql calls block the calling thread) it does so on
-/// tokio's blocking pool, so database work never stalls the threads that run guests.
+/// tokio's blocking pool, so database work never stalls the threads that run guests. Writes run
+/// through [`Db::write`]: an embedded database has one writer thread with a connection of its
+/// own, which takes the writes of every task of the process one after the other. SQLite admits
+/// one writer at a time anyway; queued in the process, writers neither collide on its lock (and
+/// sleep in its busy handler) nor pay for a trip through the blocking pool each.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DbInner>,
@@ -129,10 +133,15 @@ pub struct Db {
     multi_row: bool,
 }
 
+/// An operation for the writer thread.
+type WriteOp = Box<dyn FnOnce(&Conn) + Send>;
+
 struct DbInner {
     location: DbLocation,
     url: String,
-    database: libsql::Database,
+    database: Arc<libsql::Database>,
+    /// The writer thread of an embedded database file.
+    writer: Option<Mutex<std::sync::mpsc::Sender<WriteOp>>>,
     /// Idle connections, reused by later operations.
     idle: Mutex<Vec<Conn>>,
     /// In-memory databases are private to a connection, so one connection serves every caller,
@@ -171,11 +180,25 @@ impl Db {
             }
         }
         .map_err(|e| open_err(e.to_string()))?;
+        let database = Arc::new(database);
 
         let shared = match location {
             DbLocation::Memory => Some(Mutex::new(Conn::new(
                 database.connect().map_err(|e| open_err(e.to_string()))?,
             ))),
+            _ => None,
+        };
+        let writer = match location {
+            DbLocation::File(_) => {
+                let file = Arc::clone(&database);
+                let conn = tokio::task::spawn_blocking(move || file_connection(&file))
+                    .await
+                    .map_err(|e| open_err(e.to_string()))?
+                    .map_err(|e| open_err(e.to_string()))?;
+                Some(Mutex::new(spawn_writer(conn).map_err(|e| {
+                    open_err(format!("cannot start the writer thread: {e}"))
+                })?))
+            }
             _ => None,
         };
         let db = Self {
@@ -184,6 +207,7 @@ impl Db {
                 location,
                 url: url.to_string(),
                 database,
+                writer,
                 idle: Mutex::new(Vec::new()),
                 shared,
             }),
@@ -240,6 +264,33 @@ impl Db {
             })?
     }
 
+    /// Runs `op`, which writes, with the database's writer connection (see [`Db`]); elsewhere
+    /// as [`Db::run`] does.
+    pub async fn write<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        let Some(writer) = &self.inner.writer else {
+            return self.run(op).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: WriteOp = Box::new(move |conn| {
+            let _ = tx.send(futures::executor::block_on(op(conn.clone())));
+        });
+        let stopped = || DbError::Open {
+            url: self.inner.url.clone(),
+            message: "the database's writer thread stopped".into(),
+        };
+        writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Applies statements to many rows each, in order, returning the rows each statement
     /// returned (for `RETURNING`). An embedded database does it all in one transaction, with each
     /// statement prepared once and stepped per row; a remote one gets each statement as a
@@ -247,9 +298,9 @@ impl Db {
     /// transaction, so every statement stands on its own there.
     pub async fn bulk(&self, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
         if self.multi_row {
-            return self.run(|conn| bulk_multi_row(conn, statements)).await;
+            return self.write(|conn| bulk_multi_row(conn, statements)).await;
         }
-        self.run(|conn| bulk_prepared(conn, statements)).await
+        self.write(|conn| bulk_prepared(conn, statements)).await
     }
 
     /// Applies `migrations` (ordered by version) for `component` that are not applied yet. Each
@@ -260,7 +311,7 @@ impl Db {
         component: &'static str,
         migrations: &'static [Migration],
     ) -> Result<(), DbError> {
-        self.run(move |conn| async move {
+        self.write(move |conn| async move {
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS drover_migrations (
                     component TEXT NOT NULL,
@@ -336,14 +387,10 @@ impl DbInner {
         if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(conn);
         }
-        let conn = self.database.connect()?;
         if let DbLocation::File(_) = self.location {
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            futures::executor::block_on(conn.execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
-            ))?;
+            return file_connection(&self.database);
         }
-        Ok(Conn::new(conn))
+        Ok(Conn::new(self.database.connect()?))
     }
 
     fn checkin(&self, conn: Conn) {
@@ -361,6 +408,40 @@ impl DbInner {
 
 /// Connections kept open between operations.
 const MAX_IDLE_CONNECTIONS: usize = 8;
+
+/// A new connection to a database file, with the settings every connection gets: WAL (readers
+/// never wait for the writer), a busy timeout (for writers of other processes), and no fsync on
+/// every commit (the WAL is synced at checkpoints; a power cut can lose the last commits, never
+/// consistency). Blocks.
+fn file_connection(database: &libsql::Database) -> Result<Conn, DbError> {
+    let conn = database.connect()?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    futures::executor::block_on(conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
+    ))?;
+    Ok(Conn::new(conn))
+}
+
+/// Starts the writer thread of a database file: it runs the operations sent to it, one at a
+/// time, with `conn`, until the database is dropped.
+fn spawn_writer(conn: Conn) -> std::io::Result<std::sync::mpsc::Sender<WriteOp>> {
+    let (tx, rx) = std::sync::mpsc::channel::<WriteOp>();
+    std::thread::Builder::new()
+        .name("drover-db-writer".into())
+        .spawn(move || {
+            for op in rx {
+                op(&conn);
+                // Every operation ends its transactions; one that did not (a failed commit) must
+                // not hold the write lock for the next.
+                if !conn.is_autocommit()
+                    && let Err(e) = futures::executor::block_on(conn.execute("ROLLBACK", ()))
+                {
+                    tracing::warn!(error = %e, "rolling back an unfinished transaction failed");
+                }
+            }
+        })?;
+    Ok(tx)
+}
 
 /// Prepared statements a connection keeps for reuse.
 const MAX_PREPARED: usize = 64;

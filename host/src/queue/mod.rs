@@ -175,7 +175,7 @@ impl Queue {
         let sql = Arc::clone(&self.sql);
         let (created, existing) = self
             .db
-            .run(move |conn| async move {
+            .write(move |conn| async move {
                 let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
                 let existing = if created.len() < wanted {
                     query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
@@ -239,7 +239,7 @@ impl Queue {
         let sql = Arc::clone(&self.sql);
         let jobs = self
             .db
-            .run(move |conn| async move {
+            .write(move |conn| async move {
                 query_all(
                     &conn,
                     &sql.claim,
@@ -460,7 +460,7 @@ impl Queue {
         let now = now_ms();
         let changed = self
             .db
-            .run(move |conn| async move {
+            .write(move |conn| async move {
                 let statement = if cancel { &sql.cancel } else { &sql.stop };
                 let mut changed =
                     query_all(&conn, statement, (id.clone(), now), decode_job).await?;
@@ -514,7 +514,7 @@ impl Queue {
     pub async fn reclaim_stale(&self, now_ms: i64) -> Result<Vec<Reclaimed>, QueueError> {
         let reclaimed = self
             .db
-            .run(move |conn| async move {
+            .write(move |conn| async move {
                 query_all(&conn, schema::RECLAIM, [now_ms], |row| {
                     Ok(Reclaimed {
                         job_id: row.text(0)?,
