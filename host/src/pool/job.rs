@@ -4,16 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::recorder::Record;
+use super::slots::Slots;
 use super::{InFlight, Shared};
 use crate::queue::{ClaimedJob, Finish, FinishKind, Job, Lease, Lifecycle};
 use crate::registry::AgentSpec;
 use crate::sandbox::{AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox};
 use crate::store::{RunRecord, RunStatus};
 use crate::time::now_ms;
+use serde_json::json;
 
 /// A claimed job registered as in flight (so that renewals, signals and shutdown see it) and
 /// about to run.
@@ -59,17 +58,31 @@ pub(super) fn admit(shared: &Shared, claimed: ClaimedJob) -> Admitted {
     }
 }
 
-/// Runs an admitted job to its recorded outcome.
-pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, permit: OwnedSemaphorePermit) {
+/// Waits for a slot, then runs an admitted job to its recorded outcome. A job whose pool shuts
+/// down before it gets a slot is handed back untouched.
+pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, slots: Arc<Slots>) {
     let Admitted {
         job,
         lease,
         control,
     } = admitted;
-    shared.stats.run_started();
-    let started = Instant::now();
-    let (status, fuel) = execute(&shared, &job, &lease, &control).await;
-    shared.stats.run_ended(status, started.elapsed(), fuel);
+    let permit = slots.acquire(&shared.stop_claiming).await;
+    let took = match permit {
+        Some(_) => {
+            shared.stats.run_started();
+            let started = Instant::now();
+            let (status, fuel) = execute(&shared, &job, &lease, &control).await;
+            let took = started.elapsed();
+            shared.stats.run_ended(status, took, fuel);
+            took
+        }
+        None => {
+            if let Err(e) = shared.deps.queue.release(&lease).await {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot hand a job back; its lease will expire");
+            }
+            Duration::ZERO
+        }
+    };
     {
         // A later claim of the same job may have taken the entry over; it is not ours to remove.
         let mut in_flight = shared.in_flight();
@@ -77,7 +90,9 @@ pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, permit: OwnedSe
             in_flight.remove(&job.id);
         }
     }
-    drop(permit);
+    if let Some(permit) = permit {
+        slots.release(permit, took);
+    }
 }
 
 async fn execute(

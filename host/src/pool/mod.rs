@@ -7,13 +7,13 @@
 
 mod job;
 pub(crate) mod recorder;
+mod slots;
 mod stats;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,7 @@ use crate::store::RunStore;
 use crate::time::now_ms;
 
 use recorder::RecorderHandle;
+use slots::Slots;
 pub use stats::{PoolStats, StatusLabel};
 
 /// How a pool behaves.
@@ -46,6 +47,11 @@ pub struct PoolConfig {
     pub idle_poll_max: Duration,
     /// How long in-flight jobs may take to finish when the pool shuts down.
     pub shutdown_grace: Duration,
+    /// While runs are short, the pool claims jobs ahead of free slots so that a slot that
+    /// frees starts its next job at once, without a wait on the database. This is the longest
+    /// a job claimed ahead should expect to wait for its slot; the pool claims ahead only as far
+    /// as its recent run times allow, and not at all for runs longer than this. Zero: never.
+    pub prefetch_horizon: Duration,
     /// This pool's worker id (default: host name, process id and a random suffix).
     pub worker_id: Option<String>,
 }
@@ -61,6 +67,7 @@ impl Default for PoolConfig {
             signal_poll_interval: Duration::from_millis(250),
             idle_poll_max: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(30),
+            prefetch_horizon: Duration::from_millis(20),
             worker_id: None,
         }
     }
@@ -101,9 +108,9 @@ struct Shared {
     stats: Arc<PoolStats>,
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// Slots for run-to-completion jobs.
-    job_slots: Arc<Semaphore>,
-    /// Slots for long-lived agents.
-    agent_slots: Arc<Semaphore>,
+    job_slots: Arc<Slots>,
+    /// Slots for long-lived agents (never claimed ahead: they keep their slot until stopped).
+    agent_slots: Arc<Slots>,
     /// Stops claiming.
     stop_claiming: CancellationToken,
     /// Stops the background loops.
@@ -152,8 +159,8 @@ impl WorkerPool {
             Arc::clone(&stats),
         );
         let shared = Arc::new(Shared {
-            job_slots: Arc::new(Semaphore::new(config.concurrency)),
-            agent_slots: Arc::new(Semaphore::new(config.max_agents)),
+            job_slots: Slots::new(config.concurrency, config.prefetch_horizon),
+            agent_slots: Slots::new(config.max_agents, Duration::ZERO),
             deps: self.deps,
             config,
             worker_id: Arc::clone(&worker_id),
@@ -298,13 +305,13 @@ const IDLE_POLL_MIN: Duration = Duration::from_millis(5);
 /// backs off on its own when there is nothing for it.
 struct Lane {
     lifecycle: Lifecycle,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     idle: Duration,
     next_claim: Instant,
 }
 
 impl Lane {
-    fn new(lifecycle: Lifecycle, slots: &Arc<Semaphore>) -> Self {
+    fn new(lifecycle: Lifecycle, slots: &Arc<Slots>) -> Self {
         Self {
             lifecycle,
             slots: Arc::clone(slots),
@@ -313,8 +320,9 @@ impl Lane {
         }
     }
 
-    fn free(&self) -> usize {
-        self.slots.available_permits()
+    /// How many jobs this lane would take now.
+    fn room(&self) -> usize {
+        self.slots.room()
     }
 
     /// Claims again at once.
@@ -327,13 +335,6 @@ impl Lane {
     fn back_off(&mut self, now: Instant, max: Duration) {
         self.next_claim = now + self.idle;
         self.idle = (self.idle * 2).min(max);
-    }
-
-    /// Resolves when one of this lane's slots is free (immediately if one is).
-    async fn slot_freed(&self) {
-        if let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await {
-            drop(permit);
-        }
     }
 }
 
@@ -353,8 +354,8 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
         let now = Instant::now();
         let mut claimed_any = false;
         for lane in &mut lanes {
-            let free = lane.free();
-            if free == 0 || now < lane.next_claim || shared.stop_claiming.is_cancelled() {
+            let room = lane.room();
+            if room == 0 || now < lane.next_claim || shared.stop_claiming.is_cancelled() {
                 continue;
             }
             let started = Instant::now();
@@ -362,7 +363,7 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
                 .claim_lifecycle(
                     &shared.worker_id,
                     shared.config.lease_duration,
-                    free,
+                    room,
                     Some(lane.lifecycle),
                 )
                 .await
@@ -373,14 +374,18 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
                         shared.stats.record_claim(got, started.elapsed());
                         claimed_any = true;
                     }
+                    // Each job is in flight from now on (renewed, reachable by signals), and its
+                    // task waits for a slot of the lane.
+                    lane.slots.claimed(got);
                     for job in claimed {
-                        let Ok(permit) = Arc::clone(&lane.slots).acquire_owned().await else {
-                            break;
-                        };
                         let admitted = job::admit(&shared, job);
-                        jobs.spawn(job::run(Arc::clone(&shared), admitted, permit));
+                        jobs.spawn(job::run(
+                            Arc::clone(&shared),
+                            admitted,
+                            Arc::clone(&lane.slots),
+                        ));
                     }
-                    if got < free {
+                    if got < room {
                         lane.back_off(now, max_idle);
                     } else {
                         lane.wake(now);
@@ -396,11 +401,11 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
             continue;
         }
 
-        // Nothing to do now: sleep until a lane may look again, a full lane frees a slot, a job
+        // Nothing to do now: sleep until a lane may look again, a full lane makes room, a job
         // is enqueued in this process, or the pool stops.
         let next = lanes
             .iter()
-            .filter(|l| l.free() > 0)
+            .filter(|l| l.room() > 0)
             .map(|l| l.next_claim)
             .min()
             .unwrap_or(now + max_idle);
@@ -408,8 +413,8 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
         let woke_by_enqueue = tokio::select! {
             () = &mut enqueued => true,
             () = tokio::time::sleep_until(next.into()) => false,
-            () = jobs_lane.slot_freed(), if jobs_lane.free() == 0 => false,
-            () = agents_lane.slot_freed(), if agents_lane.free() == 0 => false,
+            () = jobs_lane.slots.changed(), if jobs_lane.room() == 0 => false,
+            () = agents_lane.slots.changed(), if agents_lane.room() == 0 => false,
             () = shared.stop_claiming.cancelled() => break,
         };
         if woke_by_enqueue {

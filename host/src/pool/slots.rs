@@ -1,0 +1,155 @@
+//! Run slots, and how far ahead of them a pool claims.
+//!
+//! A claim is a database round trip. Were a pool to claim only once a slot is free, every short
+//! run would be followed by a wait on the database, and the slots would sit idle while claims
+//! are on their way. So while runs are short, a pool claims ahead: up to one more batch of jobs
+//! than it has free slots, each of which starts the moment a slot frees. How far ahead depends
+//! on how long recent runs took, so that a job claimed ahead waits no longer than the pool's
+//! prefetch horizon for its slot (long runs: nothing is claimed ahead, and idle hosts can take
+//! the work instead).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Not yet known: nothing is claimed ahead before a run has ended.
+const UNKNOWN: u64 = u64::MAX;
+
+/// The slots of one lane (run-to-completion jobs, or long-lived agents).
+pub(super) struct Slots {
+    semaphore: Arc<Semaphore>,
+    capacity: usize,
+    /// Claimed jobs whose tasks wait for a slot.
+    waiting: AtomicUsize,
+    /// Mean duration of recent runs, in microseconds (an exponential moving average).
+    mean_run_us: AtomicU64,
+    /// Longest a job claimed ahead should wait for its slot; zero never claims ahead.
+    horizon: Duration,
+    /// Woken whenever there may be room for more claims.
+    changed: Notify,
+}
+
+impl Slots {
+    /// `capacity` slots, claiming ahead within `horizon`.
+    pub(super) fn new(capacity: usize, horizon: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            semaphore: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waiting: AtomicUsize::new(0),
+            mean_run_us: AtomicU64::new(UNKNOWN),
+            horizon,
+            changed: Notify::new(),
+        })
+    }
+
+    /// How many more jobs to claim now: the free slots, plus as many claimed ahead as recent run
+    /// times allow, minus the claimed jobs already waiting.
+    pub(super) fn room(&self) -> usize {
+        let free = self.semaphore.available_permits();
+        (free + self.ahead()).saturating_sub(self.waiting.load(Ordering::Acquire))
+    }
+
+    /// Jobs that may be claimed ahead of free slots.
+    fn ahead(&self) -> usize {
+        let mean = self.mean_run_us.load(Ordering::Relaxed);
+        if mean == UNKNOWN || self.horizon.is_zero() {
+            return 0;
+        }
+        // With every slot busy, the k-th job claimed ahead waits about k / capacity runs.
+        let horizon = u64::try_from(self.horizon.as_micros()).unwrap_or(u64::MAX);
+        let ahead = horizon.saturating_mul(self.capacity as u64) / mean.max(1);
+        usize::try_from(ahead).map_or(self.capacity, |a| a.min(self.capacity))
+    }
+
+    /// Counts newly claimed jobs whose tasks are about to wait for a slot.
+    pub(super) fn claimed(&self, jobs: usize) {
+        self.waiting.fetch_add(jobs, Ordering::AcqRel);
+    }
+
+    /// A slot for a claimed job: a free one at once, or the next to free up; `None` if `stop`
+    /// fires while it waits (the pool is shutting down, and the job is to be handed back
+    /// without running).
+    pub(super) async fn acquire(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        let permit = match Arc::clone(&self.semaphore).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::select! {
+                biased;
+                () = stop.cancelled() => None,
+                permit = Arc::clone(&self.semaphore).acquire_owned() => permit.ok(),
+            },
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        permit
+    }
+
+    /// Gives a slot back after a run that took `took`.
+    pub(super) fn release(&self, permit: OwnedSemaphorePermit, took: Duration) {
+        drop(permit);
+        let took = u64::try_from(took.as_micros()).unwrap_or(UNKNOWN - 1);
+        let mean = self.mean_run_us.load(Ordering::Relaxed);
+        let next = if mean == UNKNOWN {
+            took
+        } else {
+            mean - mean / 8 + took / 8
+        };
+        self.mean_run_us.store(next, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Resolves when there may be room again (a run ended, or a claimed job got its slot).
+    pub(super) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_ahead_only_as_far_as_run_times_allow() {
+        let slots = Slots::new(4, Duration::from_millis(20));
+        assert_eq!(slots.room(), 4, "nothing ahead before a run has ended");
+        let stop = CancellationToken::new();
+        slots.claimed(4);
+        assert_eq!(slots.room(), 0);
+        let mut permits = Vec::new();
+        for _ in 0..4 {
+            permits.push(slots.acquire(&stop).await.expect("permit"));
+        }
+        // Runs of 1 ms: a whole batch ahead (4 jobs wait about 1 ms each).
+        for permit in permits.drain(..) {
+            slots.release(permit, Duration::from_millis(1));
+        }
+        assert_eq!(slots.room(), 8);
+        // Runs of 40 ms: two jobs ahead would each wait 10–20 ms; more would wait longer.
+        let slots = Slots::new(4, Duration::from_millis(20));
+        slots.claimed(1);
+        let permit = slots.acquire(&stop).await.expect("permit");
+        slots.release(permit, Duration::from_millis(40));
+        assert_eq!(slots.room(), 4 + 2);
+        // Runs far longer than the horizon: nothing ahead.
+        let slots = Slots::new(4, Duration::from_millis(20));
+        slots.claimed(1);
+        let permit = slots.acquire(&stop).await.expect("permit");
+        slots.release(permit, Duration::from_secs(10));
+        assert_eq!(slots.room(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_pool_hands_waiting_jobs_back() {
+        let slots = Slots::new(1, Duration::ZERO);
+        let stop = CancellationToken::new();
+        slots.claimed(2);
+        let held = slots.acquire(&stop).await.expect("the free slot");
+        stop.cancel();
+        assert!(slots.acquire(&stop).await.is_none());
+        assert_eq!(slots.room(), 0, "one slot, held");
+        slots.release(held, Duration::from_millis(1));
+        assert_eq!(slots.room(), 1, "no horizon: never ahead");
+    }
+}
