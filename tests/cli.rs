@@ -477,6 +477,55 @@ async fn a_configured_token_is_required_on_every_route() {
     );
 }
 
+/// Producers and pools on different processes, configured through the environment alone: an
+/// API-only host takes the job, a worker-only host runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_only_host_and_a_worker_only_host_split_the_work() {
+    let setup = Setup::new();
+    let dir = setup.data.path();
+    let queue_url = format!("file:{}", dir.join("split-queue.db").display());
+    let storage_url = format!("file:{}", dir.join("split-runs.db").display());
+    let agents = setup.agents.path().display().to_string();
+    let data_dir = dir.join("split-var").display().to_string();
+    let cache_dir = drover_test_support::cache_dir().display().to_string();
+    let envs = [
+        ("DROVER_QUEUE_URL", queue_url.as_str()),
+        ("DROVER_STORAGE_URL", storage_url.as_str()),
+        ("DROVER_AGENTS_DIR", agents.as_str()),
+        ("DROVER_DATA_DIR", data_dir.as_str()),
+        ("DROVER_CACHE_DIR", cache_dir.as_str()),
+        ("DROVER_CONCURRENCY", "2"),
+    ];
+    let api = HostProcess::start(EXE, &["--api-only".into()], &envs);
+    let url = api.url.clone();
+    let (status, job) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "id": "split-1", "agentId": "echo", "input": { "n": 5 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    // Nobody runs it yet: the API host has no pool.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, view) = get(format!("{url}/v1/jobs/split-1")).await;
+    assert_eq!(view["job"]["status"], "queued", "{view}");
+
+    let worker = HostProcess::start(
+        EXE,
+        &[
+            "--worker-only".into(),
+            "--worker-id".into(),
+            "worker-1".into(),
+        ],
+        &envs,
+    );
+    let (status, done) = get(format!("{url}/v1/jobs/split-1/wait?timeoutMs=30000")).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["job"]["status"], "done", "{done}");
+    assert_eq!(done["run"]["output"], json!({ "received": 5, "ok": true }));
+    assert_eq!(done["run"]["workerId"], "worker-1");
+    drop(worker);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_gracefully_and_hands_back_long_lived_agents() {
     let setup = Setup::new();

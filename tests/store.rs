@@ -1,12 +1,17 @@
 //! The run store's rules, against a real libsql file database.
 
+use std::sync::Arc;
+
+use drover_host::db::{Db, RowExt, query_all};
 use drover_host::queue::ErrorInfo;
-use drover_host::store::{RunRecord, RunStatus, RunStore, WriteBatch};
+use drover_host::store::{EventRecord, RunRecord, RunStatus, RunStore, WriteBatch};
+use serde_json::value::RawValue;
 
 async fn store() -> (RunStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file:{}", dir.path().join("runs.db").display());
-    (RunStore::open(&url, None).await.expect("open store"), dir)
+    let db = drover_test_support::open_db(&url).await;
+    (RunStore::with_db(db).await.expect("open store"), dir)
 }
 
 fn run(id: &str, job_id: &str, status: RunStatus, error: Option<&str>) -> RunRecord {
@@ -89,5 +94,141 @@ async fn lost_leases_mark_running_and_successful_runs_but_keep_failures() {
     assert_eq!(
         status_and_tag(&store, "r-unapplied").await.0,
         RunStatus::Lost
+    );
+}
+
+fn event(run_id: &str, seq: i64, kind: &str, payload: &str) -> EventRecord {
+    EventRecord {
+        run_id: run_id.into(),
+        seq,
+        ts: 100 + seq,
+        kind: kind.into(),
+        payload: Arc::from(RawValue::from_string(payload.into()).expect("json")),
+    }
+}
+
+/// A run's start and end may arrive in separate batches; its identity never changes, its
+/// outcome is the latest written, and its heartbeat only moves forward.
+#[tokio::test]
+async fn runs_are_upserted_and_heartbeats_only_move_forward() {
+    let (store, _dir) = store().await;
+    let mut started = run("r-1", "j-1", RunStatus::Running, None);
+    started.heartbeat_at = Some(50);
+    store
+        .write(&WriteBatch {
+            runs: vec![started.clone()],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("start");
+    let mut heartbeats = std::collections::HashMap::new();
+    heartbeats.insert(Arc::<str>::from("r-1"), 40);
+    store
+        .write(&WriteBatch {
+            heartbeats,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("an older heartbeat");
+    assert_eq!(
+        store
+            .get_run("r-1")
+            .await
+            .expect("get")
+            .expect("run")
+            .heartbeat_at,
+        Some(50)
+    );
+    let mut finished = run("r-1", "other-job", RunStatus::Success, None);
+    finished.output = Some(Arc::from(
+        RawValue::from_string(r#"{"ok":true}"#.into()).expect("json"),
+    ));
+    finished.fuel_used = Some(1234);
+    store
+        .write(&WriteBatch {
+            runs: vec![finished],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("finish");
+    let got = store.get_run("r-1").await.expect("get").expect("run");
+    assert_eq!(got.status, RunStatus::Success);
+    assert_eq!(got.job_id.as_deref(), Some("j-1"), "identity is kept");
+    assert_eq!(
+        got.output.map(|o| o.get().to_string()),
+        Some(r#"{"ok":true}"#.into())
+    );
+    assert_eq!(got.fuel_used, Some(1234));
+    assert_eq!(got.heartbeat_at, Some(50));
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts.get(&RunStatus::Success), Some(&1));
+}
+
+/// Events come back in order, after a given position, at most `limit` at a time; a repeated
+/// event (a retried batch) is stored once.
+#[tokio::test]
+async fn events_are_listed_in_order_after_a_position() {
+    let (store, _dir) = store().await;
+    let events: Vec<EventRecord> = (1..=5)
+        .map(|seq| event("r-1", seq, "tick", &format!(r#"{{"n":{seq}}}"#)))
+        .chain([event("r-2", 1, "other", "null")])
+        .collect();
+    let batch = WriteBatch {
+        runs: vec![run("r-1", "j-1", RunStatus::Running, None)],
+        events,
+        ..WriteBatch::default()
+    };
+    store.write(&batch).await.expect("write");
+    store.write(&batch).await.expect("written again");
+    let all = store.events("r-1", 0, 100).await.expect("events");
+    let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(all[2].payload.get(), r#"{"n":3}"#);
+    assert_eq!(all[2].ts, 103);
+    let page = store.events("r-1", 2, 2).await.expect("page");
+    let seqs: Vec<i64> = page.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [3, 4]);
+    assert!(store.events("r-1", 5, 10).await.expect("none").is_empty());
+}
+
+/// File databases are in WAL mode, and migrations are recorded once, however often the
+/// database is opened.
+#[tokio::test]
+async fn migrations_are_applied_once_and_files_use_wal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}", dir.path().join("shared.db").display());
+    for _ in 0..3 {
+        let db = Db::open(&url, None).await.expect("open");
+        RunStore::with_db(db.clone()).await.expect("store");
+        drover_host::queue::Queue::with_db(db, Default::default())
+            .await
+            .expect("queue");
+    }
+    let db = Db::open(&url, None).await.expect("open");
+    let (mode, migrations) = db
+        .run(|conn| async move {
+            let mode = query_all(&conn, "PRAGMA journal_mode", (), |row| row.text(0)).await?;
+            let migrations = query_all(
+                &conn,
+                "SELECT component, version FROM drover_migrations ORDER BY component, version",
+                (),
+                |row| Ok((row.text(0)?, row.int(1)?)),
+            )
+            .await?;
+            Ok((mode, migrations))
+        })
+        .await
+        .expect("inspect");
+    assert_eq!(mode, ["wal"]);
+    assert_eq!(
+        migrations,
+        [("queue".to_string(), 1), ("store".to_string(), 1)]
+    );
+}
+
+#[test]
+fn every_store_test_passes_with_multi_row_statements() {
+    drover_test_support::rerun_with_multi_row_statements(
+        "every_store_test_passes_with_multi_row_statements",
     );
 }

@@ -346,11 +346,6 @@ pub enum FinishKind {
     },
     /// Handed back untouched (the worker shut down): queued again, no attempt used.
     Release,
-    /// Stopped before it ran (a stop arrived while it waited for a restart).
-    Cancel {
-        /// Why.
-        error: ErrorInfo,
-    },
 }
 
 /// A job whose lease expired, as found by [`crate::queue::Queue::reclaim_stale`].

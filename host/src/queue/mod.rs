@@ -724,7 +724,6 @@ fn finish_params(f: &Finish, params: &mut Vec<Value>) {
         FinishKind::Complete => ("complete", None, false),
         FinishKind::Fail { error, retry } => ("fail", Some(error), *retry),
         FinishKind::Release => ("release", None, false),
-        FinishKind::Cancel { error } => ("cancel", Some(error), false),
     };
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
     params.extend([

@@ -149,12 +149,11 @@ pub(crate) fn finish(rows: usize) -> String {
             lease_owner = NULL,
             lease_expires_at = NULL,
             updated_at = ?1,
-            finished_at = CASE WHEN o.next IN ('done', 'failed', 'cancelled') THEN ?1 ELSE NULL END
+            finished_at = CASE WHEN o.next IN ('done', 'failed') THEN ?1 ELSE NULL END
          FROM (SELECT j.seq, n.kind, n.run_id, n.result_status, n.tag, n.message,
                       CASE n.kind
                           WHEN 'complete' THEN 'done'
                           WHEN 'release' THEN 'queued'
-                          WHEN 'cancel' THEN 'cancelled'
                           ELSE CASE WHEN n.retry AND j.attempts + 1 < j.max_attempts
                                     THEN 'queued' ELSE 'failed' END
                       END AS next

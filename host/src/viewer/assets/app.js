@@ -230,16 +230,27 @@ async function viewRun(main, { id }) {
       <ul class="timeline" id="timeline" data-testid="timeline"></ul>
     </div>`;
 
+  // The job, for its attempts (a run shows which claim of the job it is).
+  let job = null;
+  const loadJob = async () => {
+    if (!run.jobId) return;
+    try { job = (await api(`/v1/jobs/${encodeURIComponent(run.jobId)}`)).job; } catch { job = null; }
+  };
+  const attempts = (run) => job
+    ? `${run.attempt} <span class="muted">· ${job.attempts} failed of ${job.maxAttempts} allowed</span>`
+    : `${run.attempt}`;
+
   const renderRun = (run) => {
     main.querySelector("#run-status").innerHTML = badge(run.status);
     const fact = (label, value) => `<div class="fact"><div class="label">${label}</div><div class="value">${value}</div></div>`;
     main.querySelector("#facts").innerHTML = [
       fact("Agent", esc(run.agentId)),
       fact("Job", `<span class="mono">${esc(run.jobId || "—")}</span>`),
-      fact("Attempt", run.attempt),
+      fact("Attempt", attempts(run)),
       fact("Sandbox", esc(run.sandbox || "—")),
       fact("Lifecycle", esc(run.lifecycle)),
       fact("Started", esc(stamp(run.startedAt))),
+      fact("Ended", run.endedAt ? esc(stamp(run.endedAt)) : "—"),
       fact("Duration", run.status === "running" ? `running for ${duration(run.startedAt)}` : duration(run.startedAt, run.endedAt)),
       fact("Fuel used", number(run.fuelUsed)),
       fact("Peak memory", bytes(run.peakMemory)),
@@ -291,9 +302,11 @@ async function viewRun(main, { id }) {
     }
     if (current.status === "running") {
       current = (await api(`/v1/runs/${encodeURIComponent(id)}`)).run;
+      if (current.status !== "running") await loadJob();
       renderRun(current);
     }
   };
+  await loadJob();
   renderRun(run);
   renderEvents();
   await load();
