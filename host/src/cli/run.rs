@@ -47,6 +47,10 @@ pub struct RunArgs {
     #[arg(long, env = "DROVER_RECLAIM_INTERVAL_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub reclaim_interval_ms: u64,
+    /// While runs are short, jobs are claimed ahead of free slots; this is the longest (ms) a job
+    /// claimed ahead should wait for its slot. 0: never claim ahead.
+    #[arg(long, env = "DROVER_PREFETCH_HORIZON_MS", default_value_t = 20)]
+    pub prefetch_horizon_ms: u64,
     /// How long in-flight jobs may finish at shutdown, in milliseconds.
     #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
@@ -140,6 +144,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 lease_duration: Duration::from_millis(args.lease_ms),
                 reclaim_interval: Duration::from_millis(args.reclaim_interval_ms),
                 shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+                prefetch_horizon: Duration::from_millis(args.prefetch_horizon_ms),
                 worker_id: args.worker_id.clone(),
                 ..PoolConfig::default()
             },

@@ -22,6 +22,7 @@ pub struct StatusLabel {
 #[derive(Debug)]
 pub struct PoolStats {
     claimed: Counter,
+    claims: Counter,
     runs: Family<StatusLabel, Counter>,
     in_flight: Gauge,
     events: Counter,
@@ -37,6 +38,7 @@ impl Default for PoolStats {
         let buckets = || exponential_buckets(0.000_05, 2.0, 20);
         Self {
             claimed: Counter::default(),
+            claims: Counter::default(),
             runs: Family::default(),
             in_flight: Gauge::default(),
             events: Counter::default(),
@@ -51,6 +53,7 @@ impl Default for PoolStats {
 impl PoolStats {
     pub(crate) fn record_claim(&self, jobs: usize, took: Duration) {
         self.claimed.inc_by(jobs as u64);
+        self.claims.inc();
         self.claim_seconds.observe(took.as_secs_f64());
     }
 
@@ -82,6 +85,11 @@ impl PoolStats {
     /// Jobs claimed so far.
     pub fn claimed(&self) -> u64 {
         self.claimed.get()
+    }
+
+    /// Claims that returned jobs.
+    pub fn claims(&self) -> u64 {
+        self.claims.get()
     }
 
     /// Runs currently executing.
