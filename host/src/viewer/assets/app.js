@@ -254,7 +254,7 @@ async function viewRun(main, { id }) {
       fact("Duration", run.status === "running" ? `running for ${duration(run.startedAt)}` : duration(run.startedAt, run.endedAt)),
       fact("Fuel used", number(run.fuelUsed)),
       fact("Peak memory", bytes(run.peakMemory)),
-      fact("Last heartbeat", run.heartbeatAt ? ago(run.heartbeatAt) : "—"),
+      fact("Last heartbeat", !run.heartbeatAt ? "—" : run.status === "running" ? ago(run.heartbeatAt) : esc(stamp(run.heartbeatAt))),
       fact("Parent run", run.parentRunId ? `<a href="#/runs/${encodeURIComponent(run.parentRunId)}">${esc(short(run.parentRunId))}</a>` : "—"),
       fact("Worker", `<span class="mono">${esc(run.workerId || "—")}</span>`),
     ].join("");
