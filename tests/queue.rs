@@ -31,6 +31,15 @@ async fn queue() -> TestQueue {
     .await
 }
 
+/// The lease on job `id` among `claimed`.
+fn lease_of(claimed: &[drover_host::queue::ClaimedJob], id: &str) -> drover_host::queue::Lease {
+    claimed
+        .iter()
+        .find(|c| c.job.id == id)
+        .map(|c| c.lease.clone())
+        .expect("claimed")
+}
+
 fn echo(n: i64) -> NewJob {
     NewJob::new("echo", &json!({ "n": n }))
 }
@@ -308,13 +317,7 @@ async fn recorded_runs_tells_applied_outcomes_from_lost_ones() {
         .await
         .expect("batch");
     let claimed = t.queue.claim("w", LEASE, 2).await.expect("claim");
-    let lease = |id: &str| {
-        claimed
-            .iter()
-            .find(|c| c.job.id == id)
-            .map(|c| c.lease.clone())
-            .expect("claimed")
-    };
+    let lease = |id: &str| lease_of(&claimed, id);
     assert!(
         t.queue
             .complete(&lease("mine"), "run-1", "success")
@@ -662,13 +665,7 @@ async fn finish_applies_a_mixed_batch_in_one_call() {
         .await
         .expect("batch");
     let claimed = t.queue.claim("w", LEASE, 3).await.expect("claim");
-    let lease = |id: &str| {
-        claimed
-            .iter()
-            .find(|c| c.job.id == id)
-            .map(|c| c.lease.clone())
-            .expect("claimed")
-    };
+    let lease = |id: &str| lease_of(&claimed, id);
     let changed = t
         .queue
         .finish(&[

@@ -105,39 +105,37 @@ pub(crate) const RENEW_COLUMNS: usize = 2;
 /// current; `?1` is now. The common outcome, so it has a statement of its own, far cheaper than
 /// the general [`finish`]. Returns the ids and new statuses of the jobs it changed.
 pub(crate) fn complete(rows: usize) -> String {
+    let set = |run_id: &str, result_status: &str| {
+        format!(
+            "status = 'done',
+             run_id = coalesce({run_id}, jobs.run_id),
+             result_status = coalesce({result_status}, jobs.result_status),
+             error_tag = NULL,
+             error_message = NULL,
+             lease_owner = NULL,
+             lease_expires_at = NULL,
+             updated_at = ?1,
+             finished_at = ?1"
+        )
+    };
     if rows == 1 {
         // The same for one job (an embedded database steps it once per job), as a plain update
         // by id, which SQLite runs faster than a join with a one-row VALUES list.
-        return "UPDATE jobs SET
-            status = 'done',
-            run_id = coalesce(?4, run_id),
-            result_status = coalesce(?5, result_status),
-            error_tag = NULL,
-            error_message = NULL,
-            lease_owner = NULL,
-            lease_expires_at = NULL,
-            updated_at = ?1,
-            finished_at = ?1
-         WHERE id = ?2 AND lease_epoch = ?3 AND status = 'leased'
-         RETURNING id, status"
-            .to_string();
+        return format!(
+            "UPDATE jobs SET {}
+             WHERE id = ?2 AND lease_epoch = ?3 AND status = 'leased'
+             RETURNING id, status",
+            set("?4", "?5")
+        );
     }
     format!(
         "WITH n(id, epoch, run_id, result_status) AS (VALUES {})
-         UPDATE jobs SET
-            status = 'done',
-            run_id = coalesce(n.run_id, jobs.run_id),
-            result_status = coalesce(n.result_status, jobs.result_status),
-            error_tag = NULL,
-            error_message = NULL,
-            lease_owner = NULL,
-            lease_expires_at = NULL,
-            updated_at = ?1,
-            finished_at = ?1
+         UPDATE jobs SET {}
          FROM n
          WHERE jobs.id = n.id AND jobs.lease_epoch = n.epoch AND jobs.status = 'leased'
          RETURNING jobs.id, jobs.status",
-        values_list(rows, COMPLETE_COLUMNS, 2)
+        values_list(rows, COMPLETE_COLUMNS, 2),
+        set("n.run_id", "n.result_status")
     )
 }
 
