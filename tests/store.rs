@@ -232,3 +232,117 @@ fn every_store_test_passes_with_multi_row_statements() {
         "every_store_test_passes_with_multi_row_statements",
     );
 }
+
+/// A finished job is shown with the run that decided it (even if a stale worker's run came
+/// later); one that is not finished with its latest run; the batched views agree with `get`.
+#[tokio::test]
+async fn job_views_show_the_deciding_or_the_latest_run() {
+    use drover_host::api::RunApi;
+    use drover_host::queue::{NewJob, Queue};
+    use drover_host::registry::StaticRegistry;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = Queue::with_db(
+        drover_test_support::open_db(&format!("file:{}", dir.path().join("q.db").display())).await,
+        drover_host::queue::QueueOptions {
+            backoff_base: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("queue");
+    let store = RunStore::with_db(
+        drover_test_support::open_db(&format!("file:{}", dir.path().join("r.db").display())).await,
+    )
+    .await
+    .expect("store");
+    let api = RunApi::new(
+        queue.clone(),
+        store.clone(),
+        Arc::new(StaticRegistry::new()),
+    );
+    let lease = std::time::Duration::from_secs(30);
+    let write = |runs: Vec<RunRecord>| {
+        let store = store.clone();
+        async move {
+            store
+                .write(&WriteBatch {
+                    runs,
+                    ..WriteBatch::default()
+                })
+                .await
+                .expect("write runs")
+        }
+    };
+    let new = |id: &str| {
+        NewJob::new("echo", &serde_json::json!(null))
+            .id(id)
+            .max_attempts(3)
+    };
+    queue
+        .enqueue_batch(vec![new("done"), new("retried"), new("waiting")])
+        .await
+        .expect("enqueue");
+    let claimed = queue.claim("w", lease, 2).await.expect("claim");
+    let epoch_of = |id: &str| {
+        claimed
+            .iter()
+            .find(|c| c.job.id == id)
+            .map(|c| c.lease.clone())
+            .expect("claimed")
+    };
+    // "done": decided by its first run; a stale worker's later run does not replace it.
+    write(vec![run("done-1", "done", RunStatus::Success, None)]).await;
+    assert!(
+        queue
+            .complete(&epoch_of("done"), "done-1", "success")
+            .await
+            .expect("complete")
+    );
+    let mut stale = run("done-2", "done", RunStatus::Lost, Some("LeaseLost"));
+    stale.attempt = 2;
+    write(vec![stale]).await;
+    // "retried": failed once, and runs again now.
+    write(vec![run(
+        "retried-1",
+        "retried",
+        RunStatus::Error,
+        Some("Flaky"),
+    )])
+    .await;
+    assert!(
+        queue
+            .fail(
+                &epoch_of("retried"),
+                ErrorInfo::new("Flaky", "once"),
+                true,
+                Some("retried-1"),
+            )
+            .await
+            .expect("fail")
+    );
+    let again = queue.claim("w", lease, 1).await.expect("claim again");
+    assert_eq!(again[0].job.id, "retried");
+    let mut second = run("retried-2", "retried", RunStatus::Running, None);
+    second.attempt = 2;
+    write(vec![second]).await;
+
+    let expected = [
+        ("done", Some("done-1")),
+        ("retried", Some("retried-2")),
+        ("waiting", None),
+    ];
+    let mut jobs = Vec::new();
+    for (id, run_id) in expected {
+        let view = api.get(id).await.expect("get");
+        assert_eq!(view.run.as_ref().map(|r| r.id.as_str()), run_id, "{id}");
+        jobs.push(view.job);
+    }
+    let views = api.views(jobs).await.expect("views");
+    let got: Vec<(&str, Option<&str>)> = views
+        .iter()
+        .map(|v| (v.job.id.as_str(), v.run.as_ref().map(|r| r.id.as_str())))
+        .collect();
+    assert_eq!(got, expected);
+}

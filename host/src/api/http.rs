@@ -539,8 +539,7 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
                 offset: None,
             })
             .await?;
-        for job in jobs {
-            let view = state.api.get(&job.id).await?;
+        for view in state.api.views(jobs).await? {
             instances.push(instance(view, state.stale_after));
         }
     }

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod metrics;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,18 +153,56 @@ impl RunApi {
         self.view(job).await
     }
 
-    /// A finished job shows the run that decided it; one still queued or running shows its
-    /// latest run (the one going on, or the attempt before a retry or a restart).
     async fn view(&self, job: Job) -> Result<JobView, ApiError> {
-        let deciding = match (&job.run_id, job.status.is_terminal()) {
-            (Some(run_id), true) => self.store.get_run(run_id).await?,
-            _ => None,
-        };
-        let run = match deciding {
-            Some(run) => Some(run),
-            None => self.store.latest_run_for_job(&job.id).await?,
-        };
-        Ok(JobView { job, run })
+        let mut views = self.views(vec![job]).await?;
+        views
+            .pop()
+            .ok_or_else(|| ApiError::NotFound("job view".into()))
+    }
+
+    /// The views of many jobs, in their order, with at most two reads of the run store however
+    /// many jobs there are. A finished job shows the run that decided it; one still queued or
+    /// running shows its latest run (the one going on, or the attempt before a retry or a
+    /// restart).
+    pub async fn views(&self, jobs: Vec<Job>) -> Result<Vec<JobView>, ApiError> {
+        let deciding: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.status.is_terminal())
+            .filter_map(|j| j.run_id.clone())
+            .collect();
+        let mut by_id: HashMap<String, Run> = self
+            .store
+            .runs_by_id(&deciding)
+            .await?
+            .into_iter()
+            .map(|run| (run.id.clone(), run))
+            .collect();
+        let mut views: Vec<JobView> = jobs
+            .into_iter()
+            .map(|job| {
+                let run = match (&job.run_id, job.status.is_terminal()) {
+                    (Some(run_id), true) => by_id.remove(run_id),
+                    _ => None,
+                };
+                JobView { job, run }
+            })
+            .collect();
+        let undecided: Vec<String> = views
+            .iter()
+            .filter(|v| v.run.is_none())
+            .map(|v| v.job.id.clone())
+            .collect();
+        let mut latest: HashMap<String, Run> = self
+            .store
+            .latest_runs_for_jobs(&undecided)
+            .await?
+            .into_iter()
+            .filter_map(|run| Some((run.job_id.clone()?, run)))
+            .collect();
+        for view in views.iter_mut().filter(|v| v.run.is_none()) {
+            view.run = latest.remove(&view.job.id);
+        }
+        Ok(views)
     }
 
     /// Waits until the job is done, failed or cancelled, for at most `timeout`. Woken at once

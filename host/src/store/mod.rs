@@ -358,6 +358,40 @@ impl RunStore {
         Ok(runs.pop())
     }
 
+    /// The runs with these ids (in no particular order; unknown ids are skipped).
+    pub async fn runs_by_id(&self, run_ids: &[String]) -> Result<Vec<Run>, StoreError> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = encode(run_ids)?;
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?1))");
+        Ok(self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql, [ids], decode_run).await })
+            .await?)
+    }
+
+    /// The latest run of each of these jobs (jobs without runs are skipped), as
+    /// [`RunStore::latest_run_for_job`] finds it, in one statement.
+    pub async fn latest_runs_for_jobs(&self, job_ids: &[String]) -> Result<Vec<Run>, StoreError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = encode(job_ids)?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM (
+                 SELECT *, row_number() OVER (
+                     PARTITION BY job_id ORDER BY attempt DESC, seq DESC) AS latest
+                 FROM runs WHERE job_id IN (SELECT value FROM json_each(?1)))
+             WHERE latest = 1"
+        );
+        Ok(self
+            .db
+            .run(move |conn| async move { query_all(&conn, &sql, [ids], decode_run).await })
+            .await?)
+    }
+
     /// Runs matching `filter`, newest first.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
         let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
