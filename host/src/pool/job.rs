@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use super::recorder::Record;
 use super::slots::Slots;
 use super::{InFlight, Shared};
@@ -12,7 +14,6 @@ use crate::registry::AgentSpec;
 use crate::sandbox::{AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox};
 use crate::store::{RunRecord, RunStatus};
 use crate::time::now_ms;
-use serde_json::json;
 
 /// A claimed job registered as in flight (so that renewals, signals and shutdown see it) and
 /// about to run.
