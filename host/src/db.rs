@@ -141,7 +141,7 @@ struct DbInner {
     url: String,
     database: Arc<libsql::Database>,
     /// The writer thread of an embedded database file.
-    writer: Option<Mutex<std::sync::mpsc::Sender<WriteOp>>>,
+    writer: Option<std::sync::mpsc::Sender<WriteOp>>,
     /// Idle connections, reused by later operations.
     idle: Mutex<Vec<Conn>>,
     /// In-memory databases are private to a connection, so one connection serves every caller,
@@ -195,9 +195,10 @@ impl Db {
                     .await
                     .map_err(|e| open_err(e.to_string()))?
                     .map_err(|e| open_err(e.to_string()))?;
-                Some(Mutex::new(spawn_writer(conn).map_err(|e| {
-                    open_err(format!("cannot start the writer thread: {e}"))
-                })?))
+                Some(
+                    spawn_writer(conn)
+                        .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?,
+                )
             }
             _ => None,
         };
@@ -283,11 +284,7 @@ impl Db {
             url: self.inner.url.clone(),
             message: "the database's writer thread stopped".into(),
         };
-        writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| stopped())?;
+        writer.send(job).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -479,16 +476,13 @@ impl Conn {
             .unwrap_or_else(|p| p.into_inner())
             .remove(sql);
         match cached {
-            Some(statement) => {
-                // libsql does not reset a statement between uses.
-                statement.reset();
-                Ok(statement)
-            }
+            Some(statement) => Ok(statement),
             None => Ok(self.inner.conn.prepare(sql).await?),
         }
     }
 
-    /// Returns a statement that ran to completion to the cache, for the next use of `sql`.
+    /// Returns a statement that ran to completion to the cache, for the next use of `sql`. It is
+    /// reset here (libsql does not reset a statement between uses), which also ends its read.
     pub fn keep(&self, sql: &str, statement: Statement) {
         statement.reset();
         let mut prepared = self
