@@ -103,9 +103,8 @@ impl Capture {
                 end -= 1;
             }
             let (line, tail) = rest.split_at(end);
-            let payload = serde_json::json!({ "level": level, "message": line });
-            if let Ok(raw) = serde_json::value::to_raw_value(&payload) {
-                ctx.record_event("log", Arc::from(raw)).await;
+            if let Some(payload) = log_payload(None, level, line) {
+                ctx.record_event("log", payload).await;
             }
             if tail.is_empty() {
                 break;
@@ -196,21 +195,28 @@ impl Shared {
 
     /// Records a `log` event without waiting (output streams cannot wait).
     fn emit(&self, stream: Option<&str>, message: &str, level: &str) {
-        if let Some(ctx) = &self.ctx {
-            let payload = match stream {
-                Some(stream) => serde_json::json!({
-                    "stream": stream,
-                    "level": level,
-                    "message": message,
-                }),
-                None => serde_json::json!({ "level": level, "message": message }),
-            };
-            if let Ok(raw) = serde_json::value::to_raw_value(&payload) {
-                // A recorder that is far behind drops log lines rather than stall the guest.
-                ctx.record_event_now("log", Arc::from(raw));
-            }
+        if let Some(ctx) = &self.ctx
+            && let Some(payload) = log_payload(stream, level, message)
+        {
+            // A recorder that is far behind drops log lines rather than stall the guest.
+            ctx.record_event_now("log", payload);
         }
     }
+}
+
+/// The payload of a `log` event: `{stream?, level, message}`.
+fn log_payload(
+    stream: Option<&str>,
+    level: &str,
+    message: &str,
+) -> Option<Arc<serde_json::value::RawValue>> {
+    let payload = match stream {
+        Some(stream) => serde_json::json!({ "stream": stream, "level": level, "message": message }),
+        None => serde_json::json!({ "level": level, "message": message }),
+    };
+    serde_json::value::to_raw_value(&payload)
+        .ok()
+        .map(Arc::from)
 }
 
 fn stream_name(stderr: bool) -> &'static str {
