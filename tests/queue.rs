@@ -27,6 +27,7 @@ async fn queue() -> TestQueue {
     queue_with(QueueOptions {
         backoff_base: Duration::ZERO,
         backoff_max: Duration::ZERO,
+        ..Default::default()
     })
     .await
 }
@@ -449,6 +450,7 @@ async fn retries_back_off_exponentially() {
     let t = queue_with(QueueOptions {
         backoff_base: Duration::from_secs(10),
         backoff_max: Duration::from_secs(25),
+        ..Default::default()
     })
     .await;
     t.queue

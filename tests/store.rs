@@ -248,6 +248,7 @@ async fn job_views_show_the_deciding_or_the_latest_run() {
         drover_host::queue::QueueOptions {
             backoff_base: Duration::ZERO,
             backoff_max: Duration::ZERO,
+            ..Default::default()
         },
     )
     .await

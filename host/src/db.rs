@@ -60,6 +60,111 @@ pub enum DbError {
         /// What went wrong.
         message: String,
     },
+    /// An operation panicked on the database's writer thread (a bug); the thread carries on
+    /// with the next operation.
+    #[error("a database operation panicked: {0}")]
+    Panicked(String),
+    /// The database's writer is too far behind to take more work now; try again shortly.
+    #[error("the database is overloaded: {pending} writes are waiting")]
+    Overloaded {
+        /// Writes waiting for the writer.
+        pending: usize,
+    },
+    /// The database's writer thread is gone; nothing more can be written.
+    #[error("the database's writer thread stopped")]
+    WriterStopped,
+}
+
+/// What a failed database operation says about trying it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A passing condition (a held lock, a full disk, an I/O error, an unreachable server): the
+    /// same operation can succeed later.
+    Transient,
+    /// The operation itself is at fault (a constraint, a value too big, a bug): trying it again
+    /// unchanged would fail the same way.
+    Permanent,
+}
+
+/// SQLite's primary result codes of passing conditions.
+const TRANSIENT_CODES: &[i32] = &[
+    5,  // SQLITE_BUSY
+    6,  // SQLITE_LOCKED
+    7,  // SQLITE_NOMEM
+    9,  // SQLITE_INTERRUPT
+    10, // SQLITE_IOERR
+    13, // SQLITE_FULL
+    14, // SQLITE_CANTOPEN
+    15, // SQLITE_PROTOCOL
+];
+
+/// Error names a remote server puts in its messages for conditions that pass.
+const TRANSIENT_NAMES: &[&str] = &[
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_NOMEM",
+    "SQLITE_INTERRUPT",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PROTOCOL",
+    "STREAM_EXPIRED",
+];
+
+impl DbError {
+    /// Whether trying the operation again could succeed.
+    pub fn retry(&self) -> Retry {
+        match self {
+            DbError::Open { .. } | DbError::Overloaded { .. } | DbError::WriterStopped => {
+                Retry::Transient
+            }
+            DbError::Sql(e) => classify_libsql(e),
+            DbError::InvalidUrl { .. }
+            | DbError::Decode(_)
+            | DbError::Migration { .. }
+            | DbError::Panicked(_) => Retry::Permanent,
+        }
+    }
+
+    /// Whether trying the operation again could succeed (see [`DbError::retry`]).
+    pub fn is_transient(&self) -> bool {
+        self.retry() == Retry::Transient
+    }
+}
+
+fn classify_libsql(error: &libsql::Error) -> Retry {
+    let code = |code: i32| {
+        if TRANSIENT_CODES.contains(&(code & 0xff)) {
+            Retry::Transient
+        } else {
+            Retry::Permanent
+        }
+    };
+    match error {
+        libsql::Error::SqliteFailure(c, _) => code(*c),
+        libsql::Error::RemoteSqliteFailure(c, extended, _) => {
+            if code(*c) == Retry::Transient || code(*extended) == Retry::Transient {
+                Retry::Transient
+            } else {
+                Retry::Permanent
+            }
+        }
+        // Connection and protocol errors of a remote server: the network, a restart, an
+        // expired stream, a 5xx. A statement the server refused names its SQLite error.
+        libsql::Error::ConnectionFailed(_)
+        | libsql::Error::Hrana(_)
+        | libsql::Error::WriteDelegation(_)
+        | libsql::Error::Replication(_)
+        | libsql::Error::Sync(_) => {
+            let message = error.to_string();
+            if message.contains("SQLITE_") && !TRANSIENT_NAMES.iter().any(|n| message.contains(n)) {
+                Retry::Permanent
+            } else {
+                Retry::Transient
+            }
+        }
+        _ => Retry::Permanent,
+    }
 }
 
 /// Where a database lives.
@@ -140,8 +245,10 @@ struct DbInner {
     location: DbLocation,
     url: String,
     database: Arc<libsql::Database>,
-    /// The writer thread of an embedded database file.
-    writer: Option<std::sync::mpsc::Sender<WriteOp>>,
+    /// The writer thread of an embedded database file, and its queue.
+    writer: Option<tokio::sync::mpsc::Sender<WriteOp>>,
+    /// Bounds the connections (and blocking-pool threads) that reads hold at once.
+    readers: tokio::sync::Semaphore,
     /// Idle connections, reused by later operations.
     idle: Mutex<Vec<Conn>>,
     /// In-memory databases are private to a connection, so one connection serves every caller,
@@ -209,6 +316,7 @@ impl Db {
                 url: url.to_string(),
                 database,
                 writer,
+                readers: tokio::sync::Semaphore::new(MAX_READERS),
                 idle: Mutex::new(Vec::new()),
                 shared,
             }),
@@ -250,6 +358,12 @@ impl Db {
         Fut: Future<Output = Result<T, DbError>> + Send,
         T: Send + 'static,
     {
+        let _permit = self
+            .inner
+            .readers
+            .acquire()
+            .await
+            .map_err(|_| DbError::WriterStopped)?;
         if self.inner.location.is_remote() {
             let conn = self.inner.checkout()?;
             let result = op(conn.clone()).await;
@@ -266,8 +380,29 @@ impl Db {
     }
 
     /// Runs `op`, which writes, with the database's writer connection (see [`Db`]); elsewhere
-    /// as [`Db::run`] does.
+    /// as [`Db::run`] does. Waits while the writer's queue is full.
     pub async fn write<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        self.write_with(op, false).await
+    }
+
+    /// Like [`Db::write`], but fails at once with [`DbError::Overloaded`] instead of waiting
+    /// when the writer is behind: for work from outside (an enqueue over HTTP) that is better
+    /// refused than left to pile up in memory.
+    pub async fn write_or_shed<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        self.write_with(op, true).await
+    }
+
+    async fn write_with<T, F, Fut>(&self, op: F, shed: bool) -> Result<T, DbError>
     where
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DbError>> + Send,
@@ -278,14 +413,45 @@ impl Db {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: WriteOp = Box::new(move |conn| {
-            let _ = tx.send(futures::executor::block_on(op(conn.clone())));
+            // A panic is a bug in the operation; it fails that operation alone, and the
+            // writer goes on with the next one.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                futures::executor::block_on(op(conn.clone()))
+            }))
+            .unwrap_or_else(|panic| Err(DbError::Panicked(panic_message(panic.as_ref()))));
+            let _ = tx.send(result);
         });
-        let stopped = || DbError::Open {
-            url: self.inner.url.clone(),
-            message: "the database's writer thread stopped".into(),
-        };
-        writer.send(job).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        if shed {
+            writer.try_send(job).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => DbError::Overloaded {
+                    pending: writer.max_capacity(),
+                },
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => DbError::WriterStopped,
+            })?;
+        } else {
+            writer.send(job).await.map_err(|_| DbError::WriterStopped)?;
+        }
+        rx.await.map_err(|_| DbError::WriterStopped)?
+    }
+
+    /// Writes one row to a table of its own, proving that the database takes writes now (its
+    /// writer is alive, its lock can be had, its disk has room). For readiness checks.
+    pub async fn probe_write(&self) -> Result<(), DbError> {
+        self.write(|conn| async move {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS drover_health (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
+                (),
+            )
+            .await?;
+            conn.execute(
+                "INSERT INTO drover_health (id, at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                [crate::time::now_ms()],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Applies statements to many rows each, in order, returning the rows each statement
@@ -419,17 +585,28 @@ fn file_connection(database: &libsql::Database) -> Result<Conn, DbError> {
     Ok(Conn::new(conn))
 }
 
+/// Writes that may wait for the writer thread at once; past this, [`Db::write`] waits and
+/// [`Db::write_or_shed`] refuses.
+const WRITER_QUEUE: usize = 1024;
+
+/// Reads that may hold a connection at once (more wait for one to free up).
+const MAX_READERS: usize = 16;
+
 /// Starts the writer thread of a database file: it runs the operations sent to it, one at a
 /// time, with `conn`, until the database is dropped.
-fn spawn_writer(conn: Conn) -> std::io::Result<std::sync::mpsc::Sender<WriteOp>> {
-    let (tx, rx) = std::sync::mpsc::channel::<WriteOp>();
+fn spawn_writer(conn: Conn) -> std::io::Result<tokio::sync::mpsc::Sender<WriteOp>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteOp>(WRITER_QUEUE);
     std::thread::Builder::new()
         .name("drover-db-writer".into())
         .spawn(move || {
-            for op in rx {
-                op(&conn);
-                // Every operation ends its transactions; one that did not (a failed commit) must
-                // not hold the write lock for the next.
+            while let Some(op) = rx.blocking_recv() {
+                // Operations catch their own panics (see `Db::write_with`); this is the last
+                // line of defence, so that the thread outlives any of them.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&conn))).is_err() {
+                    tracing::error!("a database write panicked");
+                }
+                // Every operation ends its transactions; one that did not (a failed commit, a
+                // panic) must not hold the write lock for the next.
                 if !conn.is_autocommit()
                     && let Err(e) = futures::executor::block_on(conn.execute("ROLLBACK", ()))
                 {
@@ -438,6 +615,15 @@ fn spawn_writer(conn: Conn) -> std::io::Result<std::sync::mpsc::Sender<WriteOp>>
             }
         })?;
     Ok(tx)
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// Prepared statements a connection keeps for reuse.

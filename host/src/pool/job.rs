@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use super::recorder::Record;
 use super::slots::Slots;
@@ -23,8 +24,9 @@ pub(super) struct Admitted {
     control: Arc<Control>,
 }
 
-/// Registers a claimed job as in flight, before its task starts.
-pub(super) fn admit(shared: &Shared, claimed: ClaimedJob) -> Admitted {
+/// Registers a claimed job as in flight, before its task starts. `claim_sent` is when the claim
+/// left for the database: the lease runs from no earlier than that.
+pub(super) fn admit(shared: &Shared, claimed: ClaimedJob, claim_sent: Instant) -> Admitted {
     let ClaimedJob { job, lease } = claimed;
     let control = Control::new();
     // Requests that arrived while the job waited (e.g. before a restart) apply at once.
@@ -40,6 +42,8 @@ pub(super) fn admit(shared: &Shared, claimed: ClaimedJob) -> Admitted {
             lease: lease.clone(),
             control: Arc::clone(&control),
             lifecycle: job.lifecycle,
+            renewed: claim_sent,
+            finished: false,
         },
     );
     // This pool claimed the job again after losing an earlier lease on it (it expired and was
@@ -68,31 +72,43 @@ pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, slots: Arc<Slot
         control,
     } = admitted;
     let permit = slots.acquire(&shared.stop_claiming).await;
-    let took = match permit {
+    let (took, durable) = match permit {
         Some(_) => {
             shared.stats.run_started();
             let started = Instant::now();
-            let (status, fuel) = execute(&shared, &job, &lease, &control).await;
+            let (status, fuel, durable) = execute(&shared, &job, &lease, &control).await;
             let took = started.elapsed();
             shared.stats.run_ended(status, took, fuel);
-            took
+            (took, Some(durable))
         }
         None => {
             if let Err(e) = shared.deps.queue.release(&lease).await {
                 tracing::warn!(job_id = %job.id, error = %e, "cannot hand a job back; its lease will expire");
             }
-            Duration::ZERO
+            (Duration::ZERO, None)
         }
     };
+    // The slot is free as soon as the run is over; the job itself stays in flight, its lease
+    // renewed, until its outcome is durable.
+    if let Some(permit) = permit {
+        slots.release(permit, took);
+    }
+    if let Some(durable) = durable {
+        if let Some(job) = shared.in_flight().get_mut(&job.id)
+            && job.lease == lease
+        {
+            job.finished = true;
+        }
+        // An error means the recorder gave up at shutdown: the lease expires, and the job is
+        // reclaimed.
+        let _ = durable.await;
+    }
     {
         // A later claim of the same job may have taken the entry over; it is not ours to remove.
         let mut in_flight = shared.in_flight();
         if in_flight.get(&job.id).is_some_and(|j| j.lease == lease) {
             in_flight.remove(&job.id);
         }
-    }
-    if let Some(permit) = permit {
-        slots.release(permit, took);
     }
 }
 
@@ -101,7 +117,7 @@ async fn execute(
     job: &Job,
     lease: &Lease,
     control: &Arc<Control>,
-) -> (RunStatus, Option<u64>) {
+) -> (RunStatus, Option<u64>, oneshot::Receiver<()>) {
     let run_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let spec = shared.deps.registry.get(&job.agent_id);
     let sandbox: Option<Arc<dyn Sandbox>> = spec
@@ -223,8 +239,16 @@ async fn execute(
     });
     let status = run.status;
     let fuel = outcome.fuel_used;
-    shared.recorder.send(Record::Finished { run, finish }).await;
-    (status, fuel)
+    let (durable, durable_rx) = oneshot::channel();
+    shared
+        .recorder
+        .send(Record::Finished {
+            run,
+            finish,
+            durable,
+        })
+        .await;
+    (status, fuel, durable_rx)
 }
 
 /// Validates the input, then runs the agent until it returns or the run is aborted (a cancel, a

@@ -97,6 +97,11 @@ struct InFlight {
     lease: Lease,
     control: Arc<Control>,
     lifecycle: Lifecycle,
+    /// When the last renewal the database confirmed was sent (at first: the claim). The lease
+    /// holds until at least this plus the lease duration, by this host's monotonic clock.
+    renewed: Instant,
+    /// The run is over; its outcome is on its way to the database.
+    finished: bool,
 }
 
 /// State shared by the pool's tasks.
@@ -115,11 +120,18 @@ struct Shared {
     stop_claiming: CancellationToken,
     /// Stops the background loops.
     stop_loops: CancellationToken,
+    /// Tells the recorder to stop retrying writes (the shutdown grace period is over).
+    give_up_writes: CancellationToken,
 }
 
 impl Shared {
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ids of the jobs in flight.
+    fn running_ids(&self) -> Vec<String> {
+        self.in_flight().keys().cloned().collect()
     }
 
     fn apply(&self, signal: &Signal) {
@@ -153,10 +165,12 @@ impl WorkerPool {
             .unwrap_or_else(default_worker_id)
             .into();
         let stats = Arc::new(PoolStats::default());
+        let give_up_writes = CancellationToken::new();
         let (recorder, recorder_task) = recorder::spawn(
             self.deps.queue.clone(),
             self.deps.store.clone(),
             Arc::clone(&stats),
+            give_up_writes.clone(),
         );
         let shared = Arc::new(Shared {
             job_slots: Slots::new(config.concurrency, config.prefetch_horizon),
@@ -169,11 +183,13 @@ impl WorkerPool {
             in_flight: Mutex::new(HashMap::new()),
             stop_claiming: CancellationToken::new(),
             stop_loops: CancellationToken::new(),
+            give_up_writes,
         });
         let jobs = TaskTracker::new();
         let claimer = tokio::spawn(claim_loop(Arc::clone(&shared), jobs.clone()));
         let loops = vec![
             tokio::spawn(heartbeat_loop(Arc::clone(&shared))),
+            tokio::spawn(fence_loop(Arc::clone(&shared))),
             tokio::spawn(signal_loop(Arc::clone(&shared))),
             tokio::spawn(reclaim_loop(Arc::clone(&shared))),
         ];
@@ -272,12 +288,24 @@ impl PoolHandle {
             for control in remaining {
                 control.abort(AbortReason::Shutdown);
             }
-            self.jobs.wait().await;
+            // Outcomes that still cannot be written are abandoned: their leases expire and the
+            // jobs are reclaimed.
+            if tokio::time::timeout(shared.config.shutdown_grace, self.jobs.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("outcomes are still not written; abandoning them");
+                shared.give_up_writes.cancel();
+                self.jobs.wait().await;
+            }
         }
+        // Jobs this pool claimed but never started (a claim abandoned above) go back unused.
+        release_orphans(shared, Duration::ZERO).await;
         shared.stop_loops.cancel();
         for task in self.loops {
             let _ = task.await;
         }
+        shared.give_up_writes.cancel();
         shared.recorder.flush().await;
         drop(self.shared);
         self.recorder_task.abort();
@@ -353,18 +381,33 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
 
         let now = Instant::now();
         let mut claimed_any = false;
+        // While outcomes cannot be written, new work would only add to what is at risk.
+        let writes_failing = shared.recorder.failing();
         for lane in &mut lanes {
             let room = lane.room();
-            if room == 0 || now < lane.next_claim || shared.stop_claiming.is_cancelled() {
+            if room == 0
+                || now < lane.next_claim
+                || writes_failing
+                || shared.stop_claiming.is_cancelled()
+            {
                 continue;
             }
+            // Only jobs of the agents this host has: the others are left for hosts that have
+            // them (a rolling deploy, a fleet of different hosts, an agent being replaced).
+            let specs = shared.deps.registry.list();
+            let agents: Vec<&str> = specs
+                .iter()
+                .filter(|s| s.lifecycle == lane.lifecycle)
+                .map(|s| s.id.as_str())
+                .collect();
             let started = Instant::now();
             match queue
-                .claim_lifecycle(
+                .claim_for(
                     &shared.worker_id,
                     shared.config.lease_duration,
                     room,
                     Some(lane.lifecycle),
+                    Some(&agents),
                 )
                 .await
             {
@@ -378,7 +421,7 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
                     // task waits for a slot of the lane.
                     lane.slots.claimed(got);
                     for job in claimed {
-                        let admitted = job::admit(&shared, job);
+                        let admitted = job::admit(&shared, job, started);
                         jobs.spawn(job::run(
                             Arc::clone(&shared),
                             admitted,
@@ -392,6 +435,8 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
                     }
                 }
                 Err(e) => {
+                    // The claim may have applied without its answer arriving (a remote
+                    // database): whatever it leased is handed back by the reclaim loop, unused.
                     tracing::warn!(error = %e, "claiming jobs failed; retrying");
                     lane.next_claim = now + max_idle;
                 }
@@ -403,12 +448,16 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
 
         // Nothing to do now: sleep until a lane may look again, a full lane makes room, a job
         // is enqueued in this process, or the pool stops.
-        let next = lanes
-            .iter()
-            .filter(|l| l.room() > 0)
-            .map(|l| l.next_claim)
-            .min()
-            .unwrap_or(now + max_idle);
+        let next = if writes_failing {
+            now + IDLE_POLL_MIN * 20
+        } else {
+            lanes
+                .iter()
+                .filter(|l| l.room() > 0)
+                .map(|l| l.next_claim)
+                .min()
+                .unwrap_or(now + max_idle)
+        };
         let [jobs_lane, agents_lane] = &lanes;
         let woke_by_enqueue = tokio::select! {
             () = &mut enqueued => true,
@@ -446,6 +495,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         if leases.is_empty() {
             continue;
         }
+        let sent = Instant::now();
         match shared
             .deps
             .queue
@@ -453,17 +503,56 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             .await
         {
             Ok(held) => {
-                let in_flight = shared.in_flight();
-                for lease in leases.iter().filter(|l| !held.contains(&l.job_id)) {
-                    if let Some(job) = in_flight.get(&lease.job_id)
-                        && job.lease == *lease
-                    {
+                let mut in_flight = shared.in_flight();
+                for lease in &leases {
+                    let Some(job) = in_flight.get_mut(&lease.job_id) else {
+                        continue;
+                    };
+                    if job.lease != *lease {
+                        continue;
+                    }
+                    if held.contains(&lease.job_id) {
+                        job.renewed = job.renewed.max(sent);
+                    } else if !job.finished {
                         tracing::warn!(job_id = %lease.job_id, "lease lost; aborting the run");
                         job.control.abort(AbortReason::LeaseLost);
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
+        }
+    }
+}
+
+/// Stops every run whose lease may have expired: no renewal confirmed for the lease duration
+/// less a margin, by this host's monotonic clock. A host cut off from the database (or paused)
+/// cannot know whether another host has taken its jobs over; past that point it must assume
+/// so, or two copies of a job would run at once.
+async fn fence_loop(shared: Arc<Shared>) {
+    let lease = shared.config.lease_duration;
+    let margin = lease / 5;
+    let period = (lease / 10).clamp(MIN_LOOP_PERIOD, Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.stop_loops.cancelled() => break,
+        }
+        let now = Instant::now();
+        for (job_id, job) in shared.in_flight().iter() {
+            if job.finished || job.control.aborted().is_some() {
+                continue;
+            }
+            if now.saturating_duration_since(job.renewed) + margin >= lease {
+                tracing::warn!(
+                    %job_id,
+                    unconfirmed_ms = now.saturating_duration_since(job.renewed).as_millis() as u64,
+                    "no lease renewal confirmed in time; stopping the run, as another host may own the job now"
+                );
+                shared.stats.record_fenced();
+                job.control.abort(AbortReason::LeaseLost);
+            }
         }
     }
 }
@@ -503,7 +592,17 @@ async fn reclaim_loop(shared: Arc<Shared>) {
             _ = ticker.tick() => {}
             () = shared.stop_loops.cancelled() => break,
         }
-        let reclaimed = match shared.deps.queue.reclaim_stale(now_ms()).await {
+        // Jobs this host leased but is not running (a claim whose answer was lost) go back
+        // unused; expired leases of other hosts are recovered. Its own running jobs are never
+        // reclaimed here, however late their renewals are (a paused host fences itself).
+        release_orphans(&shared, shared.config.lease_duration / 2).await;
+        let running = shared.running_ids();
+        let reclaimed = match shared
+            .deps
+            .queue
+            .reclaim_expired(&shared.worker_id, &running)
+            .await
+        {
             Ok(reclaimed) => reclaimed,
             Err(e) => {
                 tracing::warn!(error = %e, "reclaiming expired leases failed");
@@ -530,5 +629,24 @@ async fn reclaim_loop(shared: Arc<Shared>) {
         {
             tracing::warn!(error = %e, "marking lost runs failed");
         }
+    }
+}
+
+/// Hands back the jobs leased to this pool that it is not running and that were claimed at
+/// least `min_age` ago, without using an attempt.
+async fn release_orphans(shared: &Shared, min_age: Duration) {
+    let running = shared.running_ids();
+    match shared
+        .deps
+        .queue
+        .release_orphans(&shared.worker_id, &running, min_age)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            jobs = n,
+            "handed back jobs this host claimed but never started"
+        ),
+        Err(e) => tracing::warn!(error = %e, "handing back unstarted jobs failed"),
     }
 }

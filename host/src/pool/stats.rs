@@ -30,6 +30,11 @@ pub struct PoolStats {
     claim_seconds: Histogram,
     finish_seconds: Histogram,
     run_seconds: Histogram,
+    write_failures: Counter,
+    records_rejected: Counter,
+    outcomes_lost: Counter,
+    outcomes_pending: Gauge,
+    fenced: Counter,
 }
 
 impl Default for PoolStats {
@@ -46,6 +51,11 @@ impl Default for PoolStats {
             claim_seconds: Histogram::new(buckets()),
             finish_seconds: Histogram::new(buckets()),
             run_seconds: Histogram::new(buckets()),
+            write_failures: Counter::default(),
+            records_rejected: Counter::default(),
+            outcomes_lost: Counter::default(),
+            outcomes_pending: Gauge::default(),
+            fenced: Counter::default(),
         }
     }
 }
@@ -80,6 +90,41 @@ impl PoolStats {
 
     pub(crate) fn record_finish_latency(&self, took: Duration) {
         self.finish_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_write_failure(&self) {
+        self.write_failures.inc();
+    }
+
+    pub(crate) fn record_rejected(&self) {
+        self.records_rejected.inc();
+    }
+
+    pub(crate) fn record_lost_outcomes(&self, n: usize) {
+        self.outcomes_lost.inc_by(n as u64);
+    }
+
+    pub(crate) fn outcomes_pending(&self, delta: i64) {
+        self.outcomes_pending.inc_by(delta);
+    }
+
+    pub(crate) fn record_fenced(&self) {
+        self.fenced.inc();
+    }
+
+    /// Failed attempts at writing runs, events or outcomes (each is retried, or isolated).
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.get()
+    }
+
+    /// Records the database refused outright (each replaced by a short error, or dropped).
+    pub fn records_rejected(&self) -> u64 {
+        self.records_rejected.get()
+    }
+
+    /// Runs stopped because their lease may have expired without a confirmed renewal.
+    pub fn fenced(&self) -> u64 {
+        self.fenced.get()
     }
 
     /// Jobs claimed so far.
@@ -147,6 +192,31 @@ impl PoolStats {
             "drover_run_seconds",
             "Run durations",
             self.run_seconds.clone(),
+        );
+        registry.register(
+            "drover_record_write_failures",
+            "Failed attempts at writing runs, events or job outcomes (each retried or isolated)",
+            self.write_failures.clone(),
+        );
+        registry.register(
+            "drover_records_rejected",
+            "Records the database refused outright, replaced by a short error or dropped",
+            self.records_rejected.clone(),
+        );
+        registry.register(
+            "drover_outcomes_lost",
+            "Finished runs whose lease was lost before their outcome was recorded",
+            self.outcomes_lost.clone(),
+        );
+        registry.register(
+            "drover_outcomes_pending",
+            "Finished runs whose outcome is not yet durable",
+            self.outcomes_pending.clone(),
+        );
+        registry.register(
+            "drover_runs_fenced",
+            "Runs stopped because their lease may have expired without a confirmed renewal",
+            self.fenced.clone(),
         );
     }
 }

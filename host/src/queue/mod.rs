@@ -53,6 +53,14 @@ pub struct QueueOptions {
     pub backoff_base: Duration,
     /// Upper bound on the retry delay.
     pub backoff_max: Duration,
+    /// A long-lived agent whose host died is restarted after the retry delay of its number of
+    /// restarts in a row that each followed a life shorter than this; a longer life starts the
+    /// count again.
+    pub stable_life: Duration,
+    /// Most restarts in a row after short lives before a long-lived agent is failed for good
+    /// (an agent that takes its host down with it must not crash-loop the fleet), whatever its
+    /// own `maxRestarts`.
+    pub max_restart_streak: u32,
 }
 
 impl Default for QueueOptions {
@@ -60,6 +68,8 @@ impl Default for QueueOptions {
         Self {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            stable_life: Duration::from_secs(600),
+            max_restart_streak: 10,
         }
     }
 }
@@ -82,6 +92,8 @@ pub struct Queue {
 struct Statements {
     insert: String,
     claim: String,
+    reclaim: String,
+    release_orphans: String,
     cancel: String,
     stop: String,
     select_by_ids: String,
@@ -108,6 +120,8 @@ impl Queue {
         let sql = Statements {
             insert: schema::insert_jobs(),
             claim: schema::claim(),
+            reclaim: schema::reclaim(),
+            release_orphans: schema::release_orphans(),
             cancel: schema::cancel(),
             stop: schema::stop(),
             select_by_ids: format!(
@@ -163,7 +177,7 @@ impl Queue {
                 input: job.input.get(),
                 meta: job.meta.as_deref().map(RawValue::get),
                 priority: job.priority,
-                scheduled_for: job.scheduled_for.unwrap_or(now),
+                scheduled_for: job.scheduled_for,
                 max_attempts: job.max_attempts.unwrap_or(1),
                 long_lived: job.lifecycle == Lifecycle::LongLived,
                 max_restarts: job.max_restarts,
@@ -175,7 +189,7 @@ impl Queue {
         let sql = Arc::clone(&self.sql);
         let (created, existing) = self
             .db
-            .write(move |conn| async move {
+            .write_or_shed(move |conn| async move {
                 let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
                 let existing = if created.len() < wanted {
                     query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
@@ -228,12 +242,30 @@ impl Queue {
         max: usize,
         lifecycle: Option<Lifecycle>,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
+        self.claim_for(worker_id, lease, max, lifecycle, None).await
+    }
+
+    /// Like [`Queue::claim_lifecycle`], restricted to the jobs of the agents in `agents` (none:
+    /// any agent): a host claims only jobs it can run, and leaves the others to hosts that have
+    /// their agents.
+    pub async fn claim_for(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        max: usize,
+        lifecycle: Option<Lifecycle>,
+        agents: Option<&[&str]>,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let long_lived = lifecycle.map(|l| i64::from(l == Lifecycle::LongLived));
-        let now = now_ms();
-        let expires = now.saturating_add(duration_ms(lease));
+        let agents = match agents {
+            Some([]) => return Ok(Vec::new()),
+            Some(agents) => Value::Text(to_json(agents)?),
+            None => Value::Null,
+        };
+        let lease = duration_ms(lease);
         let worker = worker_id.to_string();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let sql = Arc::clone(&self.sql);
@@ -243,7 +275,13 @@ impl Queue {
                 query_all(
                     &conn,
                     &sql.claim,
-                    (worker, expires, now, max, long_lived),
+                    libsql::params::Params::Positional(vec![
+                        Value::Text(worker),
+                        Value::Integer(lease),
+                        Value::Integer(max),
+                        long_lived.map_or(Value::Null, Value::Integer),
+                        agents,
+                    ]),
                     decode_job,
                 )
                 .await
@@ -288,8 +326,6 @@ impl Queue {
         leases: &[Lease],
         duration: Duration,
     ) -> Result<HashSet<String>, QueueError> {
-        let now = now_ms();
-        let expires = now.saturating_add(duration_ms(duration));
         let mut values = Vec::with_capacity(leases.len() * schema::RENEW_COLUMNS);
         for lease in leases {
             values.push(Value::Text(lease.job_id.clone()));
@@ -299,7 +335,7 @@ impl Queue {
             .db
             .bulk(vec![Bulk {
                 sql: schema::renew,
-                fixed: vec![Value::Integer(expires), Value::Integer(now)],
+                fixed: vec![Value::Integer(duration_ms(duration))],
                 cols: schema::RENEW_COLUMNS,
                 values,
             }])
@@ -509,13 +545,49 @@ impl Queue {
             .await?)
     }
 
-    /// Recovers the leases that expired before `now_ms`: each job goes back to the queue (using
-    /// up an attempt, except for long-lived agents) or fails with `LeaseExpired`.
+    /// Recovers the leases that expired before `now_ms` (by the database's clock: a time in
+    /// the future recovers live leases too): each job goes back to the queue (using up an
+    /// attempt, except for long-lived agents) or fails with `LeaseExpired`.
     pub async fn reclaim_stale(&self, now_ms: i64) -> Result<Vec<Reclaimed>, QueueError> {
+        self.reclaim(Value::Integer(now_ms), Value::Null, Vec::new())
+            .await
+    }
+
+    /// Recovers the leases that have expired by the database's clock, except those that worker
+    /// `worker_id` holds on the jobs in `running` (it is running them, and fences itself).
+    pub async fn reclaim_expired(
+        &self,
+        worker_id: &str,
+        running: &[String],
+    ) -> Result<Vec<Reclaimed>, QueueError> {
+        self.reclaim(
+            Value::Null,
+            Value::Text(worker_id.to_string()),
+            running.to_vec(),
+        )
+        .await
+    }
+
+    async fn reclaim(
+        &self,
+        before: Value,
+        worker: Value,
+        running: Vec<String>,
+    ) -> Result<Vec<Reclaimed>, QueueError> {
+        let params = vec![
+            before,
+            worker,
+            Value::Text(to_json(&running)?),
+            Value::Integer(duration_ms(self.options.backoff_base)),
+            Value::Integer(duration_ms(self.options.backoff_max)),
+            Value::Integer(duration_ms(self.options.stable_life)),
+            Value::Integer(i64::from(self.options.max_restart_streak)),
+        ];
+        let sql = Arc::clone(&self.sql);
         let reclaimed = self
             .db
             .write(move |conn| async move {
-                query_all(&conn, schema::RECLAIM, [now_ms], |row| {
+                query_all(&conn, &sql.reclaim, params, |row| {
                     Ok(Reclaimed {
                         job_id: row.text(0)?,
                         epoch: row.int(1)?,
@@ -535,6 +607,33 @@ impl Queue {
             self.hub.notify_enqueued();
         }
         Ok(reclaimed)
+    }
+
+    /// Hands back, without using an attempt, the jobs leased to `worker_id` that it is not
+    /// running (not in `running`) and that it claimed or renewed at least `min_age` ago: jobs
+    /// from a claim whose answer never arrived, or that was abandoned. Returns how many.
+    pub async fn release_orphans(
+        &self,
+        worker_id: &str,
+        running: &[String],
+        min_age: Duration,
+    ) -> Result<usize, QueueError> {
+        let params = vec![
+            Value::Text(worker_id.to_string()),
+            Value::Text(to_json(running)?),
+            Value::Integer(duration_ms(min_age)),
+        ];
+        let sql = Arc::clone(&self.sql);
+        let released = self
+            .db
+            .write(move |conn| async move {
+                query_all(&conn, &sql.release_orphans, params, |row| row.text(0)).await
+            })
+            .await?;
+        if !released.is_empty() {
+            self.hub.notify_enqueued();
+        }
+        Ok(released.len())
     }
 
     /// One job by id.
@@ -702,7 +801,8 @@ struct InsertRow<'a> {
     input: &'a str,
     meta: Option<&'a str>,
     priority: i64,
-    scheduled_for: i64,
+    /// None: now, by the database's clock.
+    scheduled_for: Option<i64>,
     max_attempts: i64,
     long_lived: bool,
     max_restarts: Option<i64>,

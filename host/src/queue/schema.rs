@@ -8,11 +8,18 @@
 
 use crate::db::{Migration, values_list};
 
+/// The database's clock, in Unix epoch milliseconds. Lease deadlines, due times and reclaims
+/// are computed with it, never with a host's own clock: hosts sharing a database then agree on
+/// time even when their clocks do not (a clock stepped on one host expires nobody's lease).
+/// SQLite evaluates it once per statement.
+pub(crate) const DB_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
 /// The queue's schema, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "jobs",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "jobs",
+        sql: r#"
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -49,7 +56,18 @@ CREATE INDEX IF NOT EXISTS jobs_signals ON jobs (lease_owner)
     WHERE status = 'leased' AND (cancel_requested = 1 OR stop_requested = 1);
 CREATE INDEX IF NOT EXISTS jobs_agent ON jobs (agent_id, seq);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "restart streaks",
+        sql: r#"
+-- When the current lease was taken, and how many times in a row a long-lived agent was
+-- restarted after a short life: the restart backoff and the default restart cap.
+ALTER TABLE jobs ADD COLUMN claimed_at INTEGER;
+ALTER TABLE jobs ADD COLUMN crash_streak INTEGER NOT NULL DEFAULT 0;
+"#,
+    },
+];
 
 /// The columns of a job, in the order [`super::decode_job`] reads them.
 pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
@@ -63,7 +81,7 @@ pub(crate) fn insert_jobs() -> String {
         "INSERT INTO jobs (id, agent_id, input, meta, priority, status, scheduled_for, created_at,
                            updated_at, max_attempts, long_lived, max_restarts)
          SELECT value->>'id', value->>'agentId', value->>'input', value->>'meta',
-                value->>'priority', 'queued', value->>'scheduledFor', ?2, ?2,
+                value->>'priority', 'queued', coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
                 value->>'maxAttempts', value->>'longLived', value->>'maxRestarts'
          FROM json_each(?1) WHERE true
          ON CONFLICT (id) DO NOTHING
@@ -71,30 +89,34 @@ pub(crate) fn insert_jobs() -> String {
     )
 }
 
-/// Leases up to `?4` due jobs to worker `?1` until `?2`; `?3` is now; `?5` restricts the claim
-/// to long-lived (1) or run-to-completion (0) agents' jobs, or takes both (null).
+/// Leases up to `?3` due jobs to worker `?1` for `?2` ms. `?4` restricts the claim to
+/// long-lived (1) or run-to-completion (0) agents' jobs, or takes both (null); `?5` (a JSON
+/// array, or null for any) to the agents this host has, so that a host never takes a job it
+/// cannot run (a rolling deploy, a fleet whose hosts have different agents).
 pub(crate) fn claim() -> String {
     format!(
         "UPDATE jobs SET status = 'leased', lease_owner = ?1, lease_epoch = lease_epoch + 1,
-                         lease_expires_at = ?2, updated_at = ?3
+                         lease_expires_at = {DB_NOW} + ?2, updated_at = {DB_NOW},
+                         claimed_at = {DB_NOW}
          WHERE seq IN (SELECT seq FROM jobs
-                       WHERE status = 'queued' AND scheduled_for <= ?3
-                         AND (?5 IS NULL OR long_lived = ?5)
-                       ORDER BY priority DESC, seq LIMIT ?4)
+                       WHERE status = 'queued' AND scheduled_for <= {DB_NOW}
+                         AND (?4 IS NULL OR long_lived = ?4)
+                         AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5)))
+                       ORDER BY priority DESC, seq LIMIT ?3)
          RETURNING {JOB_COLUMNS}"
     )
 }
 
-/// Extends `rows` leases to `?1`; `?2` is now; then `(id, epoch)` pairs from `?3`. Returns the
-/// ids whose lease is still held.
+/// Extends `rows` leases to `?1` ms from now (by the database's clock); then `(id, epoch)`
+/// pairs from `?2`. Returns the ids whose lease is still held.
 pub(crate) fn renew(rows: usize) -> String {
     format!(
         "WITH l(id, epoch) AS (VALUES {})
-         UPDATE jobs SET lease_expires_at = ?1, updated_at = ?2
+         UPDATE jobs SET lease_expires_at = {DB_NOW} + ?1, updated_at = {DB_NOW}
          FROM l
          WHERE jobs.id = l.id AND jobs.lease_epoch = l.epoch AND jobs.status = 'leased'
          RETURNING jobs.id",
-        values_list(rows, RENEW_COLUMNS, 3)
+        values_list(rows, RENEW_COLUMNS, 2)
     )
 }
 
@@ -144,7 +166,8 @@ pub(crate) const COMPLETE_COLUMNS: usize = 4;
 
 /// Applies `rows` outcomes `(id, epoch, kind, run_id, result_status, tag, message, retry)`,
 /// from `?4`, to the jobs whose lease is still current. `?1` is now, `?2` the backoff base (ms),
-/// `?3` the backoff cap (ms). Returns the ids and new statuses of the jobs it changed.
+/// `?3` the backoff cap (ms); due times follow the database's clock. A job whose cancel was
+/// requested is not retried. Returns the ids and new statuses of the jobs it changed.
 pub(crate) fn finish(rows: usize) -> String {
     format!(
         "WITH n(id, epoch, kind, run_id, result_status, tag, message, retry) AS (VALUES {})
@@ -152,8 +175,8 @@ pub(crate) fn finish(rows: usize) -> String {
             status = o.next,
             attempts = jobs.attempts + (o.kind = 'fail'),
             scheduled_for = CASE
-                WHEN o.kind = 'release' THEN ?1
-                WHEN o.next = 'queued' THEN ?1 + min(?2 << min(jobs.attempts, 30), ?3)
+                WHEN o.kind = 'release' THEN {DB_NOW}
+                WHEN o.next = 'queued' THEN {DB_NOW} + min(?2 << min(jobs.attempts, 30), ?3)
                 ELSE jobs.scheduled_for END,
             run_id = coalesce(o.run_id, jobs.run_id),
             result_status = coalesce(o.result_status, jobs.result_status),
@@ -170,6 +193,7 @@ pub(crate) fn finish(rows: usize) -> String {
                           WHEN 'complete' THEN 'done'
                           WHEN 'release' THEN 'queued'
                           ELSE CASE WHEN n.retry AND j.attempts + 1 < j.max_attempts
+                                         AND j.cancel_requested = 0
                                     THEN 'queued' ELSE 'failed' END
                       END AS next
                FROM n JOIN jobs AS j ON j.id = n.id AND j.lease_epoch = n.epoch
@@ -217,15 +241,25 @@ pub(crate) fn stop() -> String {
     )
 }
 
-/// Recovers every lease that expired before `?1`. A job goes back to the queue with an attempt
-/// used up, or fails with `LeaseExpired` once none are left. A long-lived agent's job is restarted
-/// without using an attempt (a host's death is not the agent's failure), up to `max_restarts`.
-/// Cancel and stop requests made while the host was gone are honoured.
-pub(crate) const RECLAIM: &str = "
-    UPDATE jobs SET
+/// Recovers every lease that expired before `?1` (null: now, by the database's clock), except
+/// the leases of worker `?2` on the jobs of `?3` (a JSON array): those it is still running, and
+/// fences itself. A job goes back to the queue after a backoff (`?4` ms, doubling per attempt
+/// used, at most `?5` ms) with an attempt used up, or fails with `LeaseExpired` once none are
+/// left. A long-lived agent's job is restarted without using an attempt (a host's death is not
+/// the agent's failure), after the same backoff per restart in a row that followed a life
+/// shorter than `?6` ms; it fails once `max_restarts` are used up or after more than `?7` such
+/// restarts in a row (an agent that keeps taking its host down with it). Cancel and stop
+/// requests made while the host was gone are honoured.
+pub(crate) fn reclaim() -> String {
+    format!(
+        "UPDATE jobs SET
         status = r.next,
         attempts = jobs.attempts + (1 - jobs.long_lived),
         restarts = jobs.restarts + jobs.long_lived,
+        crash_streak = r.streak,
+        scheduled_for = CASE WHEN r.next = 'queued'
+                             THEN {DB_NOW} + min(?4 << min(r.backoff, 30), ?5)
+                             ELSE jobs.scheduled_for END,
         error_tag = CASE r.next WHEN 'queued' THEN jobs.error_tag
                                 WHEN 'cancelled' THEN 'Stopped'
                                 ELSE r.tag END,
@@ -235,25 +269,53 @@ pub(crate) const RECLAIM: &str = "
         result_status = CASE WHEN r.next = 'queued' THEN jobs.result_status ELSE 'lost' END,
         lease_owner = NULL,
         lease_expires_at = NULL,
-        updated_at = ?1,
-        finished_at = CASE WHEN r.next = 'queued' THEN NULL ELSE ?1 END
-    FROM (SELECT seq,
+        updated_at = {DB_NOW},
+        finished_at = CASE WHEN r.next = 'queued' THEN NULL ELSE {DB_NOW} END
+    FROM (SELECT seq, streak,
+                 CASE WHEN long_lived = 1 THEN streak - 1 ELSE attempts END AS backoff,
                  CASE
                      WHEN cancel_requested = 1 THEN 'failed'
                      WHEN stop_requested = 1 THEN 'cancelled'
                      WHEN long_lived = 1 THEN
-                         CASE WHEN max_restarts IS NULL OR restarts < max_restarts
+                         CASE WHEN (max_restarts IS NULL OR restarts < max_restarts)
+                                   AND streak <= ?7
                               THEN 'queued' ELSE 'failed' END
                      WHEN attempts + 1 < max_attempts THEN 'queued'
                      ELSE 'failed'
                  END AS next,
                  CASE WHEN cancel_requested = 1 THEN 'Cancelled' ELSE 'LeaseExpired' END AS tag,
                  CASE WHEN cancel_requested = 1 THEN 'cancelled; its worker stopped responding'
+                      WHEN long_lived = 1 AND streak > ?7
+                          THEN 'its host stopped responding after every one of ' || (streak - 1)
+                               || ' restarts in a row; it is not restarted again'
                       WHEN long_lived = 1 THEN 'its host stopped responding and no restarts are left'
                       ELSE 'its worker stopped responding and no attempts are left' END AS message
-          FROM jobs WHERE status = 'leased' AND lease_expires_at < ?1) AS r
+          FROM (SELECT seq, long_lived, attempts, max_attempts, restarts, max_restarts,
+                       cancel_requested, stop_requested,
+                       CASE WHEN claimed_at IS NOT NULL AND {DB_NOW} - claimed_at >= ?6
+                            THEN 1 ELSE crash_streak + 1 END AS streak
+                FROM jobs
+                WHERE status = 'leased' AND lease_expires_at < coalesce(?1, {DB_NOW})
+                  AND NOT (lease_owner IS ?2
+                           AND id IN (SELECT value FROM json_each(coalesce(?3, '[]')))))) AS r
     WHERE jobs.seq = r.seq
-    RETURNING jobs.id, jobs.lease_epoch, jobs.status";
+    RETURNING jobs.id, jobs.lease_epoch, jobs.status"
+    )
+}
+
+/// Hands back, unused, the jobs leased to worker `?1` that are not among `?2` (a JSON array:
+/// the jobs it runs) and were claimed or renewed more than `?3` ms ago: a claim whose answer
+/// was lost, or one abandoned at shutdown. They were never started, so no attempt is used.
+pub(crate) fn release_orphans() -> String {
+    format!(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                         updated_at = {DB_NOW}
+         WHERE status = 'leased' AND lease_owner = ?1
+           AND id NOT IN (SELECT value FROM json_each(?2))
+           AND updated_at <= {DB_NOW} - ?3
+         RETURNING id"
+    )
+}
 
 /// The jobs among `?1` (a JSON array of `[job id, run id]` pairs) whose recorded run is the
 /// paired one.

@@ -121,6 +121,7 @@ impl TestDb {
             QueueOptions {
                 backoff_base: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(5),
+                ..QueueOptions::default()
             },
         )
         .await
