@@ -84,6 +84,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/agents/{id}/events", get(agent_events))
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -160,6 +161,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 pub struct HttpError {
     status: StatusCode,
     error: ErrorInfo,
+    /// Seconds after which the client may try again (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -168,13 +171,38 @@ impl HttpError {
         Self {
             status,
             error: ErrorInfo::new(tag, message),
+            retry_after: None,
+        }
+    }
+
+    /// `503 Service Unavailable` with a `Retry-After`: the host cannot take this now (its
+    /// database is locked, full, unreachable or too far behind), but may shortly.
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", message)
         }
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// The database error behind an API error, if that is what it is.
+fn db_error(error: &ApiError) -> Option<&crate::db::DbError> {
+    match error {
+        ApiError::Queue(crate::queue::QueueError::Db(e))
+        | ApiError::Store(crate::store::StoreError::Db(e)) => Some(e),
+        _ => None,
     }
 }
 
@@ -189,7 +217,15 @@ impl From<ApiError> for HttpError {
             ApiError::BadRequest(error) => HttpError {
                 status: StatusCode::BAD_REQUEST,
                 error,
+                retry_after: None,
             },
+            other if db_error(&other).is_some_and(|e| e.is_transient()) => {
+                tracing::warn!(error = %other, "request refused for now");
+                HttpError::unavailable(
+                    "the host cannot take this request now (its database is busy or unreachable); \
+                     try again shortly",
+                )
+            }
             ApiError::WaitTimeout(view) => HttpError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "Timeout",
@@ -609,6 +645,30 @@ async fn stats(State(state): State<HttpState>) -> HttpResult {
 
 async fn healthz() -> HttpResult {
     ok(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+/// Ready only if both databases take a write now (each writer alive, its lock available, its
+/// disk not full), within a couple of seconds.
+async fn readyz(State(state): State<HttpState>) -> HttpResult {
+    const PROBE: Duration = Duration::from_secs(2);
+    let probe = |db: crate::db::Db, what: &'static str| async move {
+        match tokio::time::timeout(PROBE, db.probe_write()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: the {what} does not take writes");
+                Err(format!("the {what} does not take writes"))
+            }
+            Err(_) => Err(format!("the {what} did not take a write within {PROBE:?}")),
+        }
+    };
+    let (queue, store) = tokio::join!(
+        probe(state.api.queue().db().clone(), "queue database"),
+        probe(state.api.store().db().clone(), "run store")
+    );
+    match queue.and(store) {
+        Ok(()) => ok(StatusCode::OK, json!({ "status": "ready" })),
+        Err(problem) => Err(HttpError::unavailable(problem)),
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> HttpResult {
