@@ -212,6 +212,8 @@ async fn scheduled_jobs_wait_until_due() {
         .enqueue(echo(1).id("soon").scheduled_for(now_ms() + 150))
         .await
         .expect("enqueue");
+    let later = t.queue.get("later").await.expect("get").expect("job");
+    assert_eq!(later.status, JobStatus::Scheduled, "not due: kept apart");
     assert!(
         t.queue
             .claim("w", LEASE, 10)
@@ -225,6 +227,11 @@ async fn scheduled_jobs_wait_until_due() {
     let claimed = t.queue.claim("w", LEASE, 10).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].job.id, "soon");
+    let later = t.queue.get("later").await.expect("get").expect("job");
+    assert_eq!(later.status, JobStatus::Scheduled);
+    // A scheduled job can be cancelled like a queued one.
+    let cancelled = t.queue.cancel("later").await.expect("cancel").expect("job");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
 }
 
 #[tokio::test]
@@ -467,6 +474,7 @@ async fn retries_back_off_exponentially() {
             .await
             .expect("fail");
         let job = t.queue.get("j").await.expect("get").expect("job");
+        assert_eq!(job.status, JobStatus::Scheduled, "a retry waits apart");
         delays.push((job.scheduled_for - before + 500) / 1000);
     }
     assert_eq!(delays, [10, 20, 25]);

@@ -222,7 +222,12 @@ async fn migrations_are_applied_once_and_files_use_wal() {
     assert_eq!(mode, ["wal"]);
     assert_eq!(
         migrations,
-        [("queue".to_string(), 1), ("store".to_string(), 1)]
+        [
+            ("queue".to_string(), 1),
+            ("queue".to_string(), 2),
+            ("queue".to_string(), 3),
+            ("store".to_string(), 1)
+        ]
     );
 }
 

@@ -525,7 +525,7 @@ struct AgentInstance {
 fn instance(view: JobView, stale_after: Duration) -> AgentInstance {
     let JobView { job, run } = view;
     let phase = match job.status {
-        JobStatus::Queued => "Pending",
+        JobStatus::Scheduled | JobStatus::Queued => "Pending",
         JobStatus::Leased if job.stop_requested => "Stopping",
         JobStatus::Leased => "Running",
         JobStatus::Done => "Completed",

@@ -11,7 +11,10 @@ use serde_json::value::RawValue;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
-    /// Waiting to be claimed (possibly scheduled for later).
+    /// Waiting for its time: scheduled for later, or a retry backing off. It becomes `queued`
+    /// when due. Claims never look at these, however many there are.
+    Scheduled,
+    /// Due, and waiting to be claimed.
     Queued,
     /// Claimed by a worker that holds its lease.
     Leased,
@@ -25,7 +28,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in life order.
-    pub const ALL: [JobStatus; 5] = [
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Scheduled,
         JobStatus::Queued,
         JobStatus::Leased,
         JobStatus::Done,
@@ -36,6 +40,7 @@ impl JobStatus {
     /// The name stored in the database and used in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobStatus::Scheduled => "scheduled",
             JobStatus::Queued => "queued",
             JobStatus::Leased => "leased",
             JobStatus::Done => "done",
@@ -68,7 +73,8 @@ impl FromStr for JobStatus {
             .find(|status| status.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown job status {s:?} (expected queued, leased, done, failed or cancelled)"
+                    "unknown job status {s:?} (expected scheduled, queued, leased, done, failed or \
+                     cancelled)"
                 )
             })
     }

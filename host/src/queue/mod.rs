@@ -92,6 +92,8 @@ pub struct Queue {
 struct Statements {
     insert: String,
     claim: String,
+    claim_lane: String,
+    promote: String,
     reclaim: String,
     release_orphans: String,
     cancel: String,
@@ -119,7 +121,9 @@ impl Queue {
         db.migrate("queue", schema::MIGRATIONS).await?;
         let sql = Statements {
             insert: schema::insert_jobs(),
-            claim: schema::claim(),
+            claim: schema::claim(false),
+            claim_lane: schema::claim(true),
+            promote: schema::promote(),
             reclaim: schema::reclaim(),
             release_orphans: schema::release_orphans(),
             cancel: schema::cancel(),
@@ -272,9 +276,19 @@ impl Queue {
         let jobs = self
             .db
             .write(move |conn| async move {
+                // Scheduled jobs that are due join the queue first (an index probe when none
+                // are).
+                let promote = conn.prepare_cached(&sql.promote).await?;
+                promote.execute(()).await?;
+                conn.keep(&sql.promote, promote);
+                let claim = if long_lived.is_some() {
+                    &sql.claim_lane
+                } else {
+                    &sql.claim
+                };
                 query_all(
                     &conn,
-                    &sql.claim,
+                    claim,
                     libsql::params::Params::Positional(vec![
                         Value::Text(worker),
                         Value::Integer(lease),
@@ -836,4 +850,148 @@ fn finish_params(f: &Finish, params: &mut Vec<Value>) {
         text(error.map(|e| e.message.as_str())),
         Value::Integer(i64::from(retry)),
     ]);
+}
+
+#[cfg(test)]
+mod query_plans {
+    //! The hot statements must find their rows through an index, never by scanning the jobs
+    //! table: a million jobs scheduled for tomorrow, or finished long ago, must cost a claim
+    //! nothing. (The plans are SQLite's, on an embedded database; a remote server runs the
+    //! same engine.)
+
+    use super::*;
+
+    /// SQLite's plan for `sql`, one line per step.
+    async fn plan(queue: &Queue, sql: String, params: Vec<Value>) -> Vec<String> {
+        queue
+            .db
+            .run(move |conn| async move {
+                query_all(&conn, &format!("EXPLAIN QUERY PLAN {sql}"), params, |row| {
+                    row.text(3)
+                })
+                .await
+            })
+            .await
+            .expect("plan")
+    }
+
+    fn assert_no_scan_of_jobs(what: &str, plan: &[String]) {
+        assert!(
+            !plan.iter().any(|step| {
+                let table = step.strip_prefix("SCAN ").and_then(|s| s.split(' ').next());
+                // Reading the claim-order indexes is the point: they hold only due jobs, and a
+                // claim stops after its batch.
+                let claim_order = step.ends_with("USING INDEX jobs_ready")
+                    || step.ends_with("USING INDEX jobs_lane");
+                matches!(table, Some("jobs" | "j")) && !claim_order
+            }),
+            "{what} scans the jobs table: {plan:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hot_statements_use_indexes() {
+        let queue = Queue::open(":memory:", None).await.expect("queue");
+        let text = |s: &str| Value::Text(s.to_string());
+        let none = || Value::Null;
+        let claim = plan(
+            &queue,
+            schema::claim(true),
+            vec![
+                text("w"),
+                Value::Integer(1000),
+                Value::Integer(64),
+                Value::Integer(0),
+                text("[\"echo\"]"),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("a lane's claim", &claim);
+        assert!(
+            claim.iter().any(|step| step.contains("jobs_lane")),
+            "a lane's claim reads its own index range: {claim:#?}"
+        );
+        let any = plan(
+            &queue,
+            schema::claim(false),
+            vec![
+                text("w"),
+                Value::Integer(1000),
+                Value::Integer(64),
+                none(),
+                none(),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("a claim", &any);
+        let promote = plan(&queue, schema::promote(), Vec::new()).await;
+        assert_no_scan_of_jobs("promoting due jobs", &promote);
+        assert!(
+            promote.iter().any(|step| step.contains("jobs_due")),
+            "{promote:#?}"
+        );
+        let reclaim = plan(
+            &queue,
+            schema::reclaim(),
+            vec![
+                none(),
+                text("w"),
+                text("[]"),
+                Value::Integer(1),
+                Value::Integer(2),
+                Value::Integer(3),
+                Value::Integer(4),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("reclaiming", &reclaim);
+        let orphans = plan(
+            &queue,
+            schema::release_orphans(),
+            vec![text("w"), text("[]"), Value::Integer(0)],
+        )
+        .await;
+        assert_no_scan_of_jobs("releasing orphans", &orphans);
+        let renew = plan(
+            &queue,
+            schema::renew(2),
+            vec![
+                Value::Integer(1000),
+                text("a"),
+                Value::Integer(1),
+                text("b"),
+                Value::Integer(1),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("renewing", &renew);
+        let complete = plan(
+            &queue,
+            schema::complete(1),
+            vec![
+                Value::Integer(0),
+                text("a"),
+                Value::Integer(1),
+                none(),
+                none(),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("completing one job", &complete);
+        let mut finish_params = vec![Value::Integer(0), Value::Integer(1), Value::Integer(2)];
+        finish_params.extend([
+            text("a"),
+            Value::Integer(1),
+            text("fail"),
+            none(),
+            none(),
+            text("T"),
+            text("m"),
+            Value::Integer(1),
+        ]);
+        let finish = plan(&queue, schema::finish(1), finish_params).await;
+        assert_no_scan_of_jobs("finishing", &finish);
+        let signals = plan(&queue, schema::SIGNALS.to_string(), vec![text("w")]).await;
+        assert_no_scan_of_jobs("polling signals", &signals);
+    }
 }

@@ -67,6 +67,22 @@ ALTER TABLE jobs ADD COLUMN claimed_at INTEGER;
 ALTER TABLE jobs ADD COLUMN crash_streak INTEGER NOT NULL DEFAULT 0;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "scheduled jobs apart",
+        sql: r#"
+-- Jobs not yet due wait as 'scheduled', in an index of their own by due time, so that claims
+-- (which read only 'queued' jobs) never scan past them; they are promoted when due.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (scheduled_for) WHERE status = 'scheduled';
+-- Each lane of a pool (jobs, long-lived agents) claims in priority order from its own range.
+CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (long_lived, priority DESC, seq) WHERE status = 'queued';
+-- The leases one host holds (its orphans are looked for there).
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (lease_owner) WHERE status = 'leased';
+UPDATE jobs SET status = 'scheduled'
+    WHERE status = 'queued'
+      AND scheduled_for > CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER);
+"#,
+    },
 ];
 
 /// The columns of a job, in the order [`super::decode_job`] reads them.
@@ -81,7 +97,9 @@ pub(crate) fn insert_jobs() -> String {
         "INSERT INTO jobs (id, agent_id, input, meta, priority, status, scheduled_for, created_at,
                            updated_at, max_attempts, long_lived, max_restarts)
          SELECT value->>'id', value->>'agentId', value->>'input', value->>'meta',
-                value->>'priority', 'queued', coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
+                value->>'priority',
+                CASE WHEN value->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
+                coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
                 value->>'maxAttempts', value->>'longLived', value->>'maxRestarts'
          FROM json_each(?1) WHERE true
          ON CONFLICT (id) DO NOTHING
@@ -89,21 +107,35 @@ pub(crate) fn insert_jobs() -> String {
     )
 }
 
-/// Leases up to `?3` due jobs to worker `?1` for `?2` ms. `?4` restricts the claim to
-/// long-lived (1) or run-to-completion (0) agents' jobs, or takes both (null); `?5` (a JSON
+/// Leases up to `?3` due (`queued`) jobs to worker `?1` for `?2` ms. With a `lane`, `?4`
+/// restricts the claim to long-lived (1) or run-to-completion (0) agents' jobs (without, it is
+/// null); `?5` (a JSON
 /// array, or null for any) to the agents this host has, so that a host never takes a job it
 /// cannot run (a rolling deploy, a fleet whose hosts have different agents).
-pub(crate) fn claim() -> String {
+pub(crate) fn claim(lane: bool) -> String {
+    // With a lane, the lane's own index range is read in claim order; without, every due job.
+    let lane = if lane {
+        "AND long_lived = ?4"
+    } else {
+        "AND ?4 IS NULL"
+    };
     format!(
         "UPDATE jobs SET status = 'leased', lease_owner = ?1, lease_epoch = lease_epoch + 1,
                          lease_expires_at = {DB_NOW} + ?2, updated_at = {DB_NOW},
                          claimed_at = {DB_NOW}
          WHERE seq IN (SELECT seq FROM jobs
-                       WHERE status = 'queued' AND scheduled_for <= {DB_NOW}
-                         AND (?4 IS NULL OR long_lived = ?4)
+                       WHERE status = 'queued' {lane}
                          AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5)))
                        ORDER BY priority DESC, seq LIMIT ?3)
          RETURNING {JOB_COLUMNS}"
+    )
+}
+
+/// Makes the scheduled jobs that are due claimable.
+pub(crate) fn promote() -> String {
+    format!(
+        "UPDATE jobs SET status = 'queued', updated_at = {DB_NOW}
+         WHERE status = 'scheduled' AND scheduled_for <= {DB_NOW}"
     )
 }
 
@@ -172,12 +204,10 @@ pub(crate) fn finish(rows: usize) -> String {
     format!(
         "WITH n(id, epoch, kind, run_id, result_status, tag, message, retry) AS (VALUES {})
          UPDATE jobs SET
-            status = o.next,
+            status = CASE WHEN o.next = 'queued' AND o.delay > 0 THEN 'scheduled' ELSE o.next END,
             attempts = jobs.attempts + (o.kind = 'fail'),
-            scheduled_for = CASE
-                WHEN o.kind = 'release' THEN {DB_NOW}
-                WHEN o.next = 'queued' THEN {DB_NOW} + min(?2 << min(jobs.attempts, 30), ?3)
-                ELSE jobs.scheduled_for END,
+            scheduled_for = CASE WHEN o.next = 'queued' THEN {DB_NOW} + o.delay
+                                 ELSE jobs.scheduled_for END,
             run_id = coalesce(o.run_id, jobs.run_id),
             result_status = coalesce(o.result_status, jobs.result_status),
             error_tag = CASE WHEN o.kind = 'complete' THEN NULL
@@ -195,7 +225,9 @@ pub(crate) fn finish(rows: usize) -> String {
                           ELSE CASE WHEN n.retry AND j.attempts + 1 < j.max_attempts
                                          AND j.cancel_requested = 0
                                     THEN 'queued' ELSE 'failed' END
-                      END AS next
+                      END AS next,
+                      CASE WHEN n.kind = 'fail' THEN min(?2 << min(j.attempts, 30), ?3)
+                           ELSE 0 END AS delay
                FROM n JOIN jobs AS j ON j.id = n.id AND j.lease_epoch = n.epoch
                WHERE j.status = 'leased') AS o
          WHERE jobs.seq = o.seq
@@ -212,14 +244,15 @@ pub(crate) const FINISH_COLUMNS: usize = 8;
 pub(crate) fn cancel() -> String {
     format!(
         "UPDATE jobs SET
-            status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+            status = CASE WHEN status IN ('queued', 'scheduled') THEN 'cancelled' ELSE status END,
             cancel_requested = CASE WHEN status = 'leased' THEN 1 ELSE cancel_requested END,
-            error_tag = CASE WHEN status = 'queued' THEN 'Cancelled' ELSE error_tag END,
-            error_message = CASE WHEN status = 'queued' THEN 'cancelled before it started'
-                                 ELSE error_message END,
-            finished_at = CASE WHEN status = 'queued' THEN ?2 ELSE finished_at END,
+            error_tag = CASE WHEN status IN ('queued', 'scheduled') THEN 'Cancelled'
+                             ELSE error_tag END,
+            error_message = CASE WHEN status IN ('queued', 'scheduled')
+                                 THEN 'cancelled before it started' ELSE error_message END,
+            finished_at = CASE WHEN status IN ('queued', 'scheduled') THEN ?2 ELSE finished_at END,
             updated_at = ?2
-         WHERE id = ?1 AND status IN ('queued', 'leased')
+         WHERE id = ?1 AND status IN ('scheduled', 'queued', 'leased')
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -229,14 +262,15 @@ pub(crate) fn cancel() -> String {
 pub(crate) fn stop() -> String {
     format!(
         "UPDATE jobs SET
-            status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+            status = CASE WHEN status IN ('queued', 'scheduled') THEN 'cancelled' ELSE status END,
             stop_requested = CASE WHEN status = 'leased' THEN 1 ELSE stop_requested END,
-            error_tag = CASE WHEN status = 'queued' THEN 'Stopped' ELSE error_tag END,
-            error_message = CASE WHEN status = 'queued' THEN 'stopped before it started'
-                                 ELSE error_message END,
-            finished_at = CASE WHEN status = 'queued' THEN ?2 ELSE finished_at END,
+            error_tag = CASE WHEN status IN ('queued', 'scheduled') THEN 'Stopped'
+                             ELSE error_tag END,
+            error_message = CASE WHEN status IN ('queued', 'scheduled')
+                                 THEN 'stopped before it started' ELSE error_message END,
+            finished_at = CASE WHEN status IN ('queued', 'scheduled') THEN ?2 ELSE finished_at END,
             updated_at = ?2
-         WHERE id = ?1 AND status IN ('queued', 'leased')
+         WHERE id = ?1 AND status IN ('scheduled', 'queued', 'leased')
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -253,7 +287,8 @@ pub(crate) fn stop() -> String {
 pub(crate) fn reclaim() -> String {
     format!(
         "UPDATE jobs SET
-        status = r.next,
+        status = CASE WHEN r.next = 'queued' AND min(?4 << min(r.backoff, 30), ?5) > 0
+                      THEN 'scheduled' ELSE r.next END,
         attempts = jobs.attempts + (1 - jobs.long_lived),
         restarts = jobs.restarts + jobs.long_lived,
         crash_streak = r.streak,
@@ -332,4 +367,5 @@ pub(crate) const SIGNALS: &str = "
 pub(crate) const COUNTS: &str = "SELECT status, count(*) FROM jobs GROUP BY status";
 
 /// The earliest time a queued job becomes due.
-pub(crate) const NEXT_DUE: &str = "SELECT min(scheduled_for) FROM jobs WHERE status = 'queued'";
+pub(crate) const NEXT_DUE: &str =
+    "SELECT min(scheduled_for) FROM jobs WHERE status IN ('queued', 'scheduled')";
