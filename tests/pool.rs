@@ -913,3 +913,33 @@ fn every_pool_test_passes_with_multi_row_statements() {
         "every_pool_test_passes_with_multi_row_statements",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_hands_its_jobs_back_without_using_an_attempt() {
+    let env = Env::new(StaticRegistry::new().with(echo())).await;
+    let job = env
+        .api
+        .enqueue(NewJob::new("echo", &json!({ "n": 1 })).max_attempts(1))
+        .await
+        .expect("enqueue")
+        .job;
+    // The claim applied in the database, under this pool's worker id, but its answer never
+    // reached the pool (a dropped connection to a remote server): the job is leased to the
+    // pool, which does not know it.
+    let claimed = env
+        .queue
+        .claim("forgetful", Duration::from_millis(600), 1)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let pool = env.pool(PoolConfig {
+        worker_id: Some("forgetful".into()),
+        lease_duration: Duration::from_millis(600),
+        ..fast()
+    });
+    let done = env.api.wait_for(&job.id, WAIT).await.expect("wait");
+    assert_eq!(done.job.status, JobStatus::Done, "{:?}", done.job);
+    assert_eq!(done.job.attempts, 0, "the lost claim used no attempt");
+    assert_eq!(done.job.lease_epoch, 2, "claimed again, and run");
+    pool.shutdown().await;
+}

@@ -785,3 +785,57 @@ fn every_queue_test_passes_with_multi_row_statements() {
         "every_queue_test_passes_with_multi_row_statements",
     );
 }
+
+#[tokio::test]
+async fn a_long_lived_agent_that_keeps_dying_young_backs_off_and_is_failed_after_a_streak() {
+    let t = queue_with(QueueOptions {
+        backoff_base: Duration::from_millis(1000),
+        backoff_max: Duration::from_secs(60),
+        max_restart_streak: 3,
+        ..Default::default()
+    })
+    .await;
+    t.queue
+        .enqueue(echo(1).id("agent").lifecycle(Lifecycle::LongLived))
+        .await
+        .expect("enqueue");
+    let mut delays = Vec::new();
+    for restart in 1..=4 {
+        let job = t.queue.get("agent").await.expect("get").expect("job");
+        if job.scheduled_for > now_ms() {
+            // Skip the backoff: pull the restart forward.
+            t.queue
+                .db()
+                .run(|conn| async move {
+                    conn.execute("UPDATE jobs SET scheduled_for = 0 WHERE id = 'agent'", ())
+                        .await?;
+                    Ok(())
+                })
+                .await
+                .expect("reschedule");
+        }
+        let claimed = t.queue.claim("host", LEASE, 1).await.expect("claim");
+        assert_eq!(claimed.len(), 1, "restart {restart} is claimable");
+        // Its host dies at once, every time.
+        let before = now_ms();
+        let reclaimed = t.queue.reclaim_stale(i64::MAX).await.expect("reclaim");
+        assert_eq!(reclaimed.len(), 1);
+        let job = t.queue.get("agent").await.expect("get").expect("job");
+        assert_eq!(job.attempts, 0, "a host's death uses no attempt");
+        assert_eq!(job.restarts, restart);
+        if restart <= 3 {
+            assert_eq!(
+                job.status,
+                JobStatus::Scheduled,
+                "restart {restart} backs off"
+            );
+            delays.push((job.scheduled_for - before + 500) / 1000);
+        } else {
+            assert_eq!(job.status, JobStatus::Failed, "{job:?}");
+            let error = job.result_error.expect("error");
+            assert_eq!(error.tag, "LeaseExpired");
+            assert!(error.message.contains("in a row"), "{}", error.message);
+        }
+    }
+    assert_eq!(delays, [1, 2, 4]);
+}
