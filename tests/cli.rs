@@ -569,6 +569,32 @@ async fn sigterm_shuts_down_gracefully_and_hands_back_long_lived_agents() {
     assert_eq!(job.status, drover_host::queue::JobStatus::Done);
     let agent = queue.get(&name).await.expect("get").expect("agent");
     assert_eq!(agent.attempts, 0);
+    // The agent was asked to stop, finished its item and wound down, and its run was recorded
+    // as handed back for the shutdown, not as completed.
+    let store = drover_host::store::RunStore::open(
+        &format!("file:{}", setup.data.path().join("runs.db").display()),
+        None,
+    )
+    .await
+    .expect("store");
+    let runs = store
+        .list_runs(&drover_host::store::RunFilter {
+            job_id: Some(name.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    let first = runs.iter().find(|r| r.attempt == 1).expect("first run");
+    assert_eq!(
+        first.error.as_ref().map(|e| e.tag.as_str()),
+        Some("Shutdown"),
+        "{first:?}"
+    );
+    let events = store.events(&first.id, 0, 1000).await.expect("events");
+    assert!(
+        events.iter().any(|e| e.kind == "worker_stopping"),
+        "it stopped when asked: {events:?}"
+    );
     drop(restarted);
 }
 

@@ -189,7 +189,21 @@ async fn execute(
     run.peak_memory = outcome
         .peak_memory
         .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+    // A long-lived agent asked to stop for this host's shutdown goes on elsewhere, however it
+    // ended here (unless it lost its lease, in which case it is someone else's already).
+    let handed_back =
+        shared.handing_back(&job.id) && control.aborted() != Some(AbortReason::LeaseLost);
     let (kind, result_status) = match outcome.result {
+        _ if handed_back => {
+            let failure = AbortReason::Shutdown.failure();
+            run.status = failure.status;
+            run.error_tag = Some(failure.error.tag.clone());
+            run.error_message = Some(
+                "the agent was stopped for its host's shutdown and handed back to go on elsewhere"
+                    .to_string(),
+            );
+            (Some(FinishKind::Release), failure.status)
+        }
         Ok(output) => {
             run.status = RunStatus::Success;
             run.output = Some(output);

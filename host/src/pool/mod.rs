@@ -122,6 +122,9 @@ struct Shared {
     stop_loops: CancellationToken,
     /// Tells the recorder to stop retrying writes (the shutdown grace period is over).
     give_up_writes: CancellationToken,
+    /// Long-lived agents asked to stop because this host is shutting down (not because anyone
+    /// wants them stopped): however they end, they are handed back, to go on elsewhere.
+    handing_back: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -134,7 +137,22 @@ impl Shared {
         self.in_flight().keys().cloned().collect()
     }
 
+    /// Whether a long-lived agent's job was asked to stop only because this host shuts down.
+    fn handing_back(&self, job_id: &str) -> bool {
+        self.handing_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(job_id)
+    }
+
     fn apply(&self, signal: &Signal) {
+        if signal.stop {
+            // Someone wants it stopped for good, shutdown or not.
+            self.handing_back
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&signal.job_id);
+        }
         if let Some(job) = self.in_flight().get(&signal.job_id) {
             if signal.cancel {
                 job.control.abort(AbortReason::Cancelled);
@@ -184,6 +202,7 @@ impl WorkerPool {
             stop_claiming: CancellationToken::new(),
             stop_loops: CancellationToken::new(),
             give_up_writes,
+            handing_back: Mutex::default(),
         });
         let jobs = TaskTracker::new();
         let claimer = tokio::spawn(claim_loop(Arc::clone(&shared), jobs.clone()));
@@ -241,17 +260,20 @@ impl PoolHandle {
 
     /// Stops gracefully: no new claims; jobs in flight get the shutdown grace period to finish,
     /// then are aborted and handed back to the queue (not failed) for another host. Long-lived
-    /// agents are handed back at once: they would not finish, and a host shutting down is no
-    /// reason to stop them.
+    /// agents, which would not finish, are asked to stop at once (they finish the item at hand)
+    /// and handed back however they end, to carry on elsewhere: a host shutting down is no
+    /// reason to stop them for good.
     pub async fn shutdown(self) {
         let shared = &self.shared;
+        let grace = shared.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         shared.stop_claiming.cancel();
         // A claim already on its way to the database still starts its jobs; wait for it, so
         // every job this pool holds is in flight (and handled below) before looking. A claim
-        // that hangs (an unreachable remote database) is abandoned: whatever it leased expires
-        // and is reclaimed.
+        // that hangs (an unreachable remote database) is abandoned; whatever it leased is
+        // handed back below, or expires and is reclaimed.
         let mut claimer = self.claimer;
-        if tokio::time::timeout(shared.config.shutdown_grace, &mut claimer)
+        if tokio::time::timeout_at(deadline, &mut claimer)
             .await
             .is_err()
         {
@@ -259,20 +281,33 @@ impl PoolHandle {
             claimer.abort();
         }
         self.jobs.close();
-        for job in shared.in_flight().values() {
+        let (mut jobs, mut agents) = (0, 0);
+        for (job_id, job) in shared.in_flight().iter() {
             if job.lifecycle == Lifecycle::LongLived {
-                job.control.abort(AbortReason::Shutdown);
+                agents += 1;
+                if !job.control.stop_requested() {
+                    shared
+                        .handing_back
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(job_id.clone());
+                    job.control.request_stop();
+                }
+            } else {
+                jobs += 1;
             }
         }
-        let in_flight = shared.in_flight().len();
-        if in_flight > 0 {
+        if jobs + agents > 0 {
             tracing::info!(
-                in_flight,
-                grace_ms = shared.config.shutdown_grace.as_millis() as u64,
-                "waiting for in-flight jobs"
+                jobs,
+                long_lived_agents = agents,
+                grace_ms = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_millis() as u64,
+                "waiting for in-flight jobs to finish and long-lived agents to stop"
             );
         }
-        if tokio::time::timeout(shared.config.shutdown_grace, self.jobs.wait())
+        if tokio::time::timeout_at(deadline, self.jobs.wait())
             .await
             .is_err()
         {
@@ -290,10 +325,7 @@ impl PoolHandle {
             }
             // Outcomes that still cannot be written are abandoned: their leases expire and the
             // jobs are reclaimed.
-            if tokio::time::timeout(shared.config.shutdown_grace, self.jobs.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, self.jobs.wait()).await.is_err() {
                 tracing::warn!("outcomes are still not written; abandoning them");
                 shared.give_up_writes.cancel();
                 self.jobs.wait().await;
