@@ -171,7 +171,7 @@ async fn execute(
 
     let started = Instant::now();
     let outcome = match (&spec, &sandbox) {
-        (Some(spec), Some(sandbox)) => run_agent(spec, sandbox.as_ref(), job, &ctx, control).await,
+        (Some(spec), Some(sandbox)) => run_agent(shared, spec, sandbox, job, &ctx, control).await,
         _ => RunOutcome::from_result(Err(Failure::permanent(
             "UnknownAgent",
             format!(
@@ -268,8 +268,9 @@ async fn execute(
 /// Validates the input, then runs the agent until it returns or the run is aborted (a cancel, a
 /// lost lease, a shutdown, or a stop request it ignores past its grace period).
 async fn run_agent(
-    spec: &AgentSpec,
-    sandbox: &dyn Sandbox,
+    shared: &Shared,
+    spec: &Arc<AgentSpec>,
+    sandbox: &Arc<dyn Sandbox>,
     job: &Job,
     ctx: &RunContext,
     control: &Arc<Control>,
@@ -288,7 +289,7 @@ async fn run_agent(
             )));
         }
     }
-    let run = sandbox.run(spec, Arc::clone(&job.input), ctx.clone());
+    let run = on_guest_threads(shared, spec, sandbox, job, ctx);
     let mut outcome = tokio::select! {
         outcome = run => outcome,
         reason = abort_or_stop_timeout(control, spec.stop_grace) => {
@@ -311,6 +312,48 @@ async fn run_agent(
         }
     }
     outcome
+}
+
+/// Runs the agent on the pool's guest threads (where it cannot delay the API, renewals or the
+/// recorder however much it computes), or here if the pool has none. Dropping the future stops
+/// the run. A panic in the run fails that run alone.
+async fn on_guest_threads(
+    shared: &Shared,
+    spec: &Arc<AgentSpec>,
+    sandbox: &Arc<dyn Sandbox>,
+    job: &Job,
+    ctx: &RunContext,
+) -> RunOutcome {
+    let (spec, sandbox, input, ctx) = (
+        Arc::clone(spec),
+        Arc::clone(sandbox),
+        Arc::clone(&job.input),
+        ctx.clone(),
+    );
+    let run = async move { sandbox.run(&spec, input, ctx).await };
+    let task = match shared.guests() {
+        Some(guests) => guests.spawn(run),
+        None => tokio::spawn(run),
+    };
+    let mut task = AbortOnDrop(task);
+    (&mut task.0).await.unwrap_or_else(|e| {
+        let message = if e.is_panic() {
+            "the run panicked inside the host; see the host's log".to_string()
+        } else {
+            format!("the run's task ended: {e}")
+        };
+        tracing::error!(job_id = %job.id, error = %e, "a run's task failed");
+        RunOutcome::from_result(Err(Failure::error("HostPanic", message)))
+    })
+}
+
+/// Aborts a spawned run when its future is dropped (the run was cut short).
+struct AbortOnDrop(tokio::task::JoinHandle<RunOutcome>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves when the run must be cut short: an abort, or a stop request that the agent has not

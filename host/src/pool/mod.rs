@@ -54,6 +54,10 @@ pub struct PoolConfig {
     pub prefetch_horizon: Duration,
     /// This pool's worker id (default: host name, process id and a random suffix).
     pub worker_id: Option<String>,
+    /// Threads of the pool's own runtime that runs agents, apart from the runtime the pool
+    /// was started on (which keeps the API, lease renewals and the recorder), so that guests
+    /// computing flat out cannot delay those. Zero: agents run on the pool's runtime.
+    pub guest_threads: usize,
 }
 
 impl Default for PoolConfig {
@@ -69,6 +73,7 @@ impl Default for PoolConfig {
             shutdown_grace: Duration::from_secs(30),
             prefetch_horizon: Duration::from_millis(20),
             worker_id: None,
+            guest_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -125,11 +130,33 @@ struct Shared {
     /// Long-lived agents asked to stop because this host is shutting down (not because anyone
     /// wants them stopped): however they end, they are handed back, to go on elsewhere.
     handing_back: Mutex<std::collections::HashSet<String>>,
+    /// The runtime agents run on (see [`PoolConfig::guest_threads`]).
+    guests: Option<GuestRuntime>,
+}
+
+/// A runtime of the pool's own for its agents; shut down without waiting when dropped (runs
+/// still on it are aborted by then).
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Shared {
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where agents run, if the pool has guest threads of its own.
+    fn guests(&self) -> Option<&tokio::runtime::Handle> {
+        self.guests
+            .as_ref()
+            .and_then(|g| g.0.as_ref())
+            .map(tokio::runtime::Runtime::handle)
     }
 
     /// The ids of the jobs in flight.
@@ -190,7 +217,22 @@ impl WorkerPool {
             Arc::clone(&stats),
             give_up_writes.clone(),
         );
+        let guests = (config.guest_threads > 0)
+            .then(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.guest_threads)
+                    .thread_name("drover-guest")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "cannot start guest threads; agents run beside the pool");
+                    })
+                    .ok()
+            })
+            .flatten()
+            .map(|runtime| GuestRuntime(Some(runtime)));
         let shared = Arc::new(Shared {
+            guests,
             job_slots: Slots::new(config.concurrency, config.prefetch_horizon),
             agent_slots: Slots::new(config.max_agents, Duration::ZERO),
             deps: self.deps,
