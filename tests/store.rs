@@ -346,3 +346,202 @@ async fn job_views_show_the_deciding_or_the_latest_run() {
         .collect();
     assert_eq!(got, expected);
 }
+
+const DAY_MS: i64 = 86_400_000;
+
+fn ended(id: &str, job_id: &str, status: RunStatus, started_at: i64) -> RunRecord {
+    let mut run = run(id, job_id, status, None);
+    run.started_at = started_at;
+    run.ended_at = (status != RunStatus::Running).then_some(started_at + 1000);
+    run
+}
+
+async fn event_count(store: &RunStore, run_id: &str) -> usize {
+    store.events(run_id, 0, 10_000).await.expect("events").len()
+}
+
+/// Finished jobs and runs (with their events) older than the cutoff go; recent ones, queued and
+/// leased jobs and running runs stay, however old. The queue and the store are separate files.
+#[tokio::test]
+async fn retention_prunes_old_finished_work_only() {
+    use drover_host::queue::{JobStatus, NewJob};
+    use drover_host::store::retention::{PRUNE_BATCH, prune};
+    use std::time::Duration;
+
+    let db = drover_test_support::TestDb::new().await;
+    let (queue, store) = (&db.queue, &db.store);
+    let now = drover_host::time::now_ms();
+    let runs = vec![
+        ended("old-done", "j-old", RunStatus::Success, now - 40 * DAY_MS),
+        ended("old-failed", "j-old", RunStatus::Error, now - 31 * DAY_MS),
+        ended(
+            "old-running",
+            "j-live",
+            RunStatus::Running,
+            now - 40 * DAY_MS,
+        ),
+        ended("recent", "j-new", RunStatus::Success, now - DAY_MS),
+    ];
+    let events = runs
+        .iter()
+        .flat_map(|r| (1..=3).map(|seq| event(&r.id, seq, "tick", "{}")))
+        .collect();
+    store
+        .write(&WriteBatch {
+            runs,
+            events,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let new = |id: &str| NewJob::new("echo", &serde_json::json!(null)).id(id);
+    queue
+        .enqueue_batch(vec![
+            new("done"),
+            new("failed"),
+            new("leased"),
+            new("cancelled"),
+        ])
+        .await
+        .expect("enqueue");
+    let lease = Duration::from_secs(30);
+    let claimed = queue.claim("w", lease, 3).await.expect("claim");
+    let lease_of = |id: &str| {
+        claimed
+            .iter()
+            .find(|c| c.job.id == id)
+            .map(|c| c.lease.clone())
+            .expect("claimed")
+    };
+    assert!(
+        queue
+            .complete(&lease_of("done"), "r", "success")
+            .await
+            .expect("complete")
+    );
+    assert!(
+        queue
+            .fail(&lease_of("failed"), ErrorInfo::new("X", "x"), false, None)
+            .await
+            .expect("fail")
+    );
+    queue.cancel("cancelled").await.expect("cancel");
+    queue.enqueue(new("queued")).await.expect("enqueue");
+
+    // Thirty days back from now: only the old finished runs qualify; every job is recent.
+    let pruned = prune(
+        queue,
+        store,
+        Duration::from_secs(30 * 86_400),
+        now,
+        PRUNE_BATCH,
+    )
+    .await
+    .expect("prune");
+    assert_eq!((pruned.jobs, pruned.runs, pruned.events), (0, 2, 6));
+    for gone in ["old-done", "old-failed"] {
+        assert!(store.get_run(gone).await.expect("get").is_none(), "{gone}");
+        assert_eq!(event_count(store, gone).await, 0, "{gone}");
+    }
+    for kept in ["old-running", "recent"] {
+        assert!(store.get_run(kept).await.expect("get").is_some(), "{kept}");
+        assert_eq!(event_count(store, kept).await, 3, "{kept}");
+    }
+
+    // A day from now, with a day's retention: the finished jobs are old now, the others are not
+    // finished; the running run stays whatever its age.
+    let pruned = prune(
+        queue,
+        store,
+        Duration::from_secs(86_400),
+        now + 2 * DAY_MS,
+        PRUNE_BATCH,
+    )
+    .await
+    .expect("prune");
+    assert_eq!((pruned.jobs, pruned.runs, pruned.events), (3, 1, 3));
+    for gone in ["done", "failed", "cancelled"] {
+        assert!(queue.get(gone).await.expect("get").is_none(), "{gone}");
+    }
+    assert_eq!(
+        queue.get("leased").await.expect("get").map(|j| j.status),
+        Some(JobStatus::Leased)
+    );
+    assert_eq!(
+        queue.get("queued").await.expect("get").map(|j| j.status),
+        Some(JobStatus::Queued)
+    );
+    assert!(store.get_run("old-running").await.expect("get").is_some());
+    assert_eq!(event_count(store, "old-running").await, 3);
+    assert!(store.get_run("recent").await.expect("get").is_none());
+}
+
+/// A large backlog goes in statements of at most the batch size each.
+#[tokio::test]
+async fn retention_deletes_in_bounded_batches() {
+    use drover_host::queue::NewJob;
+    use drover_host::store::retention::prune;
+    use std::time::Duration;
+
+    let db = drover_test_support::TestDb::new().await;
+    let (queue, store) = (&db.queue, &db.store);
+    let now = drover_host::time::now_ms();
+    let runs: Vec<RunRecord> = (0..260)
+        .map(|i| {
+            ended(
+                &format!("r-{i}"),
+                "j",
+                RunStatus::Success,
+                now - 40 * DAY_MS,
+            )
+        })
+        .collect();
+    let events = runs
+        .iter()
+        .flat_map(|r| (1..=4).map(|seq| event(&r.id, seq, "tick", "{}")))
+        .collect();
+    store
+        .write(&WriteBatch {
+            runs,
+            events,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let jobs: Vec<NewJob> = (0..130)
+        .map(|i| NewJob::new("echo", &serde_json::json!(null)).id(format!("j-{i}")))
+        .collect();
+    queue.enqueue_batch(jobs).await.expect("enqueue");
+    for i in 0..130 {
+        queue.cancel(&format!("j-{i}")).await.expect("cancel");
+    }
+
+    let pruned = prune(
+        queue,
+        store,
+        Duration::from_secs(86_400),
+        now + 2 * DAY_MS,
+        50,
+    )
+    .await
+    .expect("prune");
+    assert_eq!((pruned.jobs, pruned.runs, pruned.events), (130, 260, 1040));
+    assert!(pruned.largest_batch <= 50, "{pruned:?}");
+    // 130 jobs: 3 statements; 260 runs: 6 passes of at most 50, each with its events (200 per
+    // pass: 4 or 5 statements) and one delete of the runs.
+    assert!(pruned.statements >= 3 + 6 * 5, "{pruned:?}");
+    let left = store
+        .db()
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM events)",
+                (),
+                |row| Ok((row.int(0)?, row.int(1)?)),
+            )
+            .await
+        })
+        .await
+        .expect("count");
+    assert_eq!(left, [(0, 0)]);
+}

@@ -91,7 +91,15 @@ pub struct RunArgs {
     /// others.
     #[arg(long)]
     pub api_only: bool,
+    /// How long finished jobs, runs and events are kept (`30d`, `12h`, … or `off`); older ones
+    /// are deleted in the background, in small batches.
+    #[arg(long, env = "DROVER_RETENTION", default_value = "30d",
+          value_parser = super::prune::parse_retention)]
+    pub retention: super::prune::Retention,
 }
+
+/// How often the background pruner runs (and once at start-up).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How long open HTTP requests may go on once the host is shutting down and its pool stopped.
 const SERVER_GRACE: Duration = Duration::from_secs(2);
@@ -152,6 +160,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .start()
     });
 
+    let stop_pruning = CancellationToken::new();
+    let pruner = args.retention.0.map(|older_than| {
+        tracing::info!(
+            "finished work is kept for {}",
+            humantime::format_duration(older_than)
+        );
+        tokio::spawn(super::prune::prune_in_background(
+            queue.clone(),
+            store.clone(),
+            older_than,
+            PRUNE_INTERVAL,
+            stop_pruning.clone(),
+        ))
+    });
+
     let stop_serving = CancellationToken::new();
     let server = if args.worker_only {
         None
@@ -189,6 +212,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     stop_serving.cancel();
+    // Every delete stands on its own, so a prune may stop anywhere.
+    stop_pruning.cancel();
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     if let Some(pool) = pool {
         pool.shutdown().await;
     }
