@@ -545,3 +545,76 @@ async fn retention_deletes_in_bounded_batches() {
         .expect("count");
     assert_eq!(left, [(0, 0)]);
 }
+
+/// A job's runs do not store its input again (the job has it); the producer API fills it in
+/// from the job, so a run is served as before. A run without a job keeps its own input.
+#[tokio::test]
+async fn a_jobs_runs_are_stored_without_its_input_and_served_with_it() {
+    use drover_host::api::RunApi;
+    use drover_host::queue::NewJob;
+    use drover_host::registry::StaticRegistry;
+
+    let db = drover_test_support::TestDb::new().await;
+    let input = serde_json::json!({ "n": 42, "text": "x".repeat(1000) });
+    let job = db
+        .queue
+        .enqueue(NewJob::new("echo", &input).id("j-in"))
+        .await
+        .expect("enqueue")
+        .job;
+    let raw = |text: &str| Some(Arc::from(RawValue::from_string(text.into()).expect("json")));
+    let mut of_job = run("r-job", "j-in", RunStatus::Running, None);
+    of_job.input = Some(Arc::clone(&job.input));
+    let mut alone = run("r-alone", "unused", RunStatus::Success, None);
+    alone.job_id = None;
+    alone.input = raw(r#"{"standalone":true}"#);
+    db.store
+        .write(&WriteBatch {
+            runs: vec![of_job, alone],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+
+    let stored = db
+        .store
+        .db()
+        .run(|conn| async move {
+            query_all(&conn, "SELECT id, input FROM runs ORDER BY id", (), |row| {
+                Ok((row.text(0)?, row.opt_text(1)?))
+            })
+            .await
+        })
+        .await
+        .expect("read");
+    assert_eq!(
+        stored,
+        [
+            (
+                "r-alone".to_string(),
+                Some(r#"{"standalone":true}"#.to_string())
+            ),
+            ("r-job".to_string(), None),
+        ]
+    );
+
+    let api = RunApi::new(
+        db.queue.clone(),
+        db.store.clone(),
+        Arc::new(StaticRegistry::new()),
+    );
+    let served = api.run("r-job").await.expect("run");
+    let served_input: serde_json::Value =
+        serde_json::from_str(served.input.expect("input").get()).expect("json");
+    assert_eq!(served_input, input);
+    let alone = api.run("r-alone").await.expect("run");
+    assert_eq!(
+        alone.input.map(|i| i.get().to_string()).as_deref(),
+        Some(r#"{"standalone":true}"#)
+    );
+    let view = api.get("j-in").await.expect("view");
+    assert_eq!(
+        view.run.and_then(|r| r.input).map(|i| i.get().to_string()),
+        Some(job.input.get().to_string())
+    );
+}

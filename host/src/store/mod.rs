@@ -166,7 +166,8 @@ pub struct RunRecord {
     pub sandbox: Option<&'static str>,
     /// Whether the agent is long-lived.
     pub long_lived: bool,
-    /// Input JSON text.
+    /// Input JSON text. Stored only for a run without a job; a job's runs are read back
+    /// without it (their job has it).
     pub input: Option<Arc<RawValue>>,
     /// Output JSON text.
     pub output: Option<Arc<RawValue>>,
@@ -482,7 +483,9 @@ impl RunStore {
     }
 }
 
-/// Appends the values of one run in the order of [`upsert_runs`].
+/// Appends the values of one run in the order of [`upsert_runs`]. The input of a run that
+/// belongs to a job is not stored: the job holds it, once for all its attempts (see
+/// [`RunRecord::input`]).
 fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
     let json = |v: &Option<Arc<RawValue>>| text(v.as_deref().map(RawValue::get));
@@ -496,7 +499,11 @@ fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
         Value::Text(r.status.as_str().to_string()),
         text(r.sandbox),
         Value::Integer(i64::from(r.long_lived)),
-        json(&r.input),
+        if r.job_id.is_some() {
+            Value::Null
+        } else {
+            json(&r.input)
+        },
         json(&r.output),
         text(r.error_tag.as_deref()),
         text(r.error_message.as_deref()),
