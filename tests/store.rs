@@ -618,3 +618,45 @@ async fn a_jobs_runs_are_stored_without_its_input_and_served_with_it() {
         Some(job.input.get().to_string())
     );
 }
+
+/// Database files are synced at every commit unless told otherwise; the setting holds for the
+/// writer's connection and for readers' alike.
+#[tokio::test]
+async fn database_files_sync_every_commit_by_default() {
+    use drover_host::db::{DbOptions, SyncMode};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let synchronous = |db: Db| async move {
+        let read = db
+            .run(|conn| async move {
+                query_all(&conn, "PRAGMA synchronous", (), |row| row.int(0)).await
+            })
+            .await
+            .expect("reader");
+        let written = db
+            .write(|conn| async move {
+                query_all(&conn, "PRAGMA synchronous", (), |row| row.int(0)).await
+            })
+            .await
+            .expect("writer");
+        (read, written)
+    };
+    let url = |name: &str| format!("file:{}", dir.path().join(name).display());
+    // SQLite's values: 1 is NORMAL, 2 is FULL.
+    let default = Db::open(&url("default.db"), None).await.expect("open");
+    assert_eq!(synchronous(default).await, (vec![2], vec![2]));
+    let normal = Db::open_with(
+        &url("normal.db"),
+        None,
+        DbOptions {
+            sync: SyncMode::Normal,
+        },
+    )
+    .await
+    .expect("open");
+    assert_eq!(synchronous(normal).await, (vec![1], vec![1]));
+    assert_eq!("FULL".parse::<SyncMode>(), Ok(SyncMode::Full));
+    assert_eq!("normal".parse::<SyncMode>(), Ok(SyncMode::Normal));
+    let error = "off".parse::<SyncMode>().expect_err("not a mode");
+    assert!(error.contains("full or normal"), "{error}");
+}

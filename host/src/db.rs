@@ -4,7 +4,8 @@
 //! Three kinds of URL are understood:
 //!
 //! * `file:./var/queue.db` (or a bare path): an embedded database file, opened in WAL mode with a
-//!   busy timeout so that several processes can share it;
+//!   busy timeout so that several processes can share it, and synced at every commit unless
+//!   [`DbOptions::sync`] says otherwise;
 //! * `:memory:`: a private in-memory database (one connection, shared by every user of the [`Db`]);
 //! * `libsql://…`, `http://…`, `https://…`: a remote libsql server (sqld, Turso), with an optional
 //!   auth token.
@@ -60,6 +61,50 @@ pub enum DbError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// When an embedded database file is synced to disk (SQLite's `synchronous` setting, in WAL
+/// mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every commit is synced before it returns (`synchronous=FULL`): once a write is
+    /// acknowledged (an enqueue answered, an outcome recorded), a power cut or kernel crash does
+    /// not take it back. The default.
+    #[default]
+    Full,
+    /// The log is synced only at checkpoints (`synchronous=NORMAL`): faster commits, but a
+    /// power cut or kernel crash (not a crash of the process) can lose the last acknowledged
+    /// commits, never consistency.
+    Normal,
+}
+
+impl SyncMode {
+    /// The `PRAGMA synchronous` value.
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        }
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Ok(SyncMode::Full),
+            "normal" => Ok(SyncMode::Normal),
+            other => Err(format!("unknown sync mode {other:?} (use full or normal)")),
+        }
+    }
+}
+
+/// How a database is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbOptions {
+    /// When an embedded database file is synced (no effect on other kinds).
+    pub sync: SyncMode,
 }
 
 /// Where a database lives.
@@ -147,6 +192,8 @@ struct DbInner {
     /// In-memory databases are private to a connection, so one connection serves every caller,
     /// one operation at a time.
     shared: Option<Mutex<Conn>>,
+    /// When a database file is synced.
+    sync: SyncMode,
 }
 
 impl std::fmt::Debug for Db {
@@ -156,8 +203,18 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `url`. `auth_token` is used by remote servers.
+    /// Opens (creating if needed) the database at `url` with the default [`DbOptions`].
+    /// `auth_token` is used by remote servers.
     pub async fn open(url: &str, auth_token: Option<&str>) -> Result<Self, DbError> {
+        Self::open_with(url, auth_token, DbOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the database at `url` with `options`.
+    pub async fn open_with(
+        url: &str,
+        auth_token: Option<&str>,
+        options: DbOptions,
+    ) -> Result<Self, DbError> {
         let location = DbLocation::parse(url)?;
         let open_err = |message: String| DbError::Open {
             url: url.to_string(),
@@ -191,10 +248,11 @@ impl Db {
         let writer = match location {
             DbLocation::File(_) => {
                 let file = Arc::clone(&database);
-                let conn = tokio::task::spawn_blocking(move || file_connection(&file))
-                    .await
-                    .map_err(|e| open_err(e.to_string()))?
-                    .map_err(|e| open_err(e.to_string()))?;
+                let conn =
+                    tokio::task::spawn_blocking(move || file_connection(&file, options.sync))
+                        .await
+                        .map_err(|e| open_err(e.to_string()))?
+                        .map_err(|e| open_err(e.to_string()))?;
                 Some(
                     spawn_writer(conn)
                         .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?,
@@ -211,6 +269,7 @@ impl Db {
                 writer,
                 idle: Mutex::new(Vec::new()),
                 shared,
+                sync: options.sync,
             }),
         };
         // Touch the database now so that a bad path or an unreachable server fails at start-up.
@@ -385,7 +444,7 @@ impl DbInner {
             return Ok(conn);
         }
         if let DbLocation::File(_) = self.location {
-            return file_connection(&self.database);
+            return file_connection(&self.database, self.sync);
         }
         Ok(Conn::new(self.database.connect()?))
     }
@@ -407,15 +466,15 @@ impl DbInner {
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
 /// A new connection to a database file, with the settings every connection gets: WAL (readers
-/// never wait for the writer), a busy timeout (for writers of other processes), and no fsync on
-/// every commit (the WAL is synced at checkpoints; a power cut can lose the last commits, never
-/// consistency). Blocks.
-fn file_connection(database: &libsql::Database) -> Result<Conn, DbError> {
+/// never wait for the writer), a busy timeout (for writers of other processes), and `sync` (see
+/// [`SyncMode`]). Blocks.
+fn file_connection(database: &libsql::Database, sync: SyncMode) -> Result<Conn, DbError> {
     let conn = database.connect()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    futures::executor::block_on(conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
-    ))?;
+    futures::executor::block_on(conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA temp_store=MEMORY;",
+        sync.pragma()
+    )))?;
     Ok(Conn::new(conn))
 }
 
