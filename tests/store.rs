@@ -222,7 +222,11 @@ async fn migrations_are_applied_once_and_files_use_wal() {
     assert_eq!(mode, ["wal"]);
     assert_eq!(
         migrations,
-        [("queue".to_string(), 1), ("store".to_string(), 1)]
+        [
+            ("queue".to_string(), 1),
+            ("store".to_string(), 1),
+            ("store".to_string(), 2)
+        ]
     );
 }
 
@@ -659,4 +663,162 @@ async fn database_files_sync_every_commit_by_default() {
     assert_eq!("normal".parse::<SyncMode>(), Ok(SyncMode::Normal));
     let error = "off".parse::<SyncMode>().expect_err("not a mode");
     assert!(error.contains("full or normal"), "{error}");
+}
+
+/// A schema whose second migration is not idempotent: applied twice, it would fail.
+static GADGETS: &[drover_host::db::Migration] = &[
+    drover_host::db::Migration {
+        version: 1,
+        name: "gadgets",
+        sql: "CREATE TABLE gadgets (id INTEGER PRIMARY KEY);",
+    },
+    drover_host::db::Migration {
+        version: 2,
+        name: "gadget colours",
+        sql: "ALTER TABLE gadgets ADD COLUMN colour TEXT;",
+    },
+];
+
+async fn columns(db: &Db, table: &'static str) -> Vec<String> {
+    db.run(move |conn| async move {
+        query_all(
+            &conn,
+            &format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
+            (),
+            |row| row.text(0),
+        )
+        .await
+    })
+    .await
+    .expect("columns")
+}
+
+/// Processes starting at once on one file (separate handles, each with its own writer) all
+/// end up migrated, though the migration is an `ALTER TABLE`: the loser of the race finds the
+/// bookkeeping row taken and runs none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_migrations_apply_an_alter_table_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The loser's view, made certain: its version was read before the winner committed.
+    let url = format!("file:{}", dir.path().join("loser.db").display());
+    let (winner, loser) = (
+        Db::open(&url, None).await.expect("open"),
+        Db::open(&url, None).await.expect("open"),
+    );
+    winner.migrate("gadgets", GADGETS).await.expect("migrate");
+    let applied = loser
+        .apply_migration("gadgets", &GADGETS[1])
+        .await
+        .expect("already applied is no error");
+    assert!(!applied);
+    assert_eq!(columns(&loser, "gadgets").await, ["id", "colour"]);
+
+    // A real race: four processes read the version while a fifth holds the write lock, so
+    // that all of them find the migrations unapplied and then queue up to apply them.
+    let url = format!("file:{}", dir.path().join("race.db").display());
+    let blocker = Db::open(&url, None).await.expect("open");
+    blocker
+        .migrate("other", &[])
+        .await
+        .expect("bookkeeping table");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(Db::open(&url, None).await.expect("open"));
+    }
+    let hold = tokio::spawn({
+        let blocker = blocker.clone();
+        async move {
+            blocker
+                .write(|conn| async move {
+                    conn.execute("BEGIN IMMEDIATE", ()).await?;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    conn.execute("COMMIT", ()).await?;
+                    Ok(())
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let results =
+        futures::future::join_all(handles.iter().map(|db| db.migrate("gadgets", GADGETS))).await;
+    hold.await.expect("join").expect("held the lock");
+    for result in results {
+        result.expect("every process ends up migrated");
+    }
+    assert_eq!(columns(&blocker, "gadgets").await, ["id", "colour"]);
+    let versions = blocker
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "SELECT version FROM drover_migrations WHERE component = 'gadgets' ORDER BY version",
+                (),
+                |row| row.int(0),
+            )
+            .await
+        })
+        .await
+        .expect("versions");
+    assert_eq!(versions, [1, 2]);
+}
+
+/// A database migrated by a newer build is refused with a clear error, and left as it is.
+#[tokio::test]
+async fn a_database_newer_than_the_build_is_refused() {
+    let (store, _dir) = store().await;
+    store
+        .write(&WriteBatch {
+            runs: vec![run("r-1", "j-1", RunStatus::Success, None)],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let db = store.db().clone();
+    db.write(|conn| async move {
+        conn.execute(
+            "INSERT INTO drover_migrations (component, version, name, applied_at)
+             VALUES ('store', 99, 'from the future', 0)",
+            (),
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+    .expect("a future version");
+    let error = RunStore::with_db(db.clone())
+        .await
+        .expect_err("newer schema")
+        .to_string();
+    assert!(
+        error.contains("the store schema of this database is at version 99, newer than this build knows (version 2)"),
+        "{error}"
+    );
+    // The queue's schema is its own business, and the runs are still there.
+    drover_host::queue::Queue::with_db(db, Default::default())
+        .await
+        .expect("queue");
+    assert!(store.get_run("r-1").await.expect("get").is_some());
+}
+
+/// Counting runs by status reads the status index alone.
+#[tokio::test]
+async fn counting_runs_by_status_uses_the_status_index() {
+    let (store, _dir) = store().await;
+    let plan = store
+        .db()
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "EXPLAIN QUERY PLAN SELECT status, count(*) FROM runs GROUP BY status",
+                (),
+                |row| row.text(3),
+            )
+            .await
+        })
+        .await
+        .expect("plan");
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("COVERING INDEX runs_status")),
+        "{plan:?}"
+    );
 }

@@ -51,6 +51,20 @@ pub enum DbError {
     /// A row did not have the shape the code expected (a schema mismatch).
     #[error("unexpected database value: {0}")]
     Decode(String),
+    /// The database's schema is newer than this build knows: it was migrated by a later
+    /// version of the host.
+    #[error(
+        "the {component} schema of this database is at version {found}, newer than this build \
+         knows (version {known}): run a build at least as new as the one that migrated it"
+    )]
+    SchemaTooNew {
+        /// Which schema (`queue`, `store`).
+        component: &'static str,
+        /// The version recorded in the database.
+        found: i64,
+        /// The latest version this build has.
+        known: i64,
+    },
     /// A migration failed.
     #[error("migration {component}/{version} failed: {message}")]
     Migration {
@@ -359,9 +373,12 @@ impl Db {
         self.write(|conn| bulk_prepared(conn, statements)).await
     }
 
-    /// Applies `migrations` (ordered by version) for `component` that are not applied yet. Each
-    /// migration runs as one transactional batch together with its bookkeeping row, so a crash
-    /// cannot leave it half-applied, and two processes starting at once both end up migrated.
+    /// Applies `migrations` (ordered by version) for `component` that are not applied yet, and
+    /// refuses a database whose schema is newer than the last of them ([`DbError::SchemaTooNew`]).
+    /// Each migration runs as one transactional batch that starts with its bookkeeping row, so a
+    /// crash cannot leave it half-applied; and when two processes start at once, the one that
+    /// loses the race fails on that row (its primary key) before any of the migration's
+    /// statements run, and takes the migration as applied. Migrations need not be idempotent.
     pub async fn migrate(
         &self,
         component: &'static str,
@@ -389,32 +406,75 @@ impl Db {
             .first()
             .copied()
             .unwrap_or(0);
-            for migration in migrations.iter().filter(|m| m.version > current) {
-                let sql = format!(
-                    "{}\nINSERT OR IGNORE INTO drover_migrations (component, version, name, applied_at) \
-                     VALUES ('{component}', {}, '{}', {});",
-                    migration.sql,
-                    migration.version,
-                    migration.name.replace('\'', "''"),
-                    crate::time::now_ms(),
-                );
-                conn.execute_transactional_batch(&sql)
-                    .await
-                    .map_err(|e| DbError::Migration {
-                        component,
-                        version: migration.version,
-                        message: e.to_string(),
-                    })?;
-                tracing::debug!(
+            let known = migrations.last().map_or(0, |m| m.version);
+            if current > known {
+                return Err(DbError::SchemaTooNew {
                     component,
-                    version = migration.version,
-                    name = migration.name,
-                    "applied migration"
-                );
+                    found: current,
+                    known,
+                });
+            }
+            for migration in migrations.iter().filter(|m| m.version > current) {
+                apply_migration(&conn, component, migration).await?;
             }
             Ok(())
         })
         .await
+    }
+
+    /// Applies one migration of `component` as [`Db::migrate`] does, whatever version is
+    /// recorded: returns `false`, having changed nothing, if it is already applied.
+    pub async fn apply_migration(
+        &self,
+        component: &'static str,
+        migration: &'static Migration,
+    ) -> Result<bool, DbError> {
+        self.write(move |conn| async move { apply_migration(&conn, component, migration).await })
+            .await
+    }
+}
+
+/// Runs `migration` with its bookkeeping row first, in one transactional batch; `false` if the
+/// row was there already (another process applied it).
+async fn apply_migration(
+    conn: &Conn,
+    component: &'static str,
+    migration: &Migration,
+) -> Result<bool, DbError> {
+    let sql = format!(
+        "INSERT INTO drover_migrations (component, version, name, applied_at) \
+         VALUES ('{component}', {}, '{}', {});\n{}",
+        migration.version,
+        migration.name.replace('\'', "''"),
+        crate::time::now_ms(),
+        migration.sql,
+    );
+    match conn.execute_transactional_batch(&sql).await {
+        Ok(_) => {
+            tracing::debug!(
+                component,
+                version = migration.version,
+                name = migration.name,
+                "applied migration"
+            );
+            Ok(true)
+        }
+        Err(e)
+            if e.to_string()
+                .contains("constraint failed: drover_migrations") =>
+        {
+            tracing::debug!(
+                component,
+                version = migration.version,
+                "migration already applied by another process"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(DbError::Migration {
+            component,
+            version: migration.version,
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -676,8 +736,8 @@ fn row_values(row: &libsql::Row) -> Result<Vec<Value>, DbError> {
         .collect()
 }
 
-/// One schema migration. Its SQL must be idempotent (`CREATE … IF NOT EXISTS`), because two
-/// processes may race to apply it.
+/// One schema migration. Its SQL runs once per database (see [`Db::migrate`]), so it may be
+/// any statements, `ALTER TABLE` included.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// Version, starting at 1, strictly increasing.

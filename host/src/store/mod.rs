@@ -31,10 +31,11 @@ pub enum StoreError {
     Encode(String),
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "runs and events",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "runs and events",
+        sql: r#"
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -68,7 +69,14 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 "#,
-}];
+    },
+    // Counting runs by status (`/v1/stats`, `/metrics`) reads this index, not the wide rows.
+    Migration {
+        version: 2,
+        name: "runs by status",
+        sql: "CREATE INDEX runs_status ON runs (status);",
+    },
+];
 
 const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status, sandbox, \
     long_lived, input, output, error_tag, error_message, started_at, ended_at, heartbeat_at, \
