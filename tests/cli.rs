@@ -732,3 +732,105 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// `prune` deletes old finished runs (and their events) from the files `run` uses and says what
+/// it removed; `run --retention` does the same in the background, first at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_and_retention_remove_old_finished_work() {
+    use drover_host::store::{EventRecord, RunRecord, RunStatus, RunStore, WriteBatch};
+    use std::sync::Arc;
+
+    let setup = Setup::new();
+    let storage_url = format!("file:{}", setup.data.path().join("runs.db").display());
+    let queue_url = format!("file:{}", setup.data.path().join("queue.db").display());
+    let store = RunStore::open(&storage_url, None).await.expect("store");
+    let now = drover_host::time::now_ms();
+    let write_run = |id: &'static str, ended_at: i64| {
+        let store = store.clone();
+        async move {
+            let run = RunRecord {
+                id: id.into(),
+                job_id: None,
+                agent_id: "echo".into(),
+                attempt: 1,
+                parent_run_id: None,
+                status: RunStatus::Success,
+                sandbox: Some("wasm"),
+                long_lived: false,
+                input: None,
+                output: None,
+                error_tag: None,
+                error_message: None,
+                started_at: ended_at - 10,
+                ended_at: Some(ended_at),
+                heartbeat_at: None,
+                fuel_used: None,
+                peak_memory: None,
+                worker_id: None,
+            };
+            let events = (1..=2)
+                .map(|seq| EventRecord {
+                    run_id: Arc::from(id),
+                    seq,
+                    ts: ended_at,
+                    kind: "tick".into(),
+                    payload: Arc::from(
+                        serde_json::value::RawValue::from_string("{}".into()).expect("json"),
+                    ),
+                })
+                .collect();
+            store
+                .write(&WriteBatch {
+                    runs: vec![run],
+                    events,
+                    ..WriteBatch::default()
+                })
+                .await
+                .expect("write");
+        }
+    };
+    let day = 86_400_000;
+    write_run("old", now - 40 * day).await;
+    write_run("recent", now - day).await;
+
+    let prune = |extra: &[&str]| {
+        let out = std::process::Command::new(EXE)
+            .args([
+                "prune",
+                "--queue-url",
+                &queue_url,
+                "--storage-url",
+                &storage_url,
+            ])
+            .args(extra)
+            .output()
+            .expect("run drover-host prune");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = prune(&["--older-than", "30d"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "removed 0 job(s), 1 run(s) and 2 event(s) older than 30days"
+    );
+    assert!(store.get_run("old").await.expect("get").is_none());
+    assert!(store.get_run("recent").await.expect("get").is_some());
+    let (code, _, stderr) = prune(&["--older-than", "soon"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("\"soon\" is not an age"), "{stderr}");
+
+    // The host prunes at start-up with its retention.
+    write_run("old-again", now - 3 * day).await;
+    let host = setup.start(&["--retention", "2d"]);
+    let deadline = Instant::now() + WAIT;
+    while store.get_run("old-again").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "{}", host.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.get_run("recent").await.expect("get").is_some());
+    assert!(host.signal("TERM").success());
+}

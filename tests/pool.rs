@@ -10,7 +10,6 @@ use drover_host::queue::{ErrorInfo, JobFilter, JobStatus, NewJob, Queue};
 use drover_host::registry::{AgentSpec, Registry, Schema, StaticRegistry, native_agent};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{RunFilter, RunStatus, RunStore};
-use drover_host::time::now_ms;
 use drover_test_support::{TestDb, WAIT, wait_for_run_status, wait_for_status};
 use serde_json::{Value, json};
 

@@ -1266,3 +1266,154 @@ async fn a_killed_hosts_scratch_directories_are_removed_at_the_next_start() {
     assert!(runtime.scratch_dir().exists());
     drop(b);
 }
+
+/// Chaos jobs with a small event byte budget, and a long-lived chaos with a slow byte rate.
+fn byte_budget_agents() -> AgentDir {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add(
+            "chaos-bytes",
+            CHAOS,
+            Some("[limits]\nmax-events = \"unlimited\"\nmax-event-total-bytes = \"4KiB\"\n"),
+        )
+        .add(
+            "chaos-log-bytes",
+            CHAOS,
+            Some("[limits]\nmax-event-total-bytes = \"1KiB\"\n"),
+        )
+        .add(
+            "chaos-lines",
+            CHAOS,
+            Some("[limits]\nmax-log-bytes = \"1KiB\"\n"),
+        )
+        .add(
+            "chaos-byte-rated",
+            CHAOS,
+            Some(
+                "lifecycle = \"long-lived\"\n[limits]\nmax-event-bytes-per-second = \"1KiB\"\n\
+                 event-byte-burst = \"4KiB\"\n",
+            ),
+        );
+    agents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_held_to_its_event_byte_budget() {
+    let host = Host::start_with(byte_budget_agents(), |_job, _spec| false).await;
+    let defaults = host.registry.get("echo").expect("echo").limits.clone();
+    assert_eq!(defaults.max_event_total_bytes, Some(16 << 20));
+
+    // Tiny events count at least 128 bytes each: 4 KiB buys exactly 32 of them.
+    let (_, run) = host.contained("chaos-bytes", "flood").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "EventLimit");
+    assert!(
+        message.contains("more than its limit of 4096 bytes (max-event-total-bytes"),
+        "{message}"
+    );
+    let floods = host
+        .events(&run)
+        .await
+        .iter()
+        .filter(|(k, _)| k == "flood")
+        .count();
+    assert_eq!(floods, 32);
+
+    // One event within the budget is fine; one past it fails the run and is not kept.
+    let view = host
+        .run("chaos-bytes", json!({ "mode": "big-event", "bytes": 3000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let view = host
+        .run("chaos-bytes", json!({ "mode": "big-event", "bytes": 5000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Failed);
+    let run = view.run.expect("run");
+    assert_eq!(error_of(&run).0, "EventLimit");
+    assert!(!host.events(&run).await.iter().any(|(k, _)| k == "big"));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_output_counts_against_the_event_byte_budget() {
+    let host = Host::start_with(byte_budget_agents(), |_job, _spec| false).await;
+    // 2 × 50 lines of output, each charged at least 128 bytes of a 1 KiB budget.
+    let view = host
+        .run("chaos-log-bytes", json!({ "mode": "print", "lines": 50 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Failed);
+    let run = view.run.expect("run");
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "EventLimit");
+    assert!(message.contains("max-event-total-bytes"), "{message}");
+    let logs = host
+        .events(&run)
+        .await
+        .iter()
+        .filter(|(k, _)| k == "log")
+        .count();
+    assert_eq!(logs, 8, "1 KiB / 128 bytes");
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_cannot_turn_the_log_budget_into_as_many_rows() {
+    let host = Host::start_with(byte_budget_agents(), |_job, _spec| false).await;
+    // 1000 empty lines are 1000 bytes, within the 1 KiB log budget, but a run gets one log
+    // event per 8 bytes of it: 128, then one notice.
+    let view = host
+        .run(
+            "chaos-lines",
+            json!({ "mode": "blank-lines", "lines": 1000 }),
+        )
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let events = host.events(&view.run.expect("run")).await;
+    let logs: Vec<&Value> = events
+        .iter()
+        .filter(|(k, _)| k == "log")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        logs.len(),
+        129,
+        "{:?}",
+        &logs[logs.len().saturating_sub(3)..]
+    );
+    assert!(
+        logs.iter().take(128).all(|p| p["message"] == ""),
+        "{:?}",
+        &logs[..3]
+    );
+    let notice = logs[128]["message"].as_str().unwrap_or_default();
+    assert!(notice.contains("more than 128 log lines"), "{notice}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_agent_is_held_to_its_event_byte_rate() {
+    let host = Host::start_with(byte_budget_agents(), |_job, _spec| false).await;
+    let (_, run) = host.contained("chaos-byte-rated", "flood").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "EventLimit");
+    assert!(
+        message.contains("faster than its limit of 1024 bytes per second (bursts of 4096"),
+        "{message}"
+    );
+    let floods = host
+        .events(&run)
+        .await
+        .iter()
+        .filter(|(k, _)| k == "flood")
+        .count() as i64;
+    // The burst (32 events of 128 bytes), plus what the rate refilled while the run lasted.
+    let lasted_ms = run.ended_at.expect("ended") - run.started_at;
+    assert!(floods >= 32, "{floods}");
+    assert!(
+        floods <= 32 + lasted_ms * 8 / 1000 + 1,
+        "{floods} in {lasted_ms} ms"
+    );
+    host.shutdown().await;
+}

@@ -226,7 +226,8 @@ async fn migrations_are_applied_once_and_files_use_wal() {
             ("queue".to_string(), 1),
             ("queue".to_string(), 2),
             ("queue".to_string(), 3),
-            ("store".to_string(), 1)
+            ("store".to_string(), 1),
+            ("store".to_string(), 2)
         ]
     );
 }
@@ -351,4 +352,476 @@ async fn job_views_show_the_deciding_or_the_latest_run() {
         .map(|v| (v.job.id.as_str(), v.run.as_ref().map(|r| r.id.as_str())))
         .collect();
     assert_eq!(got, expected);
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn ended(id: &str, job_id: &str, status: RunStatus, started_at: i64) -> RunRecord {
+    let mut run = run(id, job_id, status, None);
+    run.started_at = started_at;
+    run.ended_at = (status != RunStatus::Running).then_some(started_at + 1000);
+    run
+}
+
+async fn event_count(store: &RunStore, run_id: &str) -> usize {
+    store.events(run_id, 0, 10_000).await.expect("events").len()
+}
+
+/// Finished jobs and runs (with their events) older than the cutoff go; recent ones, queued and
+/// leased jobs and running runs stay, however old. The queue and the store are separate files.
+#[tokio::test]
+async fn retention_prunes_old_finished_work_only() {
+    use drover_host::queue::{JobStatus, NewJob};
+    use drover_host::store::retention::{PRUNE_BATCH, prune};
+    use std::time::Duration;
+
+    let db = drover_test_support::TestDb::new().await;
+    let (queue, store) = (&db.queue, &db.store);
+    let now = drover_host::time::now_ms();
+    let runs = vec![
+        ended("old-done", "j-old", RunStatus::Success, now - 40 * DAY_MS),
+        ended("old-failed", "j-old", RunStatus::Error, now - 31 * DAY_MS),
+        ended(
+            "old-running",
+            "j-live",
+            RunStatus::Running,
+            now - 40 * DAY_MS,
+        ),
+        ended("recent", "j-new", RunStatus::Success, now - DAY_MS),
+    ];
+    let events = runs
+        .iter()
+        .flat_map(|r| (1..=3).map(|seq| event(&r.id, seq, "tick", "{}")))
+        .collect();
+    store
+        .write(&WriteBatch {
+            runs,
+            events,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let new = |id: &str| NewJob::new("echo", &serde_json::json!(null)).id(id);
+    queue
+        .enqueue_batch(vec![
+            new("done"),
+            new("failed"),
+            new("leased"),
+            new("cancelled"),
+        ])
+        .await
+        .expect("enqueue");
+    let lease = Duration::from_secs(30);
+    let claimed = queue.claim("w", lease, 3).await.expect("claim");
+    let lease_of = |id: &str| {
+        claimed
+            .iter()
+            .find(|c| c.job.id == id)
+            .map(|c| c.lease.clone())
+            .expect("claimed")
+    };
+    assert!(
+        queue
+            .complete(&lease_of("done"), "r", "success")
+            .await
+            .expect("complete")
+    );
+    assert!(
+        queue
+            .fail(&lease_of("failed"), ErrorInfo::new("X", "x"), false, None)
+            .await
+            .expect("fail")
+    );
+    queue.cancel("cancelled").await.expect("cancel");
+    queue.enqueue(new("queued")).await.expect("enqueue");
+
+    // Thirty days back from now: only the old finished runs qualify; every job is recent.
+    let pruned = prune(
+        queue,
+        store,
+        Duration::from_secs(30 * 86_400),
+        now,
+        PRUNE_BATCH,
+    )
+    .await
+    .expect("prune");
+    assert_eq!((pruned.jobs, pruned.runs, pruned.events), (0, 2, 6));
+    for gone in ["old-done", "old-failed"] {
+        assert!(store.get_run(gone).await.expect("get").is_none(), "{gone}");
+        assert_eq!(event_count(store, gone).await, 0, "{gone}");
+    }
+    for kept in ["old-running", "recent"] {
+        assert!(store.get_run(kept).await.expect("get").is_some(), "{kept}");
+        assert_eq!(event_count(store, kept).await, 3, "{kept}");
+    }
+
+    // A day from now, with a day's retention: the finished jobs are old now, the others are not
+    // finished; the running run stays whatever its age.
+    let pruned = prune(
+        queue,
+        store,
+        Duration::from_secs(86_400),
+        now + 2 * DAY_MS,
+        PRUNE_BATCH,
+    )
+    .await
+    .expect("prune");
+    assert_eq!((pruned.jobs, pruned.runs, pruned.events), (3, 1, 3));
+    for gone in ["done", "failed", "cancelled"] {
+        assert!(queue.get(gone).await.expect("get").is_none(), "{gone}");
+    }
+    assert_eq!(
+        queue.get("leased").await.expect("get").map(|j| j.status),
+        Some(JobStatus::Leased)
+    );
+    assert_eq!(
+        queue.get("queued").await.expect("get").map(|j| j.status),
+        Some(JobStatus::Queued)
+    );
+    assert!(store.get_run("old-running").await.expect("get").is_some());
+    assert_eq!(event_count(store, "old-running").await, 3);
+    assert!(store.get_run("recent").await.expect("get").is_none());
+}
+
+/// A large backlog goes in statements of at most the batch size each.
+#[tokio::test]
+async fn retention_deletes_in_bounded_batches() {
+    use drover_host::queue::NewJob;
+    use drover_host::store::retention::prune;
+    use std::time::Duration;
+
+    let db = drover_test_support::TestDb::new().await;
+    let (queue, store) = (&db.queue, &db.store);
+    let now = drover_host::time::now_ms();
+    let runs: Vec<RunRecord> = (0..260)
+        .map(|i| {
+            ended(
+                &format!("r-{i}"),
+                "j",
+                RunStatus::Success,
+                now - 40 * DAY_MS,
+            )
+        })
+        .collect();
+    let events = runs
+        .iter()
+        .flat_map(|r| (1..=4).map(|seq| event(&r.id, seq, "tick", "{}")))
+        .collect();
+    store
+        .write(&WriteBatch {
+            runs,
+            events,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let jobs: Vec<NewJob> = (0..130)
+        .map(|i| NewJob::new("echo", &serde_json::json!(null)).id(format!("j-{i}")))
+        .collect();
+    queue.enqueue_batch(jobs).await.expect("enqueue");
+    for i in 0..130 {
+        queue.cancel(&format!("j-{i}")).await.expect("cancel");
+    }
+
+    let pruned = prune(
+        queue,
+        store,
+        Duration::from_secs(86_400),
+        now + 2 * DAY_MS,
+        50,
+    )
+    .await
+    .expect("prune");
+    assert_eq!((pruned.jobs, pruned.runs, pruned.events), (130, 260, 1040));
+    assert!(pruned.largest_batch <= 50, "{pruned:?}");
+    // 130 jobs: 3 statements; 260 runs: 6 passes of at most 50, each with its events (200 per
+    // pass: 4 or 5 statements) and one delete of the runs.
+    assert!(pruned.statements >= 3 + 6 * 5, "{pruned:?}");
+    let left = store
+        .db()
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM events)",
+                (),
+                |row| Ok((row.int(0)?, row.int(1)?)),
+            )
+            .await
+        })
+        .await
+        .expect("count");
+    assert_eq!(left, [(0, 0)]);
+}
+
+/// A job's runs do not store its input again (the job has it); the producer API fills it in
+/// from the job, so a run is served as before. A run without a job keeps its own input.
+#[tokio::test]
+async fn a_jobs_runs_are_stored_without_its_input_and_served_with_it() {
+    use drover_host::api::RunApi;
+    use drover_host::queue::NewJob;
+    use drover_host::registry::StaticRegistry;
+
+    let db = drover_test_support::TestDb::new().await;
+    let input = serde_json::json!({ "n": 42, "text": "x".repeat(1000) });
+    let job = db
+        .queue
+        .enqueue(NewJob::new("echo", &input).id("j-in"))
+        .await
+        .expect("enqueue")
+        .job;
+    let raw = |text: &str| Some(Arc::from(RawValue::from_string(text.into()).expect("json")));
+    let mut of_job = run("r-job", "j-in", RunStatus::Running, None);
+    of_job.input = Some(Arc::clone(&job.input));
+    let mut alone = run("r-alone", "unused", RunStatus::Success, None);
+    alone.job_id = None;
+    alone.input = raw(r#"{"standalone":true}"#);
+    db.store
+        .write(&WriteBatch {
+            runs: vec![of_job, alone],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+
+    let stored = db
+        .store
+        .db()
+        .run(|conn| async move {
+            query_all(&conn, "SELECT id, input FROM runs ORDER BY id", (), |row| {
+                Ok((row.text(0)?, row.opt_text(1)?))
+            })
+            .await
+        })
+        .await
+        .expect("read");
+    assert_eq!(
+        stored,
+        [
+            (
+                "r-alone".to_string(),
+                Some(r#"{"standalone":true}"#.to_string())
+            ),
+            ("r-job".to_string(), None),
+        ]
+    );
+
+    let api = RunApi::new(
+        db.queue.clone(),
+        db.store.clone(),
+        Arc::new(StaticRegistry::new()),
+    );
+    let served = api.run("r-job").await.expect("run");
+    let served_input: serde_json::Value =
+        serde_json::from_str(served.input.expect("input").get()).expect("json");
+    assert_eq!(served_input, input);
+    let alone = api.run("r-alone").await.expect("run");
+    assert_eq!(
+        alone.input.map(|i| i.get().to_string()).as_deref(),
+        Some(r#"{"standalone":true}"#)
+    );
+    let view = api.get("j-in").await.expect("view");
+    assert_eq!(
+        view.run.and_then(|r| r.input).map(|i| i.get().to_string()),
+        Some(job.input.get().to_string())
+    );
+}
+
+/// Database files are synced at every commit unless told otherwise; the setting holds for the
+/// writer's connection and for readers' alike.
+#[tokio::test]
+async fn database_files_sync_every_commit_by_default() {
+    use drover_host::db::{DbOptions, SyncMode};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let synchronous = |db: Db| async move {
+        let read = db
+            .run(|conn| async move {
+                query_all(&conn, "PRAGMA synchronous", (), |row| row.int(0)).await
+            })
+            .await
+            .expect("reader");
+        let written = db
+            .write(|conn| async move {
+                query_all(&conn, "PRAGMA synchronous", (), |row| row.int(0)).await
+            })
+            .await
+            .expect("writer");
+        (read, written)
+    };
+    let url = |name: &str| format!("file:{}", dir.path().join(name).display());
+    // SQLite's values: 1 is NORMAL, 2 is FULL.
+    let default = Db::open(&url("default.db"), None).await.expect("open");
+    assert_eq!(synchronous(default).await, (vec![2], vec![2]));
+    let normal = Db::open_with(
+        &url("normal.db"),
+        None,
+        DbOptions {
+            sync: SyncMode::Normal,
+        },
+    )
+    .await
+    .expect("open");
+    assert_eq!(synchronous(normal).await, (vec![1], vec![1]));
+    assert_eq!("FULL".parse::<SyncMode>(), Ok(SyncMode::Full));
+    assert_eq!("normal".parse::<SyncMode>(), Ok(SyncMode::Normal));
+    let error = "off".parse::<SyncMode>().expect_err("not a mode");
+    assert!(error.contains("full or normal"), "{error}");
+}
+
+/// A schema whose second migration is not idempotent: applied twice, it would fail.
+static GADGETS: &[drover_host::db::Migration] = &[
+    drover_host::db::Migration {
+        version: 1,
+        name: "gadgets",
+        sql: "CREATE TABLE gadgets (id INTEGER PRIMARY KEY);",
+    },
+    drover_host::db::Migration {
+        version: 2,
+        name: "gadget colours",
+        sql: "ALTER TABLE gadgets ADD COLUMN colour TEXT;",
+    },
+];
+
+async fn columns(db: &Db, table: &'static str) -> Vec<String> {
+    db.run(move |conn| async move {
+        query_all(
+            &conn,
+            &format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
+            (),
+            |row| row.text(0),
+        )
+        .await
+    })
+    .await
+    .expect("columns")
+}
+
+/// Processes starting at once on one file (separate handles, each with its own writer) all
+/// end up migrated, though the migration is an `ALTER TABLE`: the loser of the race finds the
+/// bookkeeping row taken and runs none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_migrations_apply_an_alter_table_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The loser's view, made certain: its version was read before the winner committed.
+    let url = format!("file:{}", dir.path().join("loser.db").display());
+    let (winner, loser) = (
+        Db::open(&url, None).await.expect("open"),
+        Db::open(&url, None).await.expect("open"),
+    );
+    winner.migrate("gadgets", GADGETS).await.expect("migrate");
+    let applied = loser
+        .apply_migration("gadgets", &GADGETS[1])
+        .await
+        .expect("already applied is no error");
+    assert!(!applied);
+    assert_eq!(columns(&loser, "gadgets").await, ["id", "colour"]);
+
+    // A real race: four processes read the version while a fifth holds the write lock, so
+    // that all of them find the migrations unapplied and then queue up to apply them.
+    let url = format!("file:{}", dir.path().join("race.db").display());
+    let blocker = Db::open(&url, None).await.expect("open");
+    blocker
+        .migrate("other", &[])
+        .await
+        .expect("bookkeeping table");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(Db::open(&url, None).await.expect("open"));
+    }
+    let hold = tokio::spawn({
+        let blocker = blocker.clone();
+        async move {
+            blocker
+                .write(|conn| async move {
+                    conn.execute("BEGIN IMMEDIATE", ()).await?;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    conn.execute("COMMIT", ()).await?;
+                    Ok(())
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let results =
+        futures::future::join_all(handles.iter().map(|db| db.migrate("gadgets", GADGETS))).await;
+    hold.await.expect("join").expect("held the lock");
+    for result in results {
+        result.expect("every process ends up migrated");
+    }
+    assert_eq!(columns(&blocker, "gadgets").await, ["id", "colour"]);
+    let versions = blocker
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "SELECT version FROM drover_migrations WHERE component = 'gadgets' ORDER BY version",
+                (),
+                |row| row.int(0),
+            )
+            .await
+        })
+        .await
+        .expect("versions");
+    assert_eq!(versions, [1, 2]);
+}
+
+/// A database migrated by a newer build is refused with a clear error, and left as it is.
+#[tokio::test]
+async fn a_database_newer_than_the_build_is_refused() {
+    let (store, _dir) = store().await;
+    store
+        .write(&WriteBatch {
+            runs: vec![run("r-1", "j-1", RunStatus::Success, None)],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let db = store.db().clone();
+    db.write(|conn| async move {
+        conn.execute(
+            "INSERT INTO drover_migrations (component, version, name, applied_at)
+             VALUES ('store', 99, 'from the future', 0)",
+            (),
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+    .expect("a future version");
+    let error = RunStore::with_db(db.clone())
+        .await
+        .expect_err("newer schema")
+        .to_string();
+    assert!(
+        error.contains("the store schema of this database is at version 99, newer than this build knows (version 2)"),
+        "{error}"
+    );
+    // The queue's schema is its own business, and the runs are still there.
+    drover_host::queue::Queue::with_db(db, Default::default())
+        .await
+        .expect("queue");
+    assert!(store.get_run("r-1").await.expect("get").is_some());
+}
+
+/// Counting runs by status reads the status index alone.
+#[tokio::test]
+async fn counting_runs_by_status_uses_the_status_index() {
+    let (store, _dir) = store().await;
+    let plan = store
+        .db()
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "EXPLAIN QUERY PLAN SELECT status, count(*) FROM runs GROUP BY status",
+                (),
+                |row| row.text(3),
+            )
+            .await
+        })
+        .await
+        .expect("plan");
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("COVERING INDEX runs_status")),
+        "{plan:?}"
+    );
 }

@@ -5,6 +5,7 @@
 //! cargo bench -p drover-host --bench drover              # full run, writes docs/BENCHMARKS.md
 //! cargo bench -p drover-host --bench drover -- --quick   # small sizes, proves the harness works
 //! cargo bench -p drover-host --bench drover -- --only throughput   # one benchmark
+//! cargo bench -p drover-host --bench drover -- --only sync   # the two sync modes side by side
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_host::db::Db;
+use drover_host::db::{Db, DbOptions, SyncMode};
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::queue::{Finish, FinishKind, JobStatus, NewJob, Queue, QueueOptions};
 use drover_host::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
@@ -93,11 +94,11 @@ fn main() {
 
     let dir = work.path();
     if wanted("per-job") {
-        eprintln!("[1/6] per-job instance cost");
+        eprintln!("[1/7] per-job instance cost");
         rows.extend(runtime.block_on(per_job_cost(scale, dir)));
     }
     if wanted("throughput") {
-        eprintln!("[2/6] end-to-end durable throughput");
+        eprintln!("[2/7] end-to-end durable throughput");
         rows.extend(runtime.block_on(throughput(scale, dir)));
     }
     if wanted("backlog") {
@@ -105,20 +106,24 @@ fn main() {
         rows.extend(runtime.block_on(scheduled_backlog(scale, dir)));
     }
     if wanted("cancel") {
-        eprintln!("[3/6] cancel latency");
+        eprintln!("[3/7] cancel latency");
         rows.extend(runtime.block_on(cancel_latency(scale, dir)));
     }
     if wanted("density") {
-        eprintln!("[4/6] density of long-lived agents");
+        eprintln!("[4/7] density of long-lived agents");
         rows.extend(density(scale));
     }
     if wanted("quota") {
-        eprintln!("[5/6] quota overhead");
+        eprintln!("[5/7] quota overhead");
         rows.extend(runtime.block_on(quota_overhead(scale, dir)));
     }
     if wanted("cold-start") {
-        eprintln!("[6/6] cold vs warm start");
+        eprintln!("[6/7] cold vs warm start");
         rows.extend(runtime.block_on(cold_start(scale, dir)));
+    }
+    if wanted("sync") {
+        eprintln!("[7/7] synchronous=FULL vs NORMAL");
+        rows.extend(runtime.block_on(sync_modes(scale, dir)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.
@@ -381,6 +386,77 @@ async fn scheduled_backlog(scale: Scale, work: &Path) -> Vec<Row> {
         target: "≥ 0.8 of the empty table".into(),
         met: Some(with_backlog / empty >= 0.8),
     }]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. synchronous=FULL vs NORMAL
+
+/// The same work on database files synced at every commit (`full`, the default) and at
+/// checkpoints only (`normal`): single enqueues, each its own acknowledged commit, and the
+/// durable drain of the throughput benchmark. Reported as full / normal.
+async fn sync_modes(scale: Scale, work: &Path) -> Vec<Row> {
+    let jobs = scale.pick(1_000, 10_000);
+    let singles = scale.pick(100, 1_000);
+    let rounds = scale.pick(1, 3);
+    let concurrency = 32;
+    let runtime = wasm_runtime(work, 256, Metering::ON);
+    let echo = component_spec(&runtime, "echo", drover_test_support::ECHO).await;
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(echo));
+    let modes = [SyncMode::Full, SyncMode::Normal];
+    let (mut enqueues, mut drains) = ([vec![], vec![]], [vec![], vec![]]);
+    // The modes alternate, each on fresh databases, so both see the same moments of the disk.
+    for _ in 0..rounds {
+        for (i, sync) in modes.into_iter().enumerate() {
+            let dir = tempfile::tempdir_in(work).expect("dir");
+            let (queue, store) = databases_with(dir.path(), sync).await;
+            let started = Instant::now();
+            for n in 0..singles {
+                queue
+                    .enqueue(NewJob::new("echo", &json!({ "n": n })))
+                    .await
+                    .expect("enqueue");
+            }
+            enqueues[i].push(singles as f64 / started.elapsed().as_secs_f64());
+            enqueue_echo(&queue, jobs).await;
+            let total = jobs + singles;
+            let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(&runtime)));
+            let started = Instant::now();
+            let pool = start_pool(&queue, &store, &registry, wasm, concurrency, 1);
+            wait_for_runs(&pool, total as u64).await;
+            pool.flush().await;
+            drains[i].push(total as f64 / started.elapsed().as_secs_f64());
+            pool.shutdown().await;
+            let done = queue.counts().await.expect("counts");
+            assert_eq!(done.get(&JobStatus::Done).copied(), Some(total as i64));
+        }
+    }
+    let median =
+        |samples: &[Vec<f64>; 2]| [percentile(&samples[0], 0.5), percentile(&samples[1], 0.5)];
+    let ([enqueue_full, enqueue_normal], [drain_full, drain_normal]) =
+        (median(&enqueues), median(&drains));
+    vec![
+        Row {
+            name: format!(
+                "Single enqueues (median of {rounds}): {singles} `enqueue` calls one after another, each its own commit, on a `file:` queue with `DROVER_DB_SYNC=full`; vs `normal`"
+            ),
+            figure: format!("{enqueue_full:.0} jobs/s"),
+            baseline: format!("{enqueue_normal:.0} jobs/s"),
+            ratio: enqueue_full / enqueue_normal,
+            target: String::new(),
+            met: None,
+        },
+        Row {
+            name: format!(
+                "Durable drain (median of {rounds}): {} `echo` jobs as in the throughput benchmark, `DROVER_DB_SYNC=full`; vs `normal`",
+                jobs + singles
+            ),
+            figure: format!("{drain_full:.0} jobs/s"),
+            baseline: format!("{drain_normal:.0} jobs/s"),
+            ratio: drain_full / drain_normal,
+            target: String::new(),
+            met: None,
+        },
+    ]
 }
 
 async fn enqueue_echo(queue: &Queue, jobs: usize) {
@@ -870,15 +946,22 @@ fn native_echo() -> AgentSpec {
 }
 
 async fn databases(dir: &Path) -> (Queue, RunStore) {
-    let queue = Queue::with_db(
-        Db::open(&format!("file:{}", dir.join("queue.db").display()), None)
-            .await
-            .expect("queue db"),
-        QueueOptions::default(),
-    )
-    .await
-    .expect("queue");
-    let store = RunStore::open(&format!("file:{}", dir.join("runs.db").display()), None)
+    databases_with(dir, SyncMode::default()).await
+}
+
+async fn databases_with(dir: &Path, sync: SyncMode) -> (Queue, RunStore) {
+    let open = |file: &str| {
+        let url = format!("file:{}", dir.join(file).display());
+        async move {
+            Db::open_with(&url, None, DbOptions { sync })
+                .await
+                .expect("open db")
+        }
+    };
+    let queue = Queue::with_db(open("queue.db").await, QueueOptions::default())
+        .await
+        .expect("queue");
+    let store = RunStore::with_db(open("runs.db").await)
         .await
         .expect("store");
     (queue, store)

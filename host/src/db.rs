@@ -4,7 +4,8 @@
 //! Three kinds of URL are understood:
 //!
 //! * `file:./var/queue.db` (or a bare path): an embedded database file, opened in WAL mode with a
-//!   busy timeout so that several processes can share it;
+//!   busy timeout so that several processes can share it, and synced at every commit unless
+//!   [`DbOptions::sync`] says otherwise;
 //! * `:memory:`: a private in-memory database (one connection, shared by every user of the [`Db`]);
 //! * `libsql://…`, `http://…`, `https://…`: a remote libsql server (sqld, Turso), with an optional
 //!   auth token.
@@ -50,6 +51,20 @@ pub enum DbError {
     /// A row did not have the shape the code expected (a schema mismatch).
     #[error("unexpected database value: {0}")]
     Decode(String),
+    /// The database's schema is newer than this build knows: it was migrated by a later
+    /// version of the host.
+    #[error(
+        "the {component} schema of this database is at version {found}, newer than this build \
+         knows (version {known}): run a build at least as new as the one that migrated it"
+    )]
+    SchemaTooNew {
+        /// Which schema (`queue`, `store`).
+        component: &'static str,
+        /// The version recorded in the database.
+        found: i64,
+        /// The latest version this build has.
+        known: i64,
+    },
     /// A migration failed.
     #[error("migration {component}/{version} failed: {message}")]
     Migration {
@@ -122,6 +137,7 @@ impl DbError {
             DbError::InvalidUrl { .. }
             | DbError::Decode(_)
             | DbError::Migration { .. }
+            | DbError::SchemaTooNew { .. }
             | DbError::Panicked(_) => Retry::Permanent,
         }
     }
@@ -165,6 +181,50 @@ fn classify_libsql(error: &libsql::Error) -> Retry {
         }
         _ => Retry::Permanent,
     }
+}
+
+/// When an embedded database file is synced to disk (SQLite's `synchronous` setting, in WAL
+/// mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every commit is synced before it returns (`synchronous=FULL`): once a write is
+    /// acknowledged (an enqueue answered, an outcome recorded), a power cut or kernel crash does
+    /// not take it back. The default.
+    #[default]
+    Full,
+    /// The log is synced only at checkpoints (`synchronous=NORMAL`): faster commits, but a
+    /// power cut or kernel crash (not a crash of the process) can lose the last acknowledged
+    /// commits, never consistency.
+    Normal,
+}
+
+impl SyncMode {
+    /// The `PRAGMA synchronous` value.
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        }
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Ok(SyncMode::Full),
+            "normal" => Ok(SyncMode::Normal),
+            other => Err(format!("unknown sync mode {other:?} (use full or normal)")),
+        }
+    }
+}
+
+/// How a database is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbOptions {
+    /// When an embedded database file is synced (no effect on other kinds).
+    pub sync: SyncMode,
 }
 
 /// Where a database lives.
@@ -254,6 +314,8 @@ struct DbInner {
     /// In-memory databases are private to a connection, so one connection serves every caller,
     /// one operation at a time.
     shared: Option<Mutex<Conn>>,
+    /// When a database file is synced.
+    sync: SyncMode,
 }
 
 impl std::fmt::Debug for Db {
@@ -263,8 +325,18 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `url`. `auth_token` is used by remote servers.
+    /// Opens (creating if needed) the database at `url` with the default [`DbOptions`].
+    /// `auth_token` is used by remote servers.
     pub async fn open(url: &str, auth_token: Option<&str>) -> Result<Self, DbError> {
+        Self::open_with(url, auth_token, DbOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the database at `url` with `options`.
+    pub async fn open_with(
+        url: &str,
+        auth_token: Option<&str>,
+        options: DbOptions,
+    ) -> Result<Self, DbError> {
         let location = DbLocation::parse(url)?;
         let open_err = |message: String| DbError::Open {
             url: url.to_string(),
@@ -298,10 +370,11 @@ impl Db {
         let writer = match location {
             DbLocation::File(_) => {
                 let file = Arc::clone(&database);
-                let conn = tokio::task::spawn_blocking(move || file_connection(&file))
-                    .await
-                    .map_err(|e| open_err(e.to_string()))?
-                    .map_err(|e| open_err(e.to_string()))?;
+                let conn =
+                    tokio::task::spawn_blocking(move || file_connection(&file, options.sync))
+                        .await
+                        .map_err(|e| open_err(e.to_string()))?
+                        .map_err(|e| open_err(e.to_string()))?;
                 Some(
                     spawn_writer(conn)
                         .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?,
@@ -319,6 +392,7 @@ impl Db {
                 readers: tokio::sync::Semaphore::new(MAX_READERS),
                 idle: Mutex::new(Vec::new()),
                 shared,
+                sync: options.sync,
             }),
         };
         // Touch the database now so that a bad path or an unreachable server fails at start-up.
@@ -466,9 +540,12 @@ impl Db {
         self.write(|conn| bulk_prepared(conn, statements)).await
     }
 
-    /// Applies `migrations` (ordered by version) for `component` that are not applied yet. Each
-    /// migration runs as one transactional batch together with its bookkeeping row, so a crash
-    /// cannot leave it half-applied, and two processes starting at once both end up migrated.
+    /// Applies `migrations` (ordered by version) for `component` that are not applied yet, and
+    /// refuses a database whose schema is newer than the last of them ([`DbError::SchemaTooNew`]).
+    /// Each migration runs as one transactional batch that starts with its bookkeeping row, so a
+    /// crash cannot leave it half-applied; and when two processes start at once, the one that
+    /// loses the race fails on that row (its primary key) before any of the migration's
+    /// statements run, and takes the migration as applied. Migrations need not be idempotent.
     pub async fn migrate(
         &self,
         component: &'static str,
@@ -496,32 +573,75 @@ impl Db {
             .first()
             .copied()
             .unwrap_or(0);
-            for migration in migrations.iter().filter(|m| m.version > current) {
-                let sql = format!(
-                    "{}\nINSERT OR IGNORE INTO drover_migrations (component, version, name, applied_at) \
-                     VALUES ('{component}', {}, '{}', {});",
-                    migration.sql,
-                    migration.version,
-                    migration.name.replace('\'', "''"),
-                    crate::time::now_ms(),
-                );
-                conn.execute_transactional_batch(&sql)
-                    .await
-                    .map_err(|e| DbError::Migration {
-                        component,
-                        version: migration.version,
-                        message: e.to_string(),
-                    })?;
-                tracing::debug!(
+            let known = migrations.last().map_or(0, |m| m.version);
+            if current > known {
+                return Err(DbError::SchemaTooNew {
                     component,
-                    version = migration.version,
-                    name = migration.name,
-                    "applied migration"
-                );
+                    found: current,
+                    known,
+                });
+            }
+            for migration in migrations.iter().filter(|m| m.version > current) {
+                apply_migration(&conn, component, migration).await?;
             }
             Ok(())
         })
         .await
+    }
+
+    /// Applies one migration of `component` as [`Db::migrate`] does, whatever version is
+    /// recorded: returns `false`, having changed nothing, if it is already applied.
+    pub async fn apply_migration(
+        &self,
+        component: &'static str,
+        migration: &'static Migration,
+    ) -> Result<bool, DbError> {
+        self.write(move |conn| async move { apply_migration(&conn, component, migration).await })
+            .await
+    }
+}
+
+/// Runs `migration` with its bookkeeping row first, in one transactional batch; `false` if the
+/// row was there already (another process applied it).
+async fn apply_migration(
+    conn: &Conn,
+    component: &'static str,
+    migration: &Migration,
+) -> Result<bool, DbError> {
+    let sql = format!(
+        "INSERT INTO drover_migrations (component, version, name, applied_at) \
+         VALUES ('{component}', {}, '{}', {});\n{}",
+        migration.version,
+        migration.name.replace('\'', "''"),
+        crate::time::now_ms(),
+        migration.sql,
+    );
+    match conn.execute_transactional_batch(&sql).await {
+        Ok(_) => {
+            tracing::debug!(
+                component,
+                version = migration.version,
+                name = migration.name,
+                "applied migration"
+            );
+            Ok(true)
+        }
+        Err(e)
+            if e.to_string()
+                .contains("constraint failed: drover_migrations") =>
+        {
+            tracing::debug!(
+                component,
+                version = migration.version,
+                "migration already applied by another process"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(DbError::Migration {
+            component,
+            version: migration.version,
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -551,7 +671,7 @@ impl DbInner {
             return Ok(conn);
         }
         if let DbLocation::File(_) = self.location {
-            return file_connection(&self.database);
+            return file_connection(&self.database, self.sync);
         }
         Ok(Conn::new(self.database.connect()?))
     }
@@ -573,15 +693,15 @@ impl DbInner {
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
 /// A new connection to a database file, with the settings every connection gets: WAL (readers
-/// never wait for the writer), a busy timeout (for writers of other processes), and no fsync on
-/// every commit (the WAL is synced at checkpoints; a power cut can lose the last commits, never
-/// consistency). Blocks.
-fn file_connection(database: &libsql::Database) -> Result<Conn, DbError> {
+/// never wait for the writer), a busy timeout (for writers of other processes), and `sync` (see
+/// [`SyncMode`]). Blocks.
+fn file_connection(database: &libsql::Database, sync: SyncMode) -> Result<Conn, DbError> {
     let conn = database.connect()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    futures::executor::block_on(conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
-    ))?;
+    futures::executor::block_on(conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA temp_store=MEMORY;",
+        sync.pragma()
+    )))?;
     Ok(Conn::new(conn))
 }
 
@@ -803,8 +923,8 @@ fn row_values(row: &libsql::Row) -> Result<Vec<Value>, DbError> {
         .collect()
 }
 
-/// One schema migration. Its SQL must be idempotent (`CREATE … IF NOT EXISTS`), because two
-/// processes may race to apply it.
+/// One schema migration. Its SQL runs once per database (see [`Db::migrate`]), so it may be
+/// any statements, `ALTER TABLE` included.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// Version, starting at 1, strictly increasing.

@@ -15,6 +15,7 @@
 //! | `big-event`   | emits one event with a payload of about `bytes` bytes, then succeeds |
 //! | `log-flood`   | makes `lines` `log` calls (of `bytes` bytes each, default short), then succeeds |
 //! | `print`       | writes `lines` lines to stdout and stderr, then succeeds             |
+//! | `blank-lines` | writes `lines` empty lines to stdout, then succeeds                  |
 //! | `fail`        | returns an error (`retryable` as given)                               |
 //! | `deaf`        | a long wait that ignores stop requests                               |
 //! | `sleep`       | sleeps `ms` milliseconds (waking early on a stop), then succeeds    |
@@ -88,6 +89,12 @@ impl Agent for Chaos {
                 for i in 0..input.lines.unwrap_or(3) {
                     println!("stdout line {i}");
                     eprintln!("stderr line {i}");
+                }
+                Ok(json!({ "ok": true }))
+            }
+            "blank-lines" => {
+                for _ in 0..input.lines.unwrap_or(3) {
+                    println!();
                 }
                 Ok(json!({ "ok": true }))
             }

@@ -202,6 +202,11 @@ impl RunApi {
         for view in views.iter_mut().filter(|v| v.run.is_none()) {
             view.run = latest.remove(&view.job.id);
         }
+        for view in &mut views {
+            if let Some(run) = &mut view.run {
+                run.input.get_or_insert_with(|| Arc::clone(&view.job.input));
+            }
+        }
         Ok(views)
     }
 
@@ -258,12 +263,21 @@ impl RunApi {
         Ok(self.store.list_runs(filter).await?)
     }
 
-    /// One run.
+    /// One run, with its input (which the run store keeps only for runs without a job: a job's
+    /// run gets its job's, unless the job is gone).
     pub async fn run(&self, run_id: &str) -> Result<Run, ApiError> {
-        self.store
+        let mut run = self
+            .store
             .get_run(run_id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("run {run_id}")))
+            .ok_or_else(|| ApiError::NotFound(format!("run {run_id}")))?;
+        if run.input.is_none()
+            && let Some(job_id) = &run.job_id
+            && let Some(job) = self.queue.get(job_id).await?
+        {
+            run.input = Some(job.input);
+        }
+        Ok(run)
     }
 
     /// A run's events after `after`, in order.

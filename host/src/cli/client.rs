@@ -119,7 +119,7 @@ pub(super) async fn execute(command: Command) -> u8 {
 
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Run(_) => Ok(FAILED),
+        Command::Run(_) | Command::Prune(_) => Ok(FAILED),
         Command::Enqueue {
             agent,
             input,

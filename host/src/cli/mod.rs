@@ -2,6 +2,7 @@
 //! running host's HTTP API.
 
 mod client;
+mod prune;
 mod run;
 
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::{self, LogFormat};
 
 pub use client::ClientArgs;
+pub use prune::PruneArgs;
 pub use run::RunArgs;
 
 /// A WebAssembly plugin host for sandboxed agents.
@@ -33,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Start the host: worker pool and HTTP API (with the run viewer) on the agent directory.
     Run(Box<RunArgs>),
+    /// Delete finished jobs, runs and events older than an age (default 30 days), once.
+    Prune(PruneArgs),
     /// Enqueue a job: `drover-host enqueue echo '{"n": 42}' --wait`.
     Enqueue {
         /// Agent id.
@@ -168,6 +172,13 @@ pub fn main() -> ExitCode {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
+            Command::Prune(args) => match prune::prune(args).await {
+                Ok(()) => 0,
+                Err(e) => {
                     eprintln!("error: {e:#}");
                     1
                 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::RunApi;
 use crate::api::http::{self, HttpState};
 use crate::api::metrics::Metrics;
-use crate::db::Db;
+use crate::db::{Db, DbOptions, SyncMode};
 use crate::pool::{PoolConfig, PoolDeps, WorkerPool};
 use crate::queue::{Queue, QueueOptions};
 use crate::registry::{DirRegistry, Registry};
@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Auth token for a remote run store database.
     #[arg(long, env = "DROVER_STORAGE_AUTH_TOKEN", hide_env_values = true)]
     pub storage_auth_token: Option<String>,
+    /// When database files are synced to disk: `full` (every commit; nothing acknowledged is
+    /// lost to a power cut) or `normal` (at checkpoints; faster, but a power cut can lose the
+    /// last acknowledged writes).
+    #[arg(long, env = "DROVER_DB_SYNC", default_value = "full", value_parser = parse_sync)]
+    pub db_sync: SyncMode,
     /// Where per-run scratch directories (and, by default, the compiled-component cache) live.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = "var")]
     pub data_dir: PathBuf,
@@ -91,7 +96,15 @@ pub struct RunArgs {
     /// others.
     #[arg(long)]
     pub api_only: bool,
+    /// How long finished jobs, runs and events are kept (`30d`, `12h`, … or `off`); older ones
+    /// are deleted in the background, in small batches.
+    #[arg(long, env = "DROVER_RETENTION", default_value = "30d",
+          value_parser = super::prune::parse_retention)]
+    pub retention: super::prune::Retention,
 }
+
+/// How often the background pruner runs (and once at start-up).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How long open HTTP requests may go on once the host is shutting down and its pool stopped.
 const SERVER_GRACE: Duration = Duration::from_secs(2);
@@ -152,6 +165,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .start()
     });
 
+    let stop_pruning = CancellationToken::new();
+    let pruner = args.retention.0.map(|older_than| {
+        tracing::info!(
+            "finished work is kept for {}",
+            humantime::format_duration(older_than)
+        );
+        tokio::spawn(super::prune::prune_in_background(
+            queue.clone(),
+            store.clone(),
+            older_than,
+            PRUNE_INTERVAL,
+            stop_pruning.clone(),
+        ))
+    });
+
     let stop_serving = CancellationToken::new();
     let server = if args.worker_only {
         None
@@ -189,6 +217,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     stop_serving.cancel();
+    // Every delete stands on its own, so a prune may stop anywhere.
+    stop_pruning.cancel();
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     if let Some(pool) = pool {
         pool.shutdown().await;
     }
@@ -210,15 +243,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Opens the queue and the run store; one database when both URLs are the same.
 async fn open_databases(args: &RunArgs) -> anyhow::Result<(Queue, RunStore)> {
-    let queue_db = Db::open(&args.queue_url, args.queue_auth_token.as_deref())
+    let options = DbOptions { sync: args.db_sync };
+    let queue_db = Db::open_with(&args.queue_url, args.queue_auth_token.as_deref(), options)
         .await
         .context("cannot open the queue database")?;
     let store_db = if args.storage_url == args.queue_url {
         queue_db.clone()
     } else {
-        Db::open(&args.storage_url, args.storage_auth_token.as_deref())
-            .await
-            .context("cannot open the run store database")?
+        Db::open_with(
+            &args.storage_url,
+            args.storage_auth_token.as_deref(),
+            options,
+        )
+        .await
+        .context("cannot open the run store database")?
     };
     let queue = Queue::with_db(queue_db, QueueOptions::default())
         .await
@@ -226,8 +264,17 @@ async fn open_databases(args: &RunArgs) -> anyhow::Result<(Queue, RunStore)> {
     let store = RunStore::with_db(store_db)
         .await
         .context("cannot prepare the run store")?;
-    tracing::info!(queue = %args.queue_url, storage = %args.storage_url, "databases ready");
+    tracing::info!(
+        queue = %args.queue_url,
+        storage = %args.storage_url,
+        sync = ?args.db_sync,
+        "databases ready"
+    );
     Ok((queue, store))
+}
+
+fn parse_sync(text: &str) -> Result<SyncMode, String> {
+    text.parse()
 }
 
 /// The wasm sandbox for every agent, except the trusted ones, which run in the none sandbox.

@@ -154,7 +154,7 @@ async fn execute(
         Arc::clone(control),
         shared.recorder.clone(),
         1,
-        spec.as_ref().and_then(|s| s.limits.max_events),
+        spec.as_ref().map(|s| &s.limits),
     );
     shared.recorder.send(Record::Started(run.clone())).await;
     ctx.record_event(

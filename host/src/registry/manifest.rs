@@ -19,14 +19,19 @@
 //! max-event-bytes = "64KiB"      # largest payload of one event
 //! max-events-per-second = 100    # sustained event rate, or "unlimited"
 //! event-burst = 1000             # events at once above that rate (needs a rate)
+//! max-event-total-bytes = "16MiB" # bytes of events per run, or "unlimited"
+//! max-event-bytes-per-second = "64KiB" # sustained event byte rate, or "unlimited"
+//! event-byte-burst = "4MiB"      # event bytes at once above that rate (needs a byte rate)
 //! max-log-bytes = "64KiB"        # stdout, stderr and `log` calls together
 //!
 //! [env]
 //! POLL_INTERVAL_MS = "30000"
 //! ```
 //!
-//! Jobs default to `max-events = 10000` and no rate; long-lived agents to no event count and
-//! `max-events-per-second = 100` with `event-burst = 1000` (see [`Limits`] for every default).
+//! Jobs default to `max-events = 10000`, `max-event-total-bytes = "16MiB"` and no rates;
+//! long-lived agents to no event count or byte total, `max-events-per-second = 100` with
+//! `event-burst = 1000`, and `max-event-bytes-per-second = "64KiB"` with
+//! `event-byte-burst = "4MiB"` (see [`Limits`] for every default).
 //! A memory limit above what the host's engine grants an instance, or `"unlimited"` memory, is
 //! refused when the agent loads.
 
@@ -36,7 +41,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{EventRate, Limits};
+use super::{ByteRate, EventRate, Limits};
 use crate::queue::Lifecycle;
 
 /// A manifest that could not be used.
@@ -93,6 +98,12 @@ pub struct LimitOverrides {
     pub max_events_per_second: Option<Quantity>,
     /// Events at once above the sustained rate.
     pub event_burst: Option<Quantity>,
+    /// Bytes of events per run.
+    pub max_event_total_bytes: Option<Quantity>,
+    /// Sustained event bytes per second.
+    pub max_event_bytes_per_second: Option<Quantity>,
+    /// Event bytes at once above the sustained byte rate.
+    pub event_byte_burst: Option<Quantity>,
     /// Bytes of log output (stdout, stderr and `log` calls) kept.
     pub max_log_bytes: Option<Quantity>,
 }
@@ -224,6 +235,29 @@ impl Manifest {
         if let Some(q) = &o.max_log_bytes {
             limits.max_log_bytes = finite(q).unwrap_or(u64::MAX);
         }
+        if let Some(q) = &o.max_event_total_bytes {
+            limits.max_event_total_bytes = finite(q);
+        }
+        if let Some(q) = &o.max_event_bytes_per_second {
+            limits.event_byte_rate = finite(q).map(|per_second| ByteRate {
+                per_second,
+                // As for the event rate: the default burst, or else ten seconds' worth.
+                burst: limits
+                    .event_byte_rate
+                    .map_or(per_second.saturating_mul(10), |r| r.burst),
+            });
+        }
+        if let Some(q) = &o.event_byte_burst {
+            let Some(rate) = &mut limits.event_byte_rate else {
+                return Err(
+                    "event-byte-burst needs an event byte rate: set max-event-bytes-per-second too"
+                        .into(),
+                );
+            };
+            rate.burst = finite(q).ok_or(
+                "event-byte-burst must be a size (use max-event-bytes-per-second = \"unlimited\" to lift the rate)",
+            )?;
+        }
         Ok(limits)
     }
 }
@@ -316,6 +350,45 @@ mod tests {
                 .expect("limits")
                 .event_rate,
             None
+        );
+        let bytes = Manifest::parse(
+            "[limits]\nmax-event-total-bytes = \"2KiB\"\nmax-event-bytes-per-second = \"1KiB\"",
+        )
+        .expect("valid");
+        let job = bytes.limits(Lifecycle::Job).expect("limits");
+        assert_eq!(job.max_event_total_bytes, Some(2048));
+        assert_eq!(
+            job.event_byte_rate,
+            Some(ByteRate {
+                per_second: 1024,
+                burst: 10 * 1024
+            })
+        );
+        let long_lived = bytes.limits(Lifecycle::LongLived).expect("limits");
+        assert_eq!(
+            long_lived.event_byte_rate.map(|r| r.burst),
+            Some(4 << 20),
+            "a long-lived agent keeps its default byte burst"
+        );
+        let unlimited = Manifest::parse(
+            "[limits]\nmax-event-total-bytes = \"unlimited\"\nevent-byte-burst = \"1MiB\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            unlimited
+                .limits(Lifecycle::LongLived)
+                .expect("limits")
+                .event_byte_rate,
+            Some(ByteRate {
+                per_second: 64 << 10,
+                burst: 1 << 20
+            })
+        );
+        let error = unlimited.limits(Lifecycle::Job).expect_err("no byte rate");
+        assert!(error.contains("max-event-bytes-per-second"), "{error}");
+        assert_eq!(
+            Limits::for_lifecycle(Lifecycle::Job).max_event_total_bytes,
+            Some(16 << 20)
         );
         let burst_alone = Manifest::parse("[limits]\nevent-burst = 3").expect("parses");
         let error = burst_alone.limits(Lifecycle::Job).expect_err("no rate");

@@ -22,7 +22,10 @@ use crate::queue::Lifecycle;
 use crate::sandbox::wasm::WasmAgent;
 
 pub use dir::DirRegistry;
-pub use limits::{DEFAULT_LONG_LIVED_EVENT_RATE, DEFAULT_MAX_EVENT_BYTES, EventRate, Limits};
+pub use limits::{
+    ByteRate, DEFAULT_LONG_LIVED_EVENT_BYTE_RATE, DEFAULT_LONG_LIVED_EVENT_RATE,
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENT_TOTAL_BYTES, EventRate, Limits, MIN_EVENT_CHARGE,
+};
 pub use manifest::{Manifest, ManifestError};
 pub use native::{NativeAgent, native_agent};
 pub use schema::{Schema, SchemaError};

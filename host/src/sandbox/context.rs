@@ -2,8 +2,8 @@
 //! signal. The same context serves native agents and the wasm sandbox's host functions.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::pool::recorder::{Record, RecorderHandle};
 use crate::queue::ErrorInfo;
+use crate::registry::{ByteRate, Limits, MIN_EVENT_CHARGE};
 use crate::store::{EventRecord, RunStatus};
 use crate::time::now_ms;
 
@@ -27,6 +28,8 @@ pub enum AbortReason {
     LeaseLost,
     /// The host is shutting down and the grace period for in-flight jobs ran out.
     Shutdown,
+    /// The run's log output went past its event byte budget or byte rate.
+    EventLimit,
 }
 
 impl AbortReason {
@@ -53,6 +56,12 @@ impl AbortReason {
                 RunStatus::Interrupted,
                 "Shutdown",
                 "the host shut down before the run finished; the job was handed back",
+            ),
+            AbortReason::EventLimit => (
+                RunStatus::Error,
+                "EventLimit",
+                "the run's log output went past its event byte budget (max-event-total-bytes) \
+                 or byte rate (max-event-bytes-per-second, event-byte-burst)",
             ),
         };
         super::Failure {
@@ -145,8 +154,50 @@ struct Inner {
     control: Arc<Control>,
     recorder: RecorderHandle,
     next_seq: AtomicU64,
-    max_events: Option<u64>,
+    budget: EventBudget,
     emitted: AtomicU64,
+    logged: AtomicU64,
+    bytes: Mutex<ByteMeter>,
+}
+
+/// The limits on a run's events that its context enforces: the part of [`Limits`] about
+/// event counts and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Most events the agent may emit (`log` events aside). `None`: unlimited.
+    pub max_events: Option<u64>,
+    /// Most bytes of events (agent and `log` events, each charged at least
+    /// [`MIN_EVENT_CHARGE`]). `None`: unlimited.
+    pub max_bytes: Option<u64>,
+    /// How fast event bytes may be written. `None`: unlimited.
+    pub byte_rate: Option<ByteRate>,
+    /// Most `log` events. `None`: unlimited.
+    pub max_log_events: Option<u64>,
+}
+
+/// The least share of `max_log_bytes` one `log` event stands for: a run gets at most one log
+/// event per this many bytes of its log budget, so a budget of empty lines cannot turn into as
+/// many rows as it has bytes.
+pub const MIN_LOG_EVENT_BYTES: u64 = 8;
+
+impl EventBudget {
+    /// The budget of a run held to `limits`.
+    pub fn of(limits: &Limits) -> Self {
+        Self {
+            max_events: limits.max_events,
+            max_bytes: limits.max_event_total_bytes,
+            byte_rate: limits.event_byte_rate,
+            max_log_events: Some((limits.max_log_bytes / MIN_LOG_EVENT_BYTES).max(1)),
+        }
+    }
+}
+
+/// Event bytes charged so far, and the byte rate's token bucket.
+#[derive(Debug)]
+struct ByteMeter {
+    spent: u64,
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -179,8 +230,9 @@ impl RunContext {
         control: Arc<Control>,
         recorder: RecorderHandle,
         first_seq: u64,
-        max_events: Option<u64>,
+        limits: Option<&Limits>,
     ) -> Self {
+        let budget = limits.map(EventBudget::of).unwrap_or_default();
         Self {
             inner: Arc::new(Inner {
                 run_id: identity.run_id,
@@ -190,21 +242,27 @@ impl RunContext {
                 control,
                 recorder,
                 next_seq: AtomicU64::new(first_seq),
-                max_events,
+                budget,
                 emitted: AtomicU64::new(0),
+                logged: AtomicU64::new(0),
+                bytes: Mutex::new(ByteMeter {
+                    spent: 0,
+                    tokens: budget.byte_rate.map_or(0.0, |rate| rate.burst as f64),
+                    refilled: Instant::now(),
+                }),
             }),
         }
     }
 
     /// A context for running an agent outside a pool (embedding, benchmarks): its events,
-    /// heartbeats and logs are discarded.
-    pub fn detached(identity: RunIdentity, max_events: Option<u64>) -> Self {
+    /// heartbeats and logs are discarded. `limits` (none: no limits) bound its events.
+    pub fn detached(identity: RunIdentity, limits: Option<&Limits>) -> Self {
         Self::new(
             identity,
             Control::new(),
             RecorderHandle::discarding(),
             1,
-            max_events,
+            limits,
         )
     }
 
@@ -234,7 +292,7 @@ impl RunContext {
     }
 
     /// Emits an event with a JSON payload. Fails with `EventLimit` once the agent's event budget
-    /// is spent.
+    /// (a count, a total of bytes, or a byte rate) is spent.
     pub async fn emit(&self, kind: &str, payload: &impl Serialize) -> Result<(), ErrorInfo> {
         let text = serde_json::to_string(payload)
             .map_err(|e| ErrorInfo::new("InvalidEvent", format!("payload is not JSON: {e}")))?;
@@ -257,7 +315,7 @@ impl RunContext {
             ));
         }
         let emitted = self.inner.emitted.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(max) = self.inner.max_events
+        if let Some(max) = self.inner.budget.max_events
             && emitted > max
         {
             return Err(ErrorInfo::new(
@@ -265,8 +323,99 @@ impl RunContext {
                 format!("the run emitted more than its limit of {max} events"),
             ));
         }
+        self.charge(payload.get().len())?;
         self.record_event(kind, payload).await;
         Ok(())
+    }
+
+    /// Charges an event with a payload of `len` bytes to the run's byte budget and byte rate
+    /// (at least [`MIN_EVENT_CHARGE`]); nothing is charged when it does not fit.
+    fn charge(&self, len: usize) -> Result<(), ErrorInfo> {
+        let budget = &self.inner.budget;
+        if budget.max_bytes.is_none() && budget.byte_rate.is_none() {
+            return Ok(());
+        }
+        let charge = u64::try_from(len).unwrap_or(u64::MAX).max(MIN_EVENT_CHARGE);
+        let mut meter = self
+            .inner
+            .bytes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let spent = meter.spent.saturating_add(charge);
+        if let Some(max) = budget.max_bytes
+            && spent > max
+        {
+            return Err(ErrorInfo::new(
+                "EventLimit",
+                format!(
+                    "the run's events came to more than its limit of {max} bytes \
+                     (max-event-total-bytes; each event counts at least {MIN_EVENT_CHARGE})"
+                ),
+            ));
+        }
+        if let Some(rate) = budget.byte_rate {
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(meter.refilled).as_secs_f64();
+            meter.refilled = now;
+            meter.tokens = (meter.tokens + elapsed * rate.per_second as f64).min(rate.burst as f64);
+            if meter.tokens < charge as f64 {
+                return Err(ErrorInfo::new(
+                    "EventLimit",
+                    format!(
+                        "the run wrote events faster than its limit of {} bytes per second \
+                         (bursts of {}; max-event-bytes-per-second, event-byte-burst)",
+                        rate.per_second, rate.burst
+                    ),
+                ));
+            }
+            meter.tokens -= charge as f64;
+        }
+        meter.spent = spent;
+        Ok(())
+    }
+
+    /// Writes a `log` event of the guest's output, waiting for the recorder. See
+    /// [`RunContext::record_log_now`] for what a log event is held to.
+    pub(crate) async fn record_log(&self, payload: Arc<RawValue>) {
+        if self.admit_log(&payload) {
+            self.record_event("log", payload).await;
+        }
+    }
+
+    /// Writes a `log` event of the guest's output without waiting; returns whether it was
+    /// kept. Log events are not counted against `max_events`, but each counts against the
+    /// run's event byte budget and byte rate (a run that goes past them is aborted with
+    /// `EventLimit`), and a run gets at most one per [`MIN_LOG_EVENT_BYTES`] of its log budget;
+    /// past that they are dropped, with one notice.
+    pub(crate) fn record_log_now(&self, payload: Arc<RawValue>) -> bool {
+        self.admit_log(&payload) && self.record_event_now("log", payload)
+    }
+
+    fn admit_log(&self, payload: &RawValue) -> bool {
+        let logged = self.inner.logged.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(max) = self.inner.budget.max_log_events
+            && logged > max
+        {
+            if logged == max + 1 {
+                let notice = serde_json::json!({
+                    "level": "warn",
+                    "message": format!(
+                        "log output truncated: the run wrote more than {max} log lines \
+                         (one per {MIN_LOG_EVENT_BYTES} bytes of max-log-bytes)"
+                    ),
+                });
+                if let Ok(notice) = serde_json::value::to_raw_value(&notice) {
+                    self.record_event_now("log", Arc::from(notice));
+                }
+            }
+            return false;
+        }
+        if let Err(error) = self.charge(payload.get().len()) {
+            tracing::debug!(run_id = %self.inner.run_id, %error, "log output over the event budget");
+            self.inner.control.abort(AbortReason::EventLimit);
+            return false;
+        }
+        true
     }
 
     /// Writes an event without counting it against the agent's budget (host events).

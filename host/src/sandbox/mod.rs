@@ -18,7 +18,9 @@ use crate::queue::{ErrorInfo, Job};
 use crate::registry::AgentSpec;
 use crate::store::RunStatus;
 
-pub use context::{AbortReason, Control, RunContext, RunIdentity};
+pub use context::{
+    AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity,
+};
 pub use none::NoneSandbox;
 
 /// Runs agents.

@@ -5,6 +5,7 @@
 //! short run's start and end into one row; a batch is a few multi-row statements of bound
 //! values.
 
+pub mod retention;
 mod run;
 
 use std::collections::HashMap;
@@ -30,10 +31,11 @@ pub enum StoreError {
     Encode(String),
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "runs and events",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "runs and events",
+        sql: r#"
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -67,7 +69,14 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 "#,
-}];
+    },
+    // Counting runs by status (`/v1/stats`, `/metrics`) reads this index, not the wide rows.
+    Migration {
+        version: 2,
+        name: "runs by status",
+        sql: "CREATE INDEX runs_status ON runs (status);",
+    },
+];
 
 const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status, sandbox, \
     long_lived, input, output, error_tag, error_message, started_at, ended_at, heartbeat_at, \
@@ -165,7 +174,8 @@ pub struct RunRecord {
     pub sandbox: Option<&'static str>,
     /// Whether the agent is long-lived.
     pub long_lived: bool,
-    /// Input JSON text.
+    /// Input JSON text. Stored only for a run without a job; a job's runs are read back
+    /// without it (their job has it).
     pub input: Option<Arc<RawValue>>,
     /// Output JSON text.
     pub output: Option<Arc<RawValue>>,
@@ -481,7 +491,9 @@ impl RunStore {
     }
 }
 
-/// Appends the values of one run in the order of [`upsert_runs`].
+/// Appends the values of one run in the order of [`upsert_runs`]. The input of a run that
+/// belongs to a job is not stored: the job holds it, once for all its attempts (see
+/// [`RunRecord::input`]).
 fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
     let json = |v: &Option<Arc<RawValue>>| text(v.as_deref().map(RawValue::get));
@@ -495,7 +507,11 @@ fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
         Value::Text(r.status.as_str().to_string()),
         text(r.sandbox),
         Value::Integer(i64::from(r.long_lived)),
-        json(&r.input),
+        if r.job_id.is_some() {
+            Value::Null
+        } else {
+            json(&r.input)
+        },
         json(&r.output),
         text(r.error_tag.as_deref()),
         text(r.error_message.as_deref()),

@@ -96,7 +96,9 @@ pub struct Run {
     pub sandbox: Option<String>,
     /// The agent's lifecycle.
     pub lifecycle: Lifecycle,
-    /// The input it was given.
+    /// The input it was given. The run store keeps it only for runs without a job; the
+    /// producer API fills it in from the job when it serves a run (see
+    /// [`crate::api::RunApi::run`]).
     pub input: Option<Arc<RawValue>>,
     /// Its output, on success.
     pub output: Option<Arc<RawValue>>,

@@ -104,7 +104,7 @@ impl Capture {
             }
             let (line, tail) = rest.split_at(end);
             if let Some(payload) = log_payload(None, level, line) {
-                ctx.record_event("log", payload).await;
+                ctx.record_log(payload).await;
             }
             if tail.is_empty() {
                 break;
@@ -199,7 +199,7 @@ impl Shared {
             && let Some(payload) = log_payload(stream, level, message)
         {
             // A recorder that is far behind drops log lines rather than stall the guest.
-            ctx.record_event_now("log", payload);
+            ctx.record_log_now(payload);
         }
     }
 }
