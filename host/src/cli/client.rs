@@ -297,8 +297,15 @@ async fn act(
     done: &str,
     as_json: bool,
 ) -> Result<u8, Failure> {
+    // The API takes no body here, but wants every POST to say it is JSON.
     let (_, body) = client
-        .call(Method::POST, &["v1", "jobs", id, action], &[], None, &[])
+        .call(
+            Method::POST,
+            &["v1", "jobs", id, action],
+            &[],
+            Some(&json!({})),
+            &[],
+        )
         .await?;
     if as_json {
         print_json(&body);
@@ -387,6 +394,10 @@ async fn events(
                     event["payload"]
                 );
             }
+        }
+        // A page cut short by the host's size bound: the rest follows at once.
+        if page["truncated"] == true {
+            continue;
         }
         if !follow {
             return Ok(OK);

@@ -11,7 +11,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::RunApi;
-use crate::api::http::{self, HttpState};
+use crate::api::http::{self, HttpConfig, HttpState};
 use crate::api::metrics::Metrics;
 use crate::db::Db;
 use crate::pool::{PoolConfig, PoolDeps, WorkerPool};
@@ -84,6 +84,27 @@ pub struct RunArgs {
     /// Bearer token required by every API request (the viewer asks for it).
     #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve the API on a non-loopback address without a token (anyone who can reach the
+    /// address can enqueue jobs and read every run).
+    #[arg(long, env = "DROVER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// More names the host answers to in `Host` (and `Origin`), comma-separated: `name` (any
+    /// port) or `name:port`. The listen address and localhost with its port always work.
+    #[arg(long, env = "DROVER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// HTTP requests handled at once; more are answered `503` with `Retry-After`.
+    #[arg(long, env = "DROVER_MAX_IN_FLIGHT", default_value_t = 512,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_in_flight: usize,
+    /// `wait` requests open at once; more are answered `503` with `Retry-After`.
+    #[arg(long, env = "DROVER_MAX_WAITERS", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_waiters: usize,
+    /// How long an HTTP request (other than `wait`) may take before it is answered `503`, in
+    /// milliseconds.
+    #[arg(long, env = "DROVER_REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
     /// Run only the worker pool (no HTTP API).
     #[arg(long, conflicts_with = "api_only")]
     pub worker_only: bool,
@@ -98,6 +119,18 @@ const SERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the host until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.worker_only
+        && !args.listen.ip().is_loopback()
+        && args.api_token.is_none()
+        && !args.insecure_no_auth
+    {
+        anyhow::bail!(
+            "refusing to serve the API on {} without a token: anyone who can reach that address \
+             could run agents and read every run. Set DROVER_API_TOKEN (or --api-token), listen \
+             on a loopback address, or pass --insecure-no-auth to accept the risk",
+            args.listen
+        );
+    }
     let (queue, store) = open_databases(&args).await?;
 
     let runtime = WasmRuntime::new(
@@ -170,8 +203,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().unwrap_or(args.listen);
         tracing::info!("listening on http://{address}");
-        let app = crate::viewer::router()
-            .merge(http::router(state))
+        let config = HttpConfig {
+            listen: Some(address),
+            allowed_hosts: args.allowed_hosts.clone(),
+            max_in_flight: args.max_in_flight,
+            max_waiters: args.max_waiters,
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+        };
+        let app = http::protect(crate::viewer::router(), &config)
+            .merge(http::router_with(state, &config))
             .fallback(http::not_found);
         let stop = stop_serving.clone();
         Some(tokio::spawn(async move {
