@@ -789,3 +789,108 @@ fn a_non_loopback_listen_address_needs_a_token_or_an_explicit_opt_out() {
         assert!(listening, "{extra:?} {envs:?}: never listened");
     }
 }
+
+fn sha256_hex(path: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).expect("read component"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_follows_the_component_digest_and_brings_only_allowed_variables() {
+    // `echo.wasm` here is the chaos component: the id of a trusted agent, other contents.
+    let agents = AgentDir::new();
+    agents.add("echo", CHAOS, None).add("chaos", CHAOS, None);
+    let setup = Setup {
+        agents,
+        data: tempfile::tempdir().expect("temp dir"),
+    };
+    let echo_pin = format!("echo@sha256:{}", sha256_hex(ECHO));
+    let chaos_digest = sha256_hex(CHAOS);
+
+    // Trust by a bare id is refused, with the digest to pin it to.
+    let (code, err) = run_until_exit(&setup.args(&["--trusted", "chaos"]), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("not pinned to a digest")
+            && err.contains(&format!("chaos@sha256:{chaos_digest}")),
+        "{err}"
+    );
+
+    let trusted = format!("{echo_pin},chaos@sha256:{chaos_digest}");
+    let host = HostProcess::start(
+        EXE,
+        &setup.args(&[
+            "--trusted",
+            &trusted,
+            "--trusted-env",
+            "DROVER_TEST_ALLOWED,DROVER_TEST_UNSET",
+        ]),
+        &[
+            ("DROVER_API_TOKEN", "host-secret"),
+            ("DROVER_TEST_ALLOWED", "visible"),
+            ("DROVER_TEST_HIDDEN", "hidden"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let run = |agent: &'static str| {
+        let client = client.clone();
+        let url = host.url.clone();
+        async move {
+            let created: Value = client
+                .post(format!("{url}/v1/jobs"))
+                .bearer_auth("host-secret")
+                .json(&json!({ "agentId": agent, "input": { "mode": "env" } }))
+                .send()
+                .await
+                .expect("enqueue")
+                .json()
+                .await
+                .expect("json");
+            let id = created["job"]["id"].as_str().expect("id").to_string();
+            client
+                .get(format!("{url}/v1/jobs/{id}/wait?timeoutMs=30000"))
+                .bearer_auth("host-secret")
+                .send()
+                .await
+                .expect("wait")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    // The impostor runs sandboxed: nothing of the host's environment.
+    let impostor = run("echo").await;
+    assert_eq!(impostor["job"]["status"], "done", "{impostor}");
+    assert_eq!(impostor["run"]["sandbox"], "wasm", "{impostor}");
+    assert!(
+        impostor["run"]["output"]
+            .get("DROVER_TEST_ALLOWED")
+            .is_none()
+    );
+    // The pinned component is trusted, and sees the allowed variable, not the host's secrets.
+    let trusted = run("chaos").await;
+    assert_eq!(trusted["job"]["status"], "done", "{trusted}");
+    assert_eq!(trusted["run"]["sandbox"], "none", "{trusted}");
+    let env = &trusted["run"]["output"];
+    assert_eq!(env["DROVER_TEST_ALLOWED"], "visible", "{env}");
+    for hidden in [
+        "DROVER_API_TOKEN",
+        "DROVER_TEST_HIDDEN",
+        "DROVER_TEST_UNSET",
+        "PATH",
+    ] {
+        assert!(env.get(hidden).is_none(), "{hidden} is visible: {env}");
+    }
+    // `drover-host agents` shows the digests to pin.
+    let out = std::process::Command::new(EXE)
+        .args(["agents"])
+        .env("DROVER_URL", &host.url)
+        .env("DROVER_API_TOKEN", "host-secret")
+        .output()
+        .expect("agents");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("sha256:{chaos_digest}")), "{text}");
+}

@@ -267,13 +267,24 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                 return Ok(OK);
             }
             print_table(
-                &["AGENT", "LIFECYCLE", "SANDBOX", "VERSION", "DESCRIPTION"],
+                &[
+                    "AGENT",
+                    "LIFECYCLE",
+                    "SANDBOX",
+                    "VERSION",
+                    "DIGEST",
+                    "DESCRIPTION",
+                ],
                 list["templates"].as_array().into_iter().flatten().map(|t| {
                     vec![
                         text(&t["id"]),
                         text(&t["lifecycle"]),
                         text(&t["sandbox"]),
                         text(&t["version"]),
+                        t["digest"]
+                            .as_str()
+                            .map(|d| format!("sha256:{d}"))
+                            .unwrap_or_default(),
                         text(&t["description"]),
                     ]
                 }),
