@@ -735,3 +735,50 @@ async fn waits_and_requests_over_their_caps_get_503_with_retry_after() {
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_takes_too_long_is_answered_503() {
+    let server = Server::start(
+        StaticRegistry::new().with(echo()),
+        HttpConfig {
+            request_timeout: Duration::from_millis(300),
+            ..HttpConfig::default()
+        },
+        false,
+    )
+    .await;
+    // Another process holds the queue's write lock: the enqueue waits for it.
+    let path = server
+        .db
+        .queue_url()
+        .strip_prefix("file:")
+        .expect("a file URL")
+        .to_string();
+    let conn = libsql::Builder::new_local(&path)
+        .build()
+        .await
+        .expect("open")
+        .connect()
+        .expect("connect");
+    conn.execute("BEGIN IMMEDIATE", ()).await.expect("lock");
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.url))
+        .json(&json!({ "id": "slow", "agentId": "echo", "input": null }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: Value = response.json().await.expect("a JSON error");
+    assert_eq!(error["error"]["tag"], "Overloaded", "{error}");
+    conn.execute("COMMIT", ()).await.expect("unlock");
+    // Once the lock is gone, the host answers as usual.
+    let (status, _) = server
+        .post(
+            "/v1/jobs",
+            json!({ "id": "later", "agentId": "echo", "input": null }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.stop().await;
+}
