@@ -463,6 +463,18 @@ async fn event_pages_stop_at_a_byte_bound_and_say_where_to_go_on() {
     }
     assert!(pages >= 3, "{pages} pages");
     assert_eq!(chunks, (0..40).collect::<Vec<_>>());
+    // An instance's events (by job id) are paged the same way.
+    let (status, text) = server.get_text("/v1/agents/flood/events").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.len() <= MAX_PAGE_BYTES, "{} bytes", text.len());
+    let page: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(page["runId"], run_id.as_str());
+    assert_eq!(page["truncated"], true);
+    assert!(
+        page["nextAfter"].as_i64().is_some(),
+        "{}",
+        page["nextAfter"]
+    );
     server.stop().await;
 }
 

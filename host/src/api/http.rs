@@ -15,7 +15,7 @@
 //! | `GET /v1/templates` | the loaded agent types (and files that failed to load) |
 //! | `POST /spawn` | start a long-lived agent (`202 {workloadName}`) |
 //! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances |
-//! | `GET /v1/agents/{id}/events` | the instance's events |
+//! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
 //! | `GET /v1/stats` | jobs and runs counted by status |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
@@ -668,8 +668,25 @@ fn page<T: Serialize>(
     cursor: Cursor,
     seq_of: impl Fn(&T) -> i64,
 ) -> HttpResult {
+    page_after(None, key, items, cursor, seq_of)
+}
+
+/// [`page`], with one more member (`name`, value) first.
+fn page_after<T: Serialize>(
+    first: Option<(&'static str, serde_json::Value)>,
+    key: &'static str,
+    items: impl IntoIterator<Item = T>,
+    cursor: Cursor,
+    seq_of: impl Fn(&T) -> i64,
+) -> HttpResult {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{");
+    if let Some((name, value)) = first {
+        serde_json::to_writer(&mut out, name).map_err(|e| internal(&e))?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, &value).map_err(|e| internal(&e))?;
+        out.push(b',');
+    }
     serde_json::to_writer(&mut out, key).map_err(|e| internal(&e))?;
     out.extend_from_slice(b":[");
     let mut count: u32 = 0;
@@ -1086,14 +1103,6 @@ async fn get_agent(State(state): State<HttpState>, Path(id): Path<String>) -> Ht
     )
 }
 
-/// Body of `GET /v1/agents/{id}/events`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AgentEvents<'a> {
-    run_id: Option<&'a str>,
-    events: &'a [Event],
-}
-
 async fn agent_events(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -1109,12 +1118,13 @@ async fn agent_events(
         }
         None => Vec::new(),
     };
-    ok(
-        StatusCode::OK,
-        AgentEvents {
-            run_id: view.run.as_ref().map(|r| r.id.as_str()),
-            events: &events,
-        },
+    let run_id = serde_json::json!(view.run.as_ref().map(|r| r.id.as_str()));
+    page_after(
+        Some(("runId", run_id)),
+        "events",
+        events.iter(),
+        Cursor::After,
+        |e: &&Event| e.seq,
     )
 }
 
