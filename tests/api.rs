@@ -30,6 +30,22 @@ struct Server {
 
 impl Server {
     async fn start(registry: StaticRegistry, config: HttpConfig, with_pool: bool) -> Self {
+        Self::start_with(
+            registry,
+            config,
+            with_pool,
+            tokio::sync::Semaphore::MAX_PERMITS,
+        )
+        .await
+    }
+
+    /// [`Server::start`], with at most `max_connections` connections open at once.
+    async fn start_with(
+        registry: StaticRegistry,
+        config: HttpConfig,
+        with_pool: bool,
+        max_connections: usize,
+    ) -> Self {
         let db = TestDb::new().await;
         let registry: Arc<dyn Registry> = Arc::new(registry);
         let api = RunApi::new(db.queue.clone(), db.store.clone(), Arc::clone(&registry));
@@ -70,7 +86,9 @@ impl Server {
         };
         let app = http::router_with(state, &config).fallback(http::not_found);
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
+            axum::serve(http::ConnectionLimit::new(listener, max_connections), app)
+                .await
+                .expect("serve");
         });
         Self {
             url: format!("http://{address}"),
@@ -792,5 +810,38 @@ async fn a_request_that_takes_too_long_is_answered_503() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let server = Server::start_with(
+        StaticRegistry::new().with(echo()),
+        HttpConfig::default(),
+        false,
+        2,
+    )
+    .await;
+    let address = server.url.trim_start_matches("http://").to_string();
+    // Two idle connections take both places.
+    let first = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let _second = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("client");
+    let refused = impatient
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await;
+    assert!(refused.is_err(), "served over the cap: {refused:?}");
+    // Once one closes, the next is served.
+    drop(first);
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }

@@ -27,14 +27,17 @@
 //! the host's own (`403`), an `Origin` or `Sec-Fetch-Site` header must not name another site
 //! (`403`), and every `POST` must say `Content-Type: application/json` (`415`), even one
 //! without a body. A web page can therefore not send it a request without the browser asking
-//! first, and the host never says yes to that question.
+//! first, and the host never says yes to that question. Requests at once, `wait` requests at
+//! once and each request's time are capped too, and [`ConnectionLimit`] caps connections.
 //!
 //! Lists hold summaries: documents (inputs, outputs, metadata) appear as a short preview
 //! (`{text, bytes, truncated}`), and a page stops growing at [`MAX_PAGE_BYTES`]; such a page
 //! says `"truncated": true` and where to go on (`nextOffset`, or `nextAfter` for events).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -44,12 +47,14 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::Listener;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
@@ -286,6 +291,96 @@ async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
         }
     }
     next.run(request).await
+}
+
+/// A listener that holds at most `max` connections open at once: past that it accepts no more
+/// until one closes (they wait in the kernel's backlog), so that clients cannot use up the
+/// host's file descriptors, which its databases need too.
+pub struct ConnectionLimit<L> {
+    inner: L,
+    permits: Arc<Semaphore>,
+}
+
+impl<L> ConnectionLimit<L> {
+    /// Wraps `inner`, with at most `max` connections open at once.
+    pub fn new(inner: L, max: usize) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<L: Listener> Listener for ConnectionLimit<L> {
+    type Io = Counted<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = loop {
+            // The semaphore is never closed; the loop only satisfies the type.
+            if let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await {
+                break permit;
+            }
+        };
+        let (io, addr) = self.inner.accept().await;
+        (
+            Counted {
+                io,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that gives its place back to its [`ConnectionLimit`] when it closes.
+pub struct Counted<Io> {
+    io: Io,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Counted<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Counted<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// A cap on requests of one kind handled at once.

@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// port) or `name:port`. The listen address and localhost with its port always work.
     #[arg(long, env = "DROVER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// HTTP connections open at once; more wait to be accepted until one closes.
+    #[arg(long, env = "DROVER_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
     /// HTTP requests handled at once; more are answered `503` with `Retry-After`.
     #[arg(long, env = "DROVER_MAX_IN_FLIGHT", default_value_t = 512,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -226,8 +230,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .merge(http::router_with(state, &config))
             .fallback(http::not_found);
         let stop = stop_serving.clone();
+        let max_connections = args.max_connections;
         Some(tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(http::ConnectionLimit::new(listener, max_connections), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         }))
