@@ -269,6 +269,11 @@ async fn foreign_origins_and_host_names_are_refused() {
             "ForbiddenHost",
         ),
         (vec![("host", "localhost:1".to_string())], "ForbiddenHost"),
+        (vec![("host", "192.0.2.7:1".to_string())], "ForbiddenHost"),
+        (
+            vec![("host", format!("127.0.0.1.nip.io:{port}"))],
+            "ForbiddenHost",
+        ),
         (
             vec![("host", "proxy.example:9999".to_string())],
             "ForbiddenHost",
@@ -305,6 +310,7 @@ async fn foreign_origins_and_host_names_are_refused() {
         vec![],
         vec![("host", format!("localhost:{port}"))],
         vec![("host", format!("[::1]:{port}"))],
+        vec![("host", format!("192.0.2.7:{port}"))],
         vec![("host", "drover.internal:1234".to_string())],
         vec![("host", "proxy.example:8443".to_string())],
         vec![

@@ -90,11 +90,12 @@ pub struct HttpState {
     pub stale_after: Duration,
 }
 
-/// Who may talk to the host, and how much at once.
+/// Who may talk to the host, and how much at once. Only `Host` values that are IP addresses,
+/// `localhost`, or in `allowed_hosts` are answered.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// The address the host listens on. Requests must name it, or `localhost`, `127.0.0.1` or
-    /// `[::1]` with its port, in `Host`. `None`: those loopback names on any port.
+    /// The address the host listens on. `Host` must be `localhost` or an IP address (never a
+    /// name a DNS-rebinding page could use), with this port. `None`: with any port.
     pub listen: Option<SocketAddr>,
     /// More `Host` values to accept (`name` for any port, or `name:port`), for a host reached
     /// by another name or through a proxy.
@@ -201,14 +202,17 @@ impl Guard {
         if self.allowed.iter().any(|a| *a == host || *a == name) {
             return true;
         }
+        // An address, not a name: no DNS rebinding page can make a browser send one of these
+        // (its Host would be the page's own name), so any address the host is reached at will do.
+        let address = name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
         let Some(listen) = self.listen else {
-            return matches!(name, "localhost" | "127.0.0.1" | "[::1]");
+            return address || name == "localhost";
         };
-        let port_matches = port.unwrap_or(80) == listen.port();
-        port_matches
-            && (matches!(name, "localhost" | "127.0.0.1" | "[::1]")
-                || host == listen.to_string()
-                || name == listen.to_string().rsplit_once(':').map_or("", |(n, _)| n))
+        port.unwrap_or(80) == listen.port() && (address || name == "localhost")
     }
 }
 

@@ -97,8 +97,8 @@ pub struct RunArgs {
     /// address can enqueue jobs and read every run).
     #[arg(long, env = "DROVER_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-    /// More names the host answers to in `Host` (and `Origin`), comma-separated: `name` (any
-    /// port) or `name:port`. The listen address and localhost with its port always work.
+    /// Host names the host answers to in `Host` (and `Origin`), comma-separated: `name` (any
+    /// port) or `name:port`. IP addresses and `localhost` with the listen port always work.
     #[arg(long, env = "DROVER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     /// HTTP connections open at once; more wait to be accepted until one closes.
