@@ -287,6 +287,11 @@ async fn foreign_origins_and_host_names_are_refused() {
             vec![("origin", format!("http://localhost:{}", port + 1))],
             "ForbiddenOrigin",
         ),
+        // A page served from another address on the same port.
+        (
+            vec![("origin", format!("http://192.0.2.7:{port}"))],
+            "ForbiddenOrigin",
+        ),
         (
             vec![("sec-fetch-site", "cross-site".to_string())],
             "ForbiddenOrigin",

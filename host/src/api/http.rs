@@ -195,13 +195,20 @@ impl Guard {
         }
     }
 
-    /// Whether `host` (a `Host` value, or the host part of an `Origin`) names this host.
-    fn allows(&self, host: &str) -> bool {
+    /// Whether `host` is in the allow-list (as `name` or `name:port`).
+    fn allowed_name(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        let (name, port) = split_port(&host);
-        if self.allowed.iter().any(|a| *a == host || *a == name) {
+        let (name, _) = split_port(&host);
+        self.allowed.iter().any(|a| *a == host || *a == name)
+    }
+
+    /// Whether `host` (a `Host` value) names this host.
+    fn allows(&self, host: &str) -> bool {
+        if self.allowed_name(host) {
             return true;
         }
+        let host = host.to_ascii_lowercase();
+        let (name, port) = split_port(&host);
         // An address, not a name: no DNS rebinding page can make a browser send one of these
         // (its Host would be the page's own name), so any address the host is reached at will do.
         let address = name.parse::<std::net::Ipv4Addr>().is_ok()
@@ -247,11 +254,17 @@ async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
         )
         .into_response();
     }
+    // A page's own requests carry its origin, which names the host just as `Host` does (a
+    // proxy may change `Host`: names in the allow-list are accepted in either).
     if let Some(origin) = text(header::ORIGIN) {
         let own = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|rest| !rest.contains('/') && guard.allows(rest));
+            .is_some_and(|rest| {
+                !rest.contains('/')
+                    && (host.is_some_and(|h| h.eq_ignore_ascii_case(rest))
+                        || guard.allowed_name(rest))
+            });
         if !own {
             return HttpError::new(
                 StatusCode::FORBIDDEN,
