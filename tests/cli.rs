@@ -116,14 +116,21 @@ async fn seed_one_enqueue_wait_and_cancel_over_http() {
     assert_eq!(done["run"]["output"], json!({ "received": 42, "ok": true }));
     assert_eq!(done["run"]["status"], "success");
 
-    // The same id again returns the existing job.
+    // The same job again returns the existing one; another under the same id is a conflict.
     let (status, again) = post(
         format!("{url}/v1/jobs"),
-        json!({ "id": "job-42", "agentId": "echo", "input": { "n": 1 } }),
+        json!({ "id": "job-42", "agentId": "echo", "input": { "n": 42 } }),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["job"]["status"], "done");
+    let (status, conflict) = post(
+        format!("{url}/v1/jobs"),
+        json!({ "id": "job-42", "agentId": "echo", "input": { "n": 1 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["error"]["tag"], "JobIdConflict");
 
     // Cancel mid-flight: failed, never retried.
     let (_, spinning) = post(
@@ -183,6 +190,15 @@ async fn seed_one_through_the_cli() {
     assert_eq!(view["job"]["status"], "failed", "{view}");
     assert_eq!(view["job"]["resultError"]["tag"], "Cancelled", "{view}");
     assert_eq!(view["run"]["status"], "cancelled", "{view}");
+    // A finished job cannot be cancelled or stopped: the CLI says so and fails.
+    for action in ["cancel", "stop"] {
+        let (code, out, err) = cli(&host.url, &[action, &id]);
+        assert_eq!(code, 1, "{action}: {out}{err}");
+        assert!(
+            err.contains("AlreadyFinished") && err.contains("already finished"),
+            "{action}: {err}"
+        );
+    }
 
     // Any id works, whatever characters it holds.
     let odd = "batch 7/item?x=1#2";
@@ -833,4 +849,176 @@ async fn prune_and_retention_remove_old_finished_work() {
     }
     assert!(store.get_run("recent").await.expect("get").is_some());
     assert!(host.signal("TERM").success());
+}
+
+/// Runs `drover-host run` with `args` and `envs` until it exits (or is killed after a while);
+/// returns its exit code and its stderr.
+fn run_until_exit(args: &[String], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(EXE);
+    command
+        .arg("run")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start drover-host");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_non_loopback_listen_address_needs_a_token_or_an_explicit_opt_out() {
+    let setup = Setup::new();
+    let mut args = setup.args(&[]);
+    args.extend(["--listen".to_string(), "0.0.0.0:0".to_string()]);
+    let (code, err) = run_until_exit(&args, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refusing to serve the API on 0.0.0.0:0 without a token")
+            && err.contains("DROVER_API_TOKEN")
+            && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+    // With a token, or with the opt-out, it starts (and is stopped here once it listens).
+    for (extra, envs) in [
+        (vec!["--insecure-no-auth"], vec![]),
+        (vec![], vec![("DROVER_API_TOKEN", "t0ken")]),
+    ] {
+        let mut args = setup.args(&extra);
+        args.extend(["--listen".to_string(), "0.0.0.0:0".to_string()]);
+        let mut command = std::process::Command::new(EXE);
+        command
+            .arg("run")
+            .args(&args)
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("start");
+        let stderr = child.stderr.take().expect("stderr");
+        let listening = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+            .map_while(Result::ok)
+            .any(|line| line.contains("listening on"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(listening, "{extra:?} {envs:?}: never listened");
+    }
+}
+
+fn sha256_hex(path: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).expect("read component"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_follows_the_component_digest_and_brings_only_allowed_variables() {
+    // `echo.wasm` here is the chaos component: the id of a trusted agent, other contents.
+    let agents = AgentDir::new();
+    agents.add("echo", CHAOS, None).add("chaos", CHAOS, None);
+    let setup = Setup {
+        agents,
+        data: tempfile::tempdir().expect("temp dir"),
+    };
+    let echo_pin = format!("echo@sha256:{}", sha256_hex(ECHO));
+    let chaos_digest = sha256_hex(CHAOS);
+
+    // Trust by a bare id is refused, with the digest to pin it to.
+    let (code, err) = run_until_exit(&setup.args(&["--trusted", "chaos"]), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("not pinned to a digest")
+            && err.contains(&format!("chaos@sha256:{chaos_digest}")),
+        "{err}"
+    );
+
+    let trusted = format!("{echo_pin},chaos@sha256:{chaos_digest}");
+    let host = HostProcess::start(
+        EXE,
+        &setup.args(&[
+            "--trusted",
+            &trusted,
+            "--trusted-env",
+            "DROVER_TEST_ALLOWED,DROVER_TEST_UNSET",
+        ]),
+        &[
+            ("DROVER_API_TOKEN", "host-secret"),
+            ("DROVER_TEST_ALLOWED", "visible"),
+            ("DROVER_TEST_HIDDEN", "hidden"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let run = |agent: &'static str| {
+        let client = client.clone();
+        let url = host.url.clone();
+        async move {
+            let created: Value = client
+                .post(format!("{url}/v1/jobs"))
+                .bearer_auth("host-secret")
+                .json(&json!({ "agentId": agent, "input": { "mode": "env" } }))
+                .send()
+                .await
+                .expect("enqueue")
+                .json()
+                .await
+                .expect("json");
+            let id = created["job"]["id"].as_str().expect("id").to_string();
+            client
+                .get(format!("{url}/v1/jobs/{id}/wait?timeoutMs=30000"))
+                .bearer_auth("host-secret")
+                .send()
+                .await
+                .expect("wait")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    // The impostor runs sandboxed: nothing of the host's environment.
+    let impostor = run("echo").await;
+    assert_eq!(impostor["job"]["status"], "done", "{impostor}");
+    assert_eq!(impostor["run"]["sandbox"], "wasm", "{impostor}");
+    assert!(
+        impostor["run"]["output"]
+            .get("DROVER_TEST_ALLOWED")
+            .is_none()
+    );
+    // The pinned component is trusted, and sees the allowed variable, not the host's secrets.
+    let trusted = run("chaos").await;
+    assert_eq!(trusted["job"]["status"], "done", "{trusted}");
+    assert_eq!(trusted["run"]["sandbox"], "none", "{trusted}");
+    let env = &trusted["run"]["output"];
+    assert_eq!(env["DROVER_TEST_ALLOWED"], "visible", "{env}");
+    for hidden in [
+        "DROVER_API_TOKEN",
+        "DROVER_TEST_HIDDEN",
+        "DROVER_TEST_UNSET",
+        "PATH",
+    ] {
+        assert!(env.get(hidden).is_none(), "{hidden} is visible: {env}");
+    }
+    // `drover-host agents` shows the digests to pin.
+    let out = std::process::Command::new(EXE)
+        .args(["agents"])
+        .env("DROVER_URL", &host.url)
+        .env("DROVER_API_TOKEN", "host-secret")
+        .output()
+        .expect("agents");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("sha256:{chaos_digest}")), "{text}");
 }

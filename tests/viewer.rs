@@ -101,6 +101,50 @@ fn the_viewer_shows_runs_agents_and_the_queue_and_acts_on_them() {
     );
     let worker = spawned["workloadName"].as_str().expect("name").to_string();
 
+    // Every file of the page comes with a strict policy: nothing inline, nothing from elsewhere,
+    // no framing, no sniffing, no referrer.
+    for path in ["/", "/assets/app.js", "/assets/style.css"] {
+        let headers = runtime.block_on(async {
+            reqwest::get(format!("{url}{path}"))
+                .await
+                .expect("asset")
+                .headers()
+                .clone()
+        });
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let policy = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+    }
+    let page = runtime.block_on(async {
+        reqwest::get(format!("{url}/"))
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("text")
+    });
+    assert!(
+        !page.contains("<script>") && !page.contains(" style=") && !page.contains(" onclick="),
+        "no inline script, style or handler: {page}"
+    );
+
     let profile = tempfile::tempdir().expect("profile");
     let browser = Browser::new(LaunchOptions {
         headless: true,
@@ -134,6 +178,15 @@ fn the_viewer_shows_runs_agents_and_the_queue_and_acts_on_them() {
         .expect("the page asks for the token");
     tab.navigate_to(&format!("{url}/?token={TOKEN}#/runs"))
         .expect("open with token");
+    // The token leaves the address at once, and is kept for this tab only.
+    wait_for_js(
+        &tab,
+        &format!(
+            "location.search === '' && location.hash === '#/runs' \
+             && sessionStorage.getItem('drover-token') === '{TOKEN}' \
+             && localStorage.getItem('drover-token') === null"
+        ),
+    );
 
     // Runs list: the finished echo run is there, newest first, with its status.
     wait_for_js(

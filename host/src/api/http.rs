@@ -3,53 +3,77 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /v1/jobs` | enqueue (`201`, or `200` with the existing job for a known id) |
-//! | `GET /v1/jobs` | list (`status`, `agentId`, `limit`, `offset`) |
-//! | `GET /v1/jobs/{id}` | the job and its run |
+//! | `POST /v1/jobs` | enqueue (`201`; `200` with the existing job for a known id with the same agent and input, `409` with another) |
+//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `limit`, `offset`) |
+//! | `GET /v1/jobs/{id}` | the job and its run, in full |
 //! | `GET /v1/jobs/{id}/wait?timeoutMs=` | the job once finished (`408` with its state on timeout) |
-//! | `POST /v1/jobs/{id}/cancel` | cancel (`202`) |
-//! | `POST /v1/jobs/{id}/stop` | graceful stop (`202`) |
-//! | `GET /v1/runs` | list (`agentId`, `status`, `jobId`, `lifecycle`, `limit`, `offset`) |
-//! | `GET /v1/runs/{id}` | one run |
+//! | `POST /v1/jobs/{id}/cancel` | cancel (`202`; `409` if it has already finished) |
+//! | `POST /v1/jobs/{id}/stop` | graceful stop (`202`; `409` if it has already finished) |
+//! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `limit`, `offset`) |
+//! | `GET /v1/runs/{id}` | one run, in full |
 //! | `GET /v1/runs/{id}/events?after=` | its events |
 //! | `GET /v1/templates` | the loaded agent types (and files that failed to load) |
 //! | `POST /spawn` | start a long-lived agent (`202 {workloadName}`) |
 //! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances |
-//! | `GET /v1/agents/{id}/events` | the instance's events |
+//! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
 //! | `GET /v1/stats` | jobs and runs counted by status |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
 //! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured,
 //! every route here requires `Authorization: Bearer <token>`.
+//!
+//! Every request is checked before it reaches a route (see [`HttpConfig`]): its `Host` must be
+//! the host's own (`403`), an `Origin` or `Sec-Fetch-Site` header must not name another site
+//! (`403`), and every `POST` must say `Content-Type: application/json` (`415`), even one
+//! without a body. A web page can therefore not send it a request without the browser asking
+//! first, and the host never says yes to that question. Requests at once, `wait` requests at
+//! once and each request's time are capped too, and [`ConnectionLimit`] caps connections.
+//!
+//! Lists hold summaries: documents (inputs, outputs, metadata) appear as a short preview
+//! (`{text, bytes, truncated}`), and a page stops growing at [`MAX_PAGE_BYTES`]; such a page
+//! says `"truncated": true` and where to go on (`nextOffset`, or `nextAfter` for events).
 
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::Listener;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
-use crate::registry::AgentSpec;
 use crate::registry::dir::LoadProblem;
-use crate::store::{Run, RunFilter, RunStatus};
+use crate::registry::{AgentCode, Limits, Schema};
+use crate::store::{Event, Run, RunFilter, RunStatus};
 use crate::time::now_ms;
 
 /// Longest wait a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Default wait when the client does not say.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// A list response stops taking items once it is this large (it always holds at least one).
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+/// How much of a document a list shows.
+pub const PREVIEW_BYTES: usize = 256;
+/// What a `503` asks the client to wait before trying again, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -66,12 +90,47 @@ pub struct HttpState {
     pub stale_after: Duration,
 }
 
-/// The API's routes (the viewer adds its own).
+/// Who may talk to the host, and how much at once. Only `Host` values that are IP addresses,
+/// `localhost`, or in `allowed_hosts` are answered.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The address the host listens on. `Host` must be `localhost` or an IP address (never a
+    /// name a DNS-rebinding page could use), with this port. `None`: with any port.
+    pub listen: Option<SocketAddr>,
+    /// More `Host` values to accept (`name` for any port, or `name:port`), for a host reached
+    /// by another name or through a proxy.
+    pub allowed_hosts: Vec<String>,
+    /// Requests handled at once; more get `503` with `Retry-After`.
+    pub max_in_flight: usize,
+    /// `wait` requests open at once; more get `503` with `Retry-After`.
+    pub max_waiters: usize,
+    /// How long a request (other than `wait`, which has its own bound) may take before it is
+    /// answered with `503`.
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allowed_hosts: Vec::new(),
+            max_in_flight: 512,
+            max_waiters: 64,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The API's routes (the viewer adds its own), with the default [`HttpConfig`].
 pub fn router(state: HttpState) -> Router {
-    let api = Router::new()
+    router_with(state, &HttpConfig::default())
+}
+
+/// The API's routes (the viewer adds its own), checked and limited as `config` says.
+pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
+    let timed = Router::new()
         .route("/v1/jobs", post(enqueue).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/stop", post(stop_job))
         .route("/v1/runs", get(list_runs))
@@ -86,9 +145,305 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .method_not_allowed_fallback(method_not_allowed);
-    api.layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(
+            config.request_timeout,
+            time_limit,
+        ));
+    let waits = Router::new()
+        .route("/v1/jobs/{id}/wait", get(wait_job))
+        .route_layer(middleware::from_fn_with_state(
+            Cap::new(config.max_waiters, "wait requests"),
+            shed,
+        ));
+    let api = timed
+        .merge(waits)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            Cap::new(config.max_in_flight, "requests"),
+            shed,
+        ))
+        .with_state(state);
+    protect(api, config)
+}
+
+/// Adds the checks of `Host`, `Origin`, `Sec-Fetch-Site` and `Content-Type` to other routes
+/// served next to the API (the viewer's).
+pub fn protect(router: Router, config: &HttpConfig) -> Router {
+    router.layer(middleware::from_fn_with_state(
+        Arc::new(Guard::new(config)),
+        guard,
+    ))
+}
+
+/// The names a request may give for this host.
+#[derive(Debug)]
+struct Guard {
+    listen: Option<SocketAddr>,
+    allowed: Vec<String>,
+}
+
+impl Guard {
+    fn new(config: &HttpConfig) -> Self {
+        Self {
+            listen: config.listen,
+            allowed: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether `host` is in the allow-list (as `name` or `name:port`).
+    fn allowed_name(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let (name, _) = split_port(&host);
+        self.allowed.iter().any(|a| *a == host || *a == name)
+    }
+
+    /// Whether `host` (a `Host` value) names this host.
+    fn allows(&self, host: &str) -> bool {
+        if self.allowed_name(host) {
+            return true;
+        }
+        let host = host.to_ascii_lowercase();
+        let (name, port) = split_port(&host);
+        // An address, not a name: no DNS rebinding page can make a browser send one of these
+        // (its Host would be the page's own name), so any address the host is reached at will do.
+        let address = name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+        let Some(listen) = self.listen else {
+            return address || name == "localhost";
+        };
+        port.unwrap_or(80) == listen.port() && (address || name == "localhost")
+    }
+}
+
+/// `name:port` → (`name`, port); a bracketed IPv6 address keeps its brackets.
+fn split_port(host: &str) -> (&str, Option<u16>) {
+    let split = if host.starts_with('[') {
+        host.find("]:").map(|i| (&host[..=i], &host[i + 2..]))
+    } else {
+        host.rsplit_once(':')
+    };
+    match split {
+        Some((name, port)) => match port.parse() {
+            Ok(port) => (name, Some(port)),
+            Err(_) => (host, None),
+        },
+        None => (host, None),
+    }
+}
+
+async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    let host = text(header::HOST).or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if !host.is_some_and(|h| guard.allows(h)) {
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "ForbiddenHost",
+            format!(
+                "this host does not answer to the name {:?}; add it to DROVER_ALLOWED_HOSTS to allow it",
+                host.unwrap_or("")
+            ),
+        )
+        .into_response();
+    }
+    // A page's own requests carry its origin, which names the host just as `Host` does (a
+    // proxy may change `Host`: names in the allow-list are accepted in either).
+    if let Some(origin) = text(header::ORIGIN) {
+        let own = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|rest| {
+                !rest.contains('/')
+                    && (host.is_some_and(|h| h.eq_ignore_ascii_case(rest))
+                        || guard.allowed_name(rest))
+            });
+        if !own {
+            return HttpError::new(
+                StatusCode::FORBIDDEN,
+                "ForbiddenOrigin",
+                format!("requests from the origin {origin:?} are not accepted"),
+            )
+            .into_response();
+        }
+    }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "ForbiddenOrigin",
+            format!("requests from other sites are not accepted (Sec-Fetch-Site: {site})"),
+        )
+        .into_response();
+    }
+    if matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    ) {
+        let content_type = text(header::CONTENT_TYPE);
+        let json = content_type.is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "{} requests need Content-Type: application/json (even without a body), got {}",
+                    request.method(),
+                    content_type.map_or_else(|| "none".to_string(), |ct| format!("{ct:?}"))
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// A listener that holds at most `max` connections open at once: past that it accepts no more
+/// until one closes (they wait in the kernel's backlog), so that clients cannot use up the
+/// host's file descriptors, which its databases need too.
+pub struct ConnectionLimit<L> {
+    inner: L,
+    permits: Arc<Semaphore>,
+}
+
+impl<L> ConnectionLimit<L> {
+    /// Wraps `inner`, with at most `max` connections open at once.
+    pub fn new(inner: L, max: usize) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<L: Listener> Listener for ConnectionLimit<L> {
+    type Io = Counted<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = loop {
+            // The semaphore is never closed; the loop only satisfies the type.
+            if let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await {
+                break permit;
+            }
+        };
+        let (io, addr) = self.inner.accept().await;
+        (
+            Counted {
+                io,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that gives its place back to its [`ConnectionLimit`] when it closes.
+pub struct Counted<Io> {
+    io: Io,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Counted<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Counted<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A cap on requests of one kind handled at once.
+#[derive(Clone)]
+struct Cap {
+    permits: Arc<Semaphore>,
+    what: &'static str,
+}
+
+impl Cap {
+    fn new(permits: usize, what: &'static str) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(permits)),
+            what,
+        }
+    }
+}
+
+/// Answers `503` with `Retry-After` when the cap is reached.
+async fn shed(State(cap): State<Cap>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = cap.permits.try_acquire_owned() else {
+        return busy(format!("too many {} at once; try again shortly", cap.what));
+    };
+    next.run(request).await
+}
+
+/// Answers `503` if the request takes longer than `limit`.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => busy(format!(
+            "the request took longer than {} ms; try again shortly",
+            limit.as_millis()
+        )),
+    }
+}
+
+fn busy(message: String) -> Response {
+    let mut response =
+        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Overloaded", message).into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    response
 }
 
 /// The answer to a request for a route that does not exist (JSON, like every API error).
@@ -187,7 +542,7 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "error": self.error }))).into_response();
+        let mut response = (self.status, Json(One("error", &self.error))).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -219,6 +574,11 @@ impl From<ApiError> for HttpError {
                 error,
                 retry_after: None,
             },
+            ApiError::Conflict(error) => HttpError {
+                status: StatusCode::CONFLICT,
+                error,
+                retry_after: None,
+            },
             other if db_error(&other).is_some_and(|e| e.is_transient()) => {
                 tracing::warn!(error = %other, "request refused for now");
                 HttpError::unavailable(
@@ -231,16 +591,21 @@ impl From<ApiError> for HttpError {
                 "Timeout",
                 format!("job {} did not finish in time", view.job.id),
             ),
-            other => {
-                tracing::error!(error = %other, "request failed");
-                HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal",
-                    other.to_string(),
-                )
-            }
+            other => internal(&other),
         }
     }
+}
+
+/// A `500` that says nothing about the host's insides (database paths and URLs, say): the
+/// detail goes to the log under a reference the answer carries.
+fn internal(error: &dyn std::fmt::Display) -> HttpError {
+    let reference = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    tracing::error!(error = %error, reference = %reference, "request failed");
+    HttpError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal",
+        format!("the host failed to answer; its log has the details under reference {reference}"),
+    )
 }
 
 type HttpResult = Result<Response, HttpError>;
@@ -268,19 +633,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Parses a JSON body, turning every problem into a `400` that says what is wrong.
-fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<T, HttpError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    if !content_type.starts_with("application/json") {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!("expected application/json, got {content_type}"),
-        ));
-    }
+/// Parses a JSON body (its content type was checked on the way in), turning every problem
+/// into a `400` that says what is wrong.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HttpError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let tag = if e.is_data() {
             "InvalidRequest"
@@ -291,23 +646,245 @@ fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<T, Ht
     })
 }
 
-fn ok<T: Serialize>(status: StatusCode, value: T) -> HttpResult {
-    Ok((status, Json(value)).into_response())
+/// A JSON object of one member, serialized straight to text: stored documents inside are
+/// copied as they are, never parsed again (however deeply they nest).
+struct One<'a, T: ?Sized>(&'static str, &'a T);
+
+impl<T: Serialize + ?Sized> Serialize for One<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
 }
 
-async fn enqueue(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    Body(bytes): Body,
+fn ok<T: Serialize>(status: StatusCode, value: T) -> HttpResult {
+    let bytes = serde_json::to_vec(&value).map_err(|e| internal(&e))?;
+    Ok(json_response(status, bytes))
+}
+
+fn json_response(status: StatusCode, bytes: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// The first [`PREVIEW_BYTES`] of a stored document's JSON text, for lists.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Preview<'a> {
+    /// The start of the text (cut at a character boundary).
+    text: &'a str,
+    /// The whole text's length in bytes.
+    bytes: usize,
+    /// Whether `text` is only the start.
+    truncated: bool,
+}
+
+fn preview(raw: &RawValue) -> Preview<'_> {
+    let all = raw.get();
+    let mut end = all.len().min(PREVIEW_BYTES);
+    while !all.is_char_boundary(end) {
+        end -= 1;
+    }
+    Preview {
+        text: &all[..end],
+        bytes: all.len(),
+        truncated: end < all.len(),
+    }
+}
+
+/// A job as lists show it: everything but its documents, which are previews.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobSummary<'a> {
+    id: &'a str,
+    agent_id: &'a str,
+    input_preview: Preview<'a>,
+    meta_preview: Option<Preview<'a>>,
+    priority: i64,
+    status: JobStatus,
+    scheduled_for: i64,
+    created_at: i64,
+    updated_at: i64,
+    attempts: i64,
+    max_attempts: i64,
+    lease_epoch: i64,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<i64>,
+    cancel_requested: bool,
+    stop_requested: bool,
+    lifecycle: Lifecycle,
+    restarts: i64,
+    max_restarts: Option<i64>,
+    run_id: Option<&'a str>,
+    result_status: Option<&'a str>,
+    result_error: Option<&'a ErrorInfo>,
+    finished_at: Option<i64>,
+}
+
+impl<'a> From<&'a Job> for JobSummary<'a> {
+    fn from(job: &'a Job) -> Self {
+        Self {
+            id: &job.id,
+            agent_id: &job.agent_id,
+            input_preview: preview(&job.input),
+            meta_preview: job.meta.as_deref().map(preview),
+            priority: job.priority,
+            status: job.status,
+            scheduled_for: job.scheduled_for,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            lease_epoch: job.lease_epoch,
+            lease_owner: job.lease_owner.as_deref(),
+            lease_expires_at: job.lease_expires_at,
+            cancel_requested: job.cancel_requested,
+            stop_requested: job.stop_requested,
+            lifecycle: job.lifecycle,
+            restarts: job.restarts,
+            max_restarts: job.max_restarts,
+            run_id: job.run_id.as_deref(),
+            result_status: job.result_status.as_deref(),
+            result_error: job.result_error.as_ref(),
+            finished_at: job.finished_at,
+        }
+    }
+}
+
+/// A run as lists show it: everything but its documents, which are previews.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunSummary<'a> {
+    id: &'a str,
+    job_id: Option<&'a str>,
+    agent_id: &'a str,
+    attempt: i64,
+    parent_run_id: Option<&'a str>,
+    status: RunStatus,
+    sandbox: Option<&'a str>,
+    lifecycle: Lifecycle,
+    input_preview: Option<Preview<'a>>,
+    output_preview: Option<Preview<'a>>,
+    error: Option<&'a ErrorInfo>,
+    started_at: i64,
+    ended_at: Option<i64>,
+    heartbeat_at: Option<i64>,
+    fuel_used: Option<i64>,
+    peak_memory: Option<i64>,
+    worker_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a Run> for RunSummary<'a> {
+    fn from(run: &'a Run) -> Self {
+        Self {
+            id: &run.id,
+            job_id: run.job_id.as_deref(),
+            agent_id: &run.agent_id,
+            attempt: run.attempt,
+            parent_run_id: run.parent_run_id.as_deref(),
+            status: run.status,
+            sandbox: run.sandbox.as_deref(),
+            lifecycle: run.lifecycle,
+            input_preview: run.input.as_deref().map(preview),
+            output_preview: run.output.as_deref().map(preview),
+            error: run.error.as_ref(),
+            started_at: run.started_at,
+            ended_at: run.ended_at,
+            heartbeat_at: run.heartbeat_at,
+            fuel_used: run.fuel_used,
+            peak_memory: run.peak_memory,
+            worker_id: run.worker_id.as_deref(),
+        }
+    }
+}
+
+/// Where a page cut short by [`MAX_PAGE_BYTES`] goes on.
+enum Cursor {
+    /// `nextOffset`: the offset of the first item left out.
+    Offset(u32),
+    /// `nextAfter`: the sequence number of the last event included.
+    After,
+    /// Nothing to go on with (a list without paging).
+    None,
+}
+
+/// `{"<key>": [items…], "truncated": …}`: items are added while the page is under
+/// [`MAX_PAGE_BYTES`] (the first always is); a page cut short says `"truncated": true` and,
+/// as `cursor` says, where the rest begins.
+fn page<T: Serialize>(
+    key: &'static str,
+    items: impl IntoIterator<Item = T>,
+    cursor: Cursor,
+    seq_of: impl Fn(&T) -> i64,
 ) -> HttpResult {
-    let job: NewJob = body(&headers, &bytes)?;
+    page_after(None, key, items, cursor, seq_of)
+}
+
+/// [`page`], with one more member (`name`, value) first.
+fn page_after<T: Serialize>(
+    first: Option<(&'static str, serde_json::Value)>,
+    key: &'static str,
+    items: impl IntoIterator<Item = T>,
+    cursor: Cursor,
+    seq_of: impl Fn(&T) -> i64,
+) -> HttpResult {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{");
+    if let Some((name, value)) = first {
+        serde_json::to_writer(&mut out, name).map_err(|e| internal(&e))?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, &value).map_err(|e| internal(&e))?;
+        out.push(b',');
+    }
+    serde_json::to_writer(&mut out, key).map_err(|e| internal(&e))?;
+    out.extend_from_slice(b":[");
+    let mut count: u32 = 0;
+    let mut last_seq = None;
+    let mut truncated = false;
+    for item in items {
+        let bytes = serde_json::to_vec(&item).map_err(|e| internal(&e))?;
+        if count > 0 && out.len() + bytes.len() + 1 > MAX_PAGE_BYTES {
+            truncated = true;
+            break;
+        }
+        if count > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&bytes);
+        count += 1;
+        last_seq = Some(seq_of(&item));
+    }
+    out.extend_from_slice(if truncated {
+        b"],\"truncated\":true"
+    } else {
+        b"],\"truncated\":false"
+    });
+    if truncated {
+        match cursor {
+            Cursor::Offset(offset) => {
+                out.extend_from_slice(format!(",\"nextOffset\":{}", offset + count).as_bytes());
+            }
+            Cursor::After => {
+                if let Some(seq) = last_seq {
+                    out.extend_from_slice(format!(",\"nextAfter\":{seq}").as_bytes());
+                }
+            }
+            Cursor::None => {}
+        }
+    }
+    out.push(b'}');
+    Ok(json_response(StatusCode::OK, out))
+}
+
+async fn enqueue(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult {
+    let job: NewJob = body(&bytes)?;
     let enqueued = state.api.enqueue(job).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    ok(status, json!({ "job": enqueued.job }))
+    ok(status, One("job", &enqueued.job))
 }
 
 /// Query of `GET /v1/jobs`.
@@ -327,9 +904,12 @@ async fn list_jobs(State(state): State<HttpState>, Query(q): Query<JobQuery>) ->
         limit: q.limit,
         offset: q.offset,
     };
-    ok(
-        StatusCode::OK,
-        json!({ "jobs": state.api.list(&filter).await? }),
+    let jobs = state.api.list(&filter).await?;
+    page(
+        "jobs",
+        jobs.iter().map(JobSummary::from),
+        Cursor::Offset(q.offset.unwrap_or(0)),
+        |_| 0,
     )
 }
 
@@ -376,14 +956,14 @@ async fn wait_job(
 async fn cancel_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
     ok(
         StatusCode::ACCEPTED,
-        json!({ "job": state.api.cancel(&id).await? }),
+        One("job", &state.api.cancel(&id).await?),
     )
 }
 
 async fn stop_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
     ok(
         StatusCode::ACCEPTED,
-        json!({ "job": state.api.stop(&id).await? }),
+        One("job", &state.api.stop(&id).await?),
     )
 }
 
@@ -408,14 +988,17 @@ async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) ->
         limit: q.limit,
         offset: q.offset,
     };
-    ok(
-        StatusCode::OK,
-        json!({ "runs": state.api.runs(&filter).await? }),
+    let runs = state.api.runs(&filter).await?;
+    page(
+        "runs",
+        runs.iter().map(RunSummary::from),
+        Cursor::Offset(q.offset.unwrap_or(0)),
+        |_| 0,
     )
 }
 
 async fn get_run(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(StatusCode::OK, json!({ "run": state.api.run(&id).await? }))
+    ok(StatusCode::OK, One("run", &state.api.run(&id).await?))
 }
 
 /// Query of the event routes.
@@ -436,18 +1019,36 @@ async fn run_events(
         .api
         .events(&id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
         .await?;
-    ok(StatusCode::OK, json!({ "events": events }))
+    page("events", events.iter(), Cursor::After, |e: &&Event| e.seq)
 }
 
-/// An agent type as `/v1/templates` shows it.
+/// An agent type as `/v1/templates` shows it: the names of its environment variables, not
+/// their values, and nothing about where its file is.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Template<'a> {
-    #[serde(flatten)]
-    spec: &'a AgentSpec,
+    id: &'a str,
+    version: &'a str,
+    description: &'a str,
+    lifecycle: Lifecycle,
+    limits: &'a Limits,
+    env_keys: Vec<&'a str>,
+    scratch_dir: bool,
+    /// Milliseconds.
+    stop_grace: u64,
+    max_restarts: Option<i64>,
+    input_schema: Option<&'a Schema>,
+    output_schema: Option<&'a Schema>,
     sandbox: &'static str,
     digest: Option<&'a str>,
     imports: Option<&'a [String]>,
+}
+
+/// Body of `/v1/templates`.
+#[derive(Serialize)]
+struct Templates<'a> {
+    templates: Vec<Template<'a>>,
+    problems: Vec<LoadProblem>,
 }
 
 async fn templates(State(state): State<HttpState>) -> HttpResult {
@@ -455,21 +1056,34 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
     let templates: Vec<Template<'_>> = specs
         .iter()
         .map(|spec| Template {
-            spec,
+            id: &spec.id,
+            version: &spec.version,
+            description: &spec.description,
+            lifecycle: spec.lifecycle,
+            limits: &spec.limits,
+            env_keys: spec.env.keys().map(String::as_str).collect(),
+            scratch_dir: spec.scratch_dir,
+            stop_grace: u64::try_from(spec.stop_grace.as_millis()).unwrap_or(u64::MAX),
+            max_restarts: spec.max_restarts,
+            input_schema: spec.input_schema.as_ref(),
+            output_schema: spec.output_schema.as_ref(),
             sandbox: if spec.is_wasm() { "wasm" } else { "none" },
             digest: match &spec.code {
-                crate::registry::AgentCode::Wasm(agent) => Some(agent.digest()),
-                crate::registry::AgentCode::Native(_) => None,
+                AgentCode::Wasm(agent) => Some(agent.digest()),
+                AgentCode::Native(_) => None,
             },
             imports: match &spec.code {
-                crate::registry::AgentCode::Wasm(agent) => Some(&agent.description().imports),
-                crate::registry::AgentCode::Native(_) => None,
+                AgentCode::Wasm(agent) => Some(&agent.description().imports),
+                AgentCode::Native(_) => None,
             },
         })
         .collect();
     ok(
         StatusCode::OK,
-        json!({ "templates": templates, "problems": (state.problems)() }),
+        Templates {
+            templates,
+            problems: (state.problems)(),
+        },
     )
 }
 
@@ -480,36 +1094,73 @@ struct SpawnRequest {
     agent_type: String,
     tenant_id: Option<String>,
     user_id: Option<String>,
-    input: Option<serde_json::Value>,
+    input: Option<Box<RawValue>>,
 }
 
-async fn spawn(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    Body(bytes): Body,
-) -> HttpResult {
-    let request: SpawnRequest = body(&headers, &bytes)?;
+/// Body of a `202` from `POST /spawn`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Spawned<'a> {
+    workload_name: &'a str,
+    job: &'a Job,
+}
+
+/// Ids `/spawn` tries before giving up (each new one colliding with an existing job is
+/// astronomically unlikely; this only bounds the loop).
+const SPAWN_ID_TRIES: usize = 4;
+
+async fn spawn(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult {
+    let request: SpawnRequest = body(&bytes)?;
     let spec = state.api.agent(&request.agent_type)?;
-    let id = format!(
-        "{}-{}",
-        spec.id,
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let job = NewJob::new(&spec.id, &request.input.unwrap_or(serde_json::Value::Null))
-        .id(&id)
-        .meta(&json!({ "tenantId": request.tenant_id, "userId": request.user_id }));
-    let enqueued = state.api.enqueue(job).await?;
+    let ids = std::iter::repeat_with(|| {
+        format!(
+            "{}-{}",
+            spec.id,
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        )
+    });
+    let job = spawn_job(&state.api, &spec.id, &request, ids).await?;
     ok(
         StatusCode::ACCEPTED,
-        json!({ "workloadName": enqueued.job.id, "job": enqueued.job }),
+        Spawned {
+            workload_name: &job.id,
+            job: &job,
+        },
     )
+}
+
+/// Enqueues a new job for a spawn request under the first of `ids` not yet taken: a spawn
+/// never answers with a job that was already there.
+async fn spawn_job(
+    api: &RunApi,
+    agent_id: &str,
+    request: &SpawnRequest,
+    ids: impl IntoIterator<Item = String>,
+) -> Result<Job, HttpError> {
+    let meta = serde_json::json!({ "tenantId": request.tenant_id, "userId": request.user_id });
+    for id in ids.into_iter().take(SPAWN_ID_TRIES) {
+        let mut job = NewJob::new(agent_id, &serde_json::Value::Null)
+            .id(&id)
+            .meta(&meta);
+        if let Some(input) = &request.input {
+            job.input = Arc::from(input.clone());
+        }
+        match api.enqueue(job).await {
+            Ok(enqueued) if enqueued.created => return Ok(enqueued.job),
+            Ok(_) | Err(ApiError::Conflict(_)) => {
+                tracing::warn!(id = %id, "a spawn's new job id was taken; trying another");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(internal(&"no free job id for a spawn"))
 }
 
 /// A long-lived agent instance (one job of a long-lived agent), in the vocabulary of the
 /// long-lived walkthrough.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct AgentInstance {
+struct AgentInstance<J, R> {
     /// The workload name (the job id).
     id: String,
     agent_type: String,
@@ -518,31 +1169,36 @@ struct AgentInstance {
     last_heartbeat_at: Option<i64>,
     /// Running, but silent for longer than the host's stale threshold.
     stale: bool,
-    job: Job,
-    run: Option<Run>,
+    job: J,
+    run: Option<R>,
 }
 
-fn instance(view: JobView, stale_after: Duration) -> AgentInstance {
-    let JobView { job, run } = view;
-    let phase = match job.status {
+fn instance<'a, J, R>(
+    view: &'a JobView,
+    stale_after: Duration,
+    job: impl Fn(&'a Job) -> J,
+    run: impl Fn(&'a Run) -> R,
+) -> AgentInstance<J, R> {
+    let JobView { job: j, run: r } = view;
+    let phase = match j.status {
         JobStatus::Scheduled | JobStatus::Queued => "Pending",
-        JobStatus::Leased if job.stop_requested => "Stopping",
+        JobStatus::Leased if j.stop_requested => "Stopping",
         JobStatus::Leased => "Running",
         JobStatus::Done => "Completed",
         JobStatus::Failed => "Failed",
         JobStatus::Cancelled => "Cancelled",
     };
-    let running = run.as_ref().filter(|r| r.status == RunStatus::Running);
+    let running = r.as_ref().filter(|r| r.status == RunStatus::Running);
     let last = running.map(|r| r.heartbeat_at.unwrap_or(r.started_at));
     let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
     AgentInstance {
-        id: job.id.clone(),
-        agent_type: job.agent_id.clone(),
+        id: j.id.clone(),
+        agent_type: j.agent_id.clone(),
         phase,
-        last_heartbeat_at: run.as_ref().and_then(|r| r.heartbeat_at),
+        last_heartbeat_at: r.as_ref().and_then(|r| r.heartbeat_at),
         stale: last.is_some_and(|t| now_ms() - t > stale_ms),
-        job,
-        run,
+        job: job(j),
+        run: r.as_ref().map(run),
     }
 }
 
@@ -564,7 +1220,7 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
         .map(|s| s.id.clone())
         .collect();
     let statuses = parse_list(q.status.as_deref())?;
-    let mut instances = Vec::new();
+    let mut views = Vec::new();
     for agent in long_lived {
         let jobs = state
             .api
@@ -575,19 +1231,24 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
                 offset: None,
             })
             .await?;
-        for view in state.api.views(jobs).await? {
-            instances.push(instance(view, state.stale_after));
-        }
+        views.extend(state.api.views(jobs).await?);
     }
-    instances.sort_by_key(|i| std::cmp::Reverse(i.job.created_at));
-    ok(StatusCode::OK, json!({ "agents": instances }))
+    views.sort_by_key(|v| std::cmp::Reverse(v.job.created_at));
+    page(
+        "agents",
+        views
+            .iter()
+            .map(|v| instance(v, state.stale_after, JobSummary::from, RunSummary::from)),
+        Cursor::None,
+        |_| 0,
+    )
 }
 
 async fn get_agent(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
     let view = state.api.get(&id).await?;
     ok(
         StatusCode::OK,
-        json!({ "agent": instance(view, state.stale_after) }),
+        One("agent", &instance(&view, state.stale_after, |j| j, |r| r)),
     )
 }
 
@@ -606,45 +1267,50 @@ async fn agent_events(
         }
         None => Vec::new(),
     };
-    ok(
-        StatusCode::OK,
-        json!({ "runId": view.run.map(|r| r.id), "events": events }),
+    let run_id = serde_json::json!(view.run.as_ref().map(|r| r.id.as_str()));
+    page_after(
+        Some(("runId", run_id)),
+        "events",
+        events.iter(),
+        Cursor::After,
+        |e: &&Event| e.seq,
     )
 }
 
 async fn delete_agent(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
     ok(
         StatusCode::ACCEPTED,
-        json!({ "job": state.api.stop(&id).await? }),
+        One("job", &state.api.stop(&id).await?),
     )
+}
+
+/// Body of `/v1/stats`.
+#[derive(Serialize)]
+struct Stats {
+    jobs: std::collections::BTreeMap<&'static str, i64>,
+    runs: std::collections::BTreeMap<&'static str, i64>,
 }
 
 async fn stats(State(state): State<HttpState>) -> HttpResult {
     let jobs = state.api.queue().counts().await.map_err(ApiError::from)?;
     let runs = state.api.store().counts().await.map_err(ApiError::from)?;
-    let jobs: serde_json::Map<String, Value> = JobStatus::ALL
-        .iter()
-        .map(|s| {
-            (
-                s.as_str().to_string(),
-                json!(jobs.get(s).copied().unwrap_or(0)),
-            )
-        })
-        .collect();
-    let runs: serde_json::Map<String, Value> = RunStatus::ALL
-        .iter()
-        .map(|s| {
-            (
-                s.as_str().to_string(),
-                json!(runs.get(s).copied().unwrap_or(0)),
-            )
-        })
-        .collect();
-    ok(StatusCode::OK, json!({ "jobs": jobs, "runs": runs }))
+    ok(
+        StatusCode::OK,
+        Stats {
+            jobs: JobStatus::ALL
+                .iter()
+                .map(|s| (s.as_str(), jobs.get(s).copied().unwrap_or(0)))
+                .collect(),
+            runs: RunStatus::ALL
+                .iter()
+                .map(|s| (s.as_str(), runs.get(s).copied().unwrap_or(0)))
+                .collect(),
+        },
+    )
 }
 
 async fn healthz() -> HttpResult {
-    ok(StatusCode::OK, json!({ "status": "ok" }))
+    ok(StatusCode::OK, One("status", "ok"))
 }
 
 /// Ready only if both databases take a write now (each writer alive, its lock available, its
@@ -666,7 +1332,7 @@ async fn readyz(State(state): State<HttpState>) -> HttpResult {
         probe(state.api.store().db().clone(), "run store")
     );
     match queue.and(store) {
-        Ok(()) => ok(StatusCode::OK, json!({ "status": "ready" })),
+        Ok(()) => ok(StatusCode::OK, One("status", "ready")),
         Err(problem) => Err(HttpError::unavailable(problem)),
     }
 }
@@ -685,4 +1351,64 @@ async fn metrics(State(state): State<HttpState>) -> HttpResult {
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+    use crate::queue::{Queue, QueueOptions};
+    use crate::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
+    use crate::store::RunStore;
+
+    #[tokio::test]
+    async fn a_spawn_never_answers_with_a_job_that_was_already_there() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("file:{}", dir.path().join("db").display());
+        let db = Db::open(&url, None).await.expect("db");
+        let queue = Queue::with_db(db.clone(), QueueOptions::default())
+            .await
+            .expect("queue");
+        let store = RunStore::with_db(db).await.expect("store");
+        let worker = AgentSpec::native(
+            "worker",
+            native_agent(|_input, _ctx| async { Ok(serde_json::Value::Null) }),
+        )
+        .long_lived();
+        let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(worker));
+        let api = RunApi::new(queue, store, registry);
+        let request: SpawnRequest =
+            serde_json::from_str(r#"{"agentType": "worker", "tenantId": "t2", "input": {"a": 1}}"#)
+                .expect("request");
+        // Two jobs hold the first ids: one with the very same payload, one with another.
+        let first = api
+            .enqueue(
+                NewJob::new("worker", &serde_json::json!({ "a": 1 }))
+                    .id("taken-1")
+                    .meta(&serde_json::json!({ "tenantId": "t2", "userId": null })),
+            )
+            .await
+            .expect("enqueue")
+            .job;
+        api.enqueue(NewJob::new("worker", &serde_json::json!({ "other": true })).id("taken-2"))
+            .await
+            .expect("enqueue");
+        let ids = ["taken-1", "taken-2", "fresh"].map(String::from);
+        let job = spawn_job(&api, "worker", &request, ids)
+            .await
+            .expect("spawn");
+        assert_eq!(job.id, "fresh");
+        assert_ne!(job.created_at, 0);
+        assert_eq!(job.input.get(), r#"{"a": 1}"#);
+        assert_eq!(
+            api.get("taken-1").await.expect("get").job.created_at,
+            first.created_at
+        );
+        // With every id taken, it fails rather than hand back someone else's job.
+        let taken = ["taken-1", "taken-2"].map(String::from);
+        let error = spawn_job(&api, "worker", &request, taken)
+            .await
+            .expect_err("no free id");
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

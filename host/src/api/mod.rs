@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::queue::{ErrorInfo, Job, JobFilter, NewJob, Queue, QueueError};
+use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, NewJob, Queue, QueueError};
 use crate::registry::{AgentSpec, Registry};
 use crate::store::{Event, Run, RunFilter, RunStore, StoreError};
 
@@ -23,6 +23,10 @@ pub enum ApiError {
     /// The request is malformed or names an agent that does not exist.
     #[error("{0}")]
     BadRequest(ErrorInfo),
+    /// The request contradicts the state of a job: its id is taken by a different job, or it
+    /// has already finished.
+    #[error("{0}")]
+    Conflict(ErrorInfo),
     /// The job did not finish in time; carries its current state.
     #[error("timed out waiting for job {}", .0.job.id)]
     WaitTimeout(Box<JobView>),
@@ -91,13 +95,21 @@ impl RunApi {
     }
 
     /// Enqueues a job after checking that its agent exists and its input fits the agent's
-    /// schema. The same id again returns the existing job (`created: false`).
+    /// schema. The same id again with the same agent and input returns the existing job
+    /// (`created: false`); with a different agent or input it is a [`ApiError::Conflict`].
     pub async fn enqueue(&self, job: NewJob) -> Result<crate::queue::Enqueued, ApiError> {
         let job = self.prepare(job)?;
-        Ok(self.queue.enqueue(job).await?)
+        let (agent_id, input) = (job.agent_id.clone(), Arc::clone(&job.input));
+        let enqueued = self.queue.enqueue(job).await?;
+        if !enqueued.created {
+            same_payload(&enqueued.job, &agent_id, &input)?;
+        }
+        Ok(enqueued)
     }
 
-    /// Enqueues many jobs in one transaction; nothing is written if any is invalid.
+    /// Enqueues many jobs in one transaction; nothing is written if any is invalid. An id that
+    /// is taken by a job with a different agent or input is reported as a conflict (the other
+    /// jobs of the batch are enqueued all the same).
     pub async fn enqueue_batch(
         &self,
         jobs: Vec<NewJob>,
@@ -106,7 +118,17 @@ impl RunApi {
             .into_iter()
             .map(|job| self.prepare(job))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.queue.enqueue_batch(jobs).await?)
+        let payloads: Vec<(String, Arc<serde_json::value::RawValue>)> = jobs
+            .iter()
+            .map(|job| (job.agent_id.clone(), Arc::clone(&job.input)))
+            .collect();
+        let enqueued = self.queue.enqueue_batch(jobs).await?;
+        for (done, (agent_id, input)) in enqueued.iter().zip(&payloads) {
+            if !done.created {
+                same_payload(&done.job, agent_id, input)?;
+            }
+        }
+        Ok(enqueued)
     }
 
     fn prepare(&self, mut job: NewJob) -> Result<NewJob, ApiError> {
@@ -237,20 +259,41 @@ impl RunApi {
     }
 
     /// Cancels a job: at once if queued; a running job is aborted and fails with `Cancelled`.
+    /// A job that has already finished is a [`ApiError::Conflict`].
     pub async fn cancel(&self, job_id: &str) -> Result<Job, ApiError> {
-        self.queue
+        self.unfinished(job_id).await?;
+        let job = self
+            .queue
             .cancel(job_id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))?;
+        requested_in_time(job)
     }
 
     /// Asks a job to stop gracefully (a long-lived agent finishes its item and is recorded as
-    /// completed); a job that never started is cancelled.
+    /// completed); a job that never started is cancelled. A job that has already finished is a
+    /// [`ApiError::Conflict`].
     pub async fn stop(&self, job_id: &str) -> Result<Job, ApiError> {
-        self.queue
+        self.unfinished(job_id).await?;
+        let job = self
+            .queue
             .stop(job_id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))?;
+        requested_in_time(job)
+    }
+
+    /// Fails with `NotFound` or `Conflict` unless the job exists and has not finished.
+    async fn unfinished(&self, job_id: &str) -> Result<(), ApiError> {
+        let job = self
+            .queue
+            .get(job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))?;
+        if job.status.is_terminal() {
+            return Err(already_finished(&job));
+        }
+        Ok(())
     }
 
     /// Jobs, newest first.
@@ -289,6 +332,51 @@ impl RunApi {
     ) -> Result<Vec<Event>, ApiError> {
         Ok(self.store.events(run_id, after, limit).await?)
     }
+}
+
+/// The job a cancel or stop request returned: one that finished on its own while the request was
+/// under way (anything terminal but `cancelled`) is a conflict too.
+fn requested_in_time(job: Job) -> Result<Job, ApiError> {
+    if job.status.is_terminal() && job.status != JobStatus::Cancelled {
+        return Err(already_finished(&job));
+    }
+    Ok(job)
+}
+
+fn already_finished(job: &Job) -> ApiError {
+    ApiError::Conflict(ErrorInfo::new(
+        "AlreadyFinished",
+        format!("job {} has already finished ({})", job.id, job.status),
+    ))
+}
+
+/// Checks that an existing job has the agent and input a request for the same id asks for.
+/// Inputs are compared as JSON values (whitespace and key order aside), or as text when they
+/// are too deeply nested to parse.
+fn same_payload(
+    existing: &Job,
+    agent_id: &str,
+    input: &serde_json::value::RawValue,
+) -> Result<(), ApiError> {
+    let same_input = || {
+        let parse = |raw: &serde_json::value::RawValue| {
+            serde_json::from_str::<serde_json::Value>(raw.get()).ok()
+        };
+        match (parse(&existing.input), parse(input)) {
+            (Some(a), Some(b)) => a == b,
+            _ => existing.input.get() == input.get(),
+        }
+    };
+    if existing.agent_id == agent_id && same_input() {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(ErrorInfo::new(
+        "JobIdConflict",
+        format!(
+            "job {} already exists with a different agent or input",
+            existing.id
+        ),
+    )))
 }
 
 fn bad(tag: &str, message: String) -> ApiError {

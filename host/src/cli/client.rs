@@ -267,13 +267,24 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                 return Ok(OK);
             }
             print_table(
-                &["AGENT", "LIFECYCLE", "SANDBOX", "VERSION", "DESCRIPTION"],
+                &[
+                    "AGENT",
+                    "LIFECYCLE",
+                    "SANDBOX",
+                    "VERSION",
+                    "DIGEST",
+                    "DESCRIPTION",
+                ],
                 list["templates"].as_array().into_iter().flatten().map(|t| {
                     vec![
                         text(&t["id"]),
                         text(&t["lifecycle"]),
                         text(&t["sandbox"]),
                         text(&t["version"]),
+                        t["digest"]
+                            .as_str()
+                            .map(|d| format!("sha256:{d}"))
+                            .unwrap_or_default(),
                         text(&t["description"]),
                     ]
                 }),
@@ -297,8 +308,15 @@ async fn act(
     done: &str,
     as_json: bool,
 ) -> Result<u8, Failure> {
+    // The API takes no body here, but wants every POST to say it is JSON.
     let (_, body) = client
-        .call(Method::POST, &["v1", "jobs", id, action], &[], None, &[])
+        .call(
+            Method::POST,
+            &["v1", "jobs", id, action],
+            &[],
+            Some(&json!({})),
+            &[],
+        )
         .await?;
     if as_json {
         print_json(&body);
@@ -387,6 +405,10 @@ async fn events(
                     event["payload"]
                 );
             }
+        }
+        // A page cut short by the host's size bound: the rest follows at once.
+        if page["truncated"] == true {
+            continue;
         }
         if !follow {
             return Ok(OK);

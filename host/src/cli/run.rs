@@ -1,6 +1,7 @@
 //! `drover-host run`: wires the queue, the run store, the agent directory, the sandboxes, the
 //! worker pool and the HTTP API together, and shuts them down gracefully on SIGINT or SIGTERM.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,17 +9,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::RunApi;
-use crate::api::http::{self, HttpState};
+use crate::api::http::{self, HttpConfig, HttpState};
 use crate::api::metrics::Metrics;
 use crate::db::{Db, DbOptions, SyncMode};
 use crate::pool::{PoolConfig, PoolDeps, WorkerPool};
 use crate::queue::{Queue, QueueOptions};
-use crate::registry::{DirRegistry, Registry};
+use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry};
 use crate::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
-use crate::sandbox::{NoneSandbox, Sandbox, SandboxFor};
+use crate::sandbox::{NoneSandbox, RunContext, RunOutcome, Sandbox, SandboxFor};
 use crate::store::RunStore;
 
 /// Options of `drover-host run`. Every option has an environment variable too.
@@ -77,9 +80,15 @@ pub struct RunArgs {
     /// Where compiled components are cached (default: `<data-dir>/cache`).
     #[arg(long, env = "DROVER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Agents that run in the none sandbox (trusted: no limits, host environment), by id.
+    /// Agents that run in the none sandbox (trusted: no limits, the network, the variables of
+    /// `--trusted-env`), each pinned to its component's digest: `id@sha256:<hex>` (`drover-host
+    /// agents` lists digests). A component with that id but other contents runs sandboxed.
     #[arg(long, env = "DROVER_TRUSTED_AGENTS", value_delimiter = ',')]
     pub trusted: Vec<String>,
+    /// Host environment variables that trusted agents see (their manifest's `[env]` aside);
+    /// nothing else of the host's environment reaches them.
+    #[arg(long, env = "DROVER_TRUSTED_ENV", value_delimiter = ',')]
+    pub trusted_env: Vec<String>,
     /// This host's worker id (default: host name, process id and a random suffix).
     #[arg(long, env = "DROVER_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -89,6 +98,31 @@ pub struct RunArgs {
     /// Bearer token required by every API request (the viewer asks for it).
     #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve the API on a non-loopback address without a token (anyone who can reach the
+    /// address can enqueue jobs and read every run).
+    #[arg(long, env = "DROVER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Host names the host answers to in `Host` (and `Origin`), comma-separated: `name` (any
+    /// port) or `name:port`. IP addresses and `localhost` with the listen port always work.
+    #[arg(long, env = "DROVER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// HTTP connections open at once; more wait to be accepted until one closes.
+    #[arg(long, env = "DROVER_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// HTTP requests handled at once; more are answered `503` with `Retry-After`.
+    #[arg(long, env = "DROVER_MAX_IN_FLIGHT", default_value_t = 512,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_in_flight: usize,
+    /// `wait` requests open at once; more are answered `503` with `Retry-After`.
+    #[arg(long, env = "DROVER_MAX_WAITERS", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_waiters: usize,
+    /// How long an HTTP request (other than `wait`) may take before it is answered `503`, in
+    /// milliseconds.
+    #[arg(long, env = "DROVER_REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
     /// Run only the worker pool (no HTTP API).
     #[arg(long, conflicts_with = "api_only")]
     pub worker_only: bool,
@@ -111,6 +145,18 @@ const SERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the host until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.worker_only
+        && !args.listen.ip().is_loopback()
+        && args.api_token.is_none()
+        && !args.insecure_no_auth
+    {
+        anyhow::bail!(
+            "refusing to serve the API on {} without a token: anyone who can reach that address \
+             could run agents and read every run. Set DROVER_API_TOKEN (or --api-token), listen \
+             on a loopback address, or pass --insecure-no-auth to accept the risk",
+            args.listen
+        );
+    }
     let (queue, store) = open_databases(&args).await?;
 
     let runtime = WasmRuntime::new(
@@ -142,6 +188,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(path = %problem.path.display(), "skipped: {}", problem.error);
     }
 
+    let trusted = trust_pins(&args.trusted, &registry)?;
+    let trusted_env = trusted_env(&args.trusted_env);
+
     let registry_dyn: Arc<dyn Registry> = registry.clone();
     let pool = (!args.api_only).then(|| {
         WorkerPool::new(
@@ -149,7 +198,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 queue: queue.clone(),
                 store: store.clone(),
                 registry: Arc::clone(&registry_dyn),
-                sandbox_for: sandbox_for(&runtime, args.trusted.clone()),
+                sandbox_for: sandbox_for(&runtime, trusted.clone(), trusted_env.clone()),
             },
             PoolConfig {
                 concurrency: args.concurrency,
@@ -198,12 +247,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().unwrap_or(args.listen);
         tracing::info!("listening on http://{address}");
-        let app = crate::viewer::router()
-            .merge(http::router(state))
+        let config = HttpConfig {
+            listen: Some(address),
+            allowed_hosts: args.allowed_hosts.clone(),
+            max_in_flight: args.max_in_flight,
+            max_waiters: args.max_waiters,
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+        };
+        let app = http::protect(crate::viewer::router(), &config)
+            .merge(http::router_with(state, &config))
             .fallback(http::not_found);
         let stop = stop_serving.clone();
+        let max_connections = args.max_connections;
         Some(tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(http::ConnectionLimit::new(listener, max_connections), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         }))
@@ -277,17 +334,110 @@ fn parse_sync(text: &str) -> Result<SyncMode, String> {
     text.parse()
 }
 
-/// The wasm sandbox for every agent, except the trusted ones, which run in the none sandbox.
-fn sandbox_for(runtime: &Arc<WasmRuntime>, trusted: Vec<String>) -> SandboxFor {
+/// Trusted agents: ids and the digests their components must have.
+type TrustPins = Arc<HashMap<String, String>>;
+
+/// Parses `id@sha256:<hex>` entries. A bare id (trust by name alone) is refused, with the
+/// digest of the component now loaded under that id to pin it to, if there is one.
+fn trust_pins(entries: &[String], registry: &DirRegistry) -> anyhow::Result<TrustPins> {
+    let mut pins = HashMap::new();
+    for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        match entry.split_once("@sha256:") {
+            Some((id, hex))
+                if !id.is_empty()
+                    && hex.len() == 64
+                    && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                pins.insert(id.to_string(), hex.to_ascii_lowercase());
+            }
+            _ => {
+                let id = entry.split('@').next().unwrap_or(entry);
+                let hint = match registry.get(id).map(|spec| spec.code.clone()) {
+                    Some(AgentCode::Wasm(agent)) => {
+                        format!(
+                            "to trust the component loaded now, use {id}@sha256:{}",
+                            agent.digest()
+                        )
+                    }
+                    _ => format!(
+                        "`drover-host agents` (or GET /v1/templates) lists each agent's digest; use {id}@sha256:<digest>"
+                    ),
+                };
+                anyhow::bail!(
+                    "DROVER_TRUSTED_AGENTS entry {entry:?} is not pinned to a digest: trust \
+                     must name the exact component as id@sha256:<64 hex digits>; {hint}"
+                );
+            }
+        }
+    }
+    Ok(Arc::new(pins))
+}
+
+/// The allow-listed host variables (and their values now) that trusted agents see.
+fn trusted_env(names: &[String]) -> Arc<Vec<(String, String)>> {
+    Arc::new(
+        names
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .filter_map(|n| Some((n.to_string(), std::env::var(n).ok()?)))
+            .collect(),
+    )
+}
+
+/// The wasm sandbox for every agent, except trusted ones whose component has the pinned digest,
+/// which run in the none sandbox.
+fn sandbox_for(
+    runtime: &Arc<WasmRuntime>,
+    trusted: TrustPins,
+    env: Arc<Vec<(String, String)>>,
+) -> SandboxFor {
     let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(runtime)));
-    let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::with_wasm(Arc::clone(runtime)));
+    let none: Arc<dyn Sandbox> = Arc::new(TrustedSandbox {
+        inner: NoneSandbox::with_wasm(Arc::clone(runtime)),
+        env,
+    });
     Arc::new(move |_job, spec| {
-        if trusted.contains(&spec.id) {
+        let pinned = match &spec.code {
+            AgentCode::Wasm(agent) => trusted
+                .get(&spec.id)
+                .is_some_and(|digest| digest.eq_ignore_ascii_case(agent.digest())),
+            AgentCode::Native(_) => false,
+        };
+        if pinned {
             Arc::clone(&none)
         } else {
             Arc::clone(&wasm)
         }
     })
+}
+
+/// The none sandbox, with the allow-listed host variables added to each agent's environment
+/// (its manifest's values win).
+struct TrustedSandbox {
+    inner: NoneSandbox,
+    env: Arc<Vec<(String, String)>>,
+}
+
+impl Sandbox for TrustedSandbox {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a AgentSpec,
+        input: Arc<RawValue>,
+        ctx: RunContext,
+    ) -> BoxFuture<'a, RunOutcome> {
+        let mut spec = spec.clone();
+        for (name, value) in self.env.iter() {
+            spec.env
+                .entry(name.clone())
+                .or_insert_with(|| value.clone());
+        }
+        Box::pin(async move { self.inner.run(&spec, input, ctx).await })
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -3,7 +3,12 @@
 //! cancel and stop. Its three files are compiled into the binary; it needs nothing else.
 //!
 //! The page holds no data of its own: everything comes from the HTTP API, which enforces
-//! `DROVER_API_TOKEN` (the page asks for the token, or takes it once from `/?token=…`).
+//! `DROVER_API_TOKEN` (the page asks for the token, or takes it once from `/?token=…`, then
+//! drops it from the address; it keeps the token for the tab only, in `sessionStorage`).
+//!
+//! Every file is served with a strict `Content-Security-Policy` (scripts, styles and requests
+//! from this host only; no inline script or style; no framing), `X-Frame-Options: DENY`,
+//! `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
 
 use axum::Router;
 use axum::http::header;
@@ -31,11 +36,21 @@ pub fn router() -> Router {
         )
 }
 
+/// What the page may load and do: its own script, style and API, the inline icon, nothing
+/// else; and no page may frame it.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         body,
     )

@@ -430,9 +430,10 @@ impl WasmRuntime {
     }
 }
 
-/// Builds the guest's WASI context: the manifest's environment only, captured stdio, no network,
-/// and the scratch directory if there is one. Trusted runs also see the host's environment and
-/// network (TCP, UDP and name lookups, which wasmtime-wasi leaves off unless asked).
+/// Builds the guest's WASI context: the spec's environment only, captured stdio, no network,
+/// and the scratch directory if there is one. Trusted runs also get the network (TCP, UDP and
+/// name lookups, which wasmtime-wasi leaves off unless asked), but not the host's environment:
+/// whatever of it they may see is put in their spec by whoever trusts them.
 fn build_wasi(
     spec: &AgentSpec,
     capture: &Capture,
@@ -441,8 +442,7 @@ fn build_wasi(
 ) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
     let mut wasi = WasiCtxBuilder::new();
     if isolation == Isolation::Trusted {
-        wasi.inherit_env()
-            .inherit_network()
+        wasi.inherit_network()
             .allow_tcp(true)
             .allow_udp(true)
             .allow_ip_name_lookup(true);

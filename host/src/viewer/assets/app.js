@@ -8,15 +8,19 @@ const state = { timers: [], view: null };
 
 // ---- API ------------------------------------------------------------------------------------
 
+// The token is kept for this tab only, and a token given in the address is dropped from it at
+// once (out of the history, bookmarks and screen).
 const params = new URLSearchParams(location.search);
-if (params.get("token")) {
-  localStorage.setItem("drover-token", params.get("token"));
-  history.replaceState(null, "", location.pathname + location.hash);
+if (params.has("token")) {
+  if (params.get("token")) sessionStorage.setItem("drover-token", params.get("token"));
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
 }
 
 async function api(path, options = {}) {
   const headers = { "content-type": "application/json", ...(options.headers || {}) };
-  const token = localStorage.getItem("drover-token");
+  const token = sessionStorage.getItem("drover-token");
   if (token) headers.authorization = `Bearer ${token}`;
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401) {
@@ -37,7 +41,7 @@ function askForToken() {
 }
 
 document.getElementById("token-form").addEventListener("submit", () => {
-  localStorage.setItem("drover-token", document.getElementById("token-input").value);
+  sessionStorage.setItem("drover-token", document.getElementById("token-input").value);
   render();
 });
 
@@ -380,7 +384,7 @@ async function viewAgents(main) {
     <h1>Live agents</h1><p class="sub">Long-lived agents: running until stopped, heartbeating as they go.</p>
     <div class="panel"><h2>Spawn</h2><form id="spawn" class="toolbar">
       <select id="spawn-type" data-testid="spawn-type">${templates.map((t) => `<option>${esc(t.id)}</option>`).join("")}</select>
-      <input id="spawn-input" placeholder='input JSON, e.g. {"itemsPerBatch": 2}' style="flex:1;min-width:240px">
+      <input id="spawn-input" class="wide" placeholder='input JSON, e.g. {"itemsPerBatch": 2}'>
       <button class="primary" ${templates.length ? "" : "disabled"} data-testid="spawn">Spawn</button></form></div>
     <div class="panel flush"><table data-testid="agents-table">
       <thead><tr><th>Agent</th><th>Type</th><th>Phase</th><th>Last heartbeat</th><th>Started</th><th>Restarts</th><th></th></tr></thead>
@@ -431,7 +435,7 @@ async function viewTemplates(main) {
     <div class="cards">${templates.map((t) => `
       <div class="card" data-testid="template" data-agent="${esc(t.id)}">
         <h3>${esc(t.id)} <span class="pill ${t.lifecycle === "long-lived" ? "ll" : ""}">${esc(t.lifecycle)}</span>
-          <span class="pill">${esc(t.sandbox)}</span><span class="muted" style="font-weight:400;font-size:12px">v${esc(t.version)}</span></h3>
+          <span class="pill">${esc(t.sandbox)}</span><span class="muted version">v${esc(t.version)}</span></h3>
         <p class="desc">${esc(t.description || "No description.")}</p>
         <div class="limits">
           <span>fuel</span><span>${limit(t.limits.fuel)}</span>
@@ -444,8 +448,8 @@ async function viewTemplates(main) {
         ${t.inputSchema ? `<details><summary class="muted">input schema</summary><pre class="json">${pretty(t.inputSchema)}</pre></details>` : ""}
         <form class="enqueue" data-agent="${esc(t.id)}">
           <textarea name="input" data-testid="enqueue-input" placeholder="input JSON">${t.inputSchema && t.inputSchema.properties && t.inputSchema.properties.n ? '{"n": 42}' : "null"}</textarea>
-          <div class="toolbar" style="margin:8px 0 0"><label class="muted">priority <input name="priority" type="number" value="0" style="width:70px"></label>
-          <label class="muted">attempts <input name="maxAttempts" type="number" value="1" min="1" style="width:70px"></label>
+          <div class="toolbar tight"><label class="muted">priority <input name="priority" type="number" value="0" class="narrow"></label>
+          <label class="muted">attempts <input name="maxAttempts" type="number" value="1" min="1" class="narrow"></label>
           <button class="primary right" data-testid="enqueue">Enqueue</button></div>
         </form>
       </div>`).join("") || `<div class="panel empty">No agents loaded. Put <code>.wasm</code> files into the agent directory.</div>`}
@@ -469,8 +473,8 @@ async function viewQueue(main) {
   main.innerHTML = `
     <h1>Queue</h1><p class="sub">Jobs by status, and the most recent ones.</p>
     <div class="grid" id="counts" data-testid="queue-counts"></div>
-    <h2 style="margin-top:22px">Runs by status</h2><div class="grid" id="run-counts"></div>
-    <div class="panel flush" style="margin-top:22px"><div class="panel-head"><h2>Recent jobs</h2></div>
+    <h2 class="spaced">Runs by status</h2><div class="grid" id="run-counts"></div>
+    <div class="panel flush spaced"><div class="panel-head"><h2>Recent jobs</h2></div>
       <table><thead><tr><th>Job</th><th>Agent</th><th>Status</th><th>Attempts</th><th>Priority</th><th>Created</th><th></th></tr></thead>
       <tbody id="jobs-body"></tbody></table></div>`;
   const tone = { queued: "", leased: "info", done: "ok", failed: "bad", cancelled: "", success: "ok", error: "bad", running: "info", quota: "warn", timeout: "warn" };
