@@ -77,6 +77,35 @@ impl Env {
             .expect("runs")
     }
 
+    /// Enqueues `n` jobs (`job-0`…) that sleep `ms` milliseconds each, and waits until every
+    /// one of them runs.
+    async fn start_sleepers(&self, n: usize, ms: u64) {
+        let jobs: Vec<NewJob> = (0..n)
+            .map(|i| NewJob::new("sleeper", &json!({ "ms": ms })).id(format!("job-{i}")))
+            .collect();
+        self.queue.enqueue_batch(jobs).await.expect("enqueue");
+        wait_until("every job running", || async {
+            count_leased(&self.queue).await == n as i64
+        })
+        .await;
+    }
+
+    /// Waits for jobs `job-0`… `job-{n-1}` to finish, then checks that each is done once.
+    async fn assert_all_done_once(&self, pool: &PoolHandle, n: usize) {
+        for i in 0..n {
+            let done = self
+                .api
+                .wait_for(&format!("job-{i}"), WAIT)
+                .await
+                .expect("wait");
+            assert!(done.job.status.is_terminal(), "job-{i} finished");
+        }
+        pool.flush().await;
+        for i in 0..n {
+            self.assert_done_once(&format!("job-{i}")).await;
+        }
+    }
+
     /// Checks that job `id` is done, decided by its one successful run, with no attempt used.
     async fn assert_done_once(&self, id: &str) {
         let job = self.queue.get(id).await.expect("get").expect("job");
@@ -168,14 +197,7 @@ async fn a_write_lock_held_past_the_lease_loses_no_finished_outcome() {
         reclaim_interval: Duration::from_millis(200),
         ..PoolConfig::default()
     });
-    let jobs: Vec<NewJob> = (0..JOBS)
-        .map(|n| NewJob::new("sleeper", &json!({ "ms": 2000 })).id(format!("job-{n}")))
-        .collect();
-    env.queue.enqueue_batch(jobs).await.expect("enqueue");
-    wait_until("every job running", || async {
-        count_leased(&env.queue).await == JOBS as i64
-    })
-    .await;
+    env.start_sleepers(JOBS, 2000).await;
     // Both databases are locked for three leases while every run finishes: no outcome, run or
     // renewal can be written meanwhile.
     let queue_lock = WriteLock::take(&dir.path().join("queue.db")).await;
@@ -187,18 +209,7 @@ async fn a_write_lock_held_past_the_lease_loses_no_finished_outcome() {
     );
     queue_lock.release().await;
     store_lock.release().await;
-    for n in 0..JOBS {
-        let done = env
-            .api
-            .wait_for(&format!("job-{n}"), WAIT)
-            .await
-            .expect("wait");
-        assert!(done.job.status.is_terminal(), "job-{n} finished");
-    }
-    pool.flush().await;
-    for n in 0..JOBS {
-        env.assert_done_once(&format!("job-{n}")).await;
-    }
+    env.assert_all_done_once(&pool, JOBS).await;
     pool.shutdown().await;
 }
 
@@ -305,14 +316,7 @@ async fn a_disk_that_fills_up_loses_no_finished_outcome() {
         reclaim_interval: Duration::from_millis(200),
         ..PoolConfig::default()
     });
-    let jobs: Vec<NewJob> = (0..JOBS)
-        .map(|n| NewJob::new("sleeper", &json!({ "ms": 1000 })).id(format!("job-{n}")))
-        .collect();
-    env.queue.enqueue_batch(jobs).await.expect("enqueue");
-    wait_until("every job running", || async {
-        count_leased(&env.queue).await == JOBS as i64
-    })
-    .await;
+    env.start_sleepers(JOBS, 1000).await;
     let filler = disk.fill();
     // The runs finish while nothing can be written, for longer than the lease.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -321,18 +325,7 @@ async fn a_disk_that_fills_up_loses_no_finished_outcome() {
         "the full disk made writes fail"
     );
     std::fs::remove_file(filler).expect("free the disk");
-    for n in 0..JOBS {
-        let done = env
-            .api
-            .wait_for(&format!("job-{n}"), WAIT)
-            .await
-            .expect("wait");
-        assert!(done.job.status.is_terminal(), "job-{n} finished");
-    }
-    pool.flush().await;
-    for n in 0..JOBS {
-        env.assert_done_once(&format!("job-{n}")).await;
-    }
+    env.assert_all_done_once(&pool, JOBS).await;
     pool.shutdown().await;
 }
 
@@ -411,16 +404,7 @@ async fn a_record_the_database_refuses_fails_only_its_own_job() {
     assert_eq!(poisoned.job.status, JobStatus::Failed, "{poisoned:?}");
     let error = poisoned.job.result_error.expect("error");
     assert_eq!(error.tag, "RecordRejected");
-    for n in 0..40 {
-        env.api
-            .wait_for(&format!("job-{n}"), WAIT)
-            .await
-            .expect("wait");
-    }
-    pool.flush().await;
-    for n in 0..40 {
-        env.assert_done_once(&format!("job-{n}")).await;
-    }
+    env.assert_all_done_once(&pool, 40).await;
     let runs = env.runs("poisoned").await;
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(
@@ -582,7 +566,14 @@ async fn a_host_whose_clock_is_an_hour_ahead_reclaims_nobody() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_makes_the_host_unready_and_sheds_enqueues_it_cannot_take() {
     let fleet = Fleet::new();
-    let host = fleet.host("host", &[]);
+    // The HTTP caps are raised out of the way: this is about what the database's writer holds.
+    let host = fleet.host(
+        "host",
+        &[
+            ("DROVER_MAX_IN_FLIGHT", "4096"),
+            ("DROVER_MAX_CONNECTIONS", "4096"),
+        ],
+    );
     let (status, _) = http(reqwest::Method::GET, format!("{}/readyz", host.url), None).await;
     assert_eq!(status, StatusCode::OK);
     let lock = WriteLock::take(&fleet.data.path().join("queue.db")).await;
@@ -609,6 +600,8 @@ async fn a_locked_database_makes_the_host_unready_and_sheds_enqueues_it_cannot_t
         lock.release().await;
     };
     let (responses, ()) = tokio::join!(futures::future::join_all(requests), release);
+    // Its connections close: the host holds a bounded number open at once.
+    drop(client);
     let mut accepted = Vec::new();
     let mut refused = 0;
     for (n, response) in responses {
@@ -622,6 +615,8 @@ async fn a_locked_database_makes_the_host_unready_and_sheds_enqueues_it_cannot_t
                     response.headers().contains_key("retry-after"),
                     "a 503 says when to come back"
                 );
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                assert_eq!(body["error"]["tag"], "Unavailable", "{body}");
                 refused += 1;
             }
             other => panic!("j-{n}: unexpected {other}"),
