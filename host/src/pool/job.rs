@@ -154,7 +154,9 @@ async fn execute(
         Arc::clone(control),
         shared.recorder.clone(),
         1,
-        spec.as_ref().map(|s| &s.limits),
+        spec.as_ref()
+            .filter(|_| sandbox.as_ref().is_none_or(|s| s.holds_to_limits()))
+            .map(|s| &s.limits),
     );
     shared.recorder.send(Record::Started(run.clone())).await;
     ctx.record_event(

@@ -28,6 +28,12 @@ pub trait Sandbox: Send + Sync + 'static {
     /// Short name recorded on runs (`none`, `wasm`).
     fn name(&self) -> &'static str;
 
+    /// Whether runs here are held to the agent's limits (the host's side of them too: event
+    /// counts and bytes). The none sandbox, for trusted code, holds them to none.
+    fn holds_to_limits(&self) -> bool {
+        true
+    }
+
     /// Runs `spec` on `input`. Must return (not panic) whatever the agent does; an abort
     /// requested through `ctx.control()` should end the run promptly.
     fn run<'a>(

@@ -36,6 +36,10 @@ impl Sandbox for NoneSandbox {
         "none"
     }
 
+    fn holds_to_limits(&self) -> bool {
+        false
+    }
+
     fn run<'a>(
         &'a self,
         spec: &'a AgentSpec,
