@@ -1266,3 +1266,54 @@ async fn a_killed_hosts_scratch_directories_are_removed_at_the_next_start() {
     assert!(runtime.scratch_dir().exists());
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guests_huge_failure_is_stored_cut_to_size() {
+    let host = Host::start().await;
+    let (view, run) = host.contained("chaos", "long-fail").await;
+    let (tag, message) = error_of(&run);
+    assert!(tag.len() <= 64 && tag.starts_with("ÉÉ"), "{tag}");
+    assert!(message.len() <= 8 << 10, "{} bytes", message.len());
+    assert!(
+        message.ends_with("[truncated; 1048576 bytes in all]"),
+        "{message}"
+    );
+    let job_error = view.job.result_error.expect("job error");
+    assert_eq!((job_error.tag, job_error.message), (tag, message));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_agents_huge_failure_is_cut_to_size_too() {
+    use drover_host::queue::ErrorInfo;
+    use drover_host::registry::native_agent;
+    use drover_host::sandbox::{RunContext, RunIdentity};
+
+    let spec = AgentSpec::native(
+        "loud",
+        native_agent(|_input, _ctx| async move {
+            Err(ErrorInfo::new("T".repeat(1000), "m".repeat(1 << 20)))
+        }),
+    );
+    let ctx = RunContext::detached(
+        RunIdentity {
+            run_id: Arc::from("loud-1"),
+            job_id: "loud".into(),
+            agent_id: "loud".into(),
+            attempt: 1,
+        },
+        None,
+    );
+    let input: Arc<serde_json::value::RawValue> =
+        Arc::from(serde_json::value::to_raw_value(&json!({})).expect("json"));
+    let outcome = NoneSandbox::new().run(&spec, input, ctx).await;
+    let failure = outcome.result.expect_err("it fails");
+    assert_eq!(failure.error.tag, "T".repeat(64));
+    assert!(failure.error.message.len() <= 8 << 10);
+    assert!(
+        failure
+            .error
+            .message
+            .ends_with("[truncated; 1048576 bytes in all]")
+    );
+}

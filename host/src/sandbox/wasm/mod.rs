@@ -34,8 +34,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox};
-use crate::queue::{ErrorInfo, Lifecycle};
+use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
+use crate::queue::Lifecycle;
 use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::store::RunStatus;
 
@@ -406,7 +406,7 @@ impl WasmRuntime {
             Ok(Ok(output)) => accept_output(output, &limits),
             Ok(Err(failure)) => Err(Failure {
                 status: RunStatus::Error,
-                error: ErrorInfo::new(failure.tag, failure.message),
+                error: bounded_error(failure.tag, failure.message),
                 retry: failure.retryable,
             }),
             Err(error) => Err(classify(
