@@ -1317,3 +1317,51 @@ async fn a_native_agents_huge_failure_is_cut_to_size_too() {
             .ends_with("[truncated; 1048576 bytes in all]")
     );
 }
+
+/// A component of `count` core instances of a module with one memory: tiny, but each instance
+/// would take a memory slot of the engine's pool.
+fn swarm_component(count: u32) -> Vec<u8> {
+    let mut module = wasm_encoder::Module::new();
+    let mut memories = wasm_encoder::MemorySection::new();
+    memories.memory(wasm_encoder::MemoryType {
+        minimum: 1,
+        maximum: Some(1),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    module.section(&memories);
+    let mut component = wasm_encoder::Component::new();
+    component.section(&wasm_encoder::ModuleSection(&module));
+    let mut instances = wasm_encoder::InstanceSection::new();
+    for _ in 0..count {
+        instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
+    component.section(&instances);
+    component.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_hundreds_of_core_instances_is_refused_at_load() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add_bytes("swarm", &swarm_component(500));
+    let host = Host::start_with(agents, |_, _| false).await;
+    let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, ["echo"]);
+    let problems = host.registry.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].path.ends_with("swarm.wasm"));
+    let error = &problems[0].error;
+    assert!(
+        error.contains("500 core module instances") && error.contains("maximum of 8"),
+        "{error}"
+    );
+    // The pool's slots are all there for the agents that did load.
+    let jobs = futures::future::join_all((0..8).map(|n| host.run("echo", json!({ "n": n })))).await;
+    for view in jobs {
+        assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.job);
+    }
+    host.shutdown().await;
+}

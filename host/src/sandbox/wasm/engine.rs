@@ -60,7 +60,9 @@ impl Default for EngineConfig {
 }
 
 /// Core instances, memories and tables a Rust `wasm32-wasip2` component uses at most (its main
-/// module plus the shims that `wasm-component-ld` adds), with room to spare.
+/// module plus the shims that `wasm-component-ld` adds), with room to spare. These are both the
+/// pool's totals per instance slot and the caps on each component: a component needing more is
+/// refused when it is compiled, so that one agent cannot take the slots of many.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
@@ -85,6 +87,9 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
         .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
         .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .total_stacks(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(max_memory)
         .max_memories_per_module(1)
         .max_tables_per_module(2)

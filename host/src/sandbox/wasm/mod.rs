@@ -72,7 +72,7 @@ pub enum WasmError {
         message: String,
     },
     /// The bytes are not a valid component for this engine.
-    #[error("not a valid WebAssembly component: {0}")]
+    #[error("not a valid WebAssembly component for this host: {0}")]
     Compile(String),
     /// The component imports something the host does not provide, or lacks an export.
     #[error("the component does not fit the drover:agent world: {0}")]
