@@ -8,6 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::drover::agent::{host, types};
+use super::budget::HostWork;
 use super::human_bytes;
 use super::stdio::Capture;
 use crate::queue::ErrorInfo;
@@ -37,6 +38,8 @@ pub(crate) struct HostState {
     pub(crate) timed_out: bool,
     /// Why a host function ended the run (event limit, invalid payload, …).
     pub(crate) host_error: Option<ErrorInfo>,
+    /// Work the host did for the guest, charged to its fuel when each host call returns.
+    pub(crate) work: HostWork,
 }
 
 impl WasiView for HostState {
@@ -221,6 +224,7 @@ impl types::Host for HostState {}
 impl host::Host for HostState {
     async fn emit(&mut self, kind: String, payload: String) -> wasmtime::Result<()> {
         let ctx = self.run_ctx()?.clone();
+        self.work.add(kind.len() + payload.len());
         if let Err(error) = self.events.admit(payload.len()) {
             return Err(self.fail(error));
         }
@@ -244,6 +248,7 @@ impl host::Host for HostState {
             types::Level::Error => "error",
         };
         self.run_ctx()?;
+        self.work.add(message.len());
         // Charged to the same budget as stdout and stderr; past it, dropped.
         self.logs.log(level, &message).await;
         Ok(())
