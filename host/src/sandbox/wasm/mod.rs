@@ -470,8 +470,11 @@ impl WasmRuntime {
         };
         let peak_memory = state.memory.peak;
         capture.finish();
+        // The store holds the guest's open files: close them before removing their directory.
         drop(store);
-        drop(scratch);
+        if let Some(scratch) = scratch {
+            scratch.remove().await;
+        }
         RunOutcome {
             result: outcome,
             fuel_used,

@@ -130,15 +130,54 @@ fn sweep(root: &Path) -> usize {
     removed
 }
 
-/// A run's private directory, removed when dropped (also when the run is aborted).
+/// A run's private directory: removed by [`ScratchDir::remove`], or when dropped (a run that is
+/// aborted). Removal runs on a blocking thread, since a guest may leave many files behind, and
+/// is tried again a few times before it gives up (whatever is left then goes with the host's
+/// scratch area, or with the next host's sweep).
 pub(crate) struct ScratchDir {
     pub(crate) path: PathBuf,
 }
 
+/// Attempts at removing a run's directory, with a pause that doubles from 20 ms in between.
+const REMOVE_ATTEMPTS: u32 = 4;
+
+impl ScratchDir {
+    /// Removes the directory and everything in it, off the async workers.
+    pub(crate) async fn remove(mut self) {
+        let path = std::mem::take(&mut self.path);
+        if let Err(e) = tokio::task::spawn_blocking(move || remove_run_dir(&path)).await {
+            tracing::warn!(error = %e, "the removal of a scratch directory failed");
+        }
+    }
+}
+
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a scratch directory");
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_run_dir(&path))),
+            Err(_) => remove_run_dir(&path),
+        }
+    }
+}
+
+/// Removes a run's directory, trying again after a pause when that fails.
+fn remove_run_dir(path: &Path) {
+    let mut pause = std::time::Duration::from_millis(20);
+    for attempt in 1..=REMOVE_ATTEMPTS {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) if attempt == REMOVE_ATTEMPTS => {
+                tracing::warn!(path = %path.display(), error = %e, attempts = attempt, "cannot remove a scratch directory");
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
         }
     }
 }
