@@ -1545,3 +1545,36 @@ async fn a_description_over_its_size_bounds_is_refused_at_load() {
     host.echo_still_works().await;
     host.shutdown().await;
 }
+
+/// A chaos that may use 512 MiB of memory.
+const CHAOS_BIG: &str = r#"
+[limits]
+memory = "512MiB"
+timeout-ms = 60000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_run_touched_is_returned_when_it_ends() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add("chaos-big", CHAOS, Some(CHAOS_BIG));
+    let host = Host::start_with(agents, |_, _| false).await;
+    host.echo_still_works().await;
+    let baseline = rss();
+    let view = host
+        .run("chaos-big", json!({ "mode": "touch", "bytes": 400 << 20 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.job);
+    let run = view.run.expect("run");
+    assert!(run.peak_memory.is_some_and(|m| m >= 400 << 20));
+    let after = rss();
+    assert!(
+        after < baseline + (150 << 20),
+        "{} MiB resident before the run, {} MiB after",
+        baseline >> 20,
+        after >> 20
+    );
+    host.echo_still_works().await;
+    host.shutdown().await;
+}

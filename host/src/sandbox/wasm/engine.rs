@@ -71,8 +71,12 @@ const TABLES_PER_COMPONENT: u32 = 4;
 /// with `pagemap_scan`), which spares every instantiation the page faults of a fresh mapping. A
 /// Rust component's memory starts with a 1 MiB stack, then data and heap: keep a few MiB.
 const KEEP_RESIDENT: usize = 4 << 20;
-/// Instances released before their slots' memory is decommitted in one go.
-const DECOMMIT_BATCH: usize = 32;
+/// Instances released before their slots' memory is decommitted in one go. One: a slot's memory
+/// above `KEEP_RESIDENT` goes back to the kernel as soon as its instance is dropped, so a run that
+/// touched hundreds of MiB does not leave them resident until a batch of later runs fills up. A
+/// slot that stayed within `KEEP_RESIDENT` has nothing to decommit and is reused at once, so
+/// small runs pay nothing for this.
+const DECOMMIT_BATCH: usize = 1;
 /// The same for the fiber stacks that async calls run on.
 const STACK_KEEP_RESIDENT: usize = 128 << 10;
 
@@ -93,7 +97,6 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
         .max_memory_size(max_memory)
         .max_memories_per_module(1)
         .max_tables_per_module(2)
-        // Return released slots to the kernel in batches rather than one syscall per instance.
         .decommit_batch_size(DECOMMIT_BATCH)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .async_stack_keep_resident(STACK_KEEP_RESIDENT)
