@@ -1578,3 +1578,48 @@ async fn memory_a_run_touched_is_returned_when_it_ends() {
     host.echo_still_works().await;
     host.shutdown().await;
 }
+
+/// Files anywhere below `dir`.
+fn files_below(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_below(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_directory_others_may_write_to_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let private = root.path().join("private");
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).expect("shared dir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    for (dir, used) in [(&private, true), (&shared, false)] {
+        let config = EngineConfig {
+            max_instances: 4,
+            cache_dir: Some(dir.clone()),
+            ..EngineConfig::default()
+        };
+        let runtime = WasmRuntime::new(&config, root.path().join("scratch")).expect("runtime");
+        let bytes = std::fs::read(ECHO).expect("echo component");
+        runtime
+            .load_bytes(bytes)
+            .await
+            .expect("echo loads either way");
+        assert_eq!(files_below(dir) > 0, used, "{}", dir.display());
+    }
+    let mode = std::fs::metadata(&private)
+        .expect("private dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
