@@ -12,8 +12,9 @@
 //!   (wasmtime's hostcall fuel; without it wasmtime allows 128 MiB whatever the limit).
 //! * **Random bytes.** One `get-random-bytes` call returns at most [`MAX_RANDOM_BYTES`]
 //!   (wasmtime-wasi's default is 64 MiB).
-//! * **Host CPU.** Every return from the host costs [`HOST_CALL_FUEL`], plus a unit per byte of
-//!   randomness generated and per byte of `log` and `emit` text, charged against the run's
+//! * **Host CPU.** Every return from the host costs [`HOST_CALL_FUEL`], plus a unit per byte the
+//!   random generators produce (`get-random-bytes` draws a `u32` for each byte it returns, so
+//!   four units a byte) and per byte of `log` and `emit` text, charged against the run's
 //!   fuel: a run whose charges reach the fuel it has left ends with `OutOfFuel` like one that
 //!   computed too long, and the charges count in its `fuelUsed`.
 
