@@ -1623,3 +1623,50 @@ async fn a_cache_directory_others_may_write_to_is_not_used() {
         .mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 }
+
+/// A chaos with a small scratch directory.
+const CHAOS_QUOTA: &str = r#"
+scratch-dir = true
+[limits]
+fuel = "unlimited"
+scratch-bytes = "4MiB"
+scratch-files = 100
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_filling_its_scratch_directory_fails_only_its_run() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add("chaos-quota", CHAOS, Some(CHAOS_QUOTA));
+    let host = Host::start_with(agents, |_, _| false).await;
+    for (input, over) in [
+        (
+            json!({ "mode": "fill-disk", "bytes": 256 << 20 }),
+            "scratch-bytes",
+        ),
+        (json!({ "mode": "many-files", "n": 5000 }), "scratch-files"),
+    ] {
+        let view = host.run("chaos-quota", input.clone()).await;
+        assert_eq!(
+            view.job.status,
+            JobStatus::Failed,
+            "{input}: {:?}",
+            view.job
+        );
+        let (tag, message) = error_of(&view.run.expect("run"));
+        assert_eq!(tag, "DiskLimit", "{input}: {message}");
+        assert!(message.contains(over), "{message}");
+        assert!(run_dirs(host.runtime.scratch_dir()).is_empty());
+        host.echo_still_works().await;
+    }
+    // Within the budgets.
+    for input in [
+        json!({ "mode": "fill-disk", "bytes": 1 << 20 }),
+        json!({ "mode": "many-files", "n": 50 }),
+    ] {
+        let view = host.run("chaos-quota", input.clone()).await;
+        assert_eq!(view.job.status, JobStatus::Done, "{input}: {:?}", view.job);
+    }
+    host.shutdown().await;
+}

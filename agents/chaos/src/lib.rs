@@ -26,6 +26,8 @@
 //! | `pollables`   | subscribes to `monotonic-clock` timers forever, never dropping one   |
 //! | `open-files`  | opens files in `/scratch` until refused, keeping each one open       |
 //! | `long-fail`   | fails with a tag and a message of about `bytes` bytes each (multi-byte characters) |
+//! | `fill-disk`   | writes `bytes` bytes (default 64 MiB) to a file in `/scratch`, then succeeds |
+//! | `many-files`  | creates `n` empty files (default 1000) in `/scratch`, then succeeds  |
 //! | `touch`       | allocates `bytes` bytes, writes to every page, then succeeds         |
 //! | `ok`          | returns `{"ok": true}`                                               |
 
@@ -143,6 +145,16 @@ impl Agent for Chaos {
                 }
             }
             "open-files" => open_files(),
+            "fill-disk" => fill_disk(input.bytes.unwrap_or(64 << 20)),
+            "many-files" => {
+                let n = input.n.unwrap_or(1000);
+                for i in 0..n {
+                    std::fs::File::create(format!("/scratch/empty-{i}")).map_err(|e| {
+                        Error::new("CreateFailed", format!("file {i}: {}", describe_io(&e)))
+                    })?;
+                }
+                Ok(json!({ "ok": true, "files": n }))
+            }
             "long-fail" => {
                 let chars = input.bytes.unwrap_or(1 << 20) / 2;
                 Err(Error::new("É".repeat(chars), "ü".repeat(chars)))
@@ -221,6 +233,22 @@ fn open_files() -> Result<Value, Error> {
             }
         }
     }
+}
+
+/// Writes `bytes` bytes to `/scratch/fill`, 64 KiB at a time.
+fn fill_disk(bytes: usize) -> Result<Value, Error> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| Error::new("WriteFailed", describe_io(&e));
+    let mut file = std::fs::File::create("/scratch/fill").map_err(failed)?;
+    let chunk = vec![7u8; 64 << 10];
+    let mut written = 0;
+    while written < bytes {
+        let n = chunk.len().min(bytes - written);
+        file.write_all(&chunk[..n]).map_err(failed)?;
+        written += n;
+    }
+    file.flush().map_err(failed)?;
+    Ok(json!({ "ok": true, "written": written }))
 }
 
 fn spin() -> Result<Value, Error> {

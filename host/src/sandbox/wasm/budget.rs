@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::{CallHook, StoreContextMut, Trap};
+use wasmtime::{StoreContextMut, Trap};
 use wasmtime_wasi::Rng;
 
 /// Most resources (handles) a guest may hold at once.
@@ -79,20 +79,15 @@ impl HostWork {
     }
 }
 
-/// The store's call hook: adds the cost of each host call to the work charged when the call
-/// returns, and ends the run with `OutOfFuel` once the charges reach the fuel the guest has
+/// For the store's call hook, when a host call returns: adds the cost of the call to the work
+/// charged, and ends the run with `OutOfFuel` once the charges reach the fuel the guest has
 /// left. (The charges are kept here rather than taken from the store's fuel, which the guest's
 /// compiled code holds on to across a call into the host, so that a change made meanwhile does
 /// not always last.)
 pub(crate) fn charge<T>(
-    store: StoreContextMut<'_, T>,
-    hook: CallHook,
+    store: &mut StoreContextMut<'_, T>,
     work: impl FnOnce(&mut T) -> &mut HostWork,
 ) -> wasmtime::Result<()> {
-    if !matches!(hook, CallHook::ReturningFromHost) {
-        return Ok(());
-    }
-    let mut store = store;
     let left = store.get_fuel()?;
     let work = work(store.data_mut());
     let cost = work.take();

@@ -36,7 +36,7 @@ use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
@@ -46,7 +46,7 @@ use crate::store::RunStatus;
 
 use budget::{HostWork, MAX_HANDLES, MAX_RANDOM_BYTES};
 pub use engine::{EngineConfig, Metering};
-use scratch::{ScratchArea, ScratchDir};
+use scratch::{ScratchArea, ScratchDir, ScratchQuota};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
 
@@ -294,6 +294,7 @@ impl WasmRuntime {
             timed_out: false,
             host_error: None,
             work,
+            scratch_quota: None,
         };
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -334,10 +335,19 @@ impl WasmRuntime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_hostcall_fuel(hostcall_bytes);
-        if self.metering.fuel {
+        let metered = self.metering.fuel;
+        if metered {
             store.set_fuel(fuel.unwrap_or(u64::MAX))?;
-            store.call_hook(|cx, hook| {
-                budget::charge(cx, hook, |state: &mut HostState| &mut state.work)
+        }
+        if metered || store.data().scratch_quota.is_some() {
+            store.call_hook(move |mut cx, hook| {
+                if !matches!(hook, CallHook::ReturningFromHost) {
+                    return Ok(());
+                }
+                if metered {
+                    budget::charge(&mut cx, |state: &mut HostState| &mut state.work)?;
+                }
+                cx.data_mut().check_scratch(false)
             });
         }
         if !self.metering.epochs {
@@ -414,6 +424,12 @@ impl WasmRuntime {
             timed_out: false,
             host_error: None,
             work,
+            scratch_quota: scratch
+                .as_ref()
+                .filter(|_| isolation == Isolation::Sandboxed)
+                .map(|dir| {
+                    ScratchQuota::new(&dir.path, limits.scratch_bytes, limits.scratch_files)
+                }),
         };
         let mut store = match self.store(
             state,
@@ -443,6 +459,8 @@ impl WasmRuntime {
                 }),
             None => call.await,
         };
+        // What the guest wrote just before it returned counts too.
+        let result = result.and_then(|value| store.data_mut().check_scratch(true).map(|()| value));
 
         let fuel_used = store.get_fuel().ok().map(|left| {
             limits

@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::drover::agent::{host, types};
 use super::budget::HostWork;
 use super::human_bytes;
+use super::scratch::ScratchQuota;
 use super::stdio::Capture;
 use crate::queue::ErrorInfo;
 use crate::registry::{EventRate, Limits};
@@ -40,6 +41,8 @@ pub(crate) struct HostState {
     pub(crate) host_error: Option<ErrorInfo>,
     /// Work the host did for the guest, charged to its fuel when each host call returns.
     pub(crate) work: HostWork,
+    /// The budgets of the run's scratch directory, if it has one and is held to them.
+    pub(crate) scratch_quota: Option<ScratchQuota>,
 }
 
 impl WasiView for HostState {
@@ -216,6 +219,18 @@ impl HostState {
         let message = error.to_string();
         self.host_error = Some(error);
         wasmtime::format_err!(message)
+    }
+
+    /// Measures the scratch directory (if it was not measured just now, or `now`) and ends the
+    /// run with `DiskLimit` if it is over budget.
+    pub(crate) fn check_scratch(&mut self, now: bool) -> wasmtime::Result<()> {
+        let Some(quota) = &mut self.scratch_quota else {
+            return Ok(());
+        };
+        match quota.check(now) {
+            Ok(()) => Ok(()),
+            Err(message) => Err(self.fail(ErrorInfo::new("DiskLimit", message))),
+        }
     }
 }
 
