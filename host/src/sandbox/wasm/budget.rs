@@ -16,7 +16,10 @@
 //!   random generators produce (`get-random-bytes` draws a `u32` for each byte it returns, so
 //!   four units a byte) and per byte of `log` and `emit` text, charged against the run's
 //!   fuel: a run whose charges reach the fuel it has left ends with `OutOfFuel` like one that
-//!   computed too long, and the charges count in its `fuelUsed`.
+//!   computed too long, and the charges count in its `fuelUsed`. This is checked when a host
+//!   call returns; computation after the last host call is held to the store's fuel alone, so a
+//!   run can use at most its fuel in instructions plus what its host calls were charged (less
+//!   than twice its fuel), and a loop of host calls no more than its fuel.
 
 use std::convert::Infallible;
 use std::sync::Arc;
