@@ -1269,6 +1269,410 @@ async fn a_killed_hosts_scratch_directories_are_removed_at_the_next_start() {
     drop(b);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guests_huge_failure_is_stored_cut_to_size() {
+    let host = Host::start().await;
+    let (view, run) = host.contained("chaos", "long-fail").await;
+    let (tag, message) = error_of(&run);
+    assert!(tag.len() <= 64 && tag.starts_with("ÉÉ"), "{tag}");
+    assert!(message.len() <= 8 << 10, "{} bytes", message.len());
+    assert!(
+        message.ends_with("[truncated; 1048576 bytes in all]"),
+        "{message}"
+    );
+    let job_error = view.job.result_error.expect("job error");
+    assert_eq!((job_error.tag, job_error.message), (tag, message));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_agents_huge_failure_is_cut_to_size_too() {
+    use drover_host::queue::ErrorInfo;
+    use drover_host::registry::native_agent;
+    use drover_host::sandbox::{RunContext, RunIdentity};
+
+    let spec = AgentSpec::native(
+        "loud",
+        native_agent(|_input, _ctx| async move {
+            Err(ErrorInfo::new("T".repeat(1000), "m".repeat(1 << 20)))
+        }),
+    );
+    let ctx = RunContext::detached(
+        RunIdentity {
+            run_id: Arc::from("loud-1"),
+            job_id: "loud".into(),
+            agent_id: "loud".into(),
+            attempt: 1,
+        },
+        None,
+    );
+    let input: Arc<serde_json::value::RawValue> =
+        Arc::from(serde_json::value::to_raw_value(&json!({})).expect("json"));
+    let outcome = NoneSandbox::new().run(&spec, input, ctx).await;
+    let failure = outcome.result.expect_err("it fails");
+    assert_eq!(failure.error.tag, "T".repeat(64));
+    assert!(failure.error.message.len() <= 8 << 10);
+    assert!(
+        failure
+            .error
+            .message
+            .ends_with("[truncated; 1048576 bytes in all]")
+    );
+}
+
+/// A component of `count` core instances of a module with one memory: tiny, but each instance
+/// would take a memory slot of the engine's pool.
+fn swarm_component(count: u32) -> Vec<u8> {
+    let mut module = wasm_encoder::Module::new();
+    let mut memories = wasm_encoder::MemorySection::new();
+    memories.memory(wasm_encoder::MemoryType {
+        minimum: 1,
+        maximum: Some(1),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    module.section(&memories);
+    let mut component = wasm_encoder::Component::new();
+    component.section(&wasm_encoder::ModuleSection(&module));
+    let mut instances = wasm_encoder::InstanceSection::new();
+    for _ in 0..count {
+        instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
+    component.section(&instances);
+    component.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_hundreds_of_core_instances_is_refused_at_load() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add_bytes("swarm", &swarm_component(500));
+    let host = Host::start_with(agents, |_, _| false).await;
+    let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, ["echo"]);
+    let problems = host.registry.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].path.ends_with("swarm.wasm"));
+    let error = &problems[0].error;
+    assert!(
+        error.contains("500 core module instances") && error.contains("maximum of 8"),
+        "{error}"
+    );
+    // The pool's slots are all there for the agents that did load.
+    let jobs = futures::future::join_all((0..8).map(|n| host.run("echo", json!({ "n": n })))).await;
+    for view in jobs {
+        assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.job);
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_held_without_limit_hit_the_handle_limit() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "pollables").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "HandleLimit", "{message}");
+    assert!(message.contains("more than 256 handles"), "{message}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_files_until_refused_fails_only_that_run() {
+    let host = Host::start().await;
+    let (_, run) = host.contained("chaos", "open-files").await;
+    let (tag, message) = error_of(&run);
+    assert_eq!(tag, "HandleLimit", "{message}");
+    // Its descriptors are closed and its scratch directory is gone.
+    assert!(run_dirs(host.runtime.scratch_dir()).is_empty());
+    host.shutdown().await;
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib << 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_random_request_fails_only_that_run() {
+    let host = Host::start().await;
+    let before = rss();
+    let view = host.run("chaos", json!({ "mode": "random" })).await;
+    assert_eq!(view.job.status, JobStatus::Failed, "{:?}", view.job);
+    let (tag, message) = error_of(&view.run.expect("run"));
+    assert_eq!(tag, "HostLimit", "{message}");
+    assert!(
+        message.contains("more than 1 MiB of random bytes"),
+        "{message}"
+    );
+    assert!(
+        rss() < before + (256 << 20),
+        "the host allocated for the guest: {} -> {}",
+        before,
+        rss()
+    );
+    // A request within the bound is served.
+    let view = host
+        .run("chaos", json!({ "mode": "random", "bytes": 1000 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.job);
+    assert_eq!(output(&view.run.expect("run"))["bytes"], 1000);
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+/// A chaos with little fuel and plenty of time: only fuel can end a loop of host calls.
+const CHAOS_FRUGAL: &str = r#"
+[limits]
+fuel = 20_000_000
+timeout-ms = 20000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_of_cheap_host_calls_run_out_of_fuel() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add("chaos-frugal", CHAOS, Some(CHAOS_FRUGAL));
+    let host = Host::start_with(agents, |_, _| false).await;
+    for mode in ["clock-loop", "random-loop"] {
+        let (_, run) = host.contained("chaos-frugal", mode).await;
+        assert_eq!(run.status, RunStatus::Quota, "{mode}: {:?}", run.error);
+        assert_eq!(error_of(&run).0, "OutOfFuel");
+        assert!(run.fuel_used.is_some_and(|f| f >= 20_000_000));
+    }
+    host.shutdown().await;
+}
+
+/// A component that fits the `drover:agent` world and describes itself with an input schema of
+/// `schema_bytes` bytes: `{}` padded with spaces, written by `describe` itself so that the file
+/// stays small.
+fn bloated_component(schema_bytes: u32) -> Vec<u8> {
+    let wat = format!(
+        r#"(component
+  (core module $m
+    (memory (export "mem") 400)
+    (global $heap (mut i32) (i32.const 4096))
+    (data (i32.const 16) "bloated")
+    (data (i32.const 32) "1.0.0")
+    (data (i32.const 48) "describes itself at length")
+    (data (i32.const 96) "{{}}")
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p))
+    (func (export "describe") (result i32)
+      (memory.fill (i32.const 1048576) (i32.const 32) (i32.const {schema_bytes}))
+      (i32.store16 (i32.const 1048576) (i32.const 0x7d7b))
+      (i32.store (i32.const 256) (i32.const 16))
+      (i32.store (i32.const 260) (i32.const 7))
+      (i32.store (i32.const 264) (i32.const 32))
+      (i32.store (i32.const 268) (i32.const 5))
+      (i32.store (i32.const 272) (i32.const 48))
+      (i32.store (i32.const 276) (i32.const 26))
+      (i32.store8 (i32.const 280) (i32.const 0))
+      (i32.store8 (i32.const 284) (i32.const 1))
+      (i32.store (i32.const 288) (i32.const 1048576))
+      (i32.store (i32.const 292) (i32.const {schema_bytes}))
+      (i32.store8 (i32.const 296) (i32.const 0))
+      (i32.const 256))
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store8 (i32.const 512) (i32.const 0))
+      (i32.store (i32.const 516) (i32.const 96))
+      (i32.store (i32.const 520) (i32.const 2))
+      (i32.const 512)))
+  (core instance $i (instantiate $m))
+  (type $lifecycle' (enum "job" "long-lived"))
+  (export $lifecycle "lifecycle" (type $lifecycle'))
+  (type $info' (record
+    (field "id" string)
+    (field "version" string)
+    (field "description" string)
+    (field "lifecycle" $lifecycle)
+    (field "input-schema" (option string))
+    (field "output-schema" (option string))))
+  (export $info "agent-info" (type $info'))
+  (type $failure' (record (field "tag" string) (field "message" string) (field "retryable" bool)))
+  (export $failure "failure" (type $failure'))
+  (func (export "describe") (result $info)
+    (canon lift (core func $i "describe") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+  (func (export "run") (param "input" string) (result (result string (error $failure)))
+    (canon lift (core func $i "run") (memory (core memory $i "mem")) (realloc (core func $i "realloc")))))"#
+    );
+    wat::parse_str(wat).expect("the test component's text is valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_description_over_its_size_bounds_is_refused_at_load() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add_bytes("modest", &bloated_component(1000))
+        .add_bytes("large", &bloated_component(100_000))
+        .add_bytes("bloated", &bloated_component(20 << 20));
+    let host = Host::start_with(agents, |_, _| false).await;
+    let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, ["echo", "modest"], "{:?}", host.registry.problems());
+    let problems = host.registry.problems();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    let error_of_file = |name: &str| {
+        problems
+            .iter()
+            .find(|p| p.path.ends_with(name))
+            .map(|p| p.error.clone())
+            .unwrap_or_else(|| panic!("{name} is not among {problems:?}"))
+    };
+    let large = error_of_file("large.wasm");
+    assert!(
+        large.contains("input schema is 100000 bytes; at most 64 KiB"),
+        "{large}"
+    );
+    // Far over the bounds: refused before the host copies it.
+    let bloated = error_of_file("bloated.wasm");
+    assert!(bloated.contains("it returned more than 1 MiB"), "{bloated}");
+    let templates = host.templates().await;
+    assert!(
+        templates.to_string().len() < 1 << 20,
+        "{} bytes",
+        templates.to_string().len()
+    );
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+/// A chaos that may use 512 MiB of memory.
+const CHAOS_BIG: &str = r#"
+[limits]
+memory = "512MiB"
+timeout-ms = 60000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_run_touched_is_returned_when_it_ends() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add("chaos-big", CHAOS, Some(CHAOS_BIG));
+    let host = Host::start_with(agents, |_, _| false).await;
+    host.echo_still_works().await;
+    let baseline = rss();
+    let view = host
+        .run("chaos-big", json!({ "mode": "touch", "bytes": 400 << 20 }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.job);
+    let run = view.run.expect("run");
+    assert!(run.peak_memory.is_some_and(|m| m >= 400 << 20));
+    let after = rss();
+    assert!(
+        after < baseline + (150 << 20),
+        "{} MiB resident before the run, {} MiB after",
+        baseline >> 20,
+        after >> 20
+    );
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+/// Files anywhere below `dir`.
+fn files_below(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_below(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_directory_others_may_write_to_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let private = root.path().join("private");
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).expect("shared dir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    for (dir, used) in [(&private, true), (&shared, false)] {
+        let config = EngineConfig {
+            max_instances: 4,
+            cache_dir: Some(dir.clone()),
+            ..EngineConfig::default()
+        };
+        let runtime = WasmRuntime::new(&config, root.path().join("scratch")).expect("runtime");
+        let bytes = std::fs::read(ECHO).expect("echo component");
+        runtime
+            .load_bytes(bytes)
+            .await
+            .expect("echo loads either way");
+        assert_eq!(files_below(dir) > 0, used, "{}", dir.display());
+    }
+    let mode = std::fs::metadata(&private)
+        .expect("private dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
+
+/// A chaos with a small scratch directory.
+const CHAOS_QUOTA: &str = r#"
+scratch-dir = true
+[limits]
+fuel = "unlimited"
+scratch-bytes = "4MiB"
+scratch-files = 100
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_filling_its_scratch_directory_fails_only_its_run() {
+    let agents = AgentDir::new();
+    agents
+        .add("echo", ECHO, None)
+        .add("chaos-quota", CHAOS, Some(CHAOS_QUOTA));
+    let host = Host::start_with(agents, |_, _| false).await;
+    for (input, over) in [
+        (
+            json!({ "mode": "fill-disk", "bytes": 256 << 20 }),
+            "scratch-bytes",
+        ),
+        (json!({ "mode": "many-files", "n": 5000 }), "scratch-files"),
+    ] {
+        let view = host.run("chaos-quota", input.clone()).await;
+        assert_eq!(
+            view.job.status,
+            JobStatus::Failed,
+            "{input}: {:?}",
+            view.job
+        );
+        let (tag, message) = error_of(&view.run.expect("run"));
+        assert_eq!(tag, "DiskLimit", "{input}: {message}");
+        assert!(message.contains(over), "{message}");
+        assert!(run_dirs(host.runtime.scratch_dir()).is_empty());
+        host.echo_still_works().await;
+    }
+    // Within the budgets.
+    for input in [
+        json!({ "mode": "fill-disk", "bytes": 1 << 20 }),
+        json!({ "mode": "many-files", "n": 50 }),
+    ] {
+        let view = host.run("chaos-quota", input.clone()).await;
+        assert_eq!(view.job.status, JobStatus::Done, "{input}: {:?}", view.job);
+    }
+    host.shutdown().await;
+}
+
 /// Chaos jobs with a small event byte budget, and a long-lived chaos with a slow byte rate.
 fn byte_budget_agents() -> AgentDir {
     let agents = AgentDir::new();

@@ -21,6 +21,15 @@
 //! | `sleep`       | sleeps `ms` milliseconds (waking early on a stop), then succeeds    |
 //! | `sieve`       | counts the primes below `n` (a CPU-bound workload)                   |
 //! | `json`        | writes and re-reads a 200-item JSON document `n` times (CPU-bound)   |
+//! | `clock-loop`  | calls `monotonic-clock.now` in a loop forever                        |
+//! | `random-loop` | calls `get-random-bytes(bytes)` (default 64 KiB) in a loop forever   |
+//! | `random`      | one `get-random-bytes(bytes)` call (default 2 GiB), then succeeds    |
+//! | `pollables`   | subscribes to `monotonic-clock` timers forever, never dropping one   |
+//! | `open-files`  | opens files in `/scratch` until refused, keeping each one open       |
+//! | `long-fail`   | fails with a tag and a message of about `bytes` bytes each (multi-byte characters) |
+//! | `fill-disk`   | writes `bytes` bytes (default 64 MiB) to a file in `/scratch`, then succeeds |
+//! | `many-files`  | creates `n` empty files (default 1000) in `/scratch`, then succeeds  |
+//! | `touch`       | allocates `bytes` bytes, writes to every page, then succeeds         |
 //! | `ok`          | returns `{"ok": true}`                                               |
 
 use std::hint::black_box;
@@ -120,6 +129,51 @@ impl Agent for Chaos {
             }
             "sieve" => Ok(json!({ "primes": sieve(input.n.unwrap_or(1_000_000)) })),
             "json" => round_trips(input.n.unwrap_or(100)),
+            "clock-loop" => loop {
+                black_box(wasip2::clocks::monotonic_clock::now());
+            },
+            "random-loop" => {
+                let len = input.bytes.unwrap_or(64 << 10) as u64;
+                loop {
+                    black_box(wasip2::random::random::get_random_bytes(len));
+                }
+            }
+            "random" => {
+                let len = input.bytes.map_or(2 << 30, |b| b as u64);
+                let bytes = wasip2::random::random::get_random_bytes(len);
+                Ok(json!({ "ok": true, "bytes": bytes.len() }))
+            }
+            "pollables" => {
+                let mut held = Vec::new();
+                loop {
+                    held.push(wasip2::clocks::monotonic_clock::subscribe_duration(
+                        1_000_000,
+                    ));
+                }
+            }
+            "open-files" => open_files(),
+            "fill-disk" => fill_disk(input.bytes.unwrap_or(64 << 20)),
+            "many-files" => {
+                let n = input.n.unwrap_or(1000);
+                for i in 0..n {
+                    std::fs::File::create(format!("/scratch/empty-{i}")).map_err(|e| {
+                        Error::new("CreateFailed", format!("file {i}: {}", describe_io(&e)))
+                    })?;
+                }
+                Ok(json!({ "ok": true, "files": n }))
+            }
+            "long-fail" => {
+                let chars = input.bytes.unwrap_or(1 << 20) / 2;
+                Err(Error::new("É".repeat(chars), "ü".repeat(chars)))
+            }
+            "touch" => {
+                let mut block = vec![0u8; input.bytes.unwrap_or(64 << 20)];
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                let touched = black_box(&block).iter().filter(|b| **b == 1).count();
+                Ok(json!({ "ok": true, "pages": touched }))
+            }
             "ok" => Ok(json!({ "ok": true })),
             other => Err(Error::new("UnknownMode", format!("unknown mode {other:?}")).permanent()),
         }
@@ -169,6 +223,39 @@ fn round_trips(rounds: usize) -> Result<Value, Error> {
             .map_err(|e| Error::new("Json", e.to_string()).permanent())?;
     }
     Ok(json!({ "bytes": bytes }))
+}
+
+/// Opens (creates) files in the scratch directory and keeps every one open until an open fails,
+/// then fails with how many it held.
+fn open_files() -> Result<Value, Error> {
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::create(format!("/scratch/open-{}", held.len())) {
+            Ok(file) => held.push(file),
+            Err(e) => {
+                return Err(Error::new(
+                    "OpenRefused",
+                    format!("open number {} failed: {}", held.len() + 1, describe_io(&e)),
+                ));
+            }
+        }
+    }
+}
+
+/// Writes `bytes` bytes to `/scratch/fill`, 64 KiB at a time.
+fn fill_disk(bytes: usize) -> Result<Value, Error> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| Error::new("WriteFailed", describe_io(&e));
+    let mut file = std::fs::File::create("/scratch/fill").map_err(failed)?;
+    let chunk = vec![7u8; 64 << 10];
+    let mut written = 0;
+    while written < bytes {
+        let n = chunk.len().min(bytes - written);
+        file.write_all(&chunk[..n]).map_err(failed)?;
+        written += n;
+    }
+    file.flush().map_err(failed)?;
+    Ok(json!({ "ok": true, "written": written }))
 }
 
 fn spin() -> Result<Value, Error> {

@@ -12,6 +12,8 @@
 //! | `event_rate` | none | 100 per second, bursts of 1 000 | tag `EventLimit` |
 //! | `event_byte_rate` | none | 64 KiB per second, bursts of 4 MiB | tag `EventLimit` |
 //! | `max_log_bytes` | 64 KiB per run | 1 MiB per run | the rest of the log is dropped |
+//! | `scratch_bytes` | 256 MiB | 256 MiB | tag `DiskLimit` |
+//! | `scratch_files` | 10 000 | 10 000 | tag `DiskLimit` |
 //!
 //! A job is bounded by its event count. A long-lived agent runs for as long as it is not
 //! stopped, so a count would only decide when it dies; it is held to a rate instead (a token
@@ -61,7 +63,18 @@ pub struct Limits {
     /// Most bytes of log output kept per run: stdout, stderr and the agent's `log` calls share
     /// this budget (as `log` events); the rest is dropped, with one notice that it was.
     pub max_log_bytes: u64,
+    /// Bytes the run's scratch directory may hold (files' sizes, or the disk space they take
+    /// if more); going past it fails the run with `DiskLimit`.
+    pub scratch_bytes: u64,
+    /// Files and directories the run's scratch directory may hold; going past it fails the run
+    /// with `DiskLimit`.
+    pub scratch_files: u64,
 }
+
+/// Default size of a run's scratch directory.
+pub const DEFAULT_SCRATCH_BYTES: u64 = 256 << 20;
+/// Default number of entries in a run's scratch directory.
+pub const DEFAULT_SCRATCH_FILES: u64 = 10_000;
 
 /// A token bucket for events: up to `burst` at once, refilled at `per_second`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,6 +139,8 @@ impl Limits {
                 max_event_total_bytes: Some(DEFAULT_MAX_EVENT_TOTAL_BYTES),
                 event_byte_rate: None,
                 max_log_bytes: 64 << 10,
+                scratch_bytes: DEFAULT_SCRATCH_BYTES,
+                scratch_files: DEFAULT_SCRATCH_FILES,
             },
             Lifecycle::LongLived => Self {
                 fuel: None,
@@ -138,6 +153,8 @@ impl Limits {
                 max_event_total_bytes: None,
                 event_byte_rate: Some(DEFAULT_LONG_LIVED_EVENT_BYTE_RATE),
                 max_log_bytes: 1 << 20,
+                scratch_bytes: DEFAULT_SCRATCH_BYTES,
+                scratch_files: DEFAULT_SCRATCH_FILES,
             },
         }
     }
@@ -155,6 +172,8 @@ impl Limits {
             max_event_total_bytes: None,
             event_byte_rate: None,
             max_log_bytes,
+            scratch_bytes: u64::MAX,
+            scratch_files: u64::MAX,
         }
     }
 }

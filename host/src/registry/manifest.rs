@@ -23,6 +23,8 @@
 //! max-event-bytes-per-second = "64KiB" # sustained event byte rate, or "unlimited"
 //! event-byte-burst = "4MiB"      # event bytes at once above that rate (needs a byte rate)
 //! max-log-bytes = "64KiB"        # stdout, stderr and `log` calls together
+//! scratch-bytes = "256MiB"       # what the run's scratch directory may hold
+//! scratch-files = 10000          # files and directories in it
 //!
 //! [env]
 //! POLL_INTERVAL_MS = "30000"
@@ -106,6 +108,10 @@ pub struct LimitOverrides {
     pub event_byte_burst: Option<Quantity>,
     /// Bytes of log output (stdout, stderr and `log` calls) kept.
     pub max_log_bytes: Option<Quantity>,
+    /// Bytes the scratch directory may hold.
+    pub scratch_bytes: Option<Quantity>,
+    /// Files and directories the scratch directory may hold.
+    pub scratch_files: Option<Quantity>,
 }
 
 /// A number, a size with a unit (`"64MiB"`), or `"unlimited"` / `"none"`.
@@ -258,6 +264,12 @@ impl Manifest {
                 "event-byte-burst must be a size (use max-event-bytes-per-second = \"unlimited\" to lift the rate)",
             )?;
         }
+        if let Some(q) = &o.scratch_bytes {
+            limits.scratch_bytes = finite(q).unwrap_or(u64::MAX);
+        }
+        if let Some(q) = &o.scratch_files {
+            limits.scratch_files = finite(q).unwrap_or(u64::MAX);
+        }
         Ok(limits)
     }
 }
@@ -316,6 +328,21 @@ mod tests {
         assert!(negative.contains("negative"), "{negative}");
         let lifecycle = Manifest::parse("lifecycle = \"forever\"").expect_err("bad lifecycle");
         assert!(lifecycle.contains("forever"), "{lifecycle}");
+    }
+
+    #[test]
+    fn scratch_budgets_can_be_set_and_lifted() {
+        let m = Manifest::parse("[limits]\nscratch-bytes = \"8MiB\"\nscratch-files = 20")
+            .expect("parse");
+        let limits = m.limits(Lifecycle::Job).expect("limits");
+        assert_eq!((limits.scratch_bytes, limits.scratch_files), (8 << 20, 20));
+        let m = Manifest::parse("[limits]\nscratch-bytes = \"unlimited\"").expect("parse");
+        let limits = m.limits(Lifecycle::Job).expect("limits");
+        assert_eq!(limits.scratch_bytes, u64::MAX);
+        assert_eq!(
+            limits.scratch_files,
+            super::super::limits::DEFAULT_SCRATCH_FILES
+        );
     }
 
     #[test]

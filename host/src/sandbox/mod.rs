@@ -80,17 +80,48 @@ pub struct Failure {
     pub retry: bool,
 }
 
+/// Longest failure tag kept, in bytes.
+pub const MAX_ERROR_TAG_BYTES: usize = 64;
+/// Longest failure message kept, in bytes (the truncation marker included).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
+
+/// A failure's tag and message as they are recorded: a tag longer than [`MAX_ERROR_TAG_BYTES`]
+/// is cut, a message longer than [`MAX_ERROR_MESSAGE_BYTES`] is cut and ends with a marker
+/// saying how long it was (both on a character boundary). Applied to whatever an agent
+/// reports, in any sandbox, before it is stored.
+pub fn bounded_error(tag: impl Into<String>, message: impl Into<String>) -> ErrorInfo {
+    let mut tag = tag.into();
+    tag.truncate(floor_char_boundary(&tag, MAX_ERROR_TAG_BYTES));
+    let mut message = message.into();
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let marker = format!(" … [truncated; {} bytes in all]", message.len());
+        let keep = MAX_ERROR_MESSAGE_BYTES.saturating_sub(marker.len());
+        message.truncate(floor_char_boundary(&message, keep));
+        message.push_str(&marker);
+    }
+    ErrorInfo { tag, message }
+}
+
+/// The largest index `<= at` that is a character boundary of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+}
+
 impl Failure {
-    /// An ordinary, retryable error.
+    /// An ordinary, retryable error (tag and message bounded as by [`bounded_error`]).
     pub fn error(tag: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             status: RunStatus::Error,
-            error: ErrorInfo::new(tag, message),
+            error: bounded_error(tag, message),
             retry: true,
         }
     }
 
-    /// An error that another attempt would only repeat (bad input, a limit the agent hit).
+    /// An error that another attempt would only repeat (bad input, a limit the agent hit); tag
+    /// and message bounded as by [`bounded_error`].
     pub fn permanent(tag: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             retry: false,
@@ -102,5 +133,33 @@ impl Failure {
     pub fn with_status(mut self, status: RunStatus) -> Self {
         self.status = status;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_tags_and_messages_are_cut_on_a_character_boundary() {
+        let error = bounded_error("é".repeat(100), "ü".repeat(100_000));
+        assert!(
+            error.tag.len() <= MAX_ERROR_TAG_BYTES,
+            "{}",
+            error.tag.len()
+        );
+        assert_eq!(error.tag, "é".repeat(32));
+        assert!(error.message.len() <= MAX_ERROR_MESSAGE_BYTES);
+        assert!(
+            error
+                .message
+                .ends_with(" … [truncated; 200000 bytes in all]"),
+            "{}",
+            &error.message[error.message.len() - 60..]
+        );
+        assert!(error.message.starts_with("üü"));
+
+        let short = bounded_error("Tag", "a message");
+        assert_eq!(short, ErrorInfo::new("Tag", "a message"));
     }
 }

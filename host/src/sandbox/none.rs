@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
 use super::wasm::WasmRuntime;
-use super::{Failure, RunContext, RunOutcome, Sandbox};
+use super::{Failure, RunContext, RunOutcome, Sandbox, bounded_error};
 use crate::registry::{AgentCode, AgentSpec};
 
 /// Runs native agents directly on the host's async runtime, and WebAssembly agents without
@@ -80,7 +80,7 @@ impl Sandbox for NoneSandbox {
                     .map_err(|e| Failure::permanent("InvalidOutput", e.to_string())),
                 Ok(Err(error)) => Err(Failure {
                     status: crate::store::RunStatus::Error,
-                    error,
+                    error: bounded_error(error.tag, error.message),
                     retry: true,
                 }),
                 Err(panic) => Err(Failure::error("Panic", panic_message(&panic))),

@@ -1,7 +1,13 @@
 //! The host's one `wasmtime::Engine`: pooling allocator, fuel, and epoch interruption driven by
 //! a single engine-wide ticker thread.
+//!
+//! **The compiled-component cache is a trust boundary.** It holds native code, which wasmtime
+//! loads and runs with no check beyond its own version and settings: whoever can write to the
+//! directory can run code in the host. So the directory is created private (mode 0700), and an
+//! existing one is used only if it belongs to the host's own user and no one else may write to
+//! it; otherwise the host logs a warning and compiles without a cache.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy};
@@ -15,7 +21,8 @@ pub struct EngineConfig {
     /// rejected when the agent loads).
     pub max_memory_bytes: u64,
     /// Where compiled components are cached, so a restart deserializes instead of recompiling.
-    /// `None`: no cache.
+    /// `None`: no cache. Created with mode 0700; a directory that another user owns, or that its
+    /// group or others may write to, is not used (the host warns and compiles every time).
     pub cache_dir: Option<PathBuf>,
     /// How often the epoch advances: the granularity of timeouts, cancellation and time slicing.
     pub epoch_tick: Duration,
@@ -60,7 +67,9 @@ impl Default for EngineConfig {
 }
 
 /// Core instances, memories and tables a Rust `wasm32-wasip2` component uses at most (its main
-/// module plus the shims that `wasm-component-ld` adds), with room to spare.
+/// module plus the shims that `wasm-component-ld` adds), with room to spare. These are both the
+/// pool's totals per instance slot and the caps on each component: a component needing more is
+/// refused when it is compiled, so that one agent cannot take the slots of many.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
@@ -69,8 +78,12 @@ const TABLES_PER_COMPONENT: u32 = 4;
 /// with `pagemap_scan`), which spares every instantiation the page faults of a fresh mapping. A
 /// Rust component's memory starts with a 1 MiB stack, then data and heap: keep a few MiB.
 const KEEP_RESIDENT: usize = 4 << 20;
-/// Instances released before their slots' memory is decommitted in one go.
-const DECOMMIT_BATCH: usize = 32;
+/// Instances released before their slots' memory is decommitted in one go. One: a slot's memory
+/// above `KEEP_RESIDENT` goes back to the kernel as soon as its instance is dropped, so a run that
+/// touched hundreds of MiB does not leave them resident until a batch of later runs fills up. A
+/// slot that stayed within `KEEP_RESIDENT` has nothing to decommit and is reused at once, so
+/// small runs pay nothing for this.
+const DECOMMIT_BATCH: usize = 1;
 /// The same for the fiber stacks that async calls run on.
 const STACK_KEEP_RESIDENT: usize = 128 << 10;
 
@@ -85,10 +98,12 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
         .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
         .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .total_stacks(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(max_memory)
         .max_memories_per_module(1)
         .max_tables_per_module(2)
-        // Return released slots to the kernel in batches rather than one syscall per instance.
         .decommit_batch_size(DECOMMIT_BATCH)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .async_stack_keep_resident(STACK_KEEP_RESIDENT)
@@ -105,16 +120,66 @@ pub(crate) fn build(config: &EngineConfig) -> Result<Engine, wasmtime::Error> {
         .max_wasm_stack(512 << 10)
         .async_stack_size(1 << 20);
     if let Some(dir) = &config.cache_dir {
-        let dir = std::fs::create_dir_all(dir)
-            .and_then(|()| std::path::absolute(dir))
-            .map_err(|e| {
-                wasmtime::format_err!("cannot create cache directory {}: {e}", dir.display())
-            })?;
-        let mut cache = CacheConfig::new();
-        cache.with_directory(dir);
-        wasm.cache(Some(Cache::new(cache)?));
+        match trusted_cache_dir(dir) {
+            Ok(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(dir);
+                wasm.cache(Some(Cache::new(cache)?));
+            }
+            Err(CacheDirError::Create(e)) => {
+                return Err(wasmtime::format_err!(
+                    "cannot create cache directory {}: {e}",
+                    dir.display()
+                ));
+            }
+            Err(CacheDirError::Untrusted(why)) => {
+                tracing::warn!(
+                    path = %dir.display(),
+                    reason = %why,
+                    "not using the compiled-component cache: anyone who can write to it could run code in this host"
+                );
+            }
+        }
     }
     Engine::new(&wasm)
+}
+
+/// Why the cache directory is not used.
+#[derive(Debug)]
+enum CacheDirError {
+    /// It could not be created or looked at.
+    Create(std::io::Error),
+    /// Someone other than this process's user could have written to it.
+    Untrusted(String),
+}
+
+/// Creates the cache directory (mode 0700) if it is missing, and checks that it belongs to this
+/// process's user and that neither its group nor others may write to it. Returns its absolute
+/// path.
+fn trusted_cache_dir(dir: &Path) -> Result<PathBuf, CacheDirError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(CacheDirError::Create)?;
+    let dir = std::path::absolute(dir).map_err(CacheDirError::Create)?;
+    let meta = std::fs::metadata(&dir).map_err(CacheDirError::Create)?;
+    let user = rustix::process::geteuid().as_raw();
+    if meta.uid() != user {
+        return Err(CacheDirError::Untrusted(format!(
+            "it belongs to user {}, not to this process's user {user}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(CacheDirError::Untrusted(format!(
+            "its group or others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(dir)
 }
 
 /// Advances the engine's epoch every `tick` until the engine is dropped.

@@ -7,7 +7,11 @@
 //! * **Limits.** Fuel (exhaustion: status `quota`), linear memory (a `ResourceLimiter`; the
 //!   engine's per-instance cap is reported the same way), wall clock (the engine-wide epoch,
 //!   which also slices time between guests), output size, event count, event payload size and
-//!   event rate, and log bytes.
+//!   event rate, and log bytes. What the guest makes the host do is bounded too (handles held,
+//!   bytes passed in, random bytes, and a fuel charge for every host call: see `budget`), and so
+//!   is what a component may ask of the engine's pool (core instances, memories and tables) and
+//!   what it may say about itself in `describe`; a component over those is refused at load.
+//!   Failure tags and messages are cut to size before they are recorded.
 //! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets (TCP, UDP
 //!   and name lookups are all refused), no filesystem except an optional per-run scratch
 //!   directory, removed afterwards (and, after a crash, by the next host to start on the same
@@ -16,6 +20,7 @@
 //!   that run, with an error that carries the trap's own message and the innermost frames of
 //!   its backtrace; the host and other runs carry on.
 
+mod budget;
 mod engine;
 mod scratch;
 mod state;
@@ -30,17 +35,18 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
+use wasmtime::{CallHook, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox};
-use crate::queue::{ErrorInfo, Lifecycle};
+use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
+use crate::queue::Lifecycle;
 use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::store::RunStatus;
 
+use budget::{HostWork, MAX_HANDLES, MAX_RANDOM_BYTES};
 pub use engine::{EngineConfig, Metering};
-use scratch::{ScratchArea, ScratchDir};
+use scratch::{ScratchArea, ScratchDir, ScratchQuota};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
 
@@ -72,7 +78,7 @@ pub enum WasmError {
         message: String,
     },
     /// The bytes are not a valid component for this engine.
-    #[error("not a valid WebAssembly component: {0}")]
+    #[error("not a valid WebAssembly component for this host: {0}")]
     Compile(String),
     /// The component imports something the host does not provide, or lacks an export.
     #[error("the component does not fit the drover:agent world: {0}")]
@@ -161,6 +167,11 @@ impl std::fmt::Debug for WasmRuntime {
 /// Fuel and time an agent gets to describe itself.
 const DESCRIBE_FUEL: u64 = 1_000_000_000;
 const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Linear memory an agent gets to describe itself.
+const DESCRIBE_MEMORY: u64 = 256 << 20;
+/// Most bytes the host copies out of what `describe` returns: room for every field at its bound
+/// (see `check_sizes`), so that a description far over them is refused before it is copied.
+const DESCRIBE_RESULT_BYTES: usize = 1 << 20;
 
 impl WasmRuntime {
     /// Builds the engine (and its epoch ticker). Per-run scratch directories are created in a
@@ -257,20 +268,36 @@ impl WasmRuntime {
         &self,
         pre: &bindings::AgentPre<HostState>,
     ) -> Result<Description, WasmError> {
-        let describe_err = |e: wasmtime::Error| WasmError::Describe(format!("{e:#}"));
+        let describe_err = |e: wasmtime::Error| {
+            let causes = trap::causes(&e);
+            if causes.contains("fuel allocated for hostcalls has been exhausted") {
+                WasmError::Describe(format!(
+                    "it returned more than {}, and a description may hold at most {} of id, \
+                     version and description and {} per schema ({causes})",
+                    human_bytes(DESCRIBE_RESULT_BYTES as u64),
+                    human_bytes((2 * MAX_DESCRIBED_NAME + MAX_DESCRIBED_TEXT) as u64),
+                    human_bytes(MAX_DESCRIBED_SCHEMA as u64),
+                ))
+            } else {
+                WasmError::Describe(format!("{e:#}"))
+            }
+        };
+        let work = HostWork::default();
         let state = HostState {
-            wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
+            wasi: bounded_wasi(&work).build(),
+            table: bounded_table(),
             ctx: None,
-            memory: MemoryMeter::with_limit(Some(256 << 20)),
+            memory: MemoryMeter::with_limit(Some(DESCRIBE_MEMORY)),
             events: EventGate::open(),
             logs: Capture::new(None, 0),
             deadline: Some(Instant::now() + DESCRIBE_TIMEOUT),
             timed_out: false,
             host_error: None,
+            work,
+            scratch_quota: None,
         };
         let mut store = self
-            .store(state, Some(DESCRIBE_FUEL))
+            .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
             .map_err(describe_err)?;
         let call = async {
             let agent = pre.instantiate_async(&mut store).await?;
@@ -280,6 +307,7 @@ impl WasmRuntime {
             .await
             .map_err(|_| WasmError::Describe("timed out".into()))?
             .map_err(describe_err)?;
+        check_sizes(&info)?;
         let schema = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         Ok(Description {
             id: info.id,
@@ -295,12 +323,32 @@ impl WasmRuntime {
         })
     }
 
-    /// A store with fuel (none: as good as unlimited) and the epoch policy installed.
-    fn store(&self, state: HostState, fuel: Option<u64>) -> wasmtime::Result<Store<HostState>> {
+    /// A store with fuel (none: as good as unlimited), host calls charged to it, at most
+    /// `hostcall_bytes` copied into the host by one call (or by a result), and the epoch policy
+    /// installed.
+    fn store(
+        &self,
+        state: HostState,
+        fuel: Option<u64>,
+        hostcall_bytes: usize,
+    ) -> wasmtime::Result<Store<HostState>> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
-        if self.metering.fuel {
+        store.set_hostcall_fuel(hostcall_bytes);
+        let metered = self.metering.fuel;
+        if metered {
             store.set_fuel(fuel.unwrap_or(u64::MAX))?;
+        }
+        if metered || store.data().scratch_quota.is_some() {
+            store.call_hook(move |mut cx, hook| {
+                if !matches!(hook, CallHook::ReturningFromHost) {
+                    return Ok(());
+                }
+                if metered {
+                    budget::charge(&mut cx, |state: &mut HostState| &mut state.work)?;
+                }
+                cx.data_mut().check_scratch(false)
+            });
         }
         if !self.metering.epochs {
             return Ok(store);
@@ -351,7 +399,8 @@ impl WasmRuntime {
             },
             false => None,
         };
-        let wasi = match build_wasi(spec, &capture, scratch.as_ref(), isolation) {
+        let work = HostWork::default();
+        let wasi = match build_wasi(spec, &capture, scratch.as_ref(), isolation, &work) {
             Ok(wasi) => wasi,
             Err(e) => {
                 return RunOutcome::from_result(Err(Failure::error(
@@ -363,7 +412,10 @@ impl WasmRuntime {
         let deadline = limits.timeout.map(|t| Instant::now() + t);
         let state = HostState {
             wasi,
-            table: ResourceTable::new(),
+            table: match isolation {
+                Isolation::Sandboxed => bounded_table(),
+                Isolation::Trusted => ResourceTable::new(),
+            },
             ctx: Some(ctx.clone()),
             memory: MemoryMeter::with_limit(Some(limits.memory_bytes).filter(|m| *m != u64::MAX)),
             events: EventGate::new(&limits),
@@ -371,8 +423,19 @@ impl WasmRuntime {
             deadline,
             timed_out: false,
             host_error: None,
+            work,
+            scratch_quota: scratch
+                .as_ref()
+                .filter(|_| isolation == Isolation::Sandboxed)
+                .map(|dir| {
+                    ScratchQuota::new(&dir.path, limits.scratch_bytes, limits.scratch_files)
+                }),
         };
-        let mut store = match self.store(state, limits.fuel) {
+        let mut store = match self.store(
+            state,
+            limits.fuel,
+            budget::hostcall_fuel(limits.memory_bytes),
+        ) {
             Ok(store) => store,
             Err(e) => {
                 return RunOutcome::from_result(Err(Failure::error("Sandbox", format!("{e:#}"))));
@@ -396,17 +459,22 @@ impl WasmRuntime {
                 }),
             None => call.await,
         };
+        // What the guest wrote just before it returned counts too.
+        let result = result.and_then(|value| store.data_mut().check_scratch(true).map(|()| value));
 
-        let fuel_used = store
-            .get_fuel()
-            .ok()
-            .map(|left| limits.fuel.unwrap_or(u64::MAX).saturating_sub(left));
+        let fuel_used = store.get_fuel().ok().map(|left| {
+            limits
+                .fuel
+                .unwrap_or(u64::MAX)
+                .saturating_sub(left)
+                .saturating_add(store.data().work.charged())
+        });
         let state = store.data();
         let outcome = match result {
             Ok(Ok(output)) => accept_output(output, &limits),
             Ok(Err(failure)) => Err(Failure {
                 status: RunStatus::Error,
-                error: ErrorInfo::new(failure.tag, failure.message),
+                error: bounded_error(failure.tag, failure.message),
                 retry: failure.retryable,
             }),
             Err(error) => Err(classify(
@@ -420,8 +488,11 @@ impl WasmRuntime {
         };
         let peak_memory = state.memory.peak;
         capture.finish();
+        // The store holds the guest's open files: close them before removing their directory.
         drop(store);
-        drop(scratch);
+        if let Some(scratch) = scratch {
+            scratch.remove().await;
+        }
         RunOutcome {
             result: outcome,
             fuel_used,
@@ -430,17 +501,74 @@ impl WasmRuntime {
     }
 }
 
+/// A resource table holding at most [`MAX_HANDLES`] entries.
+fn bounded_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HANDLES);
+    table
+}
+
+/// A WASI context whose random bytes are bounded per call and charged to `work`.
+fn bounded_wasi(work: &HostWork) -> WasiCtxBuilder {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.max_random_size(MAX_RANDOM_BYTES)
+        .secure_random(work.rng())
+        .insecure_random(work.rng());
+    wasi
+}
+
+/// Longest `id` and `version` an agent may describe itself with, in bytes.
+const MAX_DESCRIBED_NAME: usize = 256;
+/// Longest `description`, in bytes.
+const MAX_DESCRIBED_TEXT: usize = 4 << 10;
+/// Longest input or output schema, in bytes.
+const MAX_DESCRIBED_SCHEMA: usize = 64 << 10;
+
+/// Refuses a description with a field longer than its bound: what `describe` returns is kept
+/// and served (on `/v1/templates`, say) for as long as the agent is loaded.
+fn check_sizes(info: &bindings::drover::agent::types::AgentInfo) -> Result<(), WasmError> {
+    let fields = [
+        ("id", info.id.len(), MAX_DESCRIBED_NAME),
+        ("version", info.version.len(), MAX_DESCRIBED_NAME),
+        ("description", info.description.len(), MAX_DESCRIBED_TEXT),
+        (
+            "input schema",
+            info.input_schema.as_ref().map_or(0, String::len),
+            MAX_DESCRIBED_SCHEMA,
+        ),
+        (
+            "output schema",
+            info.output_schema.as_ref().map_or(0, String::len),
+            MAX_DESCRIBED_SCHEMA,
+        ),
+    ];
+    for (field, len, max) in fields {
+        if len > max {
+            return Err(WasmError::Describe(format!(
+                "its {field} is {len} bytes; at most {} is accepted",
+                human_bytes(max as u64)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the guest's WASI context: the spec's environment only, captured stdio, no network,
-/// and the scratch directory if there is one. Trusted runs also get the network (TCP, UDP and
-/// name lookups, which wasmtime-wasi leaves off unless asked), but not the host's environment:
-/// whatever of it they may see is put in their spec by whoever trusts them.
+/// random bytes bounded and charged to `work`, and the scratch directory if there is one.
+/// Trusted runs also get the network (TCP, UDP and name lookups, which wasmtime-wasi leaves off
+/// unless asked), but not the host's environment: whatever of it they may see is put in their
+/// spec by whoever trusts them.
 fn build_wasi(
     spec: &AgentSpec,
     capture: &Capture,
     scratch: Option<&ScratchDir>,
     isolation: Isolation,
+    work: &HostWork,
 ) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
-    let mut wasi = WasiCtxBuilder::new();
+    let mut wasi = match isolation {
+        Isolation::Sandboxed => bounded_wasi(work),
+        Isolation::Trusted => WasiCtxBuilder::new(),
+    };
     if isolation == Isolation::Trusted {
         wasi.inherit_network()
             .allow_tcp(true)
@@ -538,6 +666,9 @@ fn classify(
             ),
         );
     }
+    if let Some(failure) = host_refusal(error) {
+        return failure;
+    }
     let (tag, what) = match trap {
         Some(Trap::StackOverflow) => ("StackOverflow", "the agent overflowed its stack"),
         Some(Trap::UnreachableCodeReached) => ("Trap", "the agent aborted (a panic or an abort)"),
@@ -553,6 +684,43 @@ fn classify(
         tag,
         with_stderr(format!("{what}: {}", trap::describe(error)), capture),
     )
+}
+
+/// A request the host refused for going past one of the bounds on host calls (see `budget`).
+fn host_refusal(error: &wasmtime::Error) -> Option<Failure> {
+    let table_full = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    });
+    if table_full {
+        return Some(Failure::permanent(
+            "HandleLimit",
+            format!(
+                "the agent held more than {MAX_HANDLES} handles (open files, streams, pollables) \
+                 at once"
+            ),
+        ));
+    }
+    // wasmtime and wasmtime-wasi report these two as plain errors: their text is all there is
+    // to tell them by.
+    let causes = trap::causes(error);
+    let what = if causes.contains("fuel allocated for hostcalls has been exhausted") {
+        "the agent passed more data to one host call (or in its result) than its memory limit"
+            .to_string()
+    } else if causes.contains("requested len") && causes.contains("exceeds limit") {
+        format!(
+            "the agent asked for more than {} of random bytes in one call",
+            human_bytes(MAX_RANDOM_BYTES)
+        )
+    } else {
+        return None;
+    };
+    Some(Failure::permanent(
+        "HostLimit",
+        format!("{what} ({causes})"),
+    ))
 }
 
 /// Appends the last lines the guest wrote to stderr (where a panic's message goes).

@@ -7,10 +7,21 @@
 //! directory in the root whose lock it can take: their owners are gone. A directory whose lock
 //! is held belongs to a live host and is left alone. Taking a directory and sweeping happen
 //! under a lock on `<root>/.lock`, so a sweep never sees a directory before its lock is held.
+//!
+//! **Quota.** A run's directory may hold `scratch-bytes` and `scratch-files` ([`ScratchQuota`]).
+//! A guest changes its files only through host calls, so the host measures the directory when
+//! a host call returns — at most every [`QUOTA_INTERVAL`], walking no further than the file
+//! budget — and once more when the run ends; a run over either budget fails with `DiskLimit`.
+//! This bounds what a guest can put on the host's disk to its budget plus what it writes in one
+//! interval and one call (which copies at most the agent's memory limit), without a filesystem
+//! quota or a wrapper around every filesystem call. The walk counts a file at its size, or at
+//! the disk space it takes if that is more (a sparse file counts at its full size).
 
 use std::fs::{File, TryLockError};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The lock file in the root (held while a host takes its directory and sweeps) and in each
 /// host's directory (held for the host's life).
@@ -130,15 +141,131 @@ fn sweep(root: &Path) -> usize {
     removed
 }
 
-/// A run's private directory, removed when dropped (also when the run is aborted).
+/// A run's private directory: removed by [`ScratchDir::remove`], or when dropped (a run that is
+/// aborted). Removal runs on a blocking thread, since a guest may leave many files behind, and
+/// is tried again a few times before it gives up (whatever is left then goes with the host's
+/// scratch area, or with the next host's sweep).
 pub(crate) struct ScratchDir {
     pub(crate) path: PathBuf,
 }
 
+/// Longest time between two measurements of a busy run's scratch directory.
+pub(crate) const QUOTA_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A run's scratch directory measured against its byte and file budgets.
+#[derive(Debug)]
+pub(crate) struct ScratchQuota {
+    path: PathBuf,
+    max_bytes: u64,
+    max_files: u64,
+    measured: Option<Instant>,
+}
+
+impl ScratchQuota {
+    /// The budgets of the directory at `path`.
+    pub(crate) fn new(path: &Path, max_bytes: u64, max_files: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            max_bytes,
+            max_files,
+            measured: None,
+        }
+    }
+
+    /// Measures the directory unless it was measured less than [`QUOTA_INTERVAL`] ago (or
+    /// always, with `now`); says how it is over budget, if it is.
+    pub(crate) fn check(&mut self, now: bool) -> Result<(), String> {
+        if !now
+            && self
+                .measured
+                .is_some_and(|at| at.elapsed() < QUOTA_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.measured = Some(Instant::now());
+        let (bytes, files) = usage(&self.path, self.max_files);
+        if files > self.max_files {
+            return Err(format!(
+                "the scratch directory holds more than {} files and directories (scratch-files)",
+                self.max_files
+            ));
+        }
+        if bytes > self.max_bytes {
+            return Err(format!(
+                "the scratch directory holds {} bytes, more than its limit of {} bytes \
+                 (scratch-bytes)",
+                bytes, self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes and entries below `dir`, counting no further than one entry past `max_files`.
+fn usage(dir: &Path, max_files: u64) -> (u64, u64) {
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            files += 1;
+            if files > max_files {
+                return (bytes, files);
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            bytes = bytes.saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
+        }
+    }
+    (bytes, files)
+}
+
+/// Attempts at removing a run's directory, with a pause that doubles from 20 ms in between.
+const REMOVE_ATTEMPTS: u32 = 4;
+
+impl ScratchDir {
+    /// Removes the directory and everything in it, off the async workers.
+    pub(crate) async fn remove(mut self) {
+        let path = std::mem::take(&mut self.path);
+        if let Err(e) = tokio::task::spawn_blocking(move || remove_run_dir(&path)).await {
+            tracing::warn!(error = %e, "the removal of a scratch directory failed");
+        }
+    }
+}
+
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a scratch directory");
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_run_dir(&path))),
+            Err(_) => remove_run_dir(&path),
+        }
+    }
+}
+
+/// Removes a run's directory, trying again after a pause when that fails.
+fn remove_run_dir(path: &Path) {
+    let mut pause = std::time::Duration::from_millis(20);
+    for attempt in 1..=REMOVE_ATTEMPTS {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) if attempt == REMOVE_ATTEMPTS => {
+                tracing::warn!(path = %path.display(), error = %e, attempts = attempt, "cannot remove a scratch directory");
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
         }
     }
 }

@@ -8,7 +8,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::drover::agent::{host, types};
+use super::budget::HostWork;
 use super::human_bytes;
+use super::scratch::ScratchQuota;
 use super::stdio::Capture;
 use crate::queue::ErrorInfo;
 use crate::registry::{EventRate, Limits};
@@ -37,6 +39,10 @@ pub(crate) struct HostState {
     pub(crate) timed_out: bool,
     /// Why a host function ended the run (event limit, invalid payload, …).
     pub(crate) host_error: Option<ErrorInfo>,
+    /// Work the host did for the guest, charged to its fuel when each host call returns.
+    pub(crate) work: HostWork,
+    /// The budgets of the run's scratch directory, if it has one and is held to them.
+    pub(crate) scratch_quota: Option<ScratchQuota>,
 }
 
 impl WasiView for HostState {
@@ -214,6 +220,18 @@ impl HostState {
         self.host_error = Some(error);
         wasmtime::format_err!(message)
     }
+
+    /// Measures the scratch directory (if it was not measured just now, or `now`) and ends the
+    /// run with `DiskLimit` if it is over budget.
+    pub(crate) fn check_scratch(&mut self, now: bool) -> wasmtime::Result<()> {
+        let Some(quota) = &mut self.scratch_quota else {
+            return Ok(());
+        };
+        match quota.check(now) {
+            Ok(()) => Ok(()),
+            Err(message) => Err(self.fail(ErrorInfo::new("DiskLimit", message))),
+        }
+    }
 }
 
 impl types::Host for HostState {}
@@ -221,6 +239,7 @@ impl types::Host for HostState {}
 impl host::Host for HostState {
     async fn emit(&mut self, kind: String, payload: String) -> wasmtime::Result<()> {
         let ctx = self.run_ctx()?.clone();
+        self.work.add(kind.len() + payload.len());
         if let Err(error) = self.events.admit(payload.len()) {
             return Err(self.fail(error));
         }
@@ -244,6 +263,7 @@ impl host::Host for HostState {
             types::Level::Error => "error",
         };
         self.run_ctx()?;
+        self.work.add(message.len());
         // Charged to the same budget as stdout and stderr; past it, dropped.
         self.logs.log(level, &message).await;
         Ok(())

@@ -162,14 +162,21 @@ impl Shared {
         {
             let mut buffer = self.buffer(stderr);
             buffer.extend_from_slice(kept);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                lines.push(line);
+            // Complete lines are cut off with a cursor and removed in one go at the end, so a
+            // write of many short lines costs time in proportion to its length.
+            let mut start = 0;
+            loop {
+                let rest = &buffer[start..];
+                let window = &rest[..rest.len().min(MAX_LINE + 1)];
+                let end = match window.iter().position(|b| *b == b'\n') {
+                    Some(newline) => newline + 1,
+                    None if rest.len() >= MAX_LINE => MAX_LINE,
+                    None => break,
+                };
+                lines.push(rest[..end].to_vec());
+                start += end;
             }
-            while buffer.len() >= MAX_LINE {
-                let line: Vec<u8> = buffer.drain(..MAX_LINE).collect();
-                lines.push(line);
-            }
+            buffer.drain(..start);
         }
         for line in lines {
             self.line(stderr, &line);
@@ -283,5 +290,39 @@ impl tokio::io::AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_into_lines_of_at_most_max_line_bytes() {
+        let capture = Capture::new(None, 1 << 20);
+        let long = "x".repeat(MAX_LINE + 5);
+        capture
+            .shared
+            .write(true, format!("a\nbb\n{long}\ntail").as_bytes());
+        assert_eq!(
+            capture.stderr_tail(),
+            ["a", "bb", &long[..MAX_LINE], "xxxxx", "tail"]
+        );
+        assert!(capture.shared.buffer(true).is_empty());
+    }
+
+    #[test]
+    fn a_write_of_a_mebibyte_of_empty_lines_finishes() {
+        let capture = Capture::new(None, 1 << 20);
+        let started = std::time::Instant::now();
+        capture.shared.write(true, &vec![b'\n'; 1 << 20]);
+        // Cutting line by line from the front of the buffer took minutes here.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(capture.shared.buffer(true).is_empty());
+        assert_eq!(capture.stderr_tail(), vec![String::new(); STDERR_TAIL]);
     }
 }
