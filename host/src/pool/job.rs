@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::recorder::Record;
 use super::slots::Slots;
 use super::{InFlight, Shared};
 use crate::queue::{ClaimedJob, Finish, FinishKind, Job, Lease, Lifecycle};
 use crate::registry::AgentSpec;
 use crate::sandbox::{AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox};
+use crate::store::recording::Record;
 use crate::store::{RunRecord, RunStatus};
 use crate::time::now_ms;
 

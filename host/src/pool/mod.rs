@@ -6,7 +6,7 @@
 //! from others), and expired leases of crashed hosts are reclaimed.
 
 mod job;
-pub(crate) mod recorder;
+mod recorder;
 mod slots;
 mod stats;
 
@@ -21,9 +21,9 @@ use crate::queue::{ErrorInfo, Lease, Lifecycle, Queue, Signal};
 use crate::registry::Registry;
 use crate::sandbox::{AbortReason, Control, SandboxFor};
 use crate::store::RunStore;
+use crate::store::recording::RecorderHandle;
 use crate::time::now_ms;
 
-use recorder::RecorderHandle;
 use slots::Slots;
 pub use stats::{PoolStats, StatusLabel};
 

@@ -19,22 +19,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::PoolStats;
 use crate::db::Retry;
 use crate::queue::{ErrorInfo, Finish, FinishKind, Queue, QueueError};
-use crate::store::{EventRecord, RunRecord, RunStatus, RunStore, StoreError, WriteBatch};
+use crate::store::recording::{Health, INBOX, Record, RecorderHandle};
+use crate::store::{RunRecord, RunStatus, RunStore, StoreError, WriteBatch};
 use crate::time::now_ms;
 
 /// Most messages written in one batch.
 const MAX_BATCH: usize = 4096;
-/// Capacity of the recorder's inbox; a full inbox makes emitters wait (back-pressure).
-const INBOX: usize = 16_384;
 /// Most job outcomes applied in one statement (fewer than a remote database takes in one).
 const FINISH_CHUNK: usize = 1024;
 /// First and longest pause between attempts at a write that failed for a passing reason.
@@ -42,88 +40,6 @@ const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The tag of a record the database refused, and of its job's failure.
 pub(crate) const RECORD_REJECTED: &str = "RecordRejected";
-
-/// Something to record.
-#[derive(Debug)]
-pub(crate) enum Record {
-    /// A run started (written unless its end arrives in the same batch).
-    Started(RunRecord),
-    /// An event.
-    Event(EventRecord),
-    /// A sign of life from a run.
-    Heartbeat(Arc<str>, i64),
-    /// A run ended; `finish` is the job's outcome (none when the lease was lost).
-    Finished {
-        /// The final state of the run.
-        run: RunRecord,
-        /// The job outcome to apply under the lease.
-        finish: Option<Finish>,
-        /// Told once the run and the outcome are durable (or known to be moot: the lease was
-        /// lost). Dropped unsent only when the recorder gives up at shutdown.
-        durable: oneshot::Sender<()>,
-    },
-    /// Write everything received so far, then acknowledge.
-    Flush(oneshot::Sender<()>),
-}
-
-/// Whether the recorder's writes are going through.
-#[derive(Debug, Default)]
-pub(crate) struct Health {
-    failing: AtomicBool,
-}
-
-impl Health {
-    /// Whether the last write attempt failed (and is being retried).
-    pub(crate) fn failing(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
-    }
-
-    fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::Release);
-    }
-}
-
-/// Sends records to a recorder. Cheap to clone.
-#[derive(Clone, Debug)]
-pub(crate) struct RecorderHandle {
-    tx: mpsc::Sender<Record>,
-    health: Arc<Health>,
-}
-
-impl RecorderHandle {
-    /// A handle whose records go nowhere (nothing receives them).
-    pub(crate) fn discarding() -> Self {
-        Self {
-            tx: mpsc::channel(1).0,
-            health: Arc::default(),
-        }
-    }
-
-    /// Queues a record, waiting while the recorder is behind.
-    pub(crate) async fn send(&self, record: Record) {
-        // After shutdown there is nobody left to write; the record is dropped.
-        let _ = self.tx.send(record).await;
-    }
-
-    /// Queues a record without waiting; returns `false` (dropping it) when the inbox is full.
-    /// For callers that cannot wait, such as a guest's stdout.
-    pub(crate) fn try_send(&self, record: Record) -> bool {
-        self.tx.try_send(record).is_ok()
-    }
-
-    /// Resolves once everything sent before this call is written.
-    pub(crate) async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Record::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    /// Whether writes are failing right now (the pool claims nothing new meanwhile).
-    pub(crate) fn failing(&self) -> bool {
-        self.health.failing()
-    }
-}
 
 /// Starts a recorder task; it ends when every handle is dropped. Once `give_up` is cancelled,
 /// writes that keep failing are abandoned instead of retried.
@@ -143,7 +59,10 @@ pub(crate) fn spawn(
         health: Arc::clone(&health),
         give_up,
     };
-    (RecorderHandle { tx, health }, tokio::spawn(recorder.run()))
+    (
+        RecorderHandle::new(tx, health),
+        tokio::spawn(recorder.run()),
+    )
 }
 
 struct Recorder {

@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use crate::pool::recorder::{Record, RecorderHandle};
 use crate::queue::ErrorInfo;
 use crate::registry::{ByteRate, Limits, MIN_EVENT_CHARGE};
+use crate::store::recording::{Record, RecorderHandle};
 use crate::store::{EventRecord, RunStatus};
 use crate::time::now_ms;
 

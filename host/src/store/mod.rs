@@ -5,6 +5,7 @@
 //! short run's start and end into one row; a batch is a few multi-row statements of bound
 //! values.
 
+pub(crate) mod recording;
 pub mod retention;
 mod run;
 
