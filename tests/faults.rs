@@ -198,11 +198,11 @@ async fn a_write_lock_held_past_the_lease_loses_no_finished_outcome() {
         ..PoolConfig::default()
     });
     env.start_sleepers(JOBS, 2000).await;
-    // Both databases are locked for three leases while every run finishes: no outcome, run or
-    // renewal can be written meanwhile.
+    // Both databases are locked for 20 s, four leases, while every run finishes: no outcome,
+    // run or renewal can be written meanwhile.
     let queue_lock = WriteLock::take(&dir.path().join("queue.db")).await;
     let store_lock = WriteLock::take(&dir.path().join("runs.db")).await;
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(
         pool.stats().write_failures() > 0,
         "the lock made writes fail"
@@ -635,4 +635,61 @@ async fn a_locked_database_makes_the_host_unready_and_sheds_enqueues_it_cannot_t
     }
     let (status, _) = http(reqwest::Method::GET, format!("{}/readyz", host.url), None).await;
     assert_eq!(status, StatusCode::OK, "ready again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_spinning_on_every_core_do_not_hold_up_the_api_or_cancels() {
+    const SPINNERS: usize = 50;
+    let fleet = Fleet::new();
+    let host = fleet.host("host", &[("DROVER_CONCURRENCY", "64")]);
+    let client = reqwest::Client::new();
+    for n in 0..SPINNERS {
+        let (status, body) = http(
+            reqwest::Method::POST,
+            format!("{}/v1/jobs", host.url),
+            Some(json!({ "id": format!("spin-{n}"), "agentId": "chaos",
+                         "input": { "mode": "spin" } })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    wait_until("every guest spinning", || async {
+        let (_, jobs) = http(
+            reqwest::Method::GET,
+            format!("{}/v1/jobs?status=leased&limit=100", host.url),
+            None,
+        )
+        .await;
+        jobs["jobs"].as_array().map_or(0, Vec::len) == SPINNERS
+    })
+    .await;
+    // With every core busy with guests, the API still answers, and all fifty cancels are
+    // taken and carried out (before guests ran apart from the API, this took about 15 s).
+    let started = Instant::now();
+    let (status, _) = http(reqwest::Method::GET, format!("{}/healthz", host.url), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let cancels = (0..SPINNERS).map(|n| {
+        let request = client
+            .post(format!("{}/v1/jobs/spin-{n}/cancel", host.url))
+            .json(&json!({}));
+        async move { request.send().await.expect("cancel").status() }
+    });
+    for status in futures::future::join_all(cancels).await {
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let answered = started.elapsed();
+    for n in 0..SPINNERS {
+        let (status, done) = http(
+            reqwest::Method::GET,
+            format!("{}/v1/jobs/spin-{n}/wait?timeoutMs=30000", host.url),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        assert_eq!(done["job"]["resultError"]["tag"], "Cancelled", "{done}");
+    }
+    assert!(
+        answered < Duration::from_secs(5),
+        "the health check and fifty cancels took {answered:?}"
+    );
 }

@@ -878,6 +878,22 @@ async fn child_pool() {
     let store = RunStore::with_db(drover_test_support::open_db(&store_url).await)
         .await
         .expect("store");
+    // Both processes start their pools together, so that both take part.
+    std::fs::write(dir.join(format!("ready-{worker}")), b"").expect("ready file");
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other process never came"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
     let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&none));
     let pool = WorkerPool::new(

@@ -263,7 +263,8 @@ async fn throughput(scale: Scale, work: &Path) -> Vec<Row> {
         assert_eq!(runs.get(&RunStatus::Success).copied(), Some(jobs as i64));
         drains.push(jobs as f64 / elapsed.as_secs_f64());
 
-        // The floor: the same claim and fenced complete statements, no agent, no runs, in
+        // The floor: the same claim (of the jobs lane) and fenced complete statements, no
+        // agent, no runs, in
         // batches as large as the pool's largest claim.
         let floor_dir = tempfile::tempdir_in(work).expect("dir");
         let (floor_queue, _) = databases(floor_dir.path()).await;
@@ -272,7 +273,12 @@ async fn throughput(scale: Scale, work: &Path) -> Vec<Row> {
         let mut done = 0;
         loop {
             let claimed = floor_queue
-                .claim("floor", Duration::from_secs(30), batch)
+                .claim_lifecycle(
+                    "floor",
+                    Duration::from_secs(30),
+                    batch,
+                    Some(drover_host::queue::Lifecycle::Job),
+                )
                 .await
                 .expect("claim");
             if claimed.is_empty() {

@@ -414,6 +414,13 @@ impl Db {
         self
     }
 
+    /// Whether [`Db::bulk`] sends multi-row statements without a transaction around them (a
+    /// remote database, or one made to behave like it): no statement may rely on another's
+    /// transaction then.
+    pub fn sends_multi_row_statements(&self) -> bool {
+        self.multi_row
+    }
+
     /// The URL this database was opened from.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -461,7 +468,21 @@ impl Db {
         Fut: Future<Output = Result<T, DbError>> + Send,
         T: Send + 'static,
     {
-        self.write_with(op, false).await
+        self.write_with(op, Mode::Wait).await
+    }
+
+    /// Like [`Db::write`], for writes that need not survive a power cut on their own: claims,
+    /// lease renewals, reclaims (a lost one is made again; a job whose claim is lost is simply
+    /// claimed again). On a file synced at every commit ([`SyncMode::Full`]) they commit without
+    /// a sync of their own; the next durable commit syncs the log, theirs with it. Nothing a
+    /// producer was told is stored, nor any outcome, is ever written this way.
+    pub async fn write_relaxed<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        self.write_with(op, Mode::Relaxed).await
     }
 
     /// Like [`Db::write`], but fails at once with [`DbError::Overloaded`] instead of waiting
@@ -473,10 +494,10 @@ impl Db {
         Fut: Future<Output = Result<T, DbError>> + Send,
         T: Send + 'static,
     {
-        self.write_with(op, true).await
+        self.write_with(op, Mode::Shed).await
     }
 
-    async fn write_with<T, F, Fut>(&self, op: F, shed: bool) -> Result<T, DbError>
+    async fn write_with<T, F, Fut>(&self, op: F, mode: Mode) -> Result<T, DbError>
     where
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DbError>> + Send,
@@ -486,7 +507,17 @@ impl Db {
             return self.run(op).await;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // Commits of relaxed writes skip their own sync; only a file synced at every commit
+        // has one to skip.
+        let sync = match (mode, self.inner.sync) {
+            (Mode::Relaxed, SyncMode::Full) => SyncMode::Normal,
+            (_, configured) => configured,
+        };
         let job: WriteOp = Box::new(move |conn| {
+            if let Err(e) = conn.set_sync(sync) {
+                let _ = tx.send(Err(e));
+                return;
+            }
             // A panic is a bug in the operation; it fails that operation alone, and the
             // writer goes on with the next one.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -495,7 +526,7 @@ impl Db {
             .unwrap_or_else(|panic| Err(DbError::Panicked(panic_message(panic.as_ref()))));
             let _ = tx.send(result);
         });
-        if shed {
+        if mode == Mode::Shed {
             writer.try_send(job).map_err(|e| match e {
                 tokio::sync::mpsc::error::TrySendError::Full(_) => DbError::Overloaded {
                     pending: writer.max_capacity(),
@@ -534,10 +565,29 @@ impl Db {
     /// multi-row `VALUES` statement (a few thousand rows per round trip) and no interactive
     /// transaction, so every statement stands on its own there.
     pub async fn bulk(&self, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
+        self.bulk_with(statements, Mode::Wait).await
+    }
+
+    /// [`Db::bulk`] as a relaxed write (see [`Db::write_relaxed`]).
+    pub async fn bulk_relaxed(
+        &self,
+        statements: Vec<Bulk>,
+    ) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
+        self.bulk_with(statements, Mode::Relaxed).await
+    }
+
+    async fn bulk_with(
+        &self,
+        statements: Vec<Bulk>,
+        mode: Mode,
+    ) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
         if self.multi_row {
-            return self.write(|conn| bulk_multi_row(conn, statements)).await;
+            return self
+                .write_with(|conn| bulk_multi_row(conn, statements), mode)
+                .await;
         }
-        self.write(|conn| bulk_prepared(conn, statements)).await
+        self.write_with(|conn| bulk_prepared(conn, statements), mode)
+            .await
     }
 
     /// Applies `migrations` (ordered by version) for `component` that are not applied yet, and
@@ -702,7 +752,20 @@ fn file_connection(database: &libsql::Database, sync: SyncMode) -> Result<Conn, 
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA temp_store=MEMORY;",
         sync.pragma()
     )))?;
-    Ok(Conn::new(conn))
+    let conn = Conn::new(conn);
+    *conn.inner.sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(sync);
+    Ok(conn)
+}
+
+/// How a write goes to the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Waits while the writer's queue is full; synced as the database is configured.
+    Wait,
+    /// Refused while the writer's queue is full.
+    Shed,
+    /// Waits; commits without a sync of its own.
+    Relaxed,
 }
 
 /// Writes that may wait for the writer thread at once; past this, [`Db::write`] waits and
@@ -760,6 +823,8 @@ pub struct Conn {
 struct ConnInner {
     conn: Connection,
     prepared: Mutex<HashMap<Box<str>, Statement>>,
+    /// The connection's `synchronous` setting, on a database file.
+    sync: Mutex<Option<SyncMode>>,
 }
 
 impl Conn {
@@ -768,8 +833,25 @@ impl Conn {
             inner: Arc::new(ConnInner {
                 conn,
                 prepared: Mutex::new(HashMap::new()),
+                sync: Mutex::new(None),
             }),
         }
+    }
+
+    /// Switches a database file's connection to `sync` for its next commits (nothing to do
+    /// when it already is, or when it is not a file's). Blocks: for the writer thread.
+    fn set_sync(&self, sync: SyncMode) -> Result<(), DbError> {
+        let mut current = self.inner.sync.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_none_or(|now| now == sync) {
+            return Ok(());
+        }
+        futures::executor::block_on(
+            self.inner
+                .conn
+                .execute_batch(&format!("PRAGMA synchronous={}", sync.pragma())),
+        )?;
+        *current = Some(sync);
+        Ok(())
     }
 
     /// The prepared form of `sql`: this connection's own, taken out of its cache (hand it back

@@ -74,10 +74,11 @@ ALTER TABLE jobs ADD COLUMN crash_streak INTEGER NOT NULL DEFAULT 0;
 -- Jobs not yet due wait as 'scheduled', in an index of their own by due time, so that claims
 -- (which read only 'queued' jobs) never scan past them; they are promoted when due.
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (scheduled_for) WHERE status = 'scheduled';
--- Each lane of a pool (jobs, long-lived agents) claims in priority order from its own range.
+-- Each lane of a pool (jobs, long-lived agents) claims in priority order from its own range;
+-- this replaces the one claim-order index of both lanes, so that a job is still entered in
+-- only one index while it waits.
 CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (long_lived, priority DESC, seq) WHERE status = 'queued';
--- The leases one host holds (its orphans are looked for there).
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (lease_owner) WHERE status = 'leased';
+DROP INDEX IF EXISTS jobs_ready;
 UPDATE jobs SET status = 'scheduled'
     WHERE status = 'queued'
       AND scheduled_for > CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER);
