@@ -900,8 +900,8 @@ mod query_plans {
                 let table = step.strip_prefix("SCAN ").and_then(|s| s.split(' ').next());
                 // Reading a lane's index is the point of a claim: it holds only due jobs, and a
                 // claim stops after its batch. The leased jobs are as many as the fleet's slots.
-                let claim_order = step.ends_with("USING INDEX jobs_ready")
-                    || step.ends_with("USING INDEX jobs_lane");
+                let bounded = step.ends_with("USING INDEX jobs_lane")
+                    || step.ends_with("USING INDEX jobs_lease");
                 matches!(table, Some("jobs" | "j")) && !bounded
             }),
             "{what} scans the jobs table: {plan:#?}"
