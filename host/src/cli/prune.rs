@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::db::Db;
-use crate::queue::{Queue, QueueOptions};
+use super::run::DatabaseArgs;
+use crate::queue::Queue;
 use crate::store::RunStore;
 use crate::store::retention::{self, PRUNE_BATCH, Pruned};
 
@@ -17,18 +17,9 @@ pub struct PruneArgs {
     /// Delete finished work that ended longer ago than this (`30d`, `12h`, `90m`).
     #[arg(long, default_value = "30d", value_parser = parse_age)]
     pub older_than: Duration,
-    /// The queue database.
-    #[arg(long, env = "DROVER_QUEUE_URL", default_value = "file:./var/queue.db")]
-    pub queue_url: String,
-    /// Auth token for a remote queue database.
-    #[arg(long, env = "DROVER_QUEUE_AUTH_TOKEN", hide_env_values = true)]
-    pub queue_auth_token: Option<String>,
-    /// The run store database (may be the same as the queue's).
-    #[arg(long, env = "DROVER_STORAGE_URL", default_value = "file:./var/runs.db")]
-    pub storage_url: String,
-    /// Auth token for a remote run store database.
-    #[arg(long, env = "DROVER_STORAGE_AUTH_TOKEN", hide_env_values = true)]
-    pub storage_auth_token: Option<String>,
+    /// The databases.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// Print what was removed as JSON.
     #[arg(long)]
     pub json: bool,
@@ -58,22 +49,7 @@ pub struct Retention(pub Option<Duration>);
 
 /// Prunes both databases once and prints what went.
 pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
-    let queue_db = Db::open(&args.queue_url, args.queue_auth_token.as_deref())
-        .await
-        .context("cannot open the queue database")?;
-    let store_db = if args.storage_url == args.queue_url {
-        queue_db.clone()
-    } else {
-        Db::open(&args.storage_url, args.storage_auth_token.as_deref())
-            .await
-            .context("cannot open the run store database")?
-    };
-    let queue = Queue::with_db(queue_db, QueueOptions::default())
-        .await
-        .context("cannot prepare the queue")?;
-    let store = RunStore::with_db(store_db)
-        .await
-        .context("cannot prepare the run store")?;
+    let (queue, store) = args.db.open().await?;
     let pruned = retention::prune(
         &queue,
         &store,

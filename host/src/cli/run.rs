@@ -57,23 +57,9 @@ pub struct RunArgs {
     /// How long in-flight jobs may finish at shutdown, in milliseconds.
     #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
-    /// The queue database: `file:PATH`, `:memory:`, or `libsql://…` / `https://…`.
-    #[arg(long, env = "DROVER_QUEUE_URL", default_value = "file:./var/queue.db")]
-    pub queue_url: String,
-    /// Auth token for a remote queue database.
-    #[arg(long, env = "DROVER_QUEUE_AUTH_TOKEN", hide_env_values = true)]
-    pub queue_auth_token: Option<String>,
-    /// The run store database (may be the same as the queue's).
-    #[arg(long, env = "DROVER_STORAGE_URL", default_value = "file:./var/runs.db")]
-    pub storage_url: String,
-    /// Auth token for a remote run store database.
-    #[arg(long, env = "DROVER_STORAGE_AUTH_TOKEN", hide_env_values = true)]
-    pub storage_auth_token: Option<String>,
-    /// When database files are synced to disk: `full` (every commit; nothing acknowledged is
-    /// lost to a power cut) or `normal` (at checkpoints; faster, but a power cut can lose the
-    /// last acknowledged writes).
-    #[arg(long, env = "DROVER_DB_SYNC", default_value = "full", value_parser = parse_sync)]
-    pub db_sync: SyncMode,
+    /// The databases.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// Where per-run scratch directories (and, by default, the compiled-component cache) live.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = "var")]
     pub data_dir: PathBuf,
@@ -298,36 +284,66 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the queue and the run store; one database when both URLs are the same.
+/// Opens the queue and the run store, and says where they are.
 async fn open_databases(args: &RunArgs) -> anyhow::Result<(Queue, RunStore)> {
-    let options = DbOptions { sync: args.db_sync };
-    let queue_db = Db::open_with(&args.queue_url, args.queue_auth_token.as_deref(), options)
-        .await
-        .context("cannot open the queue database")?;
-    let store_db = if args.storage_url == args.queue_url {
-        queue_db.clone()
-    } else {
-        Db::open_with(
-            &args.storage_url,
-            args.storage_auth_token.as_deref(),
-            options,
-        )
-        .await
-        .context("cannot open the run store database")?
-    };
-    let queue = Queue::with_db(queue_db, QueueOptions::default())
-        .await
-        .context("cannot prepare the queue")?;
-    let store = RunStore::with_db(store_db)
-        .await
-        .context("cannot prepare the run store")?;
+    let (queue, store) = args.db.open().await?;
     tracing::info!(
-        queue = %args.queue_url,
-        storage = %args.storage_url,
-        sync = ?args.db_sync,
+        queue = %args.db.queue_url,
+        storage = %args.db.storage_url,
+        sync = ?args.db.db_sync,
         "databases ready"
     );
     Ok((queue, store))
+}
+
+/// Where the queue and the run store are, as `run` and `prune` take them.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// The queue database: `file:PATH`, `:memory:`, or `libsql://…` / `https://…`.
+    #[arg(long, env = "DROVER_QUEUE_URL", default_value = "file:./var/queue.db")]
+    pub queue_url: String,
+    /// Auth token for a remote queue database.
+    #[arg(long, env = "DROVER_QUEUE_AUTH_TOKEN", hide_env_values = true)]
+    pub queue_auth_token: Option<String>,
+    /// The run store database (may be the same as the queue's).
+    #[arg(long, env = "DROVER_STORAGE_URL", default_value = "file:./var/runs.db")]
+    pub storage_url: String,
+    /// Auth token for a remote run store database.
+    #[arg(long, env = "DROVER_STORAGE_AUTH_TOKEN", hide_env_values = true)]
+    pub storage_auth_token: Option<String>,
+    /// When database files are synced to disk: `full` (every commit; nothing acknowledged is
+    /// lost to a power cut) or `normal` (at checkpoints; faster, but a power cut can lose the
+    /// last acknowledged writes).
+    #[arg(long, env = "DROVER_DB_SYNC", default_value = "full", value_parser = parse_sync)]
+    pub db_sync: SyncMode,
+}
+
+impl DatabaseArgs {
+    /// Opens the queue and the run store; one database when both URLs are the same.
+    pub async fn open(&self) -> anyhow::Result<(Queue, RunStore)> {
+        let options = DbOptions { sync: self.db_sync };
+        let queue_db = Db::open_with(&self.queue_url, self.queue_auth_token.as_deref(), options)
+            .await
+            .context("cannot open the queue database")?;
+        let store_db = if self.storage_url == self.queue_url {
+            queue_db.clone()
+        } else {
+            Db::open_with(
+                &self.storage_url,
+                self.storage_auth_token.as_deref(),
+                options,
+            )
+            .await
+            .context("cannot open the run store database")?
+        };
+        let queue = Queue::with_db(queue_db, QueueOptions::default())
+            .await
+            .context("cannot prepare the queue")?;
+        let store = RunStore::with_db(store_db)
+            .await
+            .context("cannot prepare the run store")?;
+        Ok((queue, store))
+    }
 }
 
 fn parse_sync(text: &str) -> Result<SyncMode, String> {
