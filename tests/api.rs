@@ -703,12 +703,28 @@ async fn waits_and_requests_over_their_caps_get_503_with_retry_after() {
         .post("/v1/jobs", json!({ "id": "never", "agentId": "sleeper" }))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let waits: Vec<_> = (0..2)
-        .map(|_| {
-            let url = format!("{}/v1/jobs/never/wait?timeoutMs=4000", server.url);
-            tokio::spawn(async move { reqwest::get(url).await.expect("wait").status() })
-        })
-        .collect();
+    // Two waits that hold the cap: written to the server before any poll, so that they are
+    // in its handler first.
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut waits = Vec::new();
+    for _ in 0..2 {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                format!(
+                    "GET /v1/jobs/never/wait?timeoutMs=15000 HTTP/1.1\r\nHost: {address}\r\n\
+                     Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("send the wait");
+        waits.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let deadline = Instant::now() + WAIT;
     let refused = loop {
         let response = reqwest::get(format!("{}/v1/jobs/never/wait?timeoutMs=1", server.url))
@@ -733,8 +749,13 @@ async fn waits_and_requests_over_their_caps_get_503_with_retry_after() {
     // Other requests still get through (two of three in-flight permits are taken)...
     let (status, _) = server.get("/v1/jobs/never").await;
     assert_eq!(status, StatusCode::OK);
-    for wait in waits {
-        assert_eq!(wait.await.expect("join"), StatusCode::REQUEST_TIMEOUT);
+    for mut wait in waits {
+        use tokio::io::AsyncReadExt;
+        let mut answer = String::new();
+        wait.read_to_string(&mut answer)
+            .await
+            .expect("the wait's answer");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
     // ...and once the waits are over, a wait is accepted again.
     let (status, _) = server.get("/v1/jobs/never/wait?timeoutMs=1").await;
@@ -754,7 +775,7 @@ async fn waits_and_requests_over_their_caps_get_503_with_retry_after() {
     server
         .post("/v1/jobs", json!({ "id": "never", "agentId": "sleeper" }))
         .await;
-    let url = format!("{}/v1/jobs/never/wait?timeoutMs=3000", server.url);
+    let url = format!("{}/v1/jobs/never/wait?timeoutMs=15000", server.url);
     let wait = tokio::spawn(async move { reqwest::get(url).await.expect("wait").status() });
     let deadline = Instant::now() + WAIT;
     loop {
