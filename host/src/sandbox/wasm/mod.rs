@@ -21,6 +21,7 @@
 //!   its backtrace; the host and other runs carry on.
 
 mod budget;
+mod compat;
 mod engine;
 mod scratch;
 mod state;
@@ -50,10 +51,30 @@ use scratch::{ScratchArea, ScratchDir, ScratchQuota};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
 
-/// Bindings for the `drover:agent` world (from `wit/`).
+/// Bindings for the `drover:agent@0.2.0` world (from `wit/`).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
+        world: "agent",
+        imports: {
+            "drover:agent/host.emit": async | trappable,
+            "drover:agent/host.heartbeat": async | trappable,
+            "drover:agent/host.log": async | trappable,
+            "drover:agent/host.sleep": async | trappable,
+            "drover:agent/model.complete": async | trappable,
+            "drover:agent/tools.call": async | trappable,
+            "drover:agent/tools.call-many": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+/// Bindings for the imports of `drover:agent@0.1.0` (from `wit/archive/`), which the host keeps
+/// serving to agents built against it. Its exports have the same shape as the current ones.
+pub(crate) mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/archive/agent@0.1.0.wit",
         world: "agent",
         imports: {
             "drover:agent/host.emit": async | trappable,
@@ -194,11 +215,27 @@ impl WasmRuntime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        bindings::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let linked = [
+            bindings::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |state| state,
+            ),
+            bindings::drover::agent::model::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |state| state,
+            ),
+            bindings::drover::agent::tools::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |state| state,
+            ),
+            bindings_v0_1::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |state| state,
+            ),
+        ];
+        for result in linked {
+            result.map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        }
         Ok(Arc::new(Self {
             engine,
             linker,

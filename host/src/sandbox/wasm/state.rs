@@ -7,7 +7,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::drover::agent::{host, types};
+use super::bindings::drover::agent::{host, model, tools, types};
 use super::budget::HostWork;
 use super::human_bytes;
 use super::scratch::ScratchQuota;
@@ -280,5 +280,54 @@ impl host::Host for HostState {
     async fn sleep(&mut self, ms: u64) -> wasmtime::Result<bool> {
         let ctx = self.run_ctx()?.clone();
         Ok(ctx.sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await)
+    }
+}
+
+impl model::Host for HostState {
+    fn aliases(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    async fn complete(
+        &mut self,
+        request: model::Request,
+    ) -> wasmtime::Result<Result<model::Response, types::Failure>> {
+        Ok(Err(types::Failure {
+            tag: "ModelNotAllowed".into(),
+            message: format!(
+                "this agent may use no model aliases, and {:?} is not one of them",
+                request.model
+            ),
+            retryable: false,
+        }))
+    }
+}
+
+impl tools::Host for HostState {
+    fn list(&mut self) -> wasmtime::Result<Vec<types::ToolInfo>> {
+        Ok(Vec::new())
+    }
+
+    async fn call(
+        &mut self,
+        name: String,
+        _input: String,
+    ) -> wasmtime::Result<Result<String, types::Failure>> {
+        Ok(Err(types::Failure {
+            tag: "ToolNotAllowed".into(),
+            message: format!("this agent may call no tools, and {name:?} is not one of them"),
+            retryable: false,
+        }))
+    }
+
+    async fn call_many(
+        &mut self,
+        calls: Vec<tools::ToolRequest>,
+    ) -> wasmtime::Result<Vec<Result<String, types::Failure>>> {
+        let mut results = Vec::with_capacity(calls.len());
+        for call in calls {
+            results.push(tools::Host::call(self, call.name, call.input).await?);
+        }
+        Ok(results)
     }
 }
