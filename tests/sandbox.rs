@@ -16,7 +16,7 @@ use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::{Run, RunStatus};
 use drover_test_support::{
-    AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, TestDb, WAIT, wait_for_status,
+    AgentDir, CHAOS, ECHO, ECHO_V0_1, HostProcess, QUEUE_WORKER, TestDb, WAIT, wait_for_status,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -267,6 +267,55 @@ async fn echo_runs_in_the_wasm_sandbox() {
         "{}",
         spec.description
     );
+    host.shutdown().await;
+}
+
+/// An agent built against `drover:agent@0.1.0`, before models and tools, loads and runs
+/// unchanged beside the current ones, with its events and its schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_built_against_wit_0_1_0_still_runs() {
+    let host = Host::start().await;
+    host.agents.add("echo-old", ECHO_V0_1, None);
+    host.registry.rescan().await;
+    let spec = host
+        .registry
+        .get("echo-old")
+        .expect("the 0.1.0 agent loads");
+    let AgentCode::Wasm(agent) = &spec.code else {
+        panic!("a component")
+    };
+    let imports = &agent.description().imports;
+    assert!(
+        imports.iter().any(|i| i == "drover:agent/host@0.1.0"),
+        "{imports:?}"
+    );
+    assert!(
+        !imports.iter().any(|i| i.contains("@0.2.0")),
+        "it knows nothing newer: {imports:?}"
+    );
+    assert!(spec.input_schema.is_some());
+
+    let view = host.run("echo-old", json!({ "n": 42 })).await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let run = view.run.expect("run");
+    assert_eq!(output(&run), json!({ "received": 42, "ok": true }));
+    let events = host.events(&run).await;
+    let echoed = events
+        .iter()
+        .find(|(kind, _)| kind == "echoed")
+        .expect("its event is recorded");
+    assert_eq!(echoed.1["n"], 42);
+    assert!(echoed.1["at"].as_u64().is_some_and(|t| t > 0));
+
+    let refused = host
+        .api
+        .enqueue(NewJob::new("echo-old", &json!({ "n": "x" })))
+        .await;
+    assert!(
+        matches!(&refused, Err(ApiError::BadRequest(e)) if e.tag == "InvalidInput"),
+        "its schema is applied: {refused:?}"
+    );
+    host.echo_still_works().await;
     host.shutdown().await;
 }
 

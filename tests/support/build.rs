@@ -9,6 +9,7 @@ const TARGET: &str = "wasm32-wasip2";
 /// Agent crates and the file name cargo gives their component.
 const AGENTS: &[(&str, &str)] = &[
     ("echo", "echo.wasm"),
+    ("echo-v0-1", "echo_v0_1.wasm"),
     ("queue-worker", "queue_worker.wasm"),
     ("chaos", "chaos.wasm"),
 ];
