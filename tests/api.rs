@@ -14,6 +14,7 @@ use drover_host::api::metrics::Metrics;
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
+use drover_host::store::Usage;
 use drover_test_support::{TestDb, WAIT};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -46,12 +47,22 @@ impl Server {
         with_pool: bool,
         max_connections: usize,
     ) -> Self {
+        let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
+        Self::start_in(registry, config, with_pool.then_some(none), max_connections).await
+    }
+
+    /// [`Server::start`], with a pool whose runs go to `sandbox` (none: no pool).
+    async fn start_in(
+        registry: StaticRegistry,
+        config: HttpConfig,
+        sandbox: Option<Arc<dyn Sandbox>>,
+        max_connections: usize,
+    ) -> Self {
         let db = TestDb::new().await;
         let registry: Arc<dyn Registry> = Arc::new(registry);
         let api = RunApi::new(db.queue.clone(), db.store.clone(), Arc::clone(&registry));
-        let pool = with_pool.then(|| {
-            let none: Arc<dyn Sandbox> = Arc::new(NoneSandbox::new());
-            let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&none));
+        let pool = sandbox.map(|sandbox| {
+            let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&sandbox));
             WorkerPool::new(
                 PoolDeps {
                     queue: db.queue.clone(),
@@ -875,5 +886,94 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     drop(first);
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// Runs native agents as the none sandbox does, and reports the usage their input names, as a
+/// sandbox whose agents call models reports what those calls used.
+struct Metered(NoneSandbox);
+
+impl Sandbox for Metered {
+    fn name(&self) -> &'static str {
+        "metered"
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a AgentSpec,
+        input: Arc<serde_json::value::RawValue>,
+        ctx: drover_host::sandbox::RunContext,
+    ) -> futures::future::BoxFuture<'a, drover_host::sandbox::RunOutcome> {
+        Box::pin(async move {
+            let usage = serde_json::from_str::<Value>(input.get())
+                .ok()
+                .and_then(|v| serde_json::from_value::<Usage>(v["usage"].clone()).ok());
+            let mut outcome = self.0.run(spec, input, ctx).await;
+            outcome.usage = usage;
+            outcome
+        })
+    }
+}
+
+/// A run's usage, as its sandbox reports it, is recorded with the run and served by the run,
+/// the run list and the job's view (camelCase); a run without usage says `null`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_carry_the_usage_their_sandbox_reports() {
+    let metered: Arc<dyn Sandbox> = Arc::new(Metered(NoneSandbox::new()));
+    let server = Server::start_in(
+        StaticRegistry::new().with(echo()),
+        HttpConfig::default(),
+        Some(metered),
+        tokio::sync::Semaphore::MAX_PERMITS,
+    )
+    .await;
+    let usage = json!({
+        "turns": 4, "inputTokens": 1_500, "outputTokens": 230, "costUsd": 0.000_42, "toolCalls": 3
+    });
+    let (status, _) = server
+        .post(
+            "/v1/jobs",
+            json!({ "id": "talker", "agentId": "echo", "input": { "usage": usage } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = server
+        .post(
+            "/v1/jobs",
+            json!({ "id": "quiet", "agentId": "echo", "input": {} }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let talker = wait_done(&server, "talker").await;
+    assert_eq!(talker["run"]["usage"], usage, "{talker}");
+    let quiet = wait_done(&server, "quiet").await;
+    assert_eq!(quiet["run"]["usage"], Value::Null, "{quiet}");
+
+    let run_id = talker["run"]["id"].as_str().expect("run id");
+    let (status, full) = server.get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(full["run"]["usage"], usage, "{full}");
+    let stored = server
+        .db
+        .store
+        .get_run(run_id)
+        .await
+        .expect("get")
+        .expect("run");
+    assert_eq!(
+        stored.usage,
+        Some(serde_json::from_value::<Usage>(usage.clone()).expect("usage"))
+    );
+
+    let (status, page) = server.get("/v1/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    let runs = page["runs"].as_array().expect("runs");
+    let listed = |job: &str| {
+        runs.iter()
+            .find(|r| r["jobId"] == job)
+            .map(|r| r["usage"].clone())
+    };
+    assert_eq!(listed("talker"), Some(usage.clone()), "{page}");
+    assert_eq!(listed("quiet"), Some(Value::Null), "{page}");
     server.stop().await;
 }

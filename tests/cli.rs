@@ -783,6 +783,7 @@ async fn prune_and_retention_remove_old_finished_work() {
                 fuel_used: None,
                 peak_memory: None,
                 worker_id: None,
+                usage: None,
             };
             let events = (1..=2)
                 .map(|seq| EventRecord {

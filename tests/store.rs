@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use drover_host::db::{Db, RowExt, query_all};
 use drover_host::queue::ErrorInfo;
-use drover_host::store::{EventRecord, RunRecord, RunStatus, RunStore, WriteBatch};
+use drover_host::store::{
+    EventRecord, RunFilter, RunRecord, RunStatus, RunStore, Usage, WriteBatch,
+};
 use serde_json::value::RawValue;
 
 async fn store() -> (RunStore, tempfile::TempDir) {
@@ -34,6 +36,7 @@ fn run(id: &str, job_id: &str, status: RunStatus, error: Option<&str>) -> RunRec
         fuel_used: None,
         peak_memory: None,
         worker_id: None,
+        usage: None,
     }
 }
 
@@ -227,7 +230,8 @@ async fn migrations_are_applied_once_and_files_use_wal() {
             ("queue".to_string(), 2),
             ("queue".to_string(), 3),
             ("store".to_string(), 1),
-            ("store".to_string(), 2)
+            ("store".to_string(), 2),
+            ("store".to_string(), 3)
         ]
     );
 }
@@ -792,7 +796,7 @@ async fn a_database_newer_than_the_build_is_refused() {
         .expect_err("newer schema")
         .to_string();
     assert!(
-        error.contains("the store schema of this database is at version 99, newer than this build knows (version 2)"),
+        error.contains("the store schema of this database is at version 99, newer than this build knows (version 3)"),
         "{error}"
     );
     // The queue's schema is its own business, and the runs are still there.
@@ -824,4 +828,201 @@ async fn counting_runs_by_status_uses_the_status_index() {
             .any(|step| step.contains("COVERING INDEX runs_status")),
         "{plan:?}"
     );
+}
+
+/// A run's usage is written with its outcome and read back as written, by every way of reading
+/// runs; a run that made no model or tool call has none, and a run that starts without usage
+/// gets it when it ends.
+#[tokio::test]
+async fn usage_round_trips_with_the_run() {
+    let (store, _dir) = store().await;
+    let usage = Usage {
+        turns: 3,
+        input_tokens: 12_345_678_901,
+        output_tokens: 456,
+        cost_usd: 0.001_234_5,
+        tool_calls: 2,
+    };
+    let started = run("r-model", "j-model", RunStatus::Running, None);
+    store
+        .write(&WriteBatch {
+            runs: vec![
+                started.clone(),
+                run("r-plain", "j-plain", RunStatus::Success, None),
+            ],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write started");
+    assert_eq!(
+        store
+            .get_run("r-model")
+            .await
+            .expect("get")
+            .expect("run")
+            .usage,
+        None
+    );
+
+    let mut ended = started;
+    ended.status = RunStatus::Quota;
+    ended.ended_at = Some(2);
+    ended.error_tag = Some("MaxTurns".into());
+    ended.error_message = Some("the run used its 3 turns".into());
+    ended.usage = Some(usage);
+    store
+        .write(&WriteBatch {
+            runs: vec![ended],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write ended");
+
+    let got = store.get_run("r-model").await.expect("get").expect("run");
+    assert_eq!(got.usage, Some(usage));
+    assert_eq!(got.status, RunStatus::Quota);
+    let plain = store.get_run("r-plain").await.expect("get").expect("run");
+    assert_eq!(plain.usage, None);
+    let listed = store.list_runs(&RunFilter::default()).await.expect("list");
+    let by_id = |id: &str| listed.iter().find(|r| r.id == id).map(|r| r.usage);
+    assert_eq!(by_id("r-model"), Some(Some(usage)));
+    assert_eq!(by_id("r-plain"), Some(None));
+    let latest = store
+        .latest_runs_for_jobs(&["j-model".to_string()])
+        .await
+        .expect("latest");
+    assert_eq!(latest[0].usage, Some(usage));
+    let json = serde_json::to_value(&got).expect("json");
+    assert_eq!(
+        json["usage"],
+        serde_json::json!({
+            "turns": 3,
+            "inputTokens": 12_345_678_901_u64,
+            "outputTokens": 456,
+            "costUsd": 0.001_234_5,
+            "toolCalls": 2
+        })
+    );
+}
+
+/// The run store's schema as version 2 left it (the last version without usage), exactly as an
+/// existing database holds it.
+static STORE_V2: &[drover_host::db::Migration] = &[
+    drover_host::db::Migration {
+        version: 1,
+        name: "runs and events",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    job_id TEXT,
+    agent_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    parent_run_id TEXT,
+    status TEXT NOT NULL,
+    sandbox TEXT,
+    long_lived INTEGER NOT NULL DEFAULT 0,
+    input TEXT,
+    output TEXT,
+    error_tag TEXT,
+    error_message TEXT,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    heartbeat_at INTEGER,
+    fuel_used INTEGER,
+    peak_memory INTEGER,
+    worker_id TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id, attempt);
+CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, seq);
+CREATE INDEX IF NOT EXISTS runs_running ON runs (seq) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"#,
+    },
+    drover_host::db::Migration {
+        version: 2,
+        name: "runs by status",
+        sql: "CREATE INDEX runs_status ON runs (status);",
+    },
+];
+
+/// A database made by the previous schema version, with runs and events in it, is migrated in
+/// place when the store opens it: its runs read back unchanged and without usage, its events
+/// stay, and new runs record usage. Opening it again changes nothing.
+#[tokio::test]
+async fn a_database_of_the_previous_version_gains_usage_and_keeps_its_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}", dir.path().join("runs.db").display());
+    let old = Db::open(&url, None).await.expect("open");
+    old.migrate("store", STORE_V2).await.expect("version 2");
+    old.write(|conn| async move {
+        conn.execute(
+            "INSERT INTO runs (id, job_id, agent_id, attempt, status, sandbox, output,
+                               started_at, ended_at, fuel_used, peak_memory)
+             VALUES ('r-old', 'j-old', 'echo', 1, 'success', 'wasm', '{\"ok\":true}',
+                     10, 20, 1234, 65536)",
+            (),
+        )
+        .await?;
+        conn.execute(
+            "INSERT INTO events (run_id, seq, ts, kind, payload)
+             VALUES ('r-old', 1, 10, 'run_start', '{}')",
+            (),
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+    .expect("an old run");
+    drop(old);
+
+    for _ in 0..2 {
+        let store = RunStore::open(&url, None).await.expect("migrated");
+        let got = store.get_run("r-old").await.expect("get").expect("old run");
+        assert_eq!(got.status, RunStatus::Success);
+        assert_eq!(
+            got.output.as_deref().map(RawValue::get),
+            Some(r#"{"ok":true}"#)
+        );
+        assert_eq!((got.fuel_used, got.peak_memory), (Some(1234), Some(65536)));
+        assert_eq!(got.usage, None);
+        assert_eq!(event_count(&store, "r-old").await, 1);
+    }
+    let store = RunStore::open(&url, None).await.expect("open");
+    let cols = columns(store.db(), "runs").await;
+    assert_eq!(
+        cols[cols.len() - 5..],
+        [
+            "turns",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "tool_calls"
+        ]
+    );
+    let usage = Usage {
+        turns: 1,
+        input_tokens: 20,
+        output_tokens: 5,
+        cost_usd: 0.25,
+        tool_calls: 0,
+    };
+    let mut new = run("r-new", "j-new", RunStatus::Success, None);
+    new.usage = Some(usage);
+    store
+        .write(&WriteBatch {
+            runs: vec![new],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let got = store.get_run("r-new").await.expect("get").expect("new run");
+    assert_eq!(got.usage, Some(usage));
 }

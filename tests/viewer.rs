@@ -1,6 +1,7 @@
 //! The run viewer in a real headless Chromium against a real `drover-host run`: the runs list,
 //! a run's detail and timeline, live agents (stopping one from the page), agent types (enqueueing
-//! from the page) and the queue, with a screenshot of each view.
+//! from the page) and the queue, with a screenshot of each view; and a model-backed run's
+//! conversation, hostile content in it included.
 //!
 //! Needs Chromium (`/usr/bin/chromium`, or `CHROME=/path`). Without it the test says so and
 //! passes, except under CI (`CI` set), where `.ci/run` installs it and a missing browser fails.
@@ -146,27 +147,7 @@ fn the_viewer_shows_runs_agents_and_the_queue_and_acts_on_them() {
     );
 
     let profile = tempfile::tempdir().expect("profile");
-    let browser = Browser::new(LaunchOptions {
-        headless: true,
-        sandbox: false,
-        path: Some(chrome),
-        window_size: Some((1440, 960)),
-        user_data_dir: Some(profile.path().to_path_buf()),
-        idle_browser_timeout: Duration::from_secs(120),
-        args: [
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ]
-        .iter()
-        .map(OsStr::new)
-        .collect(),
-        ..LaunchOptions::default()
-    })
-    .expect("launch Chromium");
+    let browser = launch(chrome, &profile);
     let tab = browser.new_tab().expect("tab");
     tab.set_default_timeout(WAIT);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer");
@@ -347,4 +328,366 @@ fn shot(tab: &Tab, dir: &std::path::Path, name: &str) {
         .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
         .expect("screenshot");
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+/// Headless Chromium with a profile of its own.
+fn launch(chrome: PathBuf, profile: &tempfile::TempDir) -> Browser {
+    Browser::new(LaunchOptions {
+        headless: true,
+        sandbox: false,
+        path: Some(chrome),
+        window_size: Some((1440, 960)),
+        user_data_dir: Some(profile.path().to_path_buf()),
+        idle_browser_timeout: Duration::from_secs(120),
+        args: [
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]
+        .iter()
+        .map(OsStr::new)
+        .collect(),
+        ..LaunchOptions::default()
+    })
+    .expect("launch Chromium")
+}
+
+/// Markup that would run script or load an image if the page ever parsed it.
+const HOSTILE: &str = "</pre></div><img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script><b>bold</b>";
+
+/// A model-backed run as the host records it: the store's run (with its usage) and the events
+/// of two tool calls, a failed model call, and a long final answer.
+async fn seed_conversation(storage_url: &str, long_answer: &str) {
+    use drover_host::store::{EventRecord, RunRecord, RunStatus, RunStore, Usage, WriteBatch};
+    use serde_json::value::RawValue;
+    use std::sync::Arc;
+
+    let store = RunStore::open(storage_url, None).await.expect("store");
+    let now = drover_host::time::now_ms();
+    let raw = |v: Value| Arc::<RawValue>::from(serde_json::value::to_raw_value(&v).expect("json"));
+    let calls = json!([
+        { "id": "call_1", "name": "calc", "arguments": "{\"expr\":\"6*7\"}" },
+        { "id": "call_2", "name": "json-query", "arguments": format!("{{\"path\":\"{}\"}}", HOSTILE.replace('"', "\\\"")) },
+    ]);
+    let asking = json!({ "role": "assistant", "content": "", "toolCalls": calls });
+    let events = [
+        (
+            "run_start",
+            json!({ "agentId": "chatty", "sandbox": "wasm" }),
+        ),
+        (
+            "model_request",
+            json!({ "alias": "cheap", "turn": 1, "firstMessage": 0, "tools": ["calc", "json-query"],
+                    "messages": [
+                        { "role": "system", "content": "You are a calculator. Use the calc tool." },
+                        { "role": "user", "content": format!("What is 6*7? {HOSTILE}") },
+                    ] }),
+        ),
+        (
+            "model_response",
+            json!({ "alias": "cheap", "model": "qwen2.5:0.5b", "turn": 1, "message": asking,
+                    "finishReason": "tool_calls", "usage": { "inputTokens": 120, "outputTokens": 30 },
+                    "costUsd": 0.000_036, "durationMs": 812.5, "attempts": 1 }),
+        ),
+        ("tool_call", calls[0].clone()),
+        ("tool_call", calls[1].clone()),
+        (
+            "tool_result",
+            json!({ "id": "call_1", "name": "calc", "ok": true, "result": "42", "durationMs": 1.2, "fuel": 5000 }),
+        ),
+        (
+            "tool_result",
+            json!({ "id": "call_2", "name": "json-query", "ok": false, "durationMs": 3.4, "fuel": null,
+                    "error": { "tag": "ToolTrapped", "message": format!("the tool trapped: {HOSTILE}") } }),
+        ),
+        (
+            "model_request",
+            json!({ "alias": "cheap", "turn": 2, "firstMessage": 2, "tools": ["calc", "json-query"],
+                    "messages": [
+                        asking,
+                        { "role": "tool", "content": "42", "toolCallId": "call_1" },
+                        { "role": "tool", "content": "ToolTrapped", "toolCallId": "call_2" },
+                    ] }),
+        ),
+        (
+            "model_error",
+            json!({ "alias": "cheap", "turn": 2, "tag": "ModelRateLimited",
+                    "message": "the provider answered 429 Too Many Requests", "durationMs": 15.0 }),
+        ),
+        (
+            "model_request",
+            json!({ "alias": "cheap", "turn": 3, "firstMessage": 5, "tools": ["calc", "json-query"], "messages": [] }),
+        ),
+        (
+            "model_response",
+            json!({ "alias": "cheap", "model": "qwen2.5:0.5b", "turn": 3,
+                    "message": { "role": "assistant", "content": long_answer },
+                    "finishReason": "stop", "usage": { "inputTokens": 1400, "outputTokens": 30 },
+                    "costUsd": 0.000_384, "durationMs": 2100.0, "attempts": 2 }),
+        ),
+        ("run_end", json!({ "status": "success" })),
+    ];
+    let run = RunRecord {
+        id: "conv-run".into(),
+        job_id: None,
+        agent_id: "chatty".into(),
+        attempt: 1,
+        parent_run_id: None,
+        status: RunStatus::Success,
+        sandbox: Some("wasm"),
+        long_lived: false,
+        input: Some(raw(json!({ "question": "What is 6*7?" }))),
+        output: Some(raw(json!({ "answer": 42 }))),
+        error_tag: None,
+        error_message: None,
+        started_at: now - 3000,
+        ended_at: Some(now),
+        heartbeat_at: None,
+        fuel_used: Some(1_000_000),
+        peak_memory: Some(1 << 20),
+        worker_id: None,
+        usage: Some(Usage {
+            turns: 3,
+            input_tokens: 1520,
+            output_tokens: 60,
+            cost_usd: 0.000_42,
+            tool_calls: 2,
+        }),
+    };
+    let events = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, payload))| EventRecord {
+            run_id: Arc::from("conv-run"),
+            seq: i as i64 + 1,
+            ts: now - 3000 + i as i64 * 100,
+            kind: kind.into(),
+            payload: raw(payload),
+        })
+        .collect();
+    store
+        .write(&WriteBatch {
+            runs: vec![run],
+            events,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+}
+
+/// A model-backed run's timeline shows its conversation: messages by role, tool calls with their
+/// arguments and results, a failed model call, tokens, cost and time per model call, long content
+/// collapsed until asked for; the run list shows its tokens and cost. Markup in anything a model
+/// or tool wrote stays text.
+#[test]
+fn the_viewer_shows_a_runs_conversation_as_text() {
+    let Some(chrome) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is required under CI (install Debian's `chromium` package)"
+        );
+        eprintln!("skipping the viewer test: no Chromium at /usr/bin/chromium (set CHROME)");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let data = tempfile::tempdir().expect("temp dir");
+    let storage_url = format!("file:{}", data.path().join("runs.db").display());
+    let long_answer = format!(
+        "The answer is 42. {} END-OF-ANSWER",
+        "Forty-two. ".repeat(90)
+    );
+    runtime.block_on(seed_conversation(&storage_url, &long_answer));
+
+    let agents = AgentDir::new();
+    let args: Vec<String> = [
+        "--agents",
+        &agents.path().display().to_string(),
+        "--data-dir",
+        &data.path().join("var").display().to_string(),
+        "--cache-dir",
+        &drover_test_support::cache_dir().display().to_string(),
+        "--queue-url",
+        &format!("file:{}", data.path().join("queue.db").display()),
+        "--storage-url",
+        &storage_url,
+    ]
+    .map(String::from)
+    .to_vec();
+    let host = HostProcess::start(EXE, &args, &[]);
+    let url = host.url.clone();
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = launch(chrome, &profile);
+    let tab = browser.new_tab().expect("tab");
+    tab.set_default_timeout(WAIT);
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+
+    // The run list: tokens (input and output together) and cost.
+    tab.navigate_to(&format!("{url}/#/runs")).expect("runs");
+    wait_for_js(
+        &tab,
+        "document.querySelector('tr[data-run=\"conv-run\"] td.tokens')?.innerText === '1,580' \
+         && document.querySelector('tr[data-run=\"conv-run\"] td.cost')?.innerText === '$0.000420'",
+    );
+
+    tab.navigate_to(&format!("{url}/#/runs/conv-run"))
+        .expect("run");
+    let conversation = "document.querySelector('[data-testid=conversation]')";
+    let messages =
+        "[...document.querySelectorAll('[data-testid=conversation] [data-testid=message]')]";
+    // Each message once, in order: the model's own answer fed back and the tool messages (shown
+    // as the results of their calls) are not repeated.
+    wait_for_js(
+        &tab,
+        &format!(
+            "{messages}.map(m => m.dataset.role).join() === 'system,user,assistant,assistant'"
+        ),
+    );
+    let roles = eval(
+        &tab,
+        &format!("{messages}.map(m => m.querySelector('.role').textContent).join()"),
+    );
+    assert_eq!(roles, json!("system,user,assistant,assistant"));
+    assert_eq!(
+        eval(
+            &tab,
+            &format!("{messages}[1].querySelector('pre').textContent")
+        ),
+        json!(format!("What is 6*7? {HOSTILE}"))
+    );
+
+    // Tool calls, inside the answer that asked for them, with their arguments and results.
+    let cards = "[...document.querySelectorAll('[data-testid=message]')[2].querySelectorAll('[data-testid=tool-call]')]";
+    assert_eq!(
+        eval(
+            &tab,
+            &format!(
+                "{cards}.map(c => c.dataset.tool + ':' + c.querySelector('[data-testid=tool-result]').dataset.ok).join()"
+            )
+        ),
+        json!("calc:true,json-query:false")
+    );
+    let calc = eval(&tab, &format!("{cards}[0].innerText"));
+    let calc = calc.as_str().expect("text");
+    assert!(
+        calc.contains("\"expr\": \"6*7\"") && calc.contains("42") && calc.contains("5,000 fuel"),
+        "{calc}"
+    );
+    let failed = eval(
+        &tab,
+        &format!("{cards}[1].querySelector('[data-testid=tool-result]').innerText"),
+    );
+    let failed = failed.as_str().expect("text");
+    assert!(
+        failed.contains("ToolTrapped") && failed.contains(HOSTILE),
+        "{failed}"
+    );
+    let args = eval(
+        &tab,
+        &format!("{cards}[1].querySelector('.args').textContent"),
+    );
+    assert!(
+        args.as_str()
+            .is_some_and(|a| a.contains("</pre></div><img src=x onerror=")),
+        "the arguments are shown as written: {args}"
+    );
+
+    // Per model call: tokens, cost, time; and the call that failed.
+    let calls = eval(
+        &tab,
+        "[...document.querySelectorAll('[data-testid=model-call]')].map(m => m.innerText)",
+    );
+    let calls: Vec<String> = serde_json::from_value(calls).expect("strings");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for (call, expected) in calls.iter().zip([
+        [
+            "cheap (qwen2.5:0.5b)",
+            "120 in / 30 out tokens",
+            "$0.000036",
+            "813 ms",
+            "finish: tool_calls",
+        ],
+        [
+            "cheap (qwen2.5:0.5b)",
+            "1,400 in / 30 out tokens",
+            "$0.000384",
+            "2.1 s",
+            "2 attempts",
+        ],
+    ]) {
+        for part in expected {
+            assert!(call.contains(part), "{call:?} lacks {part:?}");
+        }
+    }
+    let error = eval(
+        &tab,
+        "document.querySelector('[data-testid=model-error]').innerText",
+    );
+    let error = error.as_str().expect("text");
+    assert!(
+        error.contains("ModelRateLimited") && error.contains("429"),
+        "{error}"
+    );
+    let facts = eval(&tab, "document.querySelector('#facts').innerText");
+    let facts = facts.as_str().expect("text");
+    assert!(
+        facts.contains("1,520 in · 60 out") && facts.contains("$0.000420"),
+        "{facts}"
+    );
+
+    // The long answer is collapsed until asked for.
+    let last = format!("{messages}[3]");
+    let shown = eval(&tab, &format!("{last}.querySelector('pre').textContent"));
+    let shown = shown.as_str().expect("text");
+    assert!(
+        shown.len() < long_answer.len() && !shown.contains("END-OF-ANSWER"),
+        "{shown}"
+    );
+    tab.evaluate(
+        "document.querySelector('#conversation-panel').scrollIntoView(); window.scrollBy(0, -70)",
+        false,
+    )
+    .expect("scroll");
+    shot(&tab, &shots, "conversation");
+    tab.find_element("[data-testid=conversation] [data-testid=show-all]")
+        .expect("toggle")
+        .click()
+        .expect("show all");
+    wait_for_js(
+        &tab,
+        &format!("{last}.querySelector('pre').textContent.endsWith('END-OF-ANSWER')"),
+    );
+    assert_eq!(
+        eval(&tab, &format!("{last}.querySelector('pre').textContent")),
+        json!(long_answer)
+    );
+
+    // Nothing anyone wrote became markup: no element from it, no script run.
+    assert_eq!(
+        eval(
+            &tab,
+            &format!(
+                "{conversation}.querySelectorAll('img, script, b').length + document.querySelectorAll('img, body script:not([src])').length"
+            )
+        ),
+        json!(0)
+    );
+    assert_eq!(eval(&tab, "window.__pwned === undefined"), json!(true));
+    drop(host);
+}
+
+/// The value of a JavaScript expression in the page (as JSON, so arrays come back whole).
+fn eval(tab: &Tab, expression: &str) -> Value {
+    let json = tab
+        .evaluate(&format!("JSON.stringify({expression})"), false)
+        .expect("evaluate")
+        .value;
+    match json {
+        Some(Value::String(text)) => serde_json::from_str(&text).expect("JSON from the page"),
+        _ => Value::Null,
+    }
 }

@@ -10,7 +10,7 @@
 //! | `POST /v1/jobs/{id}/cancel` | cancel (`202`; `409` if it has already finished) |
 //! | `POST /v1/jobs/{id}/stop` | graceful stop (`202`; `409` if it has already finished) |
 //! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `limit`, `offset`) |
-//! | `GET /v1/runs/{id}` | one run, in full |
+//! | `GET /v1/runs/{id}` | one run, in full (with its `usage`: turns, tokens, cost, tool calls) |
 //! | `GET /v1/runs/{id}/events?after=` | its events |
 //! | `GET /v1/templates` | the loaded agent types (and files that failed to load) |
 //! | `POST /spawn` | start a long-lived agent (`202 {workloadName}`) |
@@ -61,7 +61,7 @@ use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
 use crate::registry::dir::LoadProblem;
 use crate::registry::{AgentCode, Limits, Schema};
-use crate::store::{Event, Run, RunFilter, RunStatus};
+use crate::store::{Event, Run, RunFilter, RunStatus, Usage};
 use crate::time::now_ms;
 
 /// Longest wait a client may ask for.
@@ -772,6 +772,7 @@ struct RunSummary<'a> {
     fuel_used: Option<i64>,
     peak_memory: Option<i64>,
     worker_id: Option<&'a str>,
+    usage: Option<Usage>,
 }
 
 impl<'a> From<&'a Run> for RunSummary<'a> {
@@ -794,6 +795,7 @@ impl<'a> From<&'a Run> for RunSummary<'a> {
             fuel_used: run.fuel_used,
             peak_memory: run.peak_memory,
             worker_id: run.worker_id.as_deref(),
+            usage: run.usage,
         }
     }
 }

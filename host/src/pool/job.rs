@@ -142,6 +142,7 @@ async fn execute(
         fuel_used: None,
         peak_memory: None,
         worker_id: Some(Arc::clone(&shared.worker_id)),
+        usage: None,
     };
     let identity = RunIdentity {
         run_id: Arc::clone(&run_id),
@@ -191,6 +192,7 @@ async fn execute(
     run.peak_memory = outcome
         .peak_memory
         .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+    run.usage = outcome.usage;
     // A long-lived agent asked to stop for this host's shutdown goes on elsewhere, however it
     // ended here (unless it lost its lease, in which case it is someone else's already).
     let handed_back =

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::queue::{ErrorInfo, Job};
 use crate::registry::AgentSpec;
-use crate::store::RunStatus;
+use crate::store::{RunStatus, Usage};
 
 pub use context::{
     AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity,
@@ -56,15 +56,18 @@ pub struct RunOutcome {
     pub fuel_used: Option<u64>,
     /// Peak linear memory in bytes, where measured.
     pub peak_memory: Option<u64>,
+    /// What the run's model and tool calls used; none if it made none.
+    pub usage: Option<Usage>,
 }
 
 impl RunOutcome {
-    /// An outcome with no resource figures.
+    /// An outcome with no resource figures and no usage.
     pub fn from_result(result: Result<Arc<RawValue>, Failure>) -> Self {
         Self {
             result,
             fuel_used: None,
             peak_memory: None,
+            usage: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use crate::db::{Bulk, Db, DbError, Migration, RowExt, query_all, values_list};
 use crate::queue::{ErrorInfo, Lifecycle};
 
-pub use run::{Event, Run, RunFilter, RunStatus};
+pub use run::{Event, Run, RunFilter, RunStatus, Usage};
 
 /// Errors from the run store.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +77,22 @@ CREATE TABLE IF NOT EXISTS events (
         name: "runs by status",
         sql: "CREATE INDEX runs_status ON runs (status);",
     },
+    // What a run's model and tool calls used. Nullable columns added in place: existing rows
+    // read back as runs without usage, and no row is rewritten.
+    Migration {
+        version: 3,
+        name: "usage on runs",
+        sql: "ALTER TABLE runs ADD COLUMN turns INTEGER;
+ALTER TABLE runs ADD COLUMN input_tokens INTEGER;
+ALTER TABLE runs ADD COLUMN output_tokens INTEGER;
+ALTER TABLE runs ADD COLUMN cost_usd REAL;
+ALTER TABLE runs ADD COLUMN tool_calls INTEGER;",
+    },
 ];
 
 const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status, sandbox, \
     long_lived, input, output, error_tag, error_message, started_at, ended_at, heartbeat_at, \
-    fuel_used, peak_memory, worker_id";
+    fuel_used, peak_memory, worker_id, turns, input_tokens, output_tokens, cost_usd, tool_calls";
 
 /// Inserts or updates `rows` runs (the values of [`run_params`], from `?1`). A run's identity,
 /// input and start never change; its outcome fields are overwritten, and its heartbeat only
@@ -90,7 +101,8 @@ fn upsert_runs(rows: usize) -> String {
     format!(
         "INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox,
                            long_lived, input, output, error_tag, error_message, started_at,
-                           ended_at, heartbeat_at, fuel_used, peak_memory, worker_id)
+                           ended_at, heartbeat_at, fuel_used, peak_memory, worker_id, turns,
+                           input_tokens, output_tokens, cost_usd, tool_calls)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
             status = excluded.status,
@@ -101,13 +113,18 @@ fn upsert_runs(rows: usize) -> String {
             heartbeat_at = max(coalesce(runs.heartbeat_at, 0),
                                coalesce(excluded.heartbeat_at, 0)),
             fuel_used = excluded.fuel_used,
-            peak_memory = excluded.peak_memory",
+            peak_memory = excluded.peak_memory,
+            turns = excluded.turns,
+            input_tokens = excluded.input_tokens,
+            output_tokens = excluded.output_tokens,
+            cost_usd = excluded.cost_usd,
+            tool_calls = excluded.tool_calls",
         values_list(rows, RUN_VALUES, 1)
     )
 }
 
 /// Values per run in [`upsert_runs`].
-const RUN_VALUES: usize = 18;
+const RUN_VALUES: usize = 23;
 
 /// Appends `rows` events `(run_id, seq, ts, kind, payload)`.
 fn insert_events(rows: usize) -> String {
@@ -196,6 +213,8 @@ pub struct RunRecord {
     pub peak_memory: Option<i64>,
     /// Worker id.
     pub worker_id: Option<Arc<str>>,
+    /// What the run's model and tool calls used (none: it made none).
+    pub usage: Option<Usage>,
 }
 
 /// An event as written by the recorder.
@@ -523,6 +542,16 @@ fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
         int(r.peak_memory),
         text(r.worker_id.as_deref()),
     ]);
+    match r.usage {
+        Some(u) => params.extend([
+            Value::Integer(i64::from(u.turns)),
+            Value::Integer(i64::try_from(u.input_tokens).unwrap_or(i64::MAX)),
+            Value::Integer(i64::try_from(u.output_tokens).unwrap_or(i64::MAX)),
+            Value::Real(u.cost_usd),
+            Value::Integer(i64::from(u.tool_calls)),
+        ]),
+        None => params.extend(std::iter::repeat_n(Value::Null, 5)),
+    }
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
@@ -567,5 +596,34 @@ fn decode_run(row: &libsql::Row) -> Result<Run, DbError> {
         fuel_used: row.opt_int(15)?,
         peak_memory: row.opt_int(16)?,
         worker_id: row.opt_text(17)?,
+        usage: decode_usage(row, 18)?,
     })
+}
+
+/// The usage columns from `first` on: none when the run recorded none (`turns` is null).
+fn decode_usage(row: &libsql::Row, first: i32) -> Result<Option<Usage>, DbError> {
+    let Some(turns) = row.opt_int(first)? else {
+        return Ok(None);
+    };
+    let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+    let small = |n: Option<i64>| n.map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+    let cost_usd = match row.get_value(first + 3)? {
+        Value::Null => 0.0,
+        Value::Real(v) => v,
+        // The column has REAL affinity, so it holds reals; an integer is taken as one too.
+        Value::Integer(v) => v as f64,
+        other => {
+            return Err(DbError::Decode(format!(
+                "column {}: expected a number or null, found {other:?}",
+                first + 3
+            )));
+        }
+    };
+    Ok(Some(Usage {
+        turns: small(Some(turns)),
+        input_tokens: count(row.opt_int(first + 1)?),
+        output_tokens: count(row.opt_int(first + 2)?),
+        cost_usd,
+        tool_calls: small(row.opt_int(first + 4)?),
+    }))
 }

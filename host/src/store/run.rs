@@ -116,6 +116,24 @@ pub struct Run {
     pub peak_memory: Option<i64>,
     /// The worker that ran it.
     pub worker_id: Option<String>,
+    /// What its model and tool calls used; none if it made none.
+    pub usage: Option<Usage>,
+}
+
+/// What a run's model and tool calls used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Model calls (turns of the conversation).
+    pub turns: u32,
+    /// Input (prompt) tokens over all model calls.
+    pub input_tokens: u64,
+    /// Output (completion) tokens over all model calls.
+    pub output_tokens: u64,
+    /// What the model calls cost, in US dollars, at the prices configured for their aliases.
+    pub cost_usd: f64,
+    /// Tool calls.
+    pub tool_calls: u32,
 }
 
 /// Something a run reported, in order.

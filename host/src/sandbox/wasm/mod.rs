@@ -534,6 +534,7 @@ impl WasmRuntime {
             result: outcome,
             fuel_used,
             peak_memory: Some(peak_memory),
+            usage: None,
         }
     }
 }

@@ -1,5 +1,6 @@
-// The drover run viewer: runs and their event timelines, live long-lived agents, agent types and
-// the queue, kept current by polling the host's HTTP API. No build step, no dependencies.
+// The drover run viewer: runs and their event timelines (and a model-backed run's conversation),
+// live long-lived agents, agent types and the queue, kept current by polling the host's HTTP
+// API. No build step, no dependencies.
 "use strict";
 
 const POLL_MS = 2000;
@@ -76,6 +77,14 @@ function bytes(n) {
   return `${n} B`;
 }
 const number = (n) => (n == null ? "—" : Number(n).toLocaleString("en-US"));
+// US dollars, with enough places for the fractions of a cent a model call costs.
+function usd(n) {
+  if (n == null) return "—";
+  const v = Number(n);
+  if (v === 0) return "$0";
+  return `$${v.toFixed(v >= 1 ? 2 : v >= 0.01 ? 4 : 6)}`;
+}
+const tokens = (u) => (u ? number(u.inputTokens + u.outputTokens) : "—");
 const clock = (ms) => new Date(ms).toISOString().slice(11, 23);
 const stamp = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—");
 const badge = (status, extra = "") =>
@@ -163,7 +172,7 @@ async function viewRuns(main) {
       <span class="right muted" id="runs-updated"></span>
     </div>
     <div class="panel flush"><table data-testid="runs-table">
-      <thead><tr><th>Run</th><th>Agent</th><th>Status</th><th>Job</th><th>Attempt</th><th>Started</th><th>Duration</th><th class="num">Fuel</th><th class="num">Memory</th></tr></thead>
+      <thead><tr><th>Run</th><th>Agent</th><th>Status</th><th>Job</th><th>Attempt</th><th>Started</th><th>Duration</th><th class="num">Fuel</th><th class="num">Memory</th><th class="num">Tokens</th><th class="num">Cost</th></tr></thead>
       <tbody id="runs-body"></tbody></table>
       <div class="pager"><button id="prev">← Newer</button><span id="page-label"></span><button id="next">Older →</button></div>
     </div>`;
@@ -201,8 +210,10 @@ async function viewRuns(main) {
         [r.status === "running" ? "running" : duration(r.startedAt, r.endedAt)],
         [number(r.fuelUsed), "num"],
         [bytes(r.peakMemory), "num"],
+        [r.usage ? `<span title="${number(r.usage.inputTokens)} in / ${number(r.usage.outputTokens)} out">${tokens(r.usage)}</span>` : "—", "num tokens"],
+        [r.usage ? usd(r.usage.costUsd) : "—", "num cost"],
       ]);
-    }, `<td colspan="9" class="empty">No runs yet. Enqueue a job from <a href="#/templates">Agent types</a>.</td>`);
+    }, `<td colspan="11" class="empty">No runs yet. Enqueue a job from <a href="#/templates">Agent types</a>.</td>`);
     main.querySelector("#next").disabled = runs.length < PAGE;
     main.querySelector("#page-label").textContent = `page ${filter.page + 1}`;
     main.querySelector("#runs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -227,6 +238,10 @@ async function viewRun(main, { id }) {
     <div class="two">
       <div class="panel"><h2>Input</h2><pre class="json" data-testid="run-input">${pretty(run.input)}</pre></div>
       <div class="panel" id="result"></div>
+    </div>
+    <div class="panel flush" id="conversation-panel" hidden>
+      <div class="panel-head"><h2>Conversation</h2><span class="muted" id="conversation-summary"></span></div>
+      <div class="conversation" id="conversation" data-testid="conversation"></div>
     </div>
     <div class="panel flush">
       <div class="panel-head"><h2>Events</h2><span class="muted" id="event-count"></span><span class="grow"></span>
@@ -258,6 +273,12 @@ async function viewRun(main, { id }) {
       fact("Duration", run.status === "running" ? `running for ${duration(run.startedAt)}` : duration(run.startedAt, run.endedAt)),
       fact("Fuel used", number(run.fuelUsed)),
       fact("Peak memory", bytes(run.peakMemory)),
+      ...(run.usage ? [
+        fact("Model calls", number(run.usage.turns)),
+        fact("Tokens", `${number(run.usage.inputTokens)} in · ${number(run.usage.outputTokens)} out`),
+        fact("Cost", usd(run.usage.costUsd)),
+        fact("Tool calls", number(run.usage.toolCalls)),
+      ] : []),
       fact("Last heartbeat", !run.heartbeatAt ? "—" : run.status === "running" ? ago(run.heartbeatAt) : esc(stamp(run.heartbeatAt))),
       fact("Parent run", run.parentRunId ? `<a href="#/runs/${encodeURIComponent(run.parentRunId)}">${esc(short(run.parentRunId))}</a>` : "—"),
       fact("Worker", `<span class="mono">${esc(run.workerId || "—")}</span>`),
@@ -296,6 +317,8 @@ async function viewRun(main, { id }) {
       : `<li class="empty">No events${events.length ? " of the selected kinds" : " yet"}.</li>`;
   };
 
+  const conversation = conversationView(main.querySelector("#conversation"), main.querySelector("#conversation-panel"),
+    main.querySelector("#conversation-summary"));
   let current = run;
   const load = async () => {
     const after = events.length ? events[events.length - 1].seq : 0;
@@ -303,6 +326,7 @@ async function viewRun(main, { id }) {
     if (page.events.length) {
       events.push(...page.events);
       renderEvents();
+      conversation.add(page.events);
     }
     if (current.status === "running") {
       current = (await api(`/v1/runs/${encodeURIComponent(id)}`)).run;
@@ -315,6 +339,198 @@ async function viewRun(main, { id }) {
   renderEvents();
   await load();
   every(load, 1000);
+}
+
+// ---- a run's conversation -------------------------------------------------------------------
+
+// Content longer than this is collapsed, with a toggle to show all of it.
+const COLLAPSE_CHARS = 400;
+const CONVERSATION_KINDS = new Set(["model_request", "model_response", "model_error", "tool_call", "tool_result"]);
+
+// An element with text content only: whatever a model, a tool or an agent wrote is never parsed
+// as markup.
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text != null) node.textContent = String(text);
+  return node;
+}
+
+// Text as a block, collapsed past COLLAPSE_CHARS with a "show all" toggle.
+function textBlock(text, cls = "text") {
+  const full = String(text ?? "");
+  const wrap = el("div", "block");
+  const body = el("pre", cls, full);
+  wrap.append(body);
+  if (full.length > COLLAPSE_CHARS) {
+    const cut = `${full.slice(0, COLLAPSE_CHARS)}…`;
+    const toggle = el("button", "toggle");
+    toggle.type = "button";
+    toggle.dataset.testid = "show-all";
+    const set = (open) => {
+      wrap.classList.toggle("collapsed", !open);
+      body.textContent = open ? full : cut;
+      toggle.textContent = open ? "show less" : `show all (${number(full.length)} characters)`;
+    };
+    toggle.onclick = () => set(wrap.classList.contains("collapsed"));
+    set(false);
+    wrap.append(toggle);
+  }
+  return wrap;
+}
+
+// Arguments and results as the tool saw them: JSON is indented, anything else shown as written.
+function jsonText(text) {
+  if (typeof text !== "string") return JSON.stringify(text ?? null, null, 2);
+  try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; }
+}
+
+// Renders the conversation events of a run (`model_request`, `model_response`, `model_error`,
+// `tool_call`, `tool_result`) as chat messages, appended as they arrive.
+function conversationView(root, panel, summary) {
+  let seen = 0; // conversation messages shown so far (`firstMessage` counts in these)
+  let calls = 0, input = 0, output = 0, cost = 0;
+  const cards = new Map(); // tool call id → card
+  const answered = new Set(); // tool call ids with a result shown
+
+  const meta = (parts) => el("div", "meta", parts.filter(Boolean).join(" · "));
+
+  const bubble = (role, content, extra = []) => {
+    const msg = el("div", `msg role-${role}`);
+    msg.dataset.testid = "message";
+    msg.dataset.role = role;
+    msg.append(el("div", "role", role));
+    if (content) msg.append(textBlock(content));
+    msg.append(...extra);
+    root.append(msg);
+    return msg;
+  };
+
+  const toolCard = (id, name, args) => {
+    const card = el("div", "tool-call");
+    card.dataset.testid = "tool-call";
+    card.dataset.tool = String(name ?? "");
+    if (id != null) card.dataset.callId = String(id);
+    const head = el("div", "tool-head");
+    head.append(el("span", "tool-label", "tool call"), el("span", "tool-name", name ?? "?"));
+    if (id != null) head.append(el("span", "muted mono", id));
+    card.append(head, el("div", "label", "arguments"), textBlock(jsonText(args ?? ""), "text args"));
+    const result = el("div", "tool-result pending", "waiting for the result…");
+    result.dataset.testid = "tool-result";
+    card.append(result);
+    if (id != null) cards.set(String(id), card);
+    return card;
+  };
+
+  const fillResult = (card, p) => {
+    const slot = card.querySelector(".tool-result");
+    slot.replaceChildren();
+    slot.className = `tool-result ${p.ok ? "ok" : "failed"}`;
+    slot.dataset.ok = String(!!p.ok);
+    const head = el("div", "tool-head");
+    head.append(el("span", `badge ${p.ok ? "s-success" : "s-error"}`, p.ok ? "ok" : "error"));
+    head.append(meta([p.durationMs != null && span(Math.round(p.durationMs)), p.fuel != null && `${number(p.fuel)} fuel`]));
+    slot.append(head);
+    if (p.ok) slot.append(textBlock(jsonText(p.result ?? ""), "text result"));
+    else {
+      const error = p.error || {};
+      const box = el("div", "error-box");
+      box.append(el("span", "tag", error.tag ?? "Error"), document.createTextNode(String(error.message ?? "")));
+      slot.append(box);
+    }
+  };
+
+  const message = (m) => {
+    if (!m || typeof m !== "object") return;
+    const role = ["system", "user", "assistant", "tool"].includes(m.role) ? m.role : "unknown";
+    if (role === "tool" && m.toolCallId != null && answered.has(String(m.toolCallId))) return;
+    const extra = [];
+    if (role === "tool" && m.toolCallId != null) extra.push(meta([`result of ${m.toolCallId}`]));
+    const msg = bubble(role, m.content, extra);
+    for (const call of Array.isArray(m.toolCalls) ? m.toolCalls : []) {
+      if (call.id != null && cards.has(String(call.id))) continue;
+      msg.append(toolCard(call.id, call.name, call.arguments));
+    }
+    return msg;
+  };
+
+  const handlers = {
+    model_request(p) {
+      const first = Number.isInteger(p.firstMessage) ? p.firstMessage : seen;
+      (Array.isArray(p.messages) ? p.messages : []).forEach((m, i) => {
+        if (first + i < seen) return; // already shown (a model's own answer, fed back)
+        message(m);
+        seen = first + i + 1;
+      });
+      const divider = el("div", "turn");
+      divider.dataset.testid = "model-request";
+      divider.textContent = [`turn ${p.turn ?? "?"}`, p.alias && `model ${p.alias}`,
+        Array.isArray(p.tools) && p.tools.length && `tools ${p.tools.join(", ")}`].filter(Boolean).join(" · ");
+      root.append(divider);
+    },
+    model_response(p) {
+      const u = p.usage || {};
+      calls += 1;
+      input += Number(u.inputTokens) || 0;
+      output += Number(u.outputTokens) || 0;
+      cost += Number(p.costUsd) || 0;
+      const msg = message(p.message || { role: "assistant", content: "" });
+      seen += 1;
+      if (!msg) return;
+      const line = meta([
+        p.model ? `${p.alias} (${p.model})` : p.alias,
+        u.inputTokens != null && `${number(u.inputTokens)} in / ${number(u.outputTokens)} out tokens`,
+        p.costUsd != null && usd(p.costUsd),
+        p.durationMs != null && span(Math.round(p.durationMs)),
+        p.finishReason && `finish: ${p.finishReason}`,
+        p.attempts > 1 && `${p.attempts} attempts`,
+      ]);
+      line.dataset.testid = "model-call";
+      msg.insertBefore(line, msg.children[1] || null);
+    },
+    model_error(p) {
+      calls += 1;
+      const box = el("div", "msg model-error");
+      box.dataset.testid = "model-error";
+      box.append(el("div", "role", "model call failed"));
+      const err = el("div", "error-box");
+      err.append(el("span", "tag", p.tag ?? "Error"), document.createTextNode(String(p.message ?? "")));
+      box.append(err, meta([p.alias, p.turn != null && `turn ${p.turn}`, p.durationMs != null && span(Math.round(p.durationMs))]));
+      root.append(box);
+    },
+    tool_call(p) {
+      if (p.id != null && cards.has(String(p.id))) return; // shown with the answer that asked for it
+      root.append(toolCard(p.id, p.name, p.arguments));
+    },
+    tool_result(p) {
+      let card = p.id != null ? cards.get(String(p.id)) : null;
+      if (!card) {
+        // A call without an id: the oldest of that tool's calls still waiting.
+        card = [...root.querySelectorAll(".tool-call")].find((c) =>
+          c.dataset.tool === String(p.name ?? "") && c.querySelector(".tool-result.pending"));
+      }
+      if (!card) {
+        card = toolCard(p.id, p.name, "");
+        root.append(card);
+      }
+      if (p.id != null) answered.add(String(p.id));
+      fillResult(card, p);
+    },
+  };
+
+  return {
+    add(events) {
+      for (const e of events) {
+        if (!CONVERSATION_KINDS.has(e.kind)) continue;
+        const p = e.payload && typeof e.payload === "object" ? e.payload : {};
+        try { handlers[e.kind](p); } catch (err) { console.error("cannot show event", e.seq, err); }
+        panel.hidden = false;
+      }
+      summary.textContent = calls
+        ? `${number(calls)} model call${calls === 1 ? "" : "s"} · ${number(input)} in / ${number(output)} out tokens · ${usd(cost)}`
+        : "";
+    },
+  };
 }
 
 function button(label, cls, onclick, testid) {
@@ -425,6 +641,22 @@ async function viewAgents(main) {
 
 // ---- agent types ----------------------------------------------------------------------------
 
+// An agent's model aliases, tools and budgets, where its manifest names any.
+function agentUses(t) {
+  const list = (label, items, testid) => Array.isArray(items) && items.length
+    ? `<span>${label}</span><span data-testid="${testid}">${items.map((i) => `<span class="pill">${esc(i)}</span>`).join(" ")}</span>` : "";
+  const q = t.quota || {};
+  const budget = (label, v, fmt = number) => (v == null ? "" : `<span>${label}</span><span>${esc(fmt(v))}</span>`);
+  return [
+    list("models", t.models, "template-models"),
+    list("tools", t.tools, "template-tools"),
+    budget("max turns", q.maxTurns),
+    budget("max tokens", q.maxTokens),
+    budget("max cost", q.maxCostUsd, usd),
+    budget("max tool calls", q.maxToolCalls),
+  ].join("");
+}
+
 async function viewTemplates(main) {
   const { templates, problems } = await api("/v1/templates");
   const limit = (v, fmt = number) => (v == null ? "unlimited" : fmt(v));
@@ -444,6 +676,7 @@ async function viewTemplates(main) {
           <span>events</span><span>${limit(t.limits.maxEvents)}</span>
           <span>output</span><span>${bytes(t.limits.maxOutputBytes)}</span>
           <span>scratch dir</span><span>${t.scratchDir ? "yes" : "no"}</span>
+          ${agentUses(t)}
         </div>
         ${t.inputSchema ? `<details><summary class="muted">input schema</summary><pre class="json">${pretty(t.inputSchema)}</pre></details>` : ""}
         <form class="enqueue" data-agent="${esc(t.id)}">
