@@ -2,6 +2,7 @@
 //! retries, timeouts, the concurrency limit, cost, the key kept out of everything, and the
 //! configuration file.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_host::config::HostConfig;
@@ -715,4 +716,46 @@ fn the_host_refuses_to_start_without_an_aliases_key_or_with_a_bad_file() {
         stderr.contains("drover.toml") && stderr.contains("bogus"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn metrics_export_model_calls_per_agent_and_alias() {
+    use drover_host::api::RunApi;
+    use drover_host::api::metrics::Metrics;
+    use drover_host::registry::{Registry, StaticRegistry};
+
+    let server =
+        ModelServer::start(vec![Reply::text("a").usage(2000, 500), Reply::status(400)]).await;
+    let models = gateway(vec![(
+        "cheap",
+        alias(Provider::OpenAi, &server, |a| {
+            a.input_usd_per_mtok = 0.15;
+            a.output_usd_per_mtok = 0.60;
+        }),
+    )]);
+    models
+        .complete("echo-llm", &request("cheap", "1"))
+        .await
+        .expect("first");
+    models
+        .complete("echo-llm", &request("cheap", "2"))
+        .await
+        .expect_err("second");
+
+    let db = drover_test_support::TestDb::new().await;
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new());
+    let api = RunApi::new(db.queue.clone(), db.store.clone(), registry);
+    let metrics = Metrics::new(None);
+    metrics.register_models(models.clone());
+    let text = metrics.render(&api).await.expect("render");
+    let labels = r#"{agent="echo-llm",alias="cheap"}"#;
+    for line in [
+        format!("drover_model_calls_total{labels} 2"),
+        format!("drover_model_failures_total{labels} 1"),
+        format!("drover_model_input_tokens_total{labels} 2000"),
+        format!("drover_model_output_tokens_total{labels} 500"),
+        format!("drover_model_cost_usd_total{labels} 0.0006"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
 }
