@@ -540,7 +540,7 @@ fn the_configuration_file_is_parsed_and_checked() {
 
         [models.smart]
         provider = "anthropic"
-        base-url = "https://api.anthropic.com/v1"
+        base-url = "http://127.0.0.1:8081/v1"
         model = "claude-sonnet-4-5"
         max-output-tokens = 4096
         timeout-ms = 120000
@@ -579,7 +579,8 @@ fn the_configuration_file_is_parsed_and_checked() {
     let head = "[models.cheap]\nprovider = \"openai\"\nmodel = \"m\"\n";
     for (extra, expected) in [
         ("base-url = \"not a url\"", "base-url"),
-        ("base-url = \"ftp://example.com/v1\"", "http:// or https://"),
+        ("base-url = \"ftp://example.com/v1\"", "http://"),
+        ("base-url = \"https://api.openai.com/v1\"", "no TLS client"),
         (
             "base-url = \"http://x/v1\"\ninput-usd-per-mtok = -1.0",
             "input-usd-per-mtok",

@@ -24,6 +24,10 @@
 //! terms, around our timeout and `Retry-After` rules) and its own `reqwest` version, and is a
 //! large build for the handful of fields used here. Owning the retry loop is what lets the
 //! host enforce the limits above at the boundary, the same way for both protocols.
+//!
+//! The host's `reqwest` is built without TLS, so base URLs are `http://` only (a local server,
+//! or a TLS-terminating proxy in front of a hosted provider); an `https://` one is refused when
+//! the configuration is read.
 
 mod anthropic;
 mod config;
