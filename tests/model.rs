@@ -760,3 +760,41 @@ async fn metrics_export_model_calls_per_agent_and_alias() {
         assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_response_over_the_size_bound_is_a_bad_response() {
+    let mut huge = br#"{"choices": [{"message": {"role": "assistant", "content": ""#.to_vec();
+    huge.resize(huge.len() + drover_host::model::MAX_RESPONSE_BYTES, b'a');
+    huge.extend_from_slice(br#""}}]}"#);
+    let server = ModelServer::start(vec![Reply::raw(huge), Reply::text("unused")]).await;
+    let models = gateway(vec![("cheap", alias(Provider::OpenAi, &server, |_| {}))]);
+    let error = models
+        .complete("agent", &request("cheap", "hi"))
+        .await
+        .expect_err("too large");
+    assert!(matches!(error, ModelError::BadResponse { .. }), "{error:?}");
+    assert!(error.to_string().contains("16 MiB"), "{error}");
+    assert_eq!(server.served(), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_be_reached_is_unavailable_after_the_retries() {
+    // A port nothing listens on any more.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    drop(listener);
+    let mut config = AliasConfig::new(Provider::OpenAi, format!("http://127.0.0.1:{port}/v1"), "m");
+    config.max_retries = 2;
+    config.retry_base_ms = 10;
+    let models = ModelGateway::new(&ModelsConfig(
+        [("cheap".to_string(), config)].into_iter().collect(),
+    ))
+    .expect("gateway without a key");
+    let error = models
+        .complete("agent", &request("cheap", "hi"))
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(error, ModelError::Unavailable { .. }), "{error:?}");
+    assert!(error.to_string().contains("cannot reach"), "{error}");
+    assert_eq!(models.metrics()[0].failures, 1);
+}
