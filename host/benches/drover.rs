@@ -6,6 +6,7 @@
 //! cargo bench -p drover-host --bench drover -- --quick   # small sizes, proves the harness works
 //! cargo bench -p drover-host --bench drover -- --only throughput   # one benchmark
 //! cargo bench -p drover-host --bench drover -- --only sync   # the two sync modes side by side
+//! cargo bench -p drover-host --bench drover -- --only gateway   # the model gateway's overhead
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -124,6 +125,10 @@ fn main() {
     if wanted("sync") {
         eprintln!("[7/7] synchronous=FULL vs NORMAL");
         rows.extend(runtime.block_on(sync_modes(scale, dir)));
+    }
+    if wanted("gateway") {
+        eprintln!("[8/8] model gateway overhead");
+        rows.extend(runtime.block_on(gateway_overhead(scale)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.
@@ -1040,6 +1045,105 @@ fn start_pool(
         },
     )
     .start()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Model gateway overhead
+
+/// `ModelGateway::complete` against a local scripted server, vs a direct HTTP POST of the same
+/// body to the same server (decoded as JSON), alternating in rounds. The guest → host part of a
+/// model call is not in this figure.
+async fn gateway_overhead(scale: Scale) -> Vec<Row> {
+    use drover_host::model::{
+        AliasConfig, ChatRequest, Message, ModelGateway, ModelsConfig, Provider,
+    };
+    use drover_test_support::model_server::{ModelServer, Reply};
+
+    let iterations = scale.pick(200, 10_000);
+    let server = ModelServer::always(Reply::text(r#"{"received": 42, "ok": true}"#)).await;
+    let alias = AliasConfig::new(Provider::OpenAi, server.base_url(), "bench-model");
+    let models = ModelGateway::new(&ModelsConfig(
+        [("cheap".to_string(), alias)].into_iter().collect(),
+    ))
+    .expect("gateway");
+    let request = ChatRequest {
+        model: "cheap".into(),
+        messages: vec![
+            Message::system("Reply with {received, ok: true} as JSON."),
+            Message::user(r#"{"n": 42}"#),
+        ],
+        tools: Vec::new(),
+        max_output_tokens: None,
+        temperature: None,
+        json_output: true,
+    };
+    // What the gateway sends for `request`.
+    let body = serde_json::to_vec(&json!({
+        "model": "bench-model",
+        "messages": [
+            {"role": "system", "content": "Reply with {received, ok: true} as JSON."},
+            {"role": "user", "content": r#"{"n": 42}"#},
+        ],
+        "max_tokens": 1024,
+        "response_format": {"type": "json_object"},
+    }))
+    .expect("body");
+    let url = format!("{}/chat/completions", server.base_url());
+    let client = reqwest::Client::new();
+
+    let (mut via_gateway, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        for _ in 0..iterations / 10 {
+            let started = Instant::now();
+            let response = models.complete("bench", &request).await.expect("complete");
+            via_gateway.push(started.elapsed().as_secs_f64());
+            assert_eq!(response.attempts, 1);
+        }
+        for _ in 0..iterations / 10 {
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("send");
+            let bytes = response.bytes().await.expect("body");
+            let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            direct.push(started.elapsed().as_secs_f64());
+            assert!(value["choices"].is_array());
+        }
+    }
+    assert_eq!(server.served(), 2 * (iterations / 10) * 10);
+    let (g50, g99) = (
+        percentile(&via_gateway, 0.50),
+        percentile(&via_gateway, 0.99),
+    );
+    let (d50, d99) = (percentile(&direct, 0.50), percentile(&direct, 0.99));
+    vec![
+        Row {
+            name: format!(
+                "Model gateway overhead, p50 ({iterations} calls): `ModelGateway::complete` (encode, permit, HTTP, decode, cost, metrics) vs a direct HTTP POST of the same body to the same local server; added {:.1} µs",
+                (g50 - d50) * 1e6
+            ),
+            figure: micros(g50),
+            baseline: micros(d50),
+            ratio: g50 / d50,
+            target: "≤ 100 µs added (host side)".into(),
+            met: Some(g50 - d50 <= 100e-6),
+        },
+        Row {
+            name: format!(
+                "Model gateway overhead, p99; added {:.1} µs",
+                (g99 - d99) * 1e6
+            ),
+            figure: micros(g99),
+            baseline: micros(d99),
+            ratio: g99 / d99,
+            target: String::new(),
+            met: None,
+        },
+    ]
 }
 
 fn percentile(samples: &[f64], p: f64) -> f64 {

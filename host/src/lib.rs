@@ -2,11 +2,14 @@
 //!
 //! A producer enqueues jobs on a durable libsql [`queue`]; a worker [`pool`] claims them under
 //! fenced leases and runs each in a [`sandbox`] chosen per job; the [`store`] keeps every run and
-//! its events; the [`api`] enqueues, observes, waits for, cancels and stops jobs.
+//! its events; the [`api`] enqueues, observes, waits for, cancels and stops jobs. The [`model`]
+//! gateway calls models on agents' behalf, on the aliases the host's [`config`] file declares.
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod db;
+pub mod model;
 pub mod pool;
 pub mod queue;
 pub mod registry;

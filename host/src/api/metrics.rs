@@ -1,14 +1,19 @@
 //! `/metrics`: the host's Prometheus metrics. Queue and run counts are read from the databases
-//! at scrape time; the pool's counters and latency histograms are kept as it works.
+//! at scrape time; the pool's counters and latency histograms are kept as it works; the model
+//! gateway's calls, failures, tokens and cost per agent and alias are read from it at scrape time.
 
 use std::sync::Mutex;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::{ApiError, RunApi};
+use crate::model::{ModelGateway, ModelMetrics};
 use crate::pool::{PoolStats, StatusLabel};
 use crate::queue::JobStatus;
 use crate::store::RunStatus;
@@ -39,6 +44,17 @@ impl Metrics {
         }
     }
 
+    /// Adds the model gateway's counters: `drover_model_calls_total`,
+    /// `drover_model_failures_total`, `drover_model_input_tokens_total`,
+    /// `drover_model_output_tokens_total` and `drover_model_cost_usd_total`, labelled by
+    /// `agent` and `alias`.
+    pub fn register_models(&self, models: ModelGateway) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(Box::new(ModelCollector(models)));
+    }
+
     /// Refreshes the database-derived gauges and renders everything as text.
     pub async fn render(&self, api: &RunApi) -> Result<String, ApiError> {
         let jobs = api.queue().counts().await?;
@@ -63,5 +79,75 @@ impl Metrics {
             ApiError::BadRequest(crate::queue::ErrorInfo::new("Metrics", e.to_string()))
         })?;
         Ok(text)
+    }
+}
+
+/// Labels of the model gateway's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    agent: String,
+    alias: String,
+}
+
+/// A counter of [`ModelMetrics`]: name, help, and how to read it.
+type ModelCounter = (&'static str, &'static str, fn(&ModelMetrics) -> u64);
+
+/// Reads the model gateway's per-(agent, alias) counters at each scrape.
+#[derive(Debug)]
+struct ModelCollector(ModelGateway);
+
+impl Collector for ModelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metrics = self.0.metrics();
+        let labels: Vec<ModelLabels> = metrics
+            .iter()
+            .map(|m| ModelLabels {
+                agent: m.agent_id.clone(),
+                alias: m.alias.clone(),
+            })
+            .collect();
+        let counters: [ModelCounter; 4] = [
+            (
+                "drover_model_calls",
+                "Model calls, by agent and alias",
+                |m| m.calls,
+            ),
+            (
+                "drover_model_failures",
+                "Model calls that failed, by agent and alias",
+                |m| m.failures,
+            ),
+            (
+                "drover_model_input_tokens",
+                "Input tokens of model calls, by agent and alias",
+                |m| m.input_tokens,
+            ),
+            (
+                "drover_model_output_tokens",
+                "Output tokens of model calls, by agent and alias",
+                |m| m.output_tokens,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (m, labels) in metrics.iter().zip(&labels) {
+                ConstCounter::new(value(m)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "drover_model_cost_usd",
+            "Cost of model calls in US dollars, by agent and alias",
+            None,
+            ConstCounter::new(0.0f64).metric_type(),
+        )?;
+        for (m, labels) in metrics.iter().zip(&labels) {
+            ConstCounter::new(m.cost_usd).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::RunApi;
 use crate::api::http::{self, HttpConfig, HttpState};
 use crate::api::metrics::Metrics;
+use crate::config::HostConfig;
 use crate::db::{Db, DbOptions, SyncMode};
+use crate::model::ModelGateway;
 use crate::pool::{PoolConfig, PoolDeps, WorkerPool};
 use crate::queue::{Queue, QueueOptions};
 use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry};
@@ -57,6 +59,9 @@ pub struct RunArgs {
     /// How long in-flight jobs may finish at shutdown, in milliseconds.
     #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+    /// The host configuration file (`drover.toml`: model aliases); none: no model aliases.
+    #[arg(long, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The databases.
     #[command(flatten)]
     pub db: DatabaseArgs,
@@ -143,6 +148,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
+    let config = match &args.config {
+        Some(path) => HostConfig::load(path)?,
+        None => HostConfig::default(),
+    };
+    // Reads the aliases' API keys now: a missing one stops the host here.
+    let models = ModelGateway::new(&config.models).context("cannot start the model gateway")?;
+    if !models.aliases().is_empty() {
+        tracing::info!(aliases = %models.aliases().join(", "), "model gateway ready");
+    }
     let (queue, store) = open_databases(&args).await?;
 
     let runtime = WasmRuntime::new(
@@ -221,10 +235,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn));
         let problems_of = Arc::clone(&registry);
+        let metrics = Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()));
+        metrics.register_models(models.clone());
         let state = HttpState {
             api,
             problems: Arc::new(move || problems_of.problems()),
-            metrics: Arc::new(Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()))),
+            metrics: Arc::new(metrics),
             token: args.api_token.as_deref().map(Arc::from),
             stale_after: Duration::from_millis(args.stale_after_ms),
         };

@@ -1,5 +1,8 @@
 //! Test support: the agents of `agents/`, compiled for `wasm32-wasip2` by this crate's build
-//! script, and agent directories made from them.
+//! script, and agent directories made from them; and a scripted model server
+//! ([`model_server`]).
+
+pub mod model_server;
 
 use std::path::{Path, PathBuf};
 
