@@ -418,7 +418,7 @@ fn sandbox_for(
             AgentCode::Wasm(agent) => trusted
                 .get(&spec.id)
                 .is_some_and(|digest| digest.eq_ignore_ascii_case(agent.digest())),
-            AgentCode::Native(_) => false,
+            AgentCode::Native(_) | AgentCode::Declarative(_) => false,
         };
         if pinned {
             Arc::clone(&none)

@@ -136,6 +136,19 @@ impl Failure {
     }
 }
 
+/// The failure of a declarative agent's run in a sandbox that cannot run one (it needs the
+/// host's built-in agent loop).
+pub(crate) fn declarative_unsupported(spec: &AgentSpec) -> Failure {
+    Failure::permanent(
+        "Unsupported",
+        format!(
+            "agent {:?} is declarative (a system prompt and a model); this host cannot run \
+             declarative agents yet",
+            spec.id
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
