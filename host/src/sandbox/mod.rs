@@ -19,7 +19,7 @@ use crate::registry::AgentSpec;
 use crate::store::RunStatus;
 
 pub use context::{
-    AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity,
+    AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity, WaitAdmission,
 };
 pub use none::NoneSandbox;
 
