@@ -1108,3 +1108,66 @@ async fn shutdown_while_runs_wait_finishes_the_short_and_hands_back_the_rest() {
         assert_eq!(run.error.map(|e| e.tag), Some("Shutdown".into()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_and_abandoned_waits_leave_no_slot_or_permit_behind() {
+    let tangled = AgentSpec::native(
+        "tangled",
+        native_agent(|input: Value, ctx| async move {
+            let wait = |ms| ctx.waiting(tokio::time::sleep(Duration::from_millis(ms)));
+            if input["abandon"] == json!(true) {
+                // The wait loses the race, and its future is dropped mid-wait.
+                tokio::select! {
+                    () = wait(10_000) => return Err(ErrorInfo::new("Slow", "not cut short")),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            } else {
+                // Two waits at once (parallel calls), one inside the other's span.
+                let ((), ()) = tokio::join!(wait(50), async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    wait(80).await
+                });
+            }
+            Ok(json!(null))
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(tangled)).await;
+    let jobs: Vec<_> = (0..20)
+        .map(|i| NewJob::new("tangled", &json!({ "abandon": i % 2 == 0 })))
+        .collect();
+    let ids: Vec<String> = env
+        .api
+        .enqueue_batch(jobs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    let pool = env.pool(PoolConfig {
+        concurrency: 1,
+        max_waiting_runs: 3,
+        ..fast()
+    });
+    for id in &ids {
+        let done = env.api.wait_for(id, WAIT).await.expect("wait");
+        assert_eq!(done.job.status, JobStatus::Done, "{:?}", done.run);
+    }
+    // Abandoned waits take their slot back in the background.
+    let deadline = std::time::Instant::now() + WAIT;
+    while pool.stats().waiting() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a waiting permit was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The one slot and every permit are still there: more jobs run, and wait, as before.
+    let more: Vec<_> = (0..6)
+        .map(|i| NewJob::new("tangled", &json!({ "abandon": i % 2 == 0 })))
+        .collect();
+    for view in env.api.enqueue_batch(more).await.expect("enqueue") {
+        let done = env.api.wait_for(&view.job.id, WAIT).await.expect("wait");
+        assert_eq!(done.job.status, JobStatus::Done);
+    }
+    pool.shutdown().await;
+}

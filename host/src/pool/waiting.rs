@@ -113,24 +113,27 @@ impl Inner {
 
     /// Takes the slot back for a run whose last section closed.
     async fn reacquire(self: Arc<Self>) {
-        /// Clears the flag however the wait ends.
-        struct Reacquiring<'a>(&'a Inner);
+        /// Clears the flag if the wait is given up (the future dropped).
+        struct Reacquiring<'a>(Option<&'a Inner>);
         impl Drop for Reacquiring<'_> {
             fn drop(&mut self) {
-                self.0.state().reacquiring = false;
+                if let Some(inner) = self.0 {
+                    inner.state().reacquiring = false;
+                }
             }
         }
-        let _flag = Reacquiring(&self);
+        let mut flag = Reacquiring(Some(&self));
         let slot = tokio::select! {
             slot = self.lane.reacquire() => slot,
             () = self.done.cancelled() => None,
         };
         let mut state = self.state();
-        if state.closed {
-            return;
-        }
-        if state.open > 0 {
-            // A new section opened meanwhile: the run waits on.
+        // Cleared under the same lock as the decision, so that a section closing after this
+        // takes the slot back itself.
+        state.reacquiring = false;
+        flag.0 = None;
+        if state.closed || state.open > 0 {
+            // The run is over, or a new section opened meanwhile and the run waits on.
             drop(state);
             if let Some(slot) = slot {
                 self.lane.lend(slot);
