@@ -445,6 +445,7 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         "{metrics}"
     );
     assert!(metrics.contains("drover_runs_in_flight"), "{metrics}");
+    assert!(metrics.contains("drover_runs_waiting 0"), "{metrics}");
     let (status, templates) = get(format!("{url}/v1/templates")).await;
     assert_eq!(status, StatusCode::OK);
     let ids: Vec<&str> = templates["templates"]
@@ -511,6 +512,7 @@ async fn an_api_only_host_and_a_worker_only_host_split_the_work() {
         ("DROVER_DATA_DIR", data_dir.as_str()),
         ("DROVER_CACHE_DIR", cache_dir.as_str()),
         ("DROVER_CONCURRENCY", "2"),
+        ("DROVER_MAX_WAITING_RUNS", "64"),
     ];
     let api = HostProcess::start(EXE, &["--api-only".into()], &envs);
     let url = api.url.clone();
@@ -893,6 +895,12 @@ fn a_non_loopback_listen_address_needs_a_token_or_an_explicit_opt_out() {
             && err.contains("--insecure-no-auth"),
         "{err}"
     );
+    // A bad number of waiting runs is refused with the flag's name.
+    let mut bad = setup.args(&[]);
+    bad.extend(["--max-waiting-runs".to_string(), "lots".to_string()]);
+    let (code, err) = run_until_exit(&bad, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--max-waiting-runs"), "{err}");
     // With a token, or with the opt-out, it starts (and is stopped here once it listens).
     for (extra, envs) in [
         (vec!["--insecure-no-auth"], vec![]),

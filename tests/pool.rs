@@ -958,3 +958,216 @@ async fn a_claim_whose_answer_was_lost_hands_its_jobs_back_without_using_an_atte
     assert_eq!(done.job.lease_epoch, 2, "claimed again, and run");
     pool.shutdown().await;
 }
+
+/// Waits on "I/O" (a sleep of `input.ms`) inside `ctx.waiting`, counting the runs under way.
+fn waiter(running: &Arc<AtomicUsize>, peak: &Arc<AtomicUsize>) -> AgentSpec {
+    let (running, peak) = (Arc::clone(running), Arc::clone(peak));
+    AgentSpec::native(
+        "waiter",
+        native_agent(move |input: Value, ctx| {
+            let (running, peak) = (Arc::clone(&running), Arc::clone(&peak));
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                let ms = input["ms"].as_u64().unwrap_or(0);
+                let slept = ctx
+                    .waiting(async {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        ms
+                    })
+                    .await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(json!({ "slept": slept }))
+            }
+        }),
+    )
+}
+
+async fn enqueue_waits(env: &Env, count: usize, ms: u64) -> Vec<String> {
+    let jobs: Vec<_> = (0..count)
+        .map(|_| NewJob::new("waiter", &json!({ "ms": ms })))
+        .collect();
+    env.api
+        .enqueue_batch(jobs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_waiting_on_io_give_their_slot_to_other_jobs() {
+    let (running, peak) = (Arc::default(), Arc::default());
+    let env = Env::new(StaticRegistry::new().with(waiter(&running, &peak))).await;
+    let ids = enqueue_waits(&env, 100, 1000).await;
+    let started = std::time::Instant::now();
+    let pool = env.pool(PoolConfig {
+        concurrency: 2,
+        max_waiting_runs: 200,
+        ..fast()
+    });
+    let mut most_waiting = 0;
+    for id in &ids {
+        loop {
+            most_waiting = most_waiting.max(pool.stats().waiting());
+            let job = env.queue.get(id).await.expect("get").expect("job");
+            if job.status == JobStatus::Done {
+                break;
+            }
+            assert!(!job.status.is_terminal(), "{id} ended as {:?}", job.status);
+            assert!(started.elapsed() < WAIT * 2, "the jobs never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Two slots, one second of waiting each: holding the slot while waiting, 100 jobs would
+    // take 50 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "100 waits took {took:?}");
+    assert!(
+        peak.load(Ordering::SeqCst) > 2,
+        "more runs than slots were under way at once: {}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert!(most_waiting > 0, "the pool counted waiting runs");
+    pool.flush().await;
+    assert_eq!(pool.stats().waiting(), 0);
+    assert_eq!(pool.stats().in_flight(), 0);
+    assert_eq!(pool.stats().runs_with_status(RunStatus::Success), 100);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_runs_are_held_to_max_waiting_runs() {
+    // Zero: a waiting run keeps its slot. Otherwise at most `concurrency + max_waiting_runs`
+    // runs are under way.
+    for max_waiting_runs in [0, 1, 3] {
+        let (running, peak) = (Arc::default(), Arc::default());
+        let env = Env::new(StaticRegistry::new().with(waiter(&running, &peak))).await;
+        let ids = enqueue_waits(&env, 12, 200).await;
+        let pool = env.pool(PoolConfig {
+            concurrency: 2,
+            max_waiting_runs,
+            ..fast()
+        });
+        for id in &ids {
+            let done = env.api.wait_for(id, WAIT).await.expect("wait");
+            assert_eq!(done.job.status, JobStatus::Done);
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(
+            (2..=2 + max_waiting_runs).contains(&peak),
+            "max-waiting-runs {max_waiting_runs}: {peak} runs at once"
+        );
+        assert_eq!(pool.stats().waiting(), 0);
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_runs_wait_finishes_the_short_and_hands_back_the_rest() {
+    let (running, peak) = (Arc::default(), Arc::default());
+    // (The long runs are cut off mid-wait, so the count of runs under way is left as it was.)
+    let env = Env::new(StaticRegistry::new().with(waiter(&running, &peak))).await;
+    let long = enqueue_waits(&env, 3, 60_000).await;
+    let short = enqueue_waits(&env, 2, 1_000).await;
+    let pool = env.pool(PoolConfig {
+        concurrency: 1,
+        max_waiting_runs: 10,
+        shutdown_grace: Duration::from_secs(3),
+        ..fast()
+    });
+    // All five wait at once on the one slot.
+    let deadline = std::time::Instant::now() + WAIT;
+    while pool.stats().waiting() < 5 {
+        assert!(std::time::Instant::now() < deadline, "never all waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = Arc::clone(pool.stats());
+    pool.shutdown().await;
+    assert_eq!(stats.waiting(), 0, "no run is left counted as waiting");
+    for id in &short {
+        let job = env.queue.get(id).await.expect("get").expect("job");
+        assert_eq!(
+            job.status,
+            JobStatus::Done,
+            "{id} finished within the grace period"
+        );
+    }
+    for id in &long {
+        let job = env.queue.get(id).await.expect("get").expect("job");
+        assert_eq!(job.status, JobStatus::Queued, "{id} handed back");
+        assert_eq!(job.attempts, 0, "no attempt used");
+        let run = env
+            .store
+            .latest_run_for_job(id)
+            .await
+            .expect("run")
+            .expect("run");
+        assert_eq!(run.status, RunStatus::Interrupted);
+        assert_eq!(run.error.map(|e| e.tag), Some("Shutdown".into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_and_abandoned_waits_leave_no_slot_or_permit_behind() {
+    let tangled = AgentSpec::native(
+        "tangled",
+        native_agent(|input: Value, ctx| async move {
+            let wait = |ms| ctx.waiting(tokio::time::sleep(Duration::from_millis(ms)));
+            if input["abandon"] == json!(true) {
+                // The wait loses the race, and its future is dropped mid-wait.
+                tokio::select! {
+                    () = wait(10_000) => return Err(ErrorInfo::new("Slow", "not cut short")),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            } else {
+                // Two waits at once (parallel calls), one inside the other's span.
+                let ((), ()) = tokio::join!(wait(50), async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    wait(80).await
+                });
+            }
+            Ok(json!(null))
+        }),
+    );
+    let env = Env::new(StaticRegistry::new().with(tangled)).await;
+    let jobs: Vec<_> = (0..20)
+        .map(|i| NewJob::new("tangled", &json!({ "abandon": i % 2 == 0 })))
+        .collect();
+    let ids: Vec<String> = env
+        .api
+        .enqueue_batch(jobs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    let pool = env.pool(PoolConfig {
+        concurrency: 1,
+        max_waiting_runs: 3,
+        ..fast()
+    });
+    for id in &ids {
+        let done = env.api.wait_for(id, WAIT).await.expect("wait");
+        assert_eq!(done.job.status, JobStatus::Done, "{:?}", done.run);
+    }
+    // Abandoned waits take their slot back in the background.
+    let deadline = std::time::Instant::now() + WAIT;
+    while pool.stats().waiting() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a waiting permit was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The one slot and every permit are still there: more jobs run, and wait, as before.
+    let more: Vec<_> = (0..6)
+        .map(|i| NewJob::new("tangled", &json!({ "abandon": i % 2 == 0 })))
+        .collect();
+    for view in env.api.enqueue_batch(more).await.expect("enqueue") {
+        let done = env.api.wait_for(&view.job.id, WAIT).await.expect("wait");
+        assert_eq!(done.job.status, JobStatus::Done);
+    }
+    pool.shutdown().await;
+}

@@ -942,7 +942,13 @@ async fn corrupt_components_and_manifests_are_reported_and_skipped() {
         .collect();
     assert_eq!(
         files,
-        ["badmanifest.wasm", "dup.wasm", "empty.wasm", "garbage.wasm"],
+        [
+            "badmanifest.wasm",
+            "dup.wasm",
+            "empty.wasm",
+            "garbage.wasm",
+            "readme.toml"
+        ],
         "{problems:?}"
     );
     for problem in &problems {
@@ -958,6 +964,201 @@ async fn corrupt_components_and_manifests_are_reported_and_skipped() {
         .find(|p| p.path.ends_with("badmanifest.wasm"))
         .expect("bad manifest");
     assert!(bad.error.contains("sometimes"), "{}", bad.error);
+    let stray = problems
+        .iter()
+        .find(|p| p.path.ends_with("readme.toml"))
+        .expect("a manifest without a component");
+    assert!(
+        stray.error.contains("no component readme.wasm beside it")
+            && stray.error.contains("system-prompt"),
+        "{}",
+        stray.error
+    );
+    host.echo_still_works().await;
+    host.shutdown().await;
+}
+
+/// The shipped declarative echo agent, `agents/echo-llm.toml`.
+fn echo_llm_manifest() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/echo-llm.toml");
+    std::fs::read_to_string(&path).expect("agents/echo-llm.toml")
+}
+
+/// Waits until `check` holds of the registry, rescanning meanwhile.
+async fn until(host: &Host, what: &str, check: impl Fn(&DirRegistry) -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check(&host.registry) {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declarative_agents_load_from_toml_and_reload() {
+    let agents = AgentDir::new();
+    agents.add("echo", ECHO, None).add(
+        "tooled",
+        ECHO,
+        Some("models = [\"cheap\"]\ntools = [\"calc\"]\n[quota]\nmax-tool-calls = 3"),
+    );
+    let dir = agents.path().to_path_buf();
+    std::fs::write(dir.join("echo-llm.toml"), echo_llm_manifest()).expect("write");
+    std::fs::write(dir.join("Cargo.toml"), "[workspace]\nmembers = []\n").expect("write");
+    let host = Host::start_with(agents, |_, _| false).await;
+    assert!(
+        host.registry.problems().is_empty(),
+        "{:?}",
+        host.registry.problems()
+    );
+
+    // The shipped echo: a prompt, a model, schemas from TOML tables, and a turn budget.
+    let spec = host.registry.get("echo-llm").expect("echo-llm is an agent");
+    let AgentCode::Declarative(agent) = &spec.code else {
+        panic!("echo-llm is declarative: {:?}", spec.code);
+    };
+    assert_eq!(
+        agent.system_prompt,
+        "Reply with {received, ok: true} as JSON."
+    );
+    assert_eq!(agent.model, "cheap");
+    assert_eq!(spec.models, ["cheap"], "its model is one it may call");
+    assert!(spec.tools.is_empty());
+    assert_eq!(spec.quota.max_turns, Some(2));
+    assert_eq!(spec.lifecycle, Lifecycle::Job);
+    let input = spec.input_schema.as_ref().expect("input schema");
+    assert!(input.validate(&json!({ "n": 42 })).is_ok());
+    assert!(input.validate(&json!({ "n": "forty-two" })).is_err());
+    let output = spec.output_schema.as_ref().expect("output schema");
+    assert!(
+        output
+            .validate(&json!({ "received": 42, "ok": true }))
+            .is_ok()
+    );
+    assert!(
+        output
+            .validate(&json!({ "received": 42, "ok": "yes" }))
+            .is_err()
+    );
+    let tooled = host.registry.get("tooled").expect("tooled");
+    assert_eq!(
+        (tooled.models.as_slice(), tooled.tools.as_slice()),
+        (&["cheap".to_string()][..], &["calc".to_string()][..])
+    );
+    assert_eq!(tooled.quota.max_tool_calls, Some(3));
+
+    // /v1/templates shows what each agent may use and its budgets.
+    let templates = host.templates().await;
+    let listed = |id: &str| {
+        templates["templates"]
+            .as_array()
+            .expect("templates")
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} listed: {templates}"))
+    };
+    let echo_llm = listed("echo-llm");
+    assert_eq!(echo_llm["models"], json!(["cheap"]), "{echo_llm}");
+    assert_eq!(echo_llm["quota"]["maxTurns"], json!(2), "{echo_llm}");
+    assert_eq!(
+        echo_llm["declarative"]["model"],
+        json!("cheap"),
+        "{echo_llm}"
+    );
+    assert_eq!(listed("tooled")["tools"], json!(["calc"]));
+    assert_eq!(listed("echo")["declarative"], Value::Null);
+
+    // Input is checked against its schema; a valid input fails clearly, as this sandbox has
+    // no agent loop, and the host goes on.
+    let refused = host
+        .api
+        .enqueue(NewJob::new("echo-llm", &json!({ "n": "x" })))
+        .await
+        .expect_err("input against the schema");
+    assert!(matches!(refused, ApiError::BadRequest(_)), "{refused:?}");
+    let view = host.run("echo-llm", json!({ "n": 42 })).await;
+    assert_eq!(view.job.status, JobStatus::Failed);
+    let (tag, message) = error_of(&view.run.expect("run"));
+    assert_eq!(tag, "Unsupported", "{message}");
+    assert!(message.contains("declarative"), "{message}");
+    host.echo_still_works().await;
+
+    // Editing the file reloads it.
+    let _watch = host.registry.watch();
+    let edited = echo_llm_manifest().replace("max-turns = 2", "max-turns = 12");
+    std::fs::write(dir.join("echo-llm.toml"), edited).expect("edit");
+    until(&host, "the edit is picked up", |r| {
+        r.get("echo-llm")
+            .is_some_and(|s| s.quota.max_turns == Some(12))
+    })
+    .await;
+
+    // A component beside it makes the pair ambiguous: reported, and the agent is gone.
+    host.agents.add("echo-llm", ECHO, None);
+    until(&host, "the conflict is reported", |r| {
+        r.get("echo-llm").is_none()
+            && r.problems()
+                .iter()
+                .any(|p| p.path.ends_with("echo-llm.wasm"))
+    })
+    .await;
+    let problem = host
+        .registry
+        .problems()
+        .into_iter()
+        .find(|p| p.path.ends_with("echo-llm.wasm"))
+        .expect("problem");
+    assert!(
+        problem.error.contains("system-prompt") && problem.error.contains("component beside it"),
+        "{}",
+        problem.error
+    );
+    std::fs::remove_file(dir.join("echo-llm.wasm")).expect("remove");
+    until(&host, "the declarative agent is back", |r| {
+        r.get("echo-llm").is_some_and(|s| s.is_declarative()) && r.problems().is_empty()
+    })
+    .await;
+
+    // Broken declarative agents are reported with what is missing or wrong; the rest load.
+    for (name, text, expected) in [
+        ("noprompt", "model = \"cheap\"", "no system-prompt"),
+        ("nomodel", "system-prompt = \"Hi.\"", "needs a model"),
+        (
+            "badquota",
+            "system-prompt = \"Hi.\"\nmodel = \"cheap\"\n[quota]\nmax-turns = 0",
+            "max-turns must be positive",
+        ),
+        (
+            "badschema",
+            "system-prompt = \"Hi.\"\nmodel = \"cheap\"\n[input-schema]\ntype = 7",
+            "input-schema",
+        ),
+        (
+            "forever",
+            "system-prompt = \"Hi.\"\nmodel = \"cheap\"\nlifecycle = \"long-lived\"",
+            "cannot be set for a declarative agent",
+        ),
+        (
+            "badtool",
+            "system-prompt = \"Hi.\"\nmodel = \"cheap\"\ntools = [\"a tool\"]",
+            "invalid tool name",
+        ),
+    ] {
+        std::fs::write(dir.join(format!("{name}.toml")), text).expect("write");
+        host.registry.rescan().await;
+        let problems = host.registry.problems();
+        let problem = problems
+            .iter()
+            .find(|p| p.path.ends_with(format!("{name}.toml")))
+            .unwrap_or_else(|| panic!("{name} reported: {problems:?}"));
+        assert!(
+            problem.error.contains(expected),
+            "{name}: {}",
+            problem.error
+        );
+        assert!(host.registry.get(name).is_none(), "{name}");
+    }
+    assert!(host.registry.get("echo-llm").is_some());
     host.echo_still_works().await;
     host.shutdown().await;
 }
@@ -1006,7 +1207,7 @@ async fn agents_are_hot_reloaded_and_running_jobs_keep_their_version() {
     let worker = host.registry.get("worker").expect("worker");
     match &worker.code {
         AgentCode::Wasm(agent) => assert_eq!(agent.digest(), chaos_digest),
-        AgentCode::Native(_) => panic!("the worker is a component"),
+        other => panic!("the worker is a component, not {other:?}"),
     }
     let templates = host.templates().await;
     let listed = templates["templates"]

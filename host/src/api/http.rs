@@ -60,7 +60,7 @@ use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
 use crate::registry::dir::LoadProblem;
-use crate::registry::{AgentCode, Limits, Schema};
+use crate::registry::{AgentCode, DeclarativeAgent, Limits, Quota, Schema};
 use crate::store::{Event, Run, RunFilter, RunStatus, Usage};
 use crate::time::now_ms;
 
@@ -1044,6 +1044,11 @@ struct Template<'a> {
     sandbox: &'static str,
     digest: Option<&'a str>,
     imports: Option<&'a [String]>,
+    models: &'a [String],
+    tools: &'a [String],
+    quota: &'a Quota,
+    /// A declarative agent's prompt and model.
+    declarative: Option<&'a DeclarativeAgent>,
 }
 
 /// Body of `/v1/templates`.
@@ -1072,11 +1077,18 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
             sandbox: if spec.is_wasm() { "wasm" } else { "none" },
             digest: match &spec.code {
                 AgentCode::Wasm(agent) => Some(agent.digest()),
-                AgentCode::Native(_) => None,
+                AgentCode::Native(_) | AgentCode::Declarative(_) => None,
             },
             imports: match &spec.code {
                 AgentCode::Wasm(agent) => Some(&agent.description().imports),
-                AgentCode::Native(_) => None,
+                AgentCode::Native(_) | AgentCode::Declarative(_) => None,
+            },
+            models: &spec.models,
+            tools: &spec.tools,
+            quota: &spec.quota,
+            declarative: match &spec.code {
+                AgentCode::Declarative(agent) => Some(agent),
+                AgentCode::Native(_) | AgentCode::Wasm(_) => None,
             },
         })
         .collect();

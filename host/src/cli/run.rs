@@ -19,7 +19,7 @@ use crate::api::metrics::Metrics;
 use crate::config::HostConfig;
 use crate::db::{Db, DbOptions, SyncMode};
 use crate::model::ModelGateway;
-use crate::pool::{PoolConfig, PoolDeps, WorkerPool};
+use crate::pool::{DEFAULT_MAX_WAITING_RUNS, PoolConfig, PoolDeps, WorkerPool};
 use crate::queue::{Queue, QueueOptions};
 use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry};
 use crate::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
@@ -44,6 +44,10 @@ pub struct RunArgs {
     #[arg(long, env = "DROVER_MAX_AGENTS", default_value_t = 256,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_agents: usize,
+    /// Jobs that may wait on I/O (model and tool calls) at once without holding one of the
+    /// `concurrency` slots; 0: a waiting job keeps its slot.
+    #[arg(long, env = "DROVER_MAX_WAITING_RUNS", default_value_t = DEFAULT_MAX_WAITING_RUNS)]
+    pub max_waiting_runs: usize,
     /// Lease duration in milliseconds.
     #[arg(long, env = "DROVER_LEASE_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(100..))]
@@ -161,8 +165,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let runtime = WasmRuntime::new(
         &EngineConfig {
-            max_instances: u32::try_from(args.concurrency + args.max_agents + 16)
-                .unwrap_or(u32::MAX),
+            // A waiting run keeps its instance.
+            max_instances: u32::try_from(
+                args.concurrency
+                    .saturating_add(args.max_agents)
+                    .saturating_add(args.max_waiting_runs)
+                    .saturating_add(16),
+            )
+            .unwrap_or(u32::MAX),
             cache_dir: Some(
                 args.cache_dir
                     .clone()
@@ -202,6 +212,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             PoolConfig {
                 concurrency: args.concurrency,
+                max_waiting_runs: args.max_waiting_runs,
                 max_agents: args.max_agents,
                 lease_duration: Duration::from_millis(args.lease_ms),
                 reclaim_interval: Duration::from_millis(args.reclaim_interval_ms),
@@ -434,7 +445,7 @@ fn sandbox_for(
             AgentCode::Wasm(agent) => trusted
                 .get(&spec.id)
                 .is_some_and(|digest| digest.eq_ignore_ascii_case(agent.digest())),
-            AgentCode::Native(_) => false,
+            AgentCode::Native(_) | AgentCode::Declarative(_) => false,
         };
         if pinned {
             Arc::clone(&none)

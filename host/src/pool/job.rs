@@ -8,10 +8,13 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::slots::Slots;
+use super::waiting::RunSlot;
 use super::{InFlight, Shared};
 use crate::queue::{ClaimedJob, Finish, FinishKind, Job, Lease, Lifecycle};
 use crate::registry::AgentSpec;
-use crate::sandbox::{AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox};
+use crate::sandbox::{
+    AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox, WaitAdmission,
+};
 use crate::store::recording::Record;
 use crate::store::{RunRecord, RunStatus};
 use crate::time::now_ms;
@@ -72,26 +75,45 @@ pub(super) async fn run(shared: Arc<Shared>, admitted: Admitted, slots: Arc<Slot
         control,
     } = admitted;
     let permit = slots.acquire(&shared.stop_claiming).await;
-    let (took, durable) = match permit {
-        Some(_) => {
+    let (slot, durable) = match permit {
+        Some(permit) => {
+            // A job lends its slot out while it waits on I/O; a long-lived agent's slot is not
+            // a CPU slot, and it keeps it until it stops.
+            let (run_slot, kept) = if Arc::ptr_eq(&slots, &shared.job_slots) {
+                let run_slot = RunSlot::new(
+                    permit,
+                    Arc::clone(&slots),
+                    Arc::clone(&shared.waiting_permits),
+                    Arc::clone(&shared.stats),
+                );
+                (Some(run_slot), None)
+            } else {
+                (None, Some(permit))
+            };
             shared.stats.run_started();
             let started = Instant::now();
-            let (status, fuel, durable) = execute(&shared, &job, &lease, &control).await;
+            let admission = run_slot.as_ref().map(RunSlot::admission);
+            let (status, fuel, durable) = execute(&shared, &job, &lease, &control, admission).await;
             let took = started.elapsed();
             shared.stats.run_ended(status, took, fuel);
-            (took, Some(durable))
+            // What counts for claiming ahead is the time the run held its slot.
+            let slot = match run_slot {
+                Some(run_slot) => run_slot.close(),
+                None => (kept, took),
+            };
+            (Some(slot), Some(durable))
         }
         None => {
             if let Err(e) = shared.deps.queue.release(&lease).await {
                 tracing::warn!(job_id = %job.id, error = %e, "cannot hand a job back; its lease will expire");
             }
-            (Duration::ZERO, None)
+            (None, None)
         }
     };
     // The slot is free as soon as the run is over; the job itself stays in flight, its lease
     // renewed, until its outcome is durable.
-    if let Some(permit) = permit {
-        slots.release(permit, took);
+    if let Some((permit, held)) = slot {
+        slots.release(permit, held);
     }
     if let Some(durable) = durable {
         if let Some(job) = shared.in_flight().get_mut(&job.id)
@@ -117,6 +139,7 @@ async fn execute(
     job: &Job,
     lease: &Lease,
     control: &Arc<Control>,
+    admission: Option<Arc<dyn WaitAdmission>>,
 ) -> (RunStatus, Option<u64>, oneshot::Receiver<()>) {
     let run_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let spec = shared.deps.registry.get(&job.agent_id);
@@ -158,6 +181,7 @@ async fn execute(
         spec.as_ref()
             .filter(|_| sandbox.as_ref().is_none_or(|s| s.holds_to_limits()))
             .map(|s| &s.limits),
+        admission,
     );
     shared.recorder.send(Record::Started(run.clone())).await;
     ctx.record_event(

@@ -9,6 +9,7 @@ mod job;
 mod recorder;
 mod slots;
 mod stats;
+mod waiting;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,8 +31,13 @@ pub use stats::{PoolStats, StatusLabel};
 /// How a pool behaves.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Run-to-completion jobs run at once.
+    /// Run-to-completion jobs run at once: the pool's CPU slots.
     pub concurrency: usize,
+    /// Runs that may wait on I/O at once without holding a CPU slot (see
+    /// [`RunContext::waiting`](crate::sandbox::RunContext::waiting)): at most `concurrency` runs
+    /// compute and `max_waiting_runs` more wait. A run that wants to wait when none is free keeps
+    /// its slot while it waits. Zero: runs keep their slot while they wait.
+    pub max_waiting_runs: usize,
     /// Long-lived agents run at once. They hold their slot until stopped, so they have slots of
     /// their own and never starve ordinary jobs.
     pub max_agents: usize,
@@ -64,6 +70,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             concurrency: 4,
+            max_waiting_runs: DEFAULT_MAX_WAITING_RUNS,
             max_agents: 1024,
             lease_duration: Duration::from_secs(30),
             heartbeat_interval: None,
@@ -77,6 +84,9 @@ impl Default for PoolConfig {
         }
     }
 }
+
+/// Default for [`PoolConfig::max_waiting_runs`].
+pub const DEFAULT_MAX_WAITING_RUNS: usize = 4096;
 
 /// What a pool works with.
 #[derive(Clone)]
@@ -121,6 +131,8 @@ struct Shared {
     job_slots: Arc<Slots>,
     /// Slots for long-lived agents (never claimed ahead: they keep their slot until stopped).
     agent_slots: Arc<Slots>,
+    /// Permits for jobs waiting on I/O without their slot.
+    waiting_permits: Arc<tokio::sync::Semaphore>,
     /// Stops claiming.
     stop_claiming: CancellationToken,
     /// Stops the background loops.
@@ -235,6 +247,11 @@ impl WorkerPool {
             guests,
             job_slots: Slots::new(config.concurrency, config.prefetch_horizon),
             agent_slots: Slots::new(config.max_agents, Duration::ZERO),
+            waiting_permits: Arc::new(tokio::sync::Semaphore::new(
+                config
+                    .max_waiting_runs
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             deps: self.deps,
             config,
             worker_id: Arc::clone(&worker_id),
@@ -257,6 +274,7 @@ impl WorkerPool {
         tracing::info!(
             worker_id = %worker_id,
             concurrency = shared.config.concurrency,
+            max_waiting_runs = shared.config.max_waiting_runs,
             max_agents = shared.config.max_agents,
             lease_ms = shared.config.lease_duration.as_millis() as u64,
             "worker pool started"

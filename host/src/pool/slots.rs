@@ -7,6 +7,10 @@
 //! on how long recent runs took, so that a job claimed ahead waits no longer than the pool's
 //! prefetch horizon for its slot (long runs: nothing is claimed ahead, and idle hosts can take
 //! the work instead).
+//!
+//! A run that waits on I/O lends its slot back for the wait ([`super::waiting`]); what counts
+//! as its run time here is only the time it held a slot, since that is what a job claimed
+//! ahead waits for.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +26,8 @@ const UNKNOWN: u64 = u64::MAX;
 pub(super) struct Slots {
     semaphore: Arc<Semaphore>,
     capacity: usize,
-    /// Claimed jobs whose tasks wait for a slot.
+    /// Claimed jobs whose tasks wait for a slot, and runs back from a wait that want theirs
+    /// again.
     waiting: AtomicUsize,
     /// Mean duration of recent runs, in microseconds (an exponential moving average).
     mean_run_us: AtomicU64,
@@ -86,8 +91,30 @@ impl Slots {
         permit
     }
 
-    /// Gives a slot back after a run that took `took`.
-    pub(super) fn release(&self, permit: OwnedSemaphorePermit, took: Duration) {
+    /// A slot for a run that lent its own for a wait: the next to free up (in turn with the
+    /// claimed jobs waiting for one). `None` only if the slots are closed, which they never are.
+    pub(super) async fn reacquire(&self) -> Option<OwnedSemaphorePermit> {
+        /// Uncounts the run when it has its slot, or gives up waiting for one.
+        struct Waiting<'a>(&'a Slots);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.0.changed.notify_one();
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(self);
+        Arc::clone(&self.semaphore).acquire_owned().await.ok()
+    }
+
+    /// Takes a slot back from a run for the time it waits on I/O (another job may run in it).
+    pub(super) fn lend(&self, permit: OwnedSemaphorePermit) {
+        drop(permit);
+        self.changed.notify_one();
+    }
+
+    /// Gives a slot back (if the run still holds one) after a run that held a slot for `took`.
+    pub(super) fn release(&self, permit: Option<OwnedSemaphorePermit>, took: Duration) {
         drop(permit);
         let took = u64::try_from(took.as_micros()).unwrap_or(UNKNOWN - 1);
         let mean = self.mean_run_us.load(Ordering::Relaxed);
@@ -123,20 +150,20 @@ mod tests {
         }
         // Runs of 1 ms: a whole batch ahead (4 jobs wait about 1 ms each).
         for permit in permits.drain(..) {
-            slots.release(permit, Duration::from_millis(1));
+            slots.release(Some(permit), Duration::from_millis(1));
         }
         assert_eq!(slots.room(), 8);
         // Runs of 40 ms: two jobs ahead would each wait 10–20 ms; more would wait longer.
         let slots = Slots::new(4, Duration::from_millis(20));
         slots.claimed(1);
         let permit = slots.acquire(&stop).await.expect("permit");
-        slots.release(permit, Duration::from_millis(40));
+        slots.release(Some(permit), Duration::from_millis(40));
         assert_eq!(slots.room(), 4 + 2);
         // Runs far longer than the horizon: nothing ahead.
         let slots = Slots::new(4, Duration::from_millis(20));
         slots.claimed(1);
         let permit = slots.acquire(&stop).await.expect("permit");
-        slots.release(permit, Duration::from_secs(10));
+        slots.release(Some(permit), Duration::from_secs(10));
         assert_eq!(slots.room(), 4);
     }
 
@@ -149,7 +176,35 @@ mod tests {
         stop.cancel();
         assert!(slots.acquire(&stop).await.is_none());
         assert_eq!(slots.room(), 0, "one slot, held");
-        slots.release(held, Duration::from_millis(1));
+        slots.release(Some(held), Duration::from_millis(1));
         assert_eq!(slots.room(), 1, "no horizon: never ahead");
+    }
+
+    #[tokio::test]
+    async fn a_lent_slot_makes_room_and_a_run_back_from_waiting_takes_it_in_turn() {
+        let slots = Slots::new(1, Duration::ZERO);
+        let stop = CancellationToken::new();
+        slots.claimed(1);
+        let permit = slots.acquire(&stop).await.expect("slot");
+        assert_eq!(slots.room(), 0);
+        slots.lend(permit);
+        assert_eq!(slots.room(), 1, "the slot is free while its run waits");
+        slots.claimed(1);
+        let other = slots.acquire(&stop).await.expect("the lent slot");
+        // The waiting run wants its slot back: it counts against the room, and gets the slot
+        // once it frees.
+        let back = {
+            let slots = Arc::clone(&slots);
+            tokio::spawn(async move { slots.reacquire().await })
+        };
+        while slots.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slots.room(), 0);
+        slots.release(Some(other), Duration::from_millis(1));
+        let permit = back.await.expect("task").expect("slot");
+        assert_eq!(slots.room(), 0);
+        slots.release(Some(permit), Duration::from_millis(1));
+        assert_eq!(slots.room(), 1);
     }
 }

@@ -25,6 +25,7 @@ pub struct PoolStats {
     claims: Counter,
     runs: Family<StatusLabel, Counter>,
     in_flight: Gauge,
+    waiting: Gauge,
     events: Counter,
     fuel: Counter,
     claim_seconds: Histogram,
@@ -46,6 +47,7 @@ impl Default for PoolStats {
             claims: Counter::default(),
             runs: Family::default(),
             in_flight: Gauge::default(),
+            waiting: Gauge::default(),
             events: Counter::default(),
             fuel: Counter::default(),
             claim_seconds: Histogram::new(buckets()),
@@ -82,6 +84,14 @@ impl PoolStats {
         if let Some(fuel) = fuel {
             self.fuel.inc_by(fuel);
         }
+    }
+
+    pub(crate) fn run_waiting(&self) {
+        self.waiting.inc();
+    }
+
+    pub(crate) fn run_resumed(&self) {
+        self.waiting.dec();
     }
 
     pub(crate) fn record_events(&self, n: usize) {
@@ -142,6 +152,11 @@ impl PoolStats {
         self.in_flight.get()
     }
 
+    /// Runs currently waiting on I/O without a CPU slot (each holding a waiting permit).
+    pub fn waiting(&self) -> i64 {
+        self.waiting.get()
+    }
+
     /// Runs that ended with `status`.
     pub fn runs_with_status(&self, status: RunStatus) -> u64 {
         self.runs
@@ -167,6 +182,11 @@ impl PoolStats {
             "drover_runs_in_flight",
             "Runs executing on this host",
             self.in_flight.clone(),
+        );
+        registry.register(
+            "drover_runs_waiting",
+            "Runs on this host waiting on I/O without a CPU slot",
+            self.waiting.clone(),
         );
         registry.register(
             "drover_events_written",

@@ -1,5 +1,8 @@
 //! The agent directory: every `*.wasm` in it is an agent (with an optional `<name>.toml`
-//! manifest beside it), loaded at start and reloaded when files change.
+//! manifest beside it), and every `<name>.toml` with no `<name>.wasm` beside it is a declarative
+//! agent (it must have a `system-prompt` and a `model`); all are loaded at start and reloaded
+//! when files change. A `Cargo.toml` is not an agent (the directory may be a Cargo workspace
+//! of agents' sources too).
 //!
 //! To replace an agent without a restart, write the new file under another name and rename it
 //! into place (`cp echo.wasm agents/.echo.wasm.tmp && mv agents/.echo.wasm.tmp agents/echo.wasm`):
@@ -14,7 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::{AgentSpec, Manifest, Registry};
+use super::{AgentCode, AgentSpec, DeclarativeAgent, Manifest, Registry, Schema};
+use crate::queue::Lifecycle;
 use crate::sandbox::wasm::{WasmRuntime, human_bytes};
 
 /// How long file events settle before a rescan.
@@ -54,14 +58,15 @@ pub struct DirRegistry {
     scan_lock: tokio::sync::Mutex<()>,
 }
 
-/// What was loaded from one `.wasm` file.
+/// What was loaded from one `.wasm` file (or a declarative agent's `.toml`).
 #[derive(Debug, Clone)]
 struct LoadedFile {
     signature: Signature,
     agent_id: Option<String>,
 }
 
-/// Size and modification times of a component and its manifest; a change means reload.
+/// Size and modification times of a component and its manifest (or of a declarative agent's
+/// `.toml` alone); a change means reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Signature {
     wasm: (u64, Option<SystemTime>),
@@ -131,7 +136,7 @@ impl DirRegistry {
     pub async fn rescan(&self) -> ScanReport {
         let _scan = self.scan_lock.lock().await;
         let mut report = ScanReport::default();
-        let wasm_files = match list_wasm(&self.dir) {
+        let agent_files = match list_agent_files(&self.dir) {
             Ok(files) => {
                 self.set_problem(&self.dir, None);
                 files
@@ -152,7 +157,7 @@ impl DirRegistry {
             let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             files
                 .iter()
-                .filter(|(path, _)| !wasm_files.contains(path))
+                .filter(|(path, _)| !agent_files.contains(path))
                 .map(|(p, f)| (p.clone(), f.clone()))
                 .collect()
         };
@@ -174,14 +179,17 @@ impl DirRegistry {
 
         // Files that are new or changed since the last scan, in load order.
         let mut changed = Vec::new();
-        for path in wasm_files {
-            let manifest_path = path.with_extension("toml");
+        for path in agent_files {
             let Some(wasm_stat) = stat(&path) else {
                 continue;
             };
             let signature = Signature {
                 wasm: wasm_stat,
-                manifest: stat(&manifest_path),
+                manifest: if is_declarative_file(&path) {
+                    None
+                } else {
+                    stat(&path.with_extension("toml"))
+                },
             };
             let previous = self
                 .files
@@ -255,8 +263,18 @@ impl DirRegistry {
         report
     }
 
-    /// Reads a component and its manifest into a spec (not yet registered).
+    /// Reads an agent's file (a component and its manifest, or a declarative agent's manifest)
+    /// into a spec (not yet registered).
     async fn load(&self, path: &Path) -> Result<AgentSpec, String> {
+        if is_declarative_file(path) {
+            load_declarative(path)
+        } else {
+            self.load_component(path).await
+        }
+    }
+
+    /// Reads a component and its manifest into a spec (not yet registered).
+    async fn load_component(&self, path: &Path) -> Result<AgentSpec, String> {
         let manifest_path = path.with_extension("toml");
         let manifest_path = manifest_path.as_path();
         let manifest = if manifest_path.exists() {
@@ -264,6 +282,18 @@ impl DirRegistry {
         } else {
             Manifest::default()
         };
+        let declarative = manifest.declarative_fields();
+        if !declarative.is_empty() {
+            return Err(format!(
+                "manifest {}: {} {} for declarative agents, but there is a component beside it \
+                 ({}); remove {} or the component",
+                manifest_path.display(),
+                declarative.join(", "),
+                if declarative.len() == 1 { "is" } else { "are" },
+                path.display(),
+                if declarative.len() == 1 { "it" } else { "them" },
+            ));
+        }
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -306,6 +336,9 @@ impl DirRegistry {
             spec.stop_grace = Duration::from_millis(ms);
         }
         spec.max_restarts = manifest.max_restarts;
+        spec.models = manifest.models;
+        spec.tools = manifest.tools;
+        spec.quota = manifest.quota;
         spec.source = Some(path.to_path_buf());
         Ok(spec)
     }
@@ -406,10 +439,12 @@ impl Registry for DirRegistry {
     }
 }
 
-/// The `*.wasm` files directly in `dir`, skipping hidden files (such as a `.name.wasm.tmp` being
-/// copied in). Files whose manifest names a different id come last, so that when two files claim
-/// one id the file named after it (`<id>.wasm`) wins; otherwise the order is by name.
-fn list_wasm(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The agents' files directly in `dir`: each `*.wasm`, and each `*.toml` with no `.wasm` beside
+/// it (a declarative agent), skipping hidden files (such as a `.name.wasm.tmp` being copied in)
+/// and `Cargo.toml`. Files whose manifest names a different id come last, so that when two files
+/// claim one id the file named after it (`<id>.wasm` or `<id>.toml`) wins; otherwise the order
+/// is by name.
+fn list_agent_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -417,12 +452,97 @@ fn list_wasm(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_none_or(|n| n.starts_with('.'));
-        if !hidden && path.extension().and_then(|e| e.to_str()) == Some("wasm") && path.is_file() {
+        if hidden || !path.is_file() {
+            continue;
+        }
+        let wasm = path.extension().and_then(|e| e.to_str()) == Some("wasm");
+        if wasm || is_declarative_file(&path) {
             files.push(path);
         }
     }
     files.sort_by_cached_key(|path| (renames_itself(path), path.clone()));
     Ok(files)
+}
+
+/// Whether `path` is a `.toml` that stands for a declarative agent: no component beside it, and
+/// not a `Cargo.toml`.
+fn is_declarative_file(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("toml")
+        && path.file_name().and_then(|n| n.to_str()) != Some("Cargo.toml")
+        && !path.with_extension("wasm").is_file()
+}
+
+/// Reads a declarative agent's manifest into a spec (not yet registered).
+fn load_declarative(path: &Path) -> Result<AgentSpec, String> {
+    let error = |message: String| format!("manifest {}: {message}", path.display());
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| "the file name is not valid UTF-8".to_string())?;
+    let manifest = Manifest::read(path).map_err(|e| {
+        format!("{e} (there is no component {stem}.wasm beside it, so it was read as a declarative agent)")
+    })?;
+    let Some(system_prompt) = manifest.system_prompt.clone() else {
+        return Err(error(format!(
+            "there is no component {stem}.wasm beside it, and it has no system-prompt: a \
+             manifest belongs beside its component, and a declarative agent needs a \
+             system-prompt and a model"
+        )));
+    };
+    let Some(model) = manifest.model.clone() else {
+        return Err(error(
+            "a declarative agent needs a model (an alias the host's configuration defines)"
+                .to_string(),
+        ));
+    };
+    let refused = manifest.component_only_fields();
+    if !refused.is_empty() {
+        return Err(error(format!(
+            "{} cannot be set for a declarative agent (it runs as a job, in the host)",
+            refused.join(", ")
+        )));
+    }
+    let id = manifest.id.clone().unwrap_or_else(|| stem.to_string());
+    validate_id(&id)?;
+    let schema = |what: &str, table: &Option<serde_json::Map<String, serde_json::Value>>| {
+        table
+            .clone()
+            .map(|table| {
+                Schema::new(serde_json::Value::Object(table))
+                    .map_err(|e| error(format!("{what}: {e}")))
+            })
+            .transpose()
+    };
+    let input_schema = schema("input-schema", &manifest.input_schema)?;
+    let output_schema = schema("output-schema", &manifest.output_schema)?;
+    let limits = manifest.limits(Lifecycle::Job).map_err(error)?;
+    let mut models = manifest.models.clone();
+    if !models.contains(&model) {
+        models.insert(0, model.clone());
+    }
+    Ok(AgentSpec {
+        id,
+        version: "0.0.0".into(),
+        description: manifest.description.clone().unwrap_or_default(),
+        lifecycle: Lifecycle::Job,
+        limits,
+        env: BTreeMap::new(),
+        scratch_dir: false,
+        stop_grace: super::DEFAULT_STOP_GRACE,
+        max_restarts: None,
+        input_schema,
+        output_schema,
+        models,
+        tools: manifest.tools,
+        quota: manifest.quota,
+        source: Some(path.to_path_buf()),
+        code: AgentCode::Declarative(Arc::new(DeclarativeAgent {
+            system_prompt,
+            model,
+            temperature: manifest.temperature,
+            max_output_tokens: manifest.max_output_tokens,
+        })),
+    })
 }
 
 /// Whether the manifest beside `path` gives the agent an id other than the file's name.

@@ -9,6 +9,14 @@
 //! scratch-dir = false            # a private directory at /scratch for each run
 //! stop-grace-ms = 30000          # time to stop after being asked (long-lived)
 //! max-restarts = 10              # restarts after host deaths (long-lived; default unlimited)
+//! models = ["cheap"]             # model aliases the agent may call (default: none)
+//! tools = ["calc", "json-query"] # tools the agent may call (default: none)
+//!
+//! [quota]                        # per-run budgets (default: none; the time limit still applies)
+//! max-turns = 8                  # model calls
+//! max-tokens = 20000             # input and output tokens together
+//! max-cost-usd = 0.05            # at the alias's prices
+//! max-tool-calls = 16
 //!
 //! [limits]
 //! fuel = 5_000_000_000           # or "unlimited"
@@ -36,6 +44,39 @@
 //! `event-byte-burst = "4MiB"` (see [`Limits`] for every default).
 //! A memory limit above what the host's engine grants an instance, or `"unlimited"` memory, is
 //! refused when the agent loads.
+//!
+//! # Declarative agents
+//!
+//! A manifest with no component beside it that has a `system-prompt` is an agent of its own: the
+//! host runs it with its built-in agent loop. Its schemas are JSON Schemas written as TOML tables.
+//!
+//! ```toml
+//! description = "Echoes its input back"
+//! system-prompt = "Reply with {received, ok: true} as JSON."
+//! model = "cheap"                # an alias; added to `models` if not listed there
+//! temperature = 0.2              # optional, 0 to 2
+//! max-output-tokens = 256        # optional, per model call
+//! tools = []
+//!
+//! [input-schema]
+//! type = "object"
+//! required = ["n"]
+//! properties.n.type = "integer"
+//!
+//! [output-schema]
+//! type = "object"
+//! properties.received.type = "integer"
+//! properties.ok.type = "boolean"
+//!
+//! [quota]
+//! max-turns = 2
+//!
+//! [limits]
+//! timeout-ms = 60000
+//! ```
+//!
+//! Declarative agents are jobs: `lifecycle = "long-lived"`, `scratch-dir`, `stop-grace-ms`,
+//! `max-restarts` and `[env]` have no meaning for them and are refused.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,7 +84,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ByteRate, EventRate, Limits};
+use super::{ByteRate, EventRate, Limits, Quota};
 use crate::queue::Lifecycle;
 
 /// A manifest that could not be used.
@@ -78,6 +119,27 @@ pub struct Manifest {
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Model aliases the agent may call.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Tools the agent may call.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Per-run budgets.
+    #[serde(default)]
+    pub quota: Quota,
+    /// A declarative agent's system prompt.
+    pub system_prompt: Option<String>,
+    /// A declarative agent's model alias.
+    pub model: Option<String>,
+    /// A declarative agent's sampling temperature.
+    pub temperature: Option<f32>,
+    /// A declarative agent's cap on output tokens per model call.
+    pub max_output_tokens: Option<u32>,
+    /// A declarative agent's input schema (a JSON Schema as a TOML table).
+    pub input_schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A declarative agent's output schema (a JSON Schema as a TOML table).
+    pub output_schema: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Limit overrides in a manifest.
@@ -188,7 +250,58 @@ impl Manifest {
         {
             return Err("max-restarts must not be negative".into());
         }
+        check_names("models", &manifest.models)?;
+        check_names("tools", &manifest.tools)?;
+        if let Some(model) = &manifest.model {
+            validate_name("model", model)?;
+        }
+        manifest.quota.validate()?;
+        if let Some(t) = manifest.temperature
+            && !(t.is_finite() && (0.0..=2.0).contains(&t))
+        {
+            return Err(format!("temperature must be from 0 to 2, not {t}"));
+        }
+        if manifest.max_output_tokens == Some(0) {
+            return Err("max-output-tokens must be positive".into());
+        }
+        if let Some(prompt) = &manifest.system_prompt
+            && prompt.trim().is_empty()
+        {
+            return Err("system-prompt must not be empty".into());
+        }
         Ok(manifest)
+    }
+
+    /// Whether the manifest sets any field that only a declarative agent has.
+    pub fn declarative_fields(&self) -> Vec<&'static str> {
+        [
+            ("system-prompt", self.system_prompt.is_some()),
+            ("model", self.model.is_some()),
+            ("temperature", self.temperature.is_some()),
+            ("max-output-tokens", self.max_output_tokens.is_some()),
+            ("input-schema", self.input_schema.is_some()),
+            ("output-schema", self.output_schema.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// The fields set that have no meaning for a declarative agent (which is always a job).
+    pub fn component_only_fields(&self) -> Vec<&'static str> {
+        [
+            (
+                "lifecycle = \"long-lived\"",
+                self.lifecycle == Some(Lifecycle::LongLived),
+            ),
+            ("scratch-dir", self.scratch_dir.is_some()),
+            ("stop-grace-ms", self.stop_grace_ms.is_some()),
+            ("max-restarts", self.max_restarts.is_some()),
+            ("[env]", !self.env.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
     }
 
     /// The limits for an agent of `lifecycle`, with this manifest's overrides applied. Fails
@@ -272,6 +385,34 @@ impl Manifest {
         }
         Ok(limits)
     }
+}
+
+/// Model aliases and tool names: 1 to 64 letters, digits, `-`, `_` and `.`.
+pub(super) fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// Checks every name of a `models` or `tools` list, and that none is listed twice.
+fn check_names(list: &str, names: &[String]) -> Result<(), String> {
+    let what = list.trim_end_matches('s');
+    for (i, name) in names.iter().enumerate() {
+        validate_name(what, name).map_err(|e| format!("{list}: {e}"))?;
+        if names[..i].contains(name) {
+            return Err(format!("{list} lists {name:?} twice"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -421,5 +562,117 @@ mod tests {
         let error = burst_alone.limits(Lifecycle::Job).expect_err("no rate");
         assert!(error.contains("max-events-per-second"), "{error}");
         assert!(burst_alone.limits(Lifecycle::LongLived).is_ok());
+    }
+
+    #[test]
+    fn models_tools_and_quota_are_read_and_checked() {
+        let m = Manifest::parse(
+            "models = [\"cheap\", \"big.v2\"]\ntools = [\"calc\", \"json-query\"]\n\
+             [quota]\nmax-turns = 8\nmax-tokens = 20000\nmax-cost-usd = 1\nmax-tool-calls = 3",
+        )
+        .expect("valid");
+        assert_eq!(m.models, ["cheap", "big.v2"]);
+        assert_eq!(m.tools, ["calc", "json-query"]);
+        assert_eq!(
+            m.quota,
+            Quota {
+                max_turns: Some(8),
+                max_tokens: Some(20000),
+                max_cost_usd: Some(1.0),
+                max_tool_calls: Some(3),
+            }
+        );
+        let none = Manifest::parse("").expect("empty");
+        assert!(none.models.is_empty() && none.tools.is_empty());
+        assert!(none.quota.is_unlimited());
+        for (text, expected) in [
+            ("[quota]\nmax-turns = 0", "max-turns must be positive"),
+            ("[quota]\nmax-tokens = 0", "max-tokens must be positive"),
+            (
+                "[quota]\nmax-tool-calls = 0",
+                "max-tool-calls must be positive",
+            ),
+            ("[quota]\nmax-turns = -1", "-1"),
+            (
+                "[quota]\nmax-cost-usd = 0.0",
+                "max-cost-usd must be a positive number",
+            ),
+            (
+                "[quota]\nmax-cost-usd = -2.5",
+                "max-cost-usd must be a positive number",
+            ),
+            (
+                "[quota]\nmax-cost-usd = nan",
+                "max-cost-usd must be a positive number",
+            ),
+            (
+                "[quota]\nmax-cost-usd = inf",
+                "max-cost-usd must be a positive number",
+            ),
+            ("[quota]\nmax-turnz = 2", "max-turnz"),
+            ("tools = [\"no spaces\"]", "invalid tool name \"no spaces\""),
+            ("tools = [\"\"]", "invalid tool name"),
+            ("models = [\"a/b\"]", "invalid model name \"a/b\""),
+            ("tools = [\"calc\", \"calc\"]", "tools lists \"calc\" twice"),
+            ("model = \"c h e a p\"", "invalid model name"),
+            ("temperature = 3.5", "temperature must be from 0 to 2"),
+            (
+                "max-output-tokens = 0",
+                "max-output-tokens must be positive",
+            ),
+            ("system-prompt = \"  \"", "system-prompt must not be empty"),
+        ] {
+            let error = Manifest::parse(text).expect_err(text);
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        let long = format!("tools = [\"{}\"]", "x".repeat(65));
+        assert!(Manifest::parse(&long).is_err());
+        let longest = format!("tools = [\"{}\"]", "x".repeat(64));
+        assert!(Manifest::parse(&longest).is_ok());
+    }
+
+    #[test]
+    fn a_declarative_agents_fields_and_schemas_as_tables() {
+        let m = Manifest::parse(
+            r#"
+            system-prompt = "Reply with {received, ok: true} as JSON."
+            model = "cheap"
+            temperature = 0.5
+            max-output-tokens = 64
+            [input-schema]
+            type = "object"
+            required = ["n"]
+            properties.n.type = "integer"
+            [quota]
+            max-turns = 2
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            m.declarative_fields(),
+            [
+                "system-prompt",
+                "model",
+                "temperature",
+                "max-output-tokens",
+                "input-schema"
+            ]
+        );
+        assert!(m.component_only_fields().is_empty());
+        assert_eq!(
+            serde_json::Value::Object(m.input_schema.clone().expect("schema")),
+            serde_json::json!({
+                "type": "object",
+                "required": ["n"],
+                "properties": { "n": { "type": "integer" } }
+            })
+        );
+        let component =
+            Manifest::parse("lifecycle = \"long-lived\"\n[env]\nA = \"1\"").expect("valid");
+        assert!(component.declarative_fields().is_empty());
+        assert_eq!(
+            component.component_only_fields(),
+            ["lifecycle = \"long-lived\"", "[env]"]
+        );
     }
 }

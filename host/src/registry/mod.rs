@@ -1,9 +1,11 @@
 //! Agent registries: which agents exist, what they are allowed to use, and how to run them.
 //!
 //! An [`AgentSpec`] describes one agent type: its id, lifecycle, limits, input and output
-//! schemas, and its code (a native Rust agent or a WebAssembly component). A [`Registry`] looks
-//! specs up by id; [`StaticRegistry`] is a fixed set, and [`DirRegistry`] loads `agents/*.wasm`
-//! and follows changes.
+//! schemas, the model aliases and tools it may use, its per-run [`Quota`], and its code (a
+//! native Rust agent, a WebAssembly component, or a [`DeclarativeAgent`]: a system prompt and a
+//! model that the host's built-in agent loop runs). A [`Registry`] looks specs up by id;
+//! [`StaticRegistry`] is a fixed set, and [`DirRegistry`] loads `agents/*.wasm` and declarative
+//! `agents/*.toml` and follows changes.
 
 pub mod dir;
 mod limits;
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::queue::Lifecycle;
 use crate::sandbox::wasm::WasmAgent;
@@ -37,6 +39,8 @@ pub enum AgentCode {
     Native(Arc<dyn NativeAgent>),
     /// A WebAssembly component.
     Wasm(Arc<WasmAgent>),
+    /// No code: a system prompt and a model, run by the host's built-in agent loop.
+    Declarative(Arc<DeclarativeAgent>),
 }
 
 impl std::fmt::Debug for AgentCode {
@@ -44,7 +48,69 @@ impl std::fmt::Debug for AgentCode {
         match self {
             AgentCode::Native(_) => f.write_str("Native"),
             AgentCode::Wasm(agent) => f.debug_tuple("Wasm").field(&agent.digest()).finish(),
+            AgentCode::Declarative(agent) => f.debug_tuple("Declarative").field(agent).finish(),
         }
+    }
+}
+
+/// An agent that is only configuration (`agents/<id>.toml` with a `system-prompt` and no
+/// component): the host runs it with its built-in agent loop. Its schemas, tools, quota and
+/// model aliases are on its [`AgentSpec`] as for any agent (`spec.models` contains `model`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclarativeAgent {
+    /// The system message of every conversation.
+    pub system_prompt: String,
+    /// The model alias the loop calls.
+    pub model: String,
+    /// Sampling temperature (the provider's default if unset).
+    pub temperature: Option<f32>,
+    /// Cap on output tokens per model call (the alias's if unset; never more than the alias's).
+    pub max_output_tokens: Option<u32>,
+}
+
+/// Per-run budgets, enforced by the host: a run that goes past one ends with status `quota`.
+/// `None` is no limit (the run's time limit still applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(
+    rename_all(serialize = "camelCase", deserialize = "kebab-case"),
+    deny_unknown_fields
+)]
+pub struct Quota {
+    /// Model calls per run.
+    pub max_turns: Option<u32>,
+    /// Input and output tokens per run, over all model calls.
+    pub max_tokens: Option<u64>,
+    /// Cost per run in US dollars, at the prices of the aliases called.
+    pub max_cost_usd: Option<f64>,
+    /// Tool calls per run.
+    pub max_tool_calls: Option<u32>,
+}
+
+impl Quota {
+    /// Whether no budget is set.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks that every budget set is positive (and the cost finite).
+    pub fn validate(&self) -> Result<(), String> {
+        let zero = [
+            ("max-turns", self.max_turns == Some(0)),
+            ("max-tokens", self.max_tokens == Some(0)),
+            ("max-tool-calls", self.max_tool_calls == Some(0)),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, zero)| *zero) {
+            return Err(format!("quota: {name} must be positive"));
+        }
+        if let Some(cost) = self.max_cost_usd
+            && !(cost.is_finite() && cost > 0.0)
+        {
+            return Err(format!(
+                "quota: max-cost-usd must be a positive number, not {cost}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -75,7 +141,13 @@ pub struct AgentSpec {
     pub input_schema: Option<Schema>,
     /// Output validation.
     pub output_schema: Option<Schema>,
-    /// Where the code came from (a `.wasm` file), if anywhere.
+    /// Model aliases the agent may call.
+    pub models: Vec<String>,
+    /// Tools the agent may call.
+    pub tools: Vec<String>,
+    /// Per-run budgets.
+    pub quota: Quota,
+    /// Where the code came from (a `.wasm` file, or a declarative agent's `.toml`), if anywhere.
     pub source: Option<PathBuf>,
     /// The code.
     #[serde(skip)]
@@ -104,6 +176,9 @@ impl AgentSpec {
             max_restarts: None,
             input_schema: None,
             output_schema: None,
+            models: Vec::new(),
+            tools: Vec::new(),
+            quota: Quota::default(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
         }
@@ -126,6 +201,9 @@ impl AgentSpec {
             max_restarts: None,
             input_schema: schema(&described.input_schema)?,
             output_schema: schema(&described.output_schema)?,
+            models: Vec::new(),
+            tools: Vec::new(),
+            quota: Quota::default(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
         })
@@ -165,6 +243,61 @@ impl AgentSpec {
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
         self
+    }
+
+    /// Sets the model aliases the agent may call.
+    pub fn models<S: Into<String>>(mut self, models: impl IntoIterator<Item = S>) -> Self {
+        self.models = models.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the tools the agent may call.
+    pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.tools = tools.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the per-run budgets.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Whether the agent is declarative (run by the host's built-in agent loop).
+    pub fn is_declarative(&self) -> bool {
+        matches!(self.code, AgentCode::Declarative(_))
+    }
+
+    /// What this agent lists that the host does not have: each model alias not among `aliases`
+    /// (the configured ones) and each tool not among `tools` (the loaded ones), one problem each.
+    /// Empty: every capability it asks for is there.
+    pub fn check_capabilities(&self, aliases: &[String], tools: &[String]) -> Vec<String> {
+        let known = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let models = self
+            .models
+            .iter()
+            .filter(|m| !aliases.contains(m))
+            .map(|m| {
+                format!(
+                    "agent {:?} lists model alias {m:?}, which is not configured (configured: {})",
+                    self.id,
+                    known(aliases)
+                )
+            });
+        let missing_tools = self.tools.iter().filter(|t| !tools.contains(t)).map(|t| {
+            format!(
+                "agent {:?} lists tool {t:?}, which is not loaded (loaded: {})",
+                self.id,
+                known(tools)
+            )
+        });
+        models.chain(missing_tools).collect()
     }
 }
 
@@ -242,5 +375,51 @@ impl Registry for ChainRegistry {
             }
         }
         all.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_the_host_lacks_are_named() {
+        let spec = AgentSpec::native(
+            "a",
+            native_agent(|_, _| async { Ok(serde_json::Value::Null) }),
+        )
+        .models(["cheap", "big"])
+        .tools(["calc", "json-query"]);
+        let aliases = vec!["cheap".to_string()];
+        let tools = vec!["calc".to_string(), "other".to_string()];
+        let problems = spec.check_capabilities(&aliases, &tools);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("model alias \"big\""), "{problems:?}");
+        assert!(problems[0].contains("configured: cheap"), "{problems:?}");
+        assert!(problems[1].contains("tool \"json-query\""), "{problems:?}");
+        assert!(problems[1].contains("loaded: calc, other"), "{problems:?}");
+        let all = spec.check_capabilities(
+            &["big".into(), "cheap".into()],
+            &["json-query".into(), "calc".into()],
+        );
+        assert!(all.is_empty(), "{all:?}");
+        let none = spec.check_capabilities(&[], &[]);
+        assert_eq!(none.len(), 4);
+        assert!(none[0].contains("configured: none"), "{none:?}");
+    }
+
+    #[test]
+    fn a_quota_is_shown_in_camel_case() {
+        let quota = Quota {
+            max_turns: Some(2),
+            max_cost_usd: Some(0.5),
+            ..Quota::default()
+        };
+        assert_eq!(
+            serde_json::to_value(quota).expect("json"),
+            serde_json::json!({
+                "maxTurns": 2, "maxTokens": null, "maxCostUsd": 0.5, "maxToolCalls": null
+            })
+        );
     }
 }

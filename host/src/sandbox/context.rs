@@ -1,9 +1,17 @@
 //! What a running agent can reach: its events, heartbeats and logs, the clock, and the stop
 //! signal. The same context serves native agents and the wasm sandbox's host functions.
+//!
+//! A run that waits on I/O (a model, a tool, any slow call) does so inside
+//! [`RunContext::waiting`], which hands the run's CPU slot back to its pool for the wait.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -140,6 +148,21 @@ impl Control {
     }
 }
 
+/// The pool's side of [`RunContext::waiting`]: how a run trades its CPU slot for a waiting
+/// permit and back. Implemented by the pool for each run it starts.
+pub trait WaitAdmission: Send + Sync + 'static {
+    /// A waiting section of the run opens.
+    fn enter(&self);
+    /// Resolves once the run has given its CPU slot back and holds a waiting permit instead (at
+    /// once if it already has, or has no slot to give). Pending for as long as no waiting permit
+    /// is free, which may be forever; dropping the future gives up trying.
+    fn trade(&self) -> BoxFuture<'_, ()>;
+    /// A waiting section closes, at the call. Once the last open one has closed, the returned
+    /// future takes a CPU slot back (and then gives the waiting permit up); dropping it leaves
+    /// the run without a slot.
+    fn leave(&self) -> BoxFuture<'static, ()>;
+}
+
 /// The handle an agent uses to talk to the host during one run. Cheap to clone.
 #[derive(Clone)]
 pub struct RunContext {
@@ -158,6 +181,7 @@ struct Inner {
     emitted: AtomicU64,
     logged: AtomicU64,
     bytes: Mutex<ByteMeter>,
+    admission: Option<Arc<dyn WaitAdmission>>,
 }
 
 /// The limits on a run's events that its context enforces: the part of [`Limits`] about
@@ -188,6 +212,20 @@ impl EventBudget {
             max_bytes: limits.max_event_total_bytes,
             byte_rate: limits.event_byte_rate,
             max_log_events: Some((limits.max_log_bytes / MIN_LOG_EVENT_BYTES).max(1)),
+        }
+    }
+}
+
+/// An open waiting section; closed in the background if dropped before it is closed.
+struct Section(Option<Arc<dyn WaitAdmission>>);
+
+impl Drop for Section {
+    fn drop(&mut self) {
+        if let Some(admission) = self.0.take() {
+            let reacquire = admission.leave();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(reacquire);
+            }
         }
     }
 }
@@ -231,6 +269,7 @@ impl RunContext {
         recorder: RecorderHandle,
         first_seq: u64,
         limits: Option<&Limits>,
+        admission: Option<Arc<dyn WaitAdmission>>,
     ) -> Self {
         let budget = limits.map(EventBudget::of).unwrap_or_default();
         Self {
@@ -250,6 +289,7 @@ impl RunContext {
                     tokens: budget.byte_rate.map_or(0.0, |rate| rate.burst as f64),
                     refilled: Instant::now(),
                 }),
+                admission,
             }),
         }
     }
@@ -263,6 +303,7 @@ impl RunContext {
             RecorderHandle::discarding(),
             1,
             limits,
+            None,
         )
     }
 
@@ -464,6 +505,49 @@ impl RunContext {
     /// Whether the agent has been asked to stop.
     pub fn stop_requested(&self) -> bool {
         self.inner.control.stop_requested()
+    }
+
+    /// Runs `f`, an I/O-bound wait (a model call, a tool call, a slow request), without holding
+    /// one of the pool's CPU slots: the run gives its slot back while `f` runs, holding one of
+    /// the pool's waiting permits instead (`max-waiting-runs`), so that the pool can start other
+    /// jobs meanwhile; it takes a slot again before this returns, waiting for one if need be.
+    ///
+    /// If no waiting permit is free, the run keeps its slot and runs `f` at once anyway, and
+    /// trades the slot as soon as a permit frees up: a pool whose waiting permits are all taken
+    /// runs like one without them, never slower. Sections may nest or overlap within one run
+    /// (parallel tool calls): the slot goes back when the first opens and is taken again when
+    /// the last closes. Outside a pool ([`RunContext::detached`]), and for long-lived agents
+    /// (whose slots are not CPU slots), this just runs `f`. Native agents may call it too.
+    ///
+    /// Dropping the returned future mid-wait is safe: the run takes its slot back in the
+    /// background.
+    pub async fn waiting<F: Future>(&self, f: F) -> F::Output {
+        let Some(admission) = self.inner.admission.as_ref() else {
+            return f.await;
+        };
+        admission.enter();
+        let mut section = Section(Some(Arc::clone(admission)));
+        let output = {
+            // Both dropped before the section closes: a trade still queued for a permit must
+            // not hold its place in the queue.
+            let mut f = pin!(f);
+            let mut trade = pin!(admission.trade());
+            let mut traded = false;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(output) = f.as_mut().poll(cx) {
+                    return Poll::Ready(output);
+                }
+                if !traded && trade.as_mut().poll(cx).is_ready() {
+                    traded = true;
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        if let Some(admission) = section.0.take() {
+            admission.leave().await;
+        }
+        output
     }
 
     /// Sleeps for `duration`, returning early with `true` when a stop is requested.

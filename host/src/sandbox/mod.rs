@@ -19,7 +19,7 @@ use crate::registry::AgentSpec;
 use crate::store::{RunStatus, Usage};
 
 pub use context::{
-    AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity,
+    AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity, WaitAdmission,
 };
 pub use none::NoneSandbox;
 
@@ -137,6 +137,19 @@ impl Failure {
         self.status = status;
         self
     }
+}
+
+/// The failure of a declarative agent's run in a sandbox that cannot run one (it needs the
+/// host's built-in agent loop).
+pub(crate) fn declarative_unsupported(spec: &AgentSpec) -> Failure {
+    Failure::permanent(
+        "Unsupported",
+        format!(
+            "agent {:?} is declarative (a system prompt and a model); this host cannot run \
+             declarative agents yet",
+            spec.id
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -60,6 +60,9 @@ impl Sandbox for NoneSandbox {
                         ))),
                     };
                 }
+                AgentCode::Declarative(_) => {
+                    return RunOutcome::from_result(Err(super::declarative_unsupported(spec)));
+                }
             };
             let input = match serde_json::from_str(input.get()) {
                 Ok(value) => value,

@@ -826,6 +826,9 @@ impl Sandbox for WasmSandbox {
                         spec.id
                     ),
                 ))),
+                AgentCode::Declarative(_) => {
+                    RunOutcome::from_result(Err(crate::sandbox::declarative_unsupported(spec)))
+                }
             }
         }
         .boxed()
