@@ -3,13 +3,16 @@
 //! An [`AgentSpec`] describes one agent type: its id, lifecycle, limits, input and output
 //! schemas, and its code (a native Rust agent or a WebAssembly component). A [`Registry`] looks
 //! specs up by id; [`StaticRegistry`] is a fixed set, and [`DirRegistry`] loads `agents/*.wasm`
-//! and follows changes.
+//! and follows changes. A [`ToolSpec`] describes one tool (a component of the `toolbox`
+//! world); a [`ToolRegistry`] looks tools up by name, and [`DirRegistry`] loads
+//! `agents/tools/*.wasm`.
 
 pub mod dir;
 mod limits;
 mod manifest;
 mod native;
 mod schema;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +32,7 @@ pub use limits::{
 pub use manifest::{Manifest, ManifestError};
 pub use native::{NativeAgent, native_agent};
 pub use schema::{Schema, SchemaError};
+pub use tools::{StaticToolRegistry, ToolManifest, ToolRegistry, ToolSpec, validate_tool_name};
 
 /// The code behind an agent.
 #[derive(Clone)]
