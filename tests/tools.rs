@@ -121,6 +121,7 @@ async fn the_example_tools_load_and_describe_themselves() {
         .as_ref()
         .expect("calc has an input schema");
     assert_eq!(schema["required"], json!(["expression"]));
+    assert_eq!(&calc.parameters(), schema);
     assert!(calc.output_schema.is_some());
     assert!(
         calc.source

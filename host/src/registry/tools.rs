@@ -88,6 +88,14 @@ impl ToolSpec {
         }
     }
 
+    /// The JSON Schema of the tool's input as models are given it (a tool's `parameters`): its
+    /// input schema, or any JSON object if it has none.
+    pub fn parameters(&self) -> serde_json::Value {
+        self.input_schema_json
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({ "type": "object" }))
+    }
+
     /// A spec for every tool a loaded toolbox offers, with the default limits; `component` names
     /// the toolbox (its file stem). Fails on an invalid tool name or schema.
     pub fn from_toolbox(component: &str, code: Arc<WasmToolbox>) -> Result<Vec<Self>, String> {
