@@ -34,6 +34,51 @@
 //! [`heartbeat`], [`log`], read the clock with [`now_ms`], and — for long-lived agents — notice a
 //! stop request with [`stop_requested`] or an interruptible [`sleep`]. Environment variables set
 //! in the agent's manifest are visible through [`std::env::var`]; nothing else of the host is.
+//!
+//! # Tools
+//!
+//! A tool is a type that implements [`Tool`]: a name, a description, typed input (with a JSON
+//! Schema the host checks before each call) and typed output. [`export_toolbox!`] turns one or
+//! more tools into a component of the `toolbox` world, which the host loads from
+//! `agents/tools/` and runs in a fresh sandbox for every call:
+//!
+//! ```no_run
+//! use drover_sdk::{Error, Tool, Value, export_toolbox, json};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Input { a: f64, b: f64 }
+//!
+//! #[derive(Serialize)]
+//! struct Output { sum: f64 }
+//!
+//! struct Add;
+//!
+//! impl Tool for Add {
+//!     type Input = Input;
+//!     type Output = Output;
+//!     const NAME: &'static str = "add";
+//!     const DESCRIPTION: &'static str = "Adds two numbers";
+//!
+//!     fn input_schema() -> Option<Value> {
+//!         Some(json!({
+//!             "type": "object",
+//!             "properties": { "a": { "type": "number" }, "b": { "type": "number" } },
+//!             "required": ["a", "b"]
+//!         }))
+//!     }
+//!
+//!     fn call(input: Input) -> Result<Output, Error> {
+//!         Ok(Output { sum: input.a + input.b })
+//!     }
+//! }
+//!
+//! export_toolbox!(Add);
+//! ```
+//!
+//! A tool's [`log`] and [`emit`] calls are accepted and dropped (a tool call is recorded by the
+//! host as one `tool_call` and one `tool_result` event of the calling run); [`now_ms`] works,
+//! [`stop_requested`] is always `false`.
 
 use std::time::Duration;
 
@@ -96,6 +141,105 @@ pub mod __private {
 }
 
 use __private::drover::agent::host;
+
+/// Generated bindings for the `toolbox` world and the glue used by [`export_toolbox!`]. Not part
+/// of the API.
+#[doc(hidden)]
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod __toolbox {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "toolbox",
+        pub_export_macro: true,
+        export_macro_name: "__export_toolbox_world",
+        default_bindings_module: "drover_sdk::__toolbox",
+        with: {
+            "drover:agent/types@0.2.0": crate::__private::drover::agent::types,
+            "drover:agent/host@0.2.0": crate::__private::drover::agent::host,
+        },
+    });
+
+    pub use crate::__private::drover::agent::types::{Failure, ToolInfo};
+    pub use exports::drover::agent::tool_provider::Guest;
+
+    use super::{Error, Tool};
+
+    /// What the toolbox says about tool `T`.
+    pub fn info<T: Tool>() -> ToolInfo {
+        ToolInfo {
+            name: T::NAME.to_string(),
+            description: T::DESCRIPTION.to_string(),
+            input_schema: T::input_schema().map(|s| s.to_string()),
+            output_schema: T::output_schema().map(|s| s.to_string()),
+        }
+    }
+
+    /// One call of tool `T`: decode, call, encode.
+    pub fn call<T: Tool>(input: &str) -> Result<String, Failure> {
+        let input: T::Input = serde_json::from_str(input).map_err(|e| {
+            failure(
+                Error::new(
+                    "InvalidInput",
+                    format!("cannot decode the input of {}: {e}", T::NAME),
+                )
+                .permanent(),
+            )
+        })?;
+        let output = T::call(input).map_err(failure)?;
+        serde_json::to_string(&output).map_err(|e| {
+            failure(
+                Error::new(
+                    "InvalidOutput",
+                    format!("cannot encode the output of {}: {e}", T::NAME),
+                )
+                .permanent(),
+            )
+        })
+    }
+
+    /// The failure for a call of a tool this toolbox does not offer.
+    pub fn unknown_tool(name: &str) -> Failure {
+        failure(Error::new("UnknownTool", format!("this toolbox has no tool {name:?}")).permanent())
+    }
+
+    fn failure(e: Error) -> Failure {
+        Failure {
+            tag: e.tag,
+            message: e.message,
+            retryable: e.retryable,
+        }
+    }
+}
+
+/// A tool: a named function with typed input and output, which models (and agents) can call.
+///
+/// The host checks every call's input against [`Tool::input_schema`] before it starts the tool,
+/// and runs the call in a fresh instance of the component, held to the tool's limits.
+pub trait Tool {
+    /// The input, decoded from the call's JSON.
+    type Input: DeserializeOwned;
+    /// The output, encoded as the call's JSON result.
+    type Output: Serialize;
+
+    /// The tool's name: 1 to 64 letters, digits, `-` or `_`, unique on the host. Models see it.
+    const NAME: &'static str;
+    /// What the tool does, for people and for models (who decide from it when to call it).
+    const DESCRIPTION: &'static str;
+
+    /// JSON Schema of the input (a JSON object). Models are told to call the tool with input
+    /// matching it, and the host refuses other input before the call.
+    fn input_schema() -> Option<Value> {
+        None
+    }
+
+    /// JSON Schema of the output (checked by the host after the call).
+    fn output_schema() -> Option<Value> {
+        None
+    }
+
+    /// Calls the tool once.
+    fn call(input: Self::Input) -> Result<Self::Output, Error>;
+}
 
 /// An agent: typed input in, typed output out.
 pub trait Agent {
@@ -243,5 +387,37 @@ macro_rules! export_agent {
         }
 
         $crate::__private::__export_agent_world!(__DroverAgent with_types_in $crate::__private);
+    };
+}
+
+/// Exports the tools `$tool, …` (types implementing [`Tool`]) as this component's toolbox.
+///
+/// The component describes every listed tool to the host and dispatches each call by name; a
+/// name it does not offer fails with `UnknownTool`.
+#[macro_export]
+macro_rules! export_toolbox {
+    ($($tool:ty),+ $(,)?) => {
+        #[doc(hidden)]
+        pub struct __DroverToolbox;
+
+        impl $crate::__toolbox::Guest for __DroverToolbox {
+            fn describe() -> ::std::vec::Vec<$crate::__toolbox::ToolInfo> {
+                ::std::vec![$($crate::__toolbox::info::<$tool>()),+]
+            }
+
+            fn call(
+                name: ::std::string::String,
+                input: ::std::string::String,
+            ) -> ::std::result::Result<::std::string::String, $crate::__toolbox::Failure> {
+                $(
+                    if name == <$tool as $crate::Tool>::NAME {
+                        return $crate::__toolbox::call::<$tool>(&input);
+                    }
+                )+
+                ::std::result::Result::Err($crate::__toolbox::unknown_tool(&name))
+            }
+        }
+
+        $crate::__toolbox::__export_toolbox_world!(__DroverToolbox with_types_in $crate::__toolbox);
     };
 }

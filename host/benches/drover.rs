@@ -7,6 +7,7 @@
 //! cargo bench -p drover-host --bench drover -- --only throughput   # one benchmark
 //! cargo bench -p drover-host --bench drover -- --only sync   # the two sync modes side by side
 //! cargo bench -p drover-host --bench drover -- --only gateway   # the model gateway's overhead
+//! cargo bench -p drover-host --bench drover -- --only tools  # a tool call vs a native function
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -127,8 +128,12 @@ fn main() {
         rows.extend(runtime.block_on(sync_modes(scale, dir)));
     }
     if wanted("gateway") {
-        eprintln!("[8/8] model gateway overhead");
+        eprintln!("[8/9] model gateway overhead");
         rows.extend(runtime.block_on(gateway_overhead(scale)));
+    }
+    if wanted("tools") {
+        eprintln!("[9/9] tool call: fresh instance + call vs a native function");
+        rows.extend(runtime.block_on(tool_call(scale, dir)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.
@@ -966,6 +971,126 @@ fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
     let mut bytes = vec![section.id()];
     section.encode(&mut bytes);
     bytes
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Tool call
+
+/// The expression both sides evaluate.
+const TOOL_EXPRESSION: &str = "(17.5 * 4 - 3) % 9 + 2 ^ 10 / -(8 - 4)";
+
+async fn tool_call(scale: Scale, work: &Path) -> Vec<Row> {
+    use drover_host::registry::ToolSpec;
+    use drover_host::sandbox::Control;
+
+    let rounds = scale.pick(50, 5000);
+    let runtime = wasm_runtime(work, 16, Metering::ON);
+    let toolbox = runtime
+        .load_toolbox_file(Path::new(drover_test_support::TOOL_CALC))
+        .await
+        .expect("load calc");
+    let calc = ToolSpec::from_toolbox("calc", Arc::new(toolbox))
+        .expect("calc spec")
+        .remove(0);
+    let input = json!({ "expression": TOOL_EXPRESSION }).to_string();
+    let control = Control::new();
+    let expected = native_calc(&input);
+    let mut tool = Vec::with_capacity(rounds);
+    let mut native = Vec::with_capacity(rounds);
+    // Alternate the two, so that both see the same moments of the machine.
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let outcome = runtime.call_tool(&calc, &input, &control).await;
+        tool.push(started.elapsed().as_secs_f64());
+        let output: serde_json::Value =
+            serde_json::from_str(&outcome.result.expect("calc answers")).expect("json");
+        assert_eq!(output.to_string(), expected);
+
+        let started = Instant::now();
+        let output = std::hint::black_box(native_calc(std::hint::black_box(&input)));
+        native.push(started.elapsed().as_secs_f64());
+        assert_eq!(output, expected);
+    }
+    let row = |p: f64, target: &str, met: Option<bool>| {
+        let (t, n) = (percentile(&tool, p), percentile(&native, p));
+        Row {
+            name: format!(
+                "Tool call: a fresh instance of the calc tool and one call (input checked against its schema, output checked), p{}; vs the same arithmetic as a native function",
+                (p * 100.0).round()
+            ),
+            figure: micros(t),
+            baseline: micros(n),
+            ratio: t / n,
+            target: target.into(),
+            met,
+        }
+    };
+    let p50 = percentile(&tool, 0.5);
+    vec![row(0.5, "≤ 25 µs", Some(p50 <= 25e-6)), row(0.99, "", None)]
+}
+
+/// What the calc tool does, natively: decode `{"expression"}`, evaluate, encode `{"value"}`.
+fn native_calc(input: &str) -> String {
+    fn expr(t: &[u8], i: &mut usize) -> f64 {
+        let mut v = term(t, i);
+        while let Some(&op @ (b'+' | b'-')) = peek(t, i) {
+            *i += 1;
+            let rhs = term(t, i);
+            v = if op == b'+' { v + rhs } else { v - rhs };
+        }
+        v
+    }
+    fn term(t: &[u8], i: &mut usize) -> f64 {
+        let mut v = unary(t, i);
+        while let Some(&op @ (b'*' | b'/' | b'%')) = peek(t, i) {
+            *i += 1;
+            let rhs = unary(t, i);
+            v = match op {
+                b'*' => v * rhs,
+                b'/' => v / rhs,
+                _ => v % rhs,
+            };
+        }
+        v
+    }
+    fn unary(t: &[u8], i: &mut usize) -> f64 {
+        if peek(t, i) == Some(&b'-') {
+            *i += 1;
+            return -unary(t, i);
+        }
+        let base = atom(t, i);
+        if peek(t, i) == Some(&b'^') {
+            *i += 1;
+            return base.powf(unary(t, i));
+        }
+        base
+    }
+    fn atom(t: &[u8], i: &mut usize) -> f64 {
+        if peek(t, i) == Some(&b'(') {
+            *i += 1;
+            let v = expr(t, i);
+            *i += 1;
+            return v;
+        }
+        let start = *i;
+        while t.get(*i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
+            *i += 1;
+        }
+        std::str::from_utf8(&t[start..*i])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+    fn peek<'a>(t: &'a [u8], i: &mut usize) -> Option<&'a u8> {
+        while t.get(*i).is_some_and(u8::is_ascii_whitespace) {
+            *i += 1;
+        }
+        t.get(*i)
+    }
+    let input: serde_json::Value = serde_json::from_str(input).expect("json");
+    let text = input["expression"].as_str().unwrap_or_default();
+    let value = expr(text.as_bytes(), &mut 0);
+    json!({ "value": value }).to_string()
 }
 
 // ---------------------------------------------------------------------------------------------

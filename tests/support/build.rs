@@ -1,5 +1,5 @@
-//! Compiles every agent in `agents/` for `wasm32-wasip2` (the real components the tests run) and
-//! tells the crate where they are. Installs the target with rustup when it is missing.
+//! Compiles every agent in `agents/` and every tool in `agents/tools/` for `wasm32-wasip2` (the
+//! real components the tests run) and tells the crate where they are. Installs the target with rustup when it is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +12,13 @@ const AGENTS: &[(&str, &str)] = &[
     ("echo-v0-1", "echo_v0_1.wasm"),
     ("queue-worker", "queue_worker.wasm"),
     ("chaos", "chaos.wasm"),
+];
+
+/// Tool crates (under `agents/tools/`) and the file name cargo gives their component.
+const TOOLS: &[(&str, &str)] = &[
+    ("calc", "calc.wasm"),
+    ("json-query", "json_query.wasm"),
+    ("bad-tool", "bad_tool.wasm"),
 ];
 
 fn main() {
@@ -33,6 +40,12 @@ fn main() {
     }
     for (name, _) in AGENTS {
         println!("cargo:rerun-if-changed={}", agents.join(name).display());
+    }
+    for (name, _) in TOOLS {
+        println!(
+            "cargo:rerun-if-changed={}",
+            agents.join("tools").join(name).display()
+        );
     }
 
     ensure_target();
@@ -64,6 +77,12 @@ fn main() {
         assert!(path.exists(), "{} was not built", path.display());
         let var = name.to_uppercase().replace('-', "_");
         println!("cargo:rustc-env=DROVER_AGENT_{var}={}", path.display());
+    }
+    for (name, file) in TOOLS {
+        let path = target_dir.join(TARGET).join("release").join(file);
+        assert!(path.exists(), "{} was not built", path.display());
+        let var = name.to_uppercase().replace('-', "_");
+        println!("cargo:rustc-env=DROVER_TOOL_{var}={}", path.display());
     }
     println!(
         "cargo:rustc-env=DROVER_TEST_CACHE_DIR={}",

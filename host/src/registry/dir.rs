@@ -9,6 +9,9 @@
 //! a rename is atomic, so the host never reads a half-written component. Runs already in flight
 //! keep the version they started with. A file that fails to load is reported and skipped (or,
 //! when it replaces a working version, the working version stays).
+//!
+//! Tools live in the `tools/` subdirectory and are loaded and followed the same way (see
+//! [`super::tools`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::tools::{ToolRegistry, ToolShelf, ToolSpec};
 use super::{AgentCode, AgentSpec, DeclarativeAgent, Manifest, Registry, Schema};
 use crate::queue::Lifecycle;
 use crate::sandbox::wasm::{WasmRuntime, human_bytes};
@@ -45,6 +49,10 @@ pub struct ScanReport {
     pub removed: Vec<String>,
     /// Files that failed.
     pub problems: Vec<LoadProblem>,
+    /// Tools loaded or reloaded.
+    pub tools_loaded: Vec<String>,
+    /// Tools removed (their component is gone, or no longer offers them).
+    pub tools_removed: Vec<String>,
 }
 
 /// Agents loaded from a directory.
@@ -56,6 +64,8 @@ pub struct DirRegistry {
     /// Files currently failing to load, with why.
     problems: RwLock<BTreeMap<PathBuf, String>>,
     scan_lock: tokio::sync::Mutex<()>,
+    /// The tools of `<dir>/tools/`.
+    tools: ToolShelf,
 }
 
 /// What was loaded from one `.wasm` file (or a declarative agent's `.toml`).
@@ -101,6 +111,7 @@ impl DirRegistry {
             files: Mutex::new(HashMap::new()),
             problems: RwLock::new(BTreeMap::new()),
             scan_lock: tokio::sync::Mutex::new(()),
+            tools: ToolShelf::default(),
         });
         registry.rescan().await;
         Ok(registry)
@@ -111,9 +122,10 @@ impl DirRegistry {
         &self.dir
     }
 
-    /// Files that currently fail to load.
+    /// Files that currently fail to load (agents, then tools).
     pub fn problems(&self) -> Vec<LoadProblem> {
-        self.problems
+        let mut problems: Vec<LoadProblem> = self
+            .problems
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -121,7 +133,9 @@ impl DirRegistry {
                 path: path.clone(),
                 error: error.clone(),
             })
-            .collect()
+            .collect();
+        problems.extend(self.tools.problems());
+        problems
     }
 
     fn set_problem(&self, path: &Path, error: Option<String>) {
@@ -132,9 +146,19 @@ impl DirRegistry {
         };
     }
 
-    /// Looks at the directory again: loads new and changed agents, drops removed ones.
+    /// Looks at the directory again: loads new and changed agents and tools, drops removed
+    /// ones.
     pub async fn rescan(&self) -> ScanReport {
         let _scan = self.scan_lock.lock().await;
+        let mut report = self.rescan_agents().await;
+        self.tools
+            .rescan(&self.dir, &self.runtime, &mut report)
+            .await;
+        report
+    }
+
+    /// The agents' part of [`DirRegistry::rescan`].
+    async fn rescan_agents(&self) -> ScanReport {
         let mut report = ScanReport::default();
         let agent_files = match list_agent_files(&self.dir) {
             Ok(files) => {
@@ -372,7 +396,8 @@ impl DirRegistry {
             }
         })
         .and_then(|mut w| {
-            w.watch(&self.dir, notify::RecursiveMode::NonRecursive)
+            // Recursive: tools live in `tools/`.
+            w.watch(&self.dir, notify::RecursiveMode::Recursive)
                 .map(|()| w)
         });
         let watcher = match watcher {
@@ -436,6 +461,16 @@ impl Registry for DirRegistry {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+impl ToolRegistry for DirRegistry {
+    fn get_tool(&self, name: &str) -> Option<Arc<ToolSpec>> {
+        self.tools.get(name)
+    }
+
+    fn list_tools(&self) -> Vec<Arc<ToolSpec>> {
+        self.tools.list()
     }
 }
 

@@ -5,13 +5,16 @@
 //! native Rust agent, a WebAssembly component, or a [`DeclarativeAgent`]: a system prompt and a
 //! model that the host's built-in agent loop runs). A [`Registry`] looks specs up by id;
 //! [`StaticRegistry`] is a fixed set, and [`DirRegistry`] loads `agents/*.wasm` and declarative
-//! `agents/*.toml` and follows changes.
+//! `agents/*.toml` and follows changes. A [`ToolSpec`] describes one tool (a component of the
+//! `toolbox` world); a [`ToolRegistry`] looks tools up by name, and [`DirRegistry`] loads
+//! `agents/tools/*.wasm`.
 
 pub mod dir;
 mod limits;
 mod manifest;
 mod native;
 mod schema;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +34,7 @@ pub use limits::{
 pub use manifest::{Manifest, ManifestError};
 pub use native::{NativeAgent, native_agent};
 pub use schema::{Schema, SchemaError};
+pub use tools::{StaticToolRegistry, ToolManifest, ToolRegistry, ToolSpec, validate_tool_name};
 
 /// The code behind an agent.
 #[derive(Clone)]

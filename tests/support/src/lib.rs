@@ -15,6 +15,13 @@ pub const QUEUE_WORKER: &str = env!("DROVER_AGENT_QUEUE_WORKER");
 /// The `chaos` component (misbehaves on request).
 pub const CHAOS: &str = env!("DROVER_AGENT_CHAOS");
 
+/// The `calc` tool component (`agents/tools/calc`).
+pub const TOOL_CALC: &str = env!("DROVER_TOOL_CALC");
+/// The `json-query` tool component (`agents/tools/json-query`).
+pub const TOOL_JSON_QUERY: &str = env!("DROVER_TOOL_JSON_QUERY");
+/// The `bad-tool` tool component (misbehaves on request).
+pub const TOOL_BAD: &str = env!("DROVER_TOOL_BAD_TOOL");
+
 /// A compiled-component cache shared by every test, so each component compiles once.
 pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("DROVER_TEST_CACHE_DIR"))
@@ -47,6 +54,20 @@ impl AgentDir {
         let staging = self.path().join(format!(".{name}.wasm.tmp"));
         std::fs::copy(component, &staging).expect("copy component");
         std::fs::rename(&staging, self.path().join(format!("{name}.wasm"))).expect("rename");
+        self
+    }
+
+    /// Installs tool component `component` as `tools/<name>.wasm`, with `manifest` as
+    /// `tools/<name>.toml` if given, copied and renamed into place like [`AgentDir::add`].
+    pub fn add_tool(&self, name: &str, component: &str, manifest: Option<&str>) -> &Self {
+        let tools = self.path().join("tools");
+        std::fs::create_dir_all(&tools).expect("tools dir");
+        if let Some(manifest) = manifest {
+            std::fs::write(tools.join(format!("{name}.toml")), manifest).expect("manifest");
+        }
+        let staging = tools.join(format!(".{name}.wasm.tmp"));
+        std::fs::copy(component, &staging).expect("copy component");
+        std::fs::rename(&staging, tools.join(format!("{name}.wasm"))).expect("rename");
         self
     }
 

@@ -26,6 +26,7 @@ mod engine;
 mod scratch;
 mod state;
 mod stdio;
+mod toolbox;
 mod trap;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ pub use engine::{EngineConfig, Metering};
 use scratch::{ScratchArea, ScratchDir, ScratchQuota};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
+pub use toolbox::{ToolDescription, ToolFailure, ToolOutcome, WasmToolbox};
 
 /// Bindings for the `drover:agent@0.2.0` world (from `wit/`).
 pub(crate) mod bindings {
@@ -332,6 +334,7 @@ impl WasmRuntime {
             host_error: None,
             work,
             scratch_quota: None,
+            tool_control: None,
         };
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -393,11 +396,12 @@ impl WasmRuntime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
-            if state
+            let control = state
                 .ctx
                 .as_ref()
-                .is_some_and(|ctx| ctx.control().aborted().is_some())
-            {
+                .map(RunContext::control)
+                .or(state.tool_control.as_ref());
+            if control.is_some_and(|control| control.aborted().is_some()) {
                 return Ok(UpdateDeadline::Interrupt);
             }
             if state.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -467,6 +471,7 @@ impl WasmRuntime {
                 .map(|dir| {
                     ScratchQuota::new(&dir.path, limits.scratch_bytes, limits.scratch_files)
                 }),
+            tool_control: None,
         };
         let mut store = match self.store(
             state,

@@ -1,6 +1,7 @@
 //! What one store holds: the guest's WASI context, its resource accounting, and the host
 //! functions of the `drover:agent/host` interface.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
@@ -14,7 +15,7 @@ use super::scratch::ScratchQuota;
 use super::stdio::Capture;
 use crate::queue::ErrorInfo;
 use crate::registry::{EventRate, Limits};
-use crate::sandbox::RunContext;
+use crate::sandbox::{Control, RunContext};
 use crate::time::now_ms;
 
 /// Longest single `sleep` a guest may ask for (it can loop).
@@ -43,6 +44,11 @@ pub(crate) struct HostState {
     pub(crate) work: HostWork,
     /// The budgets of the run's scratch directory, if it has one and is held to them.
     pub(crate) scratch_quota: Option<ScratchQuota>,
+    /// Set while the store serves one tool call: the calling run's control, whose abort ends
+    /// the call. A tool has no run of its own: its `emit`, `log` and `heartbeat` calls are
+    /// accepted and dropped (charged to its fuel like any host call), `sleep` returns early
+    /// when the calling run is aborted, and a stop is never requested of it.
+    pub(crate) tool_control: Option<Arc<Control>>,
 }
 
 impl WasiView for HostState {
@@ -238,8 +244,11 @@ impl types::Host for HostState {}
 
 impl host::Host for HostState {
     async fn emit(&mut self, kind: String, payload: String) -> wasmtime::Result<()> {
-        let ctx = self.run_ctx()?.clone();
         self.work.add(kind.len() + payload.len());
+        if self.tool_control.is_some() {
+            return Ok(());
+        }
+        let ctx = self.run_ctx()?.clone();
         if let Err(error) = self.events.admit(payload.len()) {
             return Err(self.fail(error));
         }
@@ -250,6 +259,9 @@ impl host::Host for HostState {
     }
 
     async fn heartbeat(&mut self) -> wasmtime::Result<()> {
+        if self.tool_control.is_some() {
+            return Ok(());
+        }
         self.run_ctx()?.clone().heartbeat().await;
         Ok(())
     }
@@ -262,8 +274,11 @@ impl host::Host for HostState {
             types::Level::Warn => "warn",
             types::Level::Error => "error",
         };
-        self.run_ctx()?;
         self.work.add(message.len());
+        if self.tool_control.is_some() {
+            return Ok(());
+        }
+        self.run_ctx()?;
         // Charged to the same budget as stdout and stderr; past it, dropped.
         self.logs.log(level, &message).await;
         Ok(())
@@ -278,6 +293,13 @@ impl host::Host for HostState {
     }
 
     async fn sleep(&mut self, ms: u64) -> wasmtime::Result<bool> {
+        if let Some(control) = self.tool_control.clone() {
+            let nap = Duration::from_millis(ms).min(MAX_SLEEP);
+            return Ok(tokio::select! {
+                () = tokio::time::sleep(nap) => false,
+                _ = control.abort_requested() => true,
+            });
+        }
         let ctx = self.run_ctx()?.clone();
         Ok(ctx.sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await)
     }
