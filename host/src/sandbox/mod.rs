@@ -4,8 +4,14 @@
 //!   limits: native Rust agents, or WebAssembly agents you trust;
 //! * the **wasm sandbox** ([`wasm::WasmSandbox`]) runs a WebAssembly component in a fresh
 //!   instance, deny-by-default, held to the agent's fuel, memory, time, output and event limits.
+//!
+//! Both run declarative agents (a prompt, a model alias, tools and budgets; no code) with the
+//! host's built-in agent loop, and both give a run the model and tool calls its manifest allows
+//! ([`caps`]); tools always run in wasm sandboxes of their own.
 
+pub mod caps;
 mod context;
+mod declarative;
 mod none;
 pub mod wasm;
 

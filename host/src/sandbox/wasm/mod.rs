@@ -21,6 +21,7 @@
 //!   its backtrace; the host and other runs carry on.
 
 mod budget;
+mod calls;
 mod compat;
 mod engine;
 mod scratch;
@@ -40,6 +41,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTab
 use wasmtime::{CallHook, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::caps::{Capabilities, RunCapabilities};
 use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
 use crate::queue::Lifecycle;
 use crate::registry::{AgentCode, AgentSpec, Limits};
@@ -332,6 +334,7 @@ impl WasmRuntime {
             host_error: None,
             work,
             scratch_quota: None,
+            caps: None,
         };
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -418,6 +421,7 @@ impl WasmRuntime {
         input: &RawValue,
         ctx: RunContext,
         isolation: Isolation,
+        caps: &Arc<Capabilities>,
     ) -> RunOutcome {
         let limits = match isolation {
             Isolation::Sandboxed => spec.limits.clone(),
@@ -467,6 +471,7 @@ impl WasmRuntime {
                 .map(|dir| {
                     ScratchQuota::new(&dir.path, limits.scratch_bytes, limits.scratch_files)
                 }),
+            caps: Some(caps.for_run(spec, ctx.clone())),
         };
         let mut store = match self.store(
             state,
@@ -524,6 +529,7 @@ impl WasmRuntime {
             )),
         };
         let peak_memory = state.memory.peak;
+        let usage = state.caps.as_ref().and_then(RunCapabilities::usage);
         capture.finish();
         // The store holds the guest's open files: close them before removing their directory.
         drop(store);
@@ -534,6 +540,7 @@ impl WasmRuntime {
             result: outcome,
             fuel_used,
             peak_memory: Some(peak_memory),
+            usage,
         }
     }
 }
@@ -651,6 +658,9 @@ fn classify(
 ) -> Failure {
     if let Some(reason) = ctx.control().aborted() {
         return reason.failure();
+    }
+    if let Some(failure) = state.caps.as_ref().and_then(|caps| caps.ended()) {
+        return failure;
     }
     if state.timed_out {
         return AbortReason::Timeout.failure();
@@ -791,12 +801,22 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct WasmSandbox {
     runtime: Arc<WasmRuntime>,
+    caps: Arc<Capabilities>,
 }
 
 impl WasmSandbox {
-    /// The wasm sandbox on `runtime`.
+    /// The wasm sandbox on `runtime`, with no model aliases and no tools.
     pub fn new(runtime: Arc<WasmRuntime>) -> Self {
-        Self { runtime }
+        Self {
+            runtime,
+            caps: Capabilities::none(),
+        }
+    }
+
+    /// Gives its runs the host's models and tools (each run: what its manifest allows).
+    pub fn with_capabilities(mut self, caps: Arc<Capabilities>) -> Self {
+        self.caps = caps;
+        self
     }
 }
 
@@ -815,8 +835,11 @@ impl Sandbox for WasmSandbox {
             match &spec.code {
                 AgentCode::Wasm(agent) => {
                     self.runtime
-                        .run(agent, spec, &input, ctx, Isolation::Sandboxed)
+                        .run(agent, spec, &input, ctx, Isolation::Sandboxed, &self.caps)
                         .await
+                }
+                AgentCode::Declarative(agent) => {
+                    super::declarative::run(agent, spec, &input, ctx, &self.caps).await
                 }
                 AgentCode::Native(_) => RunOutcome::from_result(Err(Failure::permanent(
                     "SandboxMismatch",
@@ -838,8 +861,9 @@ pub(crate) async fn run_trusted(
     spec: &AgentSpec,
     input: &RawValue,
     ctx: RunContext,
+    caps: &Arc<Capabilities>,
 ) -> RunOutcome {
     runtime
-        .run(agent, spec, input, ctx, Isolation::Trusted)
+        .run(agent, spec, input, ctx, Isolation::Trusted, caps)
         .await
 }
