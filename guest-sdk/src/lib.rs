@@ -32,7 +32,9 @@
 //!
 //! While it runs, an agent reaches the host through the functions of this crate: [`emit`] events,
 //! [`heartbeat`], [`log`], read the clock with [`now_ms`], and — for long-lived agents — notice a
-//! stop request with [`stop_requested`] or an interruptible [`sleep`]. Environment variables set
+//! stop request with [`stop_requested`] or an interruptible [`sleep`]. It calls models through the
+//! host with [`model::complete`] and its tools with [`tools::call`], or lets [`run_loop`] drive
+//! both to an answer. Environment variables set
 //! in the agent's manifest are visible through [`std::env::var`]; nothing else of the host is.
 //!
 //! # Tools
@@ -81,6 +83,10 @@
 //! [`stop_requested`] is always `false`.
 
 use std::time::Duration;
+
+mod agent_loop;
+
+pub use agent_loop::{LoopOptions, model, run_loop, tools};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

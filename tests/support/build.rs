@@ -10,6 +10,7 @@ const TARGET: &str = "wasm32-wasip2";
 const AGENTS: &[(&str, &str)] = &[
     ("echo", "echo.wasm"),
     ("echo-v0-1", "echo_v0_1.wasm"),
+    ("math", "math.wasm"),
     ("queue-worker", "queue_worker.wasm"),
     ("chaos", "chaos.wasm"),
 ];

@@ -21,7 +21,9 @@ use crate::db::{Db, DbOptions, SyncMode};
 use crate::model::ModelGateway;
 use crate::pool::{DEFAULT_MAX_WAITING_RUNS, PoolConfig, PoolDeps, WorkerPool};
 use crate::queue::{Queue, QueueOptions};
-use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry};
+use crate::registry::dir::LoadProblem;
+use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry, ToolRegistry};
+use crate::sandbox::caps::Capabilities;
 use crate::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use crate::sandbox::{NoneSandbox, RunContext, RunOutcome, Sandbox, SandboxFor};
 use crate::store::RunStore;
@@ -197,6 +199,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for problem in registry.problems() {
         tracing::warn!(path = %problem.path.display(), "skipped: {}", problem.error);
     }
+    let tools: Arc<dyn ToolRegistry> = registry.clone();
+    let caps = Capabilities::new(
+        Arc::new(models.clone()),
+        Some((tools, Arc::clone(&runtime))),
+    );
+    for problem in capability_problems(&registry, &caps) {
+        tracing::warn!(path = %problem.path.display(), "{}", problem.error);
+    }
 
     let trusted = trust_pins(&args.trusted, &registry)?;
     let trusted_env = trusted_env(&args.trusted_env);
@@ -208,7 +218,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 queue: queue.clone(),
                 store: store.clone(),
                 registry: Arc::clone(&registry_dyn),
-                sandbox_for: sandbox_for(&runtime, trusted.clone(), trusted_env.clone()),
+                sandbox_for: sandbox_for(&runtime, &caps, trusted.clone(), trusted_env.clone()),
             },
             PoolConfig {
                 concurrency: args.concurrency,
@@ -246,11 +256,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn));
         let problems_of = Arc::clone(&registry);
+        let caps_of = Arc::clone(&caps);
         let metrics = Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()));
         metrics.register_models(models.clone());
         let state = HttpState {
             api,
-            problems: Arc::new(move || problems_of.problems()),
+            problems: Arc::new(move || {
+                let mut problems = problems_of.problems();
+                problems.extend(capability_problems(&problems_of, &caps_of));
+                problems
+            }),
             metrics: Arc::new(metrics),
             token: args.api_token.as_deref().map(Arc::from),
             stale_after: Duration::from_millis(args.stale_after_ms),
@@ -428,16 +443,40 @@ fn trusted_env(names: &[String]) -> Arc<Vec<(String, String)>> {
     )
 }
 
+/// What the loaded agents ask for that this host lacks: model aliases it does not configure,
+/// tools it has not loaded. Such an agent loads (its runs fail those calls with
+/// `ModelUnavailable` or `ToolUnavailable`), and the problem is shown beside the load problems.
+fn capability_problems(registry: &DirRegistry, caps: &Capabilities) -> Vec<LoadProblem> {
+    registry
+        .list()
+        .iter()
+        .flat_map(|spec| {
+            let path = spec
+                .source
+                .clone()
+                .unwrap_or_else(|| registry.dir().join(format!("{}.toml", spec.id)));
+            caps.problems_of(spec)
+                .into_iter()
+                .map(move |error| LoadProblem {
+                    path: path.clone(),
+                    error,
+                })
+        })
+        .collect()
+}
+
 /// The wasm sandbox for every agent, except trusted ones whose component has the pinned digest,
 /// which run in the none sandbox.
 fn sandbox_for(
     runtime: &Arc<WasmRuntime>,
+    caps: &Arc<Capabilities>,
     trusted: TrustPins,
     env: Arc<Vec<(String, String)>>,
 ) -> SandboxFor {
-    let wasm: Arc<dyn Sandbox> = Arc::new(WasmSandbox::new(Arc::clone(runtime)));
+    let wasm: Arc<dyn Sandbox> =
+        Arc::new(WasmSandbox::new(Arc::clone(runtime)).with_capabilities(Arc::clone(caps)));
     let none: Arc<dyn Sandbox> = Arc::new(TrustedSandbox {
-        inner: NoneSandbox::with_wasm(Arc::clone(runtime)),
+        inner: NoneSandbox::with_wasm(Arc::clone(runtime)).with_capabilities(Arc::clone(caps)),
         env,
     });
     Arc::new(move |_job, spec| {

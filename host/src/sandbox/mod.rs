@@ -4,8 +4,14 @@
 //!   limits: native Rust agents, or WebAssembly agents you trust;
 //! * the **wasm sandbox** ([`wasm::WasmSandbox`]) runs a WebAssembly component in a fresh
 //!   instance, deny-by-default, held to the agent's fuel, memory, time, output and event limits.
+//!
+//! Both run declarative agents (a prompt, a model alias, tools and budgets; no code) with the
+//! host's built-in agent loop, and both give a run the model and tool calls its manifest allows
+//! ([`caps`]); tools always run in wasm sandboxes of their own.
 
+pub mod caps;
 mod context;
+mod declarative;
 mod none;
 pub mod wasm;
 
@@ -137,19 +143,6 @@ impl Failure {
         self.status = status;
         self
     }
-}
-
-/// The failure of a declarative agent's run in a sandbox that cannot run one (it needs the
-/// host's built-in agent loop).
-pub(crate) fn declarative_unsupported(spec: &AgentSpec) -> Failure {
-    Failure::permanent(
-        "Unsupported",
-        format!(
-            "agent {:?} is declarative (a system prompt and a model); this host cannot run \
-             declarative agents yet",
-            spec.id
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -6,15 +6,26 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use super::caps::Capabilities;
 use super::wasm::WasmRuntime;
 use super::{Failure, RunContext, RunOutcome, Sandbox, bounded_error};
 use crate::registry::{AgentCode, AgentSpec};
 
 /// Runs native agents directly on the host's async runtime, and WebAssembly agents without
 /// limits, with the host's environment variables and network.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NoneSandbox {
     wasm: Option<Arc<WasmRuntime>>,
+    caps: Arc<Capabilities>,
+}
+
+impl Default for NoneSandbox {
+    fn default() -> Self {
+        Self {
+            wasm: None,
+            caps: Capabilities::none(),
+        }
+    }
 }
 
 impl NoneSandbox {
@@ -27,7 +38,15 @@ impl NoneSandbox {
     pub fn with_wasm(runtime: Arc<WasmRuntime>) -> Self {
         Self {
             wasm: Some(runtime),
+            ..Self::default()
         }
+    }
+
+    /// Gives its runs the host's models and tools (each run: what its manifest allows; tools
+    /// still run in sandboxes of their own).
+    pub fn with_capabilities(mut self, caps: Arc<Capabilities>) -> Self {
+        self.caps = caps;
+        self
     }
 }
 
@@ -52,7 +71,8 @@ impl Sandbox for NoneSandbox {
                 AgentCode::Wasm(agent) => {
                     return match &self.wasm {
                         Some(runtime) => {
-                            super::wasm::run_trusted(runtime, agent, spec, &input, ctx).await
+                            super::wasm::run_trusted(runtime, agent, spec, &input, ctx, &self.caps)
+                                .await
                         }
                         None => RunOutcome::from_result(Err(Failure::permanent(
                             "SandboxMismatch",
@@ -60,8 +80,8 @@ impl Sandbox for NoneSandbox {
                         ))),
                     };
                 }
-                AgentCode::Declarative(_) => {
-                    return RunOutcome::from_result(Err(super::declarative_unsupported(spec)));
+                AgentCode::Declarative(agent) => {
+                    return super::declarative::run(agent, spec, &input, ctx, &self.caps).await;
                 }
             };
             let input = match serde_json::from_str(input.get()) {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const ECHO: &str = env!("DROVER_AGENT_ECHO");
 /// The `echo` agent built against `drover:agent@0.1.0` (imports only the 0.1.0 interfaces).
 pub const ECHO_V0_1: &str = env!("DROVER_AGENT_ECHO_V0_1");
+/// The `math` agent: a model-backed agent that calls the `calc` tool through the SDK's loop.
+pub const MATH: &str = env!("DROVER_AGENT_MATH");
 /// The `queue-worker` component.
 pub const QUEUE_WORKER: &str = env!("DROVER_AGENT_QUEUE_WORKER");
 /// The `chaos` component (misbehaves on request).

@@ -21,6 +21,7 @@
 //!   its backtrace; the host and other runs carry on.
 
 mod budget;
+mod calls;
 mod compat;
 mod engine;
 mod scratch;
@@ -41,6 +42,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTab
 use wasmtime::{CallHook, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::caps::{Capabilities, RunCapabilities};
 use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
 use crate::queue::Lifecycle;
 use crate::registry::{AgentCode, AgentSpec, Limits};
@@ -335,6 +337,7 @@ impl WasmRuntime {
             work,
             scratch_quota: None,
             tool_control: None,
+            caps: None,
         };
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -422,6 +425,7 @@ impl WasmRuntime {
         input: &RawValue,
         ctx: RunContext,
         isolation: Isolation,
+        caps: &Arc<Capabilities>,
     ) -> RunOutcome {
         let limits = match isolation {
             Isolation::Sandboxed => spec.limits.clone(),
@@ -472,6 +476,7 @@ impl WasmRuntime {
                     ScratchQuota::new(&dir.path, limits.scratch_bytes, limits.scratch_files)
                 }),
             tool_control: None,
+            caps: Some(caps.for_run(spec, ctx.clone())),
         };
         let mut store = match self.store(
             state,
@@ -529,6 +534,7 @@ impl WasmRuntime {
             )),
         };
         let peak_memory = state.memory.peak;
+        let usage = state.caps.as_ref().and_then(RunCapabilities::usage);
         capture.finish();
         // The store holds the guest's open files: close them before removing their directory.
         drop(store);
@@ -539,7 +545,7 @@ impl WasmRuntime {
             result: outcome,
             fuel_used,
             peak_memory: Some(peak_memory),
-            usage: None,
+            usage,
         }
     }
 }
@@ -657,6 +663,9 @@ fn classify(
 ) -> Failure {
     if let Some(reason) = ctx.control().aborted() {
         return reason.failure();
+    }
+    if let Some(failure) = state.caps.as_ref().and_then(|caps| caps.ended()) {
+        return failure;
     }
     if state.timed_out {
         return AbortReason::Timeout.failure();
@@ -797,12 +806,22 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct WasmSandbox {
     runtime: Arc<WasmRuntime>,
+    caps: Arc<Capabilities>,
 }
 
 impl WasmSandbox {
-    /// The wasm sandbox on `runtime`.
+    /// The wasm sandbox on `runtime`, with no model aliases and no tools.
     pub fn new(runtime: Arc<WasmRuntime>) -> Self {
-        Self { runtime }
+        Self {
+            runtime,
+            caps: Capabilities::none(),
+        }
+    }
+
+    /// Gives its runs the host's models and tools (each run: what its manifest allows).
+    pub fn with_capabilities(mut self, caps: Arc<Capabilities>) -> Self {
+        self.caps = caps;
+        self
     }
 }
 
@@ -821,8 +840,11 @@ impl Sandbox for WasmSandbox {
             match &spec.code {
                 AgentCode::Wasm(agent) => {
                     self.runtime
-                        .run(agent, spec, &input, ctx, Isolation::Sandboxed)
+                        .run(agent, spec, &input, ctx, Isolation::Sandboxed, &self.caps)
                         .await
+                }
+                AgentCode::Declarative(agent) => {
+                    super::declarative::run(agent, spec, &input, ctx, &self.caps).await
                 }
                 AgentCode::Native(_) => RunOutcome::from_result(Err(Failure::permanent(
                     "SandboxMismatch",
@@ -831,9 +853,6 @@ impl Sandbox for WasmSandbox {
                         spec.id
                     ),
                 ))),
-                AgentCode::Declarative(_) => {
-                    RunOutcome::from_result(Err(crate::sandbox::declarative_unsupported(spec)))
-                }
             }
         }
         .boxed()
@@ -847,8 +866,9 @@ pub(crate) async fn run_trusted(
     spec: &AgentSpec,
     input: &RawValue,
     ctx: RunContext,
+    caps: &Arc<Capabilities>,
 ) -> RunOutcome {
     runtime
-        .run(agent, spec, input, ctx, Isolation::Trusted)
+        .run(agent, spec, input, ctx, Isolation::Trusted, caps)
         .await
 }

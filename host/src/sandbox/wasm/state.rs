@@ -8,13 +8,14 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::drover::agent::{host, model, tools, types};
+use super::bindings::drover::agent::{host, types};
 use super::budget::HostWork;
 use super::human_bytes;
 use super::scratch::ScratchQuota;
 use super::stdio::Capture;
 use crate::queue::ErrorInfo;
 use crate::registry::{EventRate, Limits};
+use crate::sandbox::caps::RunCapabilities;
 use crate::sandbox::{Control, RunContext};
 use crate::time::now_ms;
 
@@ -49,6 +50,8 @@ pub(crate) struct HostState {
     /// accepted and dropped (charged to its fuel like any host call), `sleep` returns early
     /// when the calling run is aborted, and a stop is never requested of it.
     pub(crate) tool_control: Option<Arc<Control>>,
+    /// The run's model and tool calls (none while a component describes itself, or in a tool).
+    pub(crate) caps: Option<RunCapabilities>,
 }
 
 impl WasiView for HostState {
@@ -302,54 +305,5 @@ impl host::Host for HostState {
         }
         let ctx = self.run_ctx()?.clone();
         Ok(ctx.sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await)
-    }
-}
-
-impl model::Host for HostState {
-    fn aliases(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    async fn complete(
-        &mut self,
-        request: model::Request,
-    ) -> wasmtime::Result<Result<model::Response, types::Failure>> {
-        Ok(Err(types::Failure {
-            tag: "ModelNotAllowed".into(),
-            message: format!(
-                "this agent may use no model aliases, and {:?} is not one of them",
-                request.model
-            ),
-            retryable: false,
-        }))
-    }
-}
-
-impl tools::Host for HostState {
-    fn list(&mut self) -> wasmtime::Result<Vec<types::ToolInfo>> {
-        Ok(Vec::new())
-    }
-
-    async fn call(
-        &mut self,
-        name: String,
-        _input: String,
-    ) -> wasmtime::Result<Result<String, types::Failure>> {
-        Ok(Err(types::Failure {
-            tag: "ToolNotAllowed".into(),
-            message: format!("this agent may call no tools, and {name:?} is not one of them"),
-            retryable: false,
-        }))
-    }
-
-    async fn call_many(
-        &mut self,
-        calls: Vec<tools::ToolRequest>,
-    ) -> wasmtime::Result<Vec<Result<String, types::Failure>>> {
-        let mut results = Vec::with_capacity(calls.len());
-        for call in calls {
-            results.push(tools::Host::call(self, call.name, call.input).await?);
-        }
-        Ok(results)
     }
 }

@@ -430,6 +430,7 @@ fn tool_state(
         work,
         scratch_quota: None,
         tool_control: Some(control),
+        caps: None,
     }
 }
 
