@@ -92,7 +92,7 @@ impl Capabilities {
             agent_id: spec.id.clone(),
             models: spec.models.clone(),
             tools: spec.tools.clone(),
-            quota: spec.quota.clone(),
+            quota: spec.quota,
             ctx,
             state: Mutex::new(RunState::default()),
         }
@@ -228,7 +228,7 @@ impl RunCapabilities {
     /// the request and the answer. While it waits, the run gives its CPU slot back.
     pub async fn complete(&self, mut request: ChatRequest) -> Result<ChatResponse, CallError> {
         let alias = request.model.clone();
-        if !self.models.iter().any(|m| *m == alias) {
+        if !self.models.contains(&alias) {
             return Err(CallError::failed(
                 "ModelNotAllowed",
                 format!(
