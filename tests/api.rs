@@ -783,11 +783,36 @@ async fn waits_and_requests_over_their_caps_get_503_with_retry_after() {
         false,
     )
     .await;
-    server
+    let (status, _) = server
         .post("/v1/jobs", json!({ "id": "never", "agentId": "sleeper" }))
         .await;
-    let url = format!("{}/v1/jobs/never/wait?timeoutMs=15000", server.url);
-    let wait = tokio::spawn(async move { reqwest::get(url).await.expect("wait").status() });
+    assert_eq!(status, StatusCode::CREATED);
+    // The wait that holds the one permit, written to the server before the first poll.
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut held = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    {
+        use tokio::io::AsyncWriteExt;
+        held.write_all(
+            format!(
+                "GET /v1/jobs/never/wait?timeoutMs=15000 HTTP/1.1\r\nHost: {address}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send the wait");
+    }
+    let wait = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut answer = String::new();
+        held.read_to_string(&mut answer)
+            .await
+            .expect("the wait's answer");
+        answer
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let response = reqwest::get(format!("{}/healthz", server.url))
@@ -803,7 +828,8 @@ async fn waits_and_requests_over_their_caps_get_503_with_retry_after() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(wait.await.expect("join"), StatusCode::REQUEST_TIMEOUT);
+    let answer = wait.await.expect("join");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     server.stop().await;

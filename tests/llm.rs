@@ -359,6 +359,7 @@ async fn budgets_end_the_run_with_quota() {
     let mut script = calls(2);
     script.push(Reply::text(r#"{"sum": 1}"#).usage(2_000_000, 1_000_000));
     script.extend(calls(3));
+    script.push(Reply::text(r#"{"sum": 2}"#));
     let server = ModelServer::start(script).await;
     let agents = agents_with(|agents| {
         add_tool(agents, "calc", TOOL_CALC);
@@ -371,6 +372,11 @@ async fn budgets_end_the_run_with_quota() {
             agents,
             "cheapskate",
             &format!("{TOOLED}\n[quota]\nmax-cost-usd = 0.10\n").replace("\"bad-tool\"", ""),
+        );
+        declare(
+            agents,
+            "few-tokens",
+            &format!("{TOOLED}\n[quota]\nmax-tokens = 20\n").replace("\"bad-tool\"", ""),
         );
         declare(
             agents,
@@ -406,6 +412,20 @@ async fn budgets_end_the_run_with_quota() {
     assert_eq!(run.status, RunStatus::Quota, "{run:?}");
     assert_eq!(run.error.as_ref().expect("error").tag, "MaxToolCalls");
     assert_eq!(run.usage.expect("usage").tool_calls, 1);
+
+    // 15 tokens for the first call; the second may write only the 5 left, and its 15 more end
+    // the run.
+    let view = host.run("few-tokens", json!({})).await;
+    let run = view.run.expect("run");
+    assert_eq!(run.status, RunStatus::Quota, "{run:?}");
+    assert_eq!(run.error.as_ref().expect("error").tag, "MaxTokens");
+    let usage = run.usage.expect("usage");
+    assert_eq!(usage.input_tokens + usage.output_tokens, 30);
+    let last = server.requests().pop().expect("requests");
+    assert_eq!(
+        last.body["max_tokens"], 5,
+        "the request was held to the budget left"
+    );
     host.shutdown().await;
 }
 

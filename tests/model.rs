@@ -580,7 +580,6 @@ fn the_configuration_file_is_parsed_and_checked() {
     for (extra, expected) in [
         ("base-url = \"not a url\"", "base-url"),
         ("base-url = \"ftp://example.com/v1\"", "http://"),
-        ("base-url = \"https://api.openai.com/v1\"", "no TLS client"),
         (
             "base-url = \"http://x/v1\"\ninput-usd-per-mtok = -1.0",
             "input-usd-per-mtok",
@@ -797,4 +796,28 @@ async fn a_server_that_cannot_be_reached_is_unavailable_after_the_retries() {
     assert!(matches!(error, ModelError::Unavailable { .. }), "{error:?}");
     assert!(error.to_string().contains("cannot reach"), "{error}");
     assert_eq!(models.metrics()[0].failures, 1);
+}
+
+/// An `https://` alias speaks TLS: against a server that does not, the handshake fails and the
+/// call is `ModelUnavailable` (the request never goes out in the clear).
+#[tokio::test]
+async fn an_https_alias_speaks_tls() {
+    let server = ModelServer::start(vec![Reply::text("never sent")]).await;
+    let url = server.base_url().replace("http://", "https://");
+    let mut config = AliasConfig::new(Provider::OpenAi, url, "m");
+    config.max_retries = 0;
+    let models = ModelGateway::new(&ModelsConfig(
+        [("cheap".to_string(), config)].into_iter().collect(),
+    ))
+    .expect("an https alias is accepted");
+    let error = models
+        .complete("agent", &request("cheap", "hi"))
+        .await
+        .expect_err("no TLS on the other side");
+    assert!(matches!(error, ModelError::Unavailable { .. }), "{error:?}");
+    assert_eq!(
+        server.served(),
+        0,
+        "nothing was read as a request in the clear"
+    );
 }

@@ -926,6 +926,12 @@ async fn corrupt_components_and_manifests_are_reported_and_skipped() {
         .add("badmanifest", ECHO, Some("lifecycle = \"sometimes\""))
         .add("dup", ECHO, Some("id = \"echo\""));
     std::fs::write(agents.path().join("readme.toml"), "not = \"an agent\"").expect("write");
+    // A component's manifest waiting for its component is neither an agent nor a problem.
+    std::fs::write(
+        agents.path().join("waiting.toml"),
+        "description = \"its .wasm is not copied in yet\"\n[limits]\ntimeout-ms = 1000\n",
+    )
+    .expect("write");
     let host = Host::start_with(agents, |_, _| false).await;
     let ids: Vec<String> = host.registry.list().iter().map(|s| s.id.clone()).collect();
     assert_eq!(ids, ["echo"]);

@@ -8,6 +8,7 @@
 //! cargo bench -p drover-host --bench drover -- --only sync   # the two sync modes side by side
 //! cargo bench -p drover-host --bench drover -- --only gateway   # the model gateway's overhead
 //! cargo bench -p drover-host --bench drover -- --only tools  # a tool call vs a native function
+//! cargo bench -p drover-host --bench drover -- --only waiting  # 10,000 runs waiting on a model
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -92,6 +93,18 @@ fn main() {
         println!("{rss} {lateness}");
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == WAITING_CHILD) {
+        // One waiting-runs measurement, alone in this process (see `waiting_runs`).
+        let mode = args.get(i + 1).expect("mode");
+        let n = args
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .expect("run count");
+        let base_url = args.get(i + 3).expect("model server");
+        let (rss, secs) = runtime.block_on(waiting_child(mode, n, base_url, work.path()));
+        println!("{rss} {secs}");
+        return;
+    }
     let mut rows = Vec::new();
 
     let dir = work.path();
@@ -130,6 +143,10 @@ fn main() {
     if wanted("gateway") {
         eprintln!("[8/9] model gateway overhead");
         rows.extend(runtime.block_on(gateway_overhead(scale)));
+    }
+    if wanted("waiting") {
+        eprintln!("[10] runs waiting on a slow model");
+        rows.extend(runtime.block_on(waiting_runs(scale)));
     }
     if wanted("tools") {
         eprintln!("[9/9] tool call: fresh instance + call vs a native function");
@@ -476,10 +493,15 @@ async fn sync_modes(scale: Scale, work: &Path) -> Vec<Row> {
 }
 
 async fn enqueue_echo(queue: &Queue, jobs: usize) {
+    enqueue_for(queue, "echo", jobs).await;
+}
+
+/// Enqueues `jobs` jobs `{n}` for `agent`, in batches.
+async fn enqueue_for(queue: &Queue, agent: &str, jobs: usize) {
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
         let batch = chunk
             .iter()
-            .map(|n| NewJob::new("echo", &json!({ "n": n })))
+            .map(|n| NewJob::new(agent, &json!({ "n": n })))
             .collect();
         queue.enqueue_batch(batch).await.expect("enqueue");
     }
@@ -1348,4 +1370,157 @@ fn machine() -> String {
         "{cores} × {cpu}{memory}{kernel}; {}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Runs waiting on a slow model
+
+/// The argument that makes this harness run one waiting-runs measurement and print the result.
+const WAITING_CHILD: &str = "--waiting-child";
+
+/// `n` runs of the declarative `echo-llm` agent, each waiting on a model that answers after
+/// 2 s, in one host: resident memory per waiting run, beside the same number of native runs
+/// that wait 2 s on nothing (the pool's own cost of a waiting run). The host runs in a child
+/// process, so that the model server's memory (here, in this process) is not counted.
+async fn waiting_runs(scale: Scale) -> Vec<Row> {
+    use drover_test_support::model_server::{ModelServer, Reply};
+
+    raise_open_files_limit();
+    let n = scale.pick(200, 10_000);
+    let server = ModelServer::always(
+        Reply::text(r#"{"received": 1, "ok": true}"#).delay(Duration::from_secs(2)),
+    )
+    .await;
+    let child = |mode: &'static str, base_url: String| async move {
+        let exe = std::env::current_exe().expect("benchmark executable");
+        let output = tokio::process::Command::new(exe)
+            .args([WAITING_CHILD, mode, &n.to_string(), &base_url])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .expect("start a waiting-runs measurement");
+        assert!(output.status.success(), "waiting-runs measurement failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let figures: Vec<f64> = text
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|f| f.parse().expect("figure"))
+            .collect();
+        (figures[0], figures[1])
+    };
+    let (model_rss, model_secs) = child("model", server.base_url()).await;
+    let (native_rss, native_secs) = child("native", server.base_url()).await;
+    assert_eq!(server.served(), n + 16, "every run asked the model once");
+    vec![
+        Row {
+            name: format!(
+                "{n} declarative `echo-llm` runs waiting on a model that answers after 2 s, 16 CPU slots: resident memory per waiting run (all {n} waiting at once); vs {n} native runs waiting 2 s on nothing"
+            ),
+            figure: kib(model_rss),
+            baseline: kib(native_rss),
+            ratio: model_rss / native_rss.max(1.0),
+            target: "≤ 150 KiB per waiting run".into(),
+            met: Some(model_rss <= 150.0 * 1024.0),
+        },
+        Row {
+            name: format!(
+                "{n} runs waiting on the 2 s model: time until all are done (every one completes); vs the native runs"
+            ),
+            figure: format!("{model_secs:.2} s"),
+            baseline: format!("{native_secs:.2} s"),
+            ratio: model_secs / native_secs.max(1e-3),
+            target: String::new(),
+            met: None,
+        },
+    ]
+}
+
+/// Lets this process hold as many sockets as its hard limit allows.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
+/// One waiting-runs measurement in this (child) process: the resident memory each of `n`
+/// waiting runs adds, and the seconds until all are done.
+async fn waiting_child(mode: &str, n: usize, base_url: &str, work: &Path) -> (f64, f64) {
+    use drover_host::model::{AliasConfig, ModelGateway, ModelsConfig, Provider};
+    use drover_host::registry::{DirRegistry, ToolRegistry};
+    use drover_host::sandbox::caps::Capabilities;
+
+    raise_open_files_limit();
+    let dir = tempfile::tempdir_in(work).expect("dir");
+    let (queue, store) = databases(dir.path()).await;
+    let runtime = wasm_runtime(work, 64, Metering::ON);
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(&agents).expect("agents dir");
+    std::fs::write(
+        agents.join("echo-llm.toml"),
+        include_str!("../../agents/echo-llm.toml"),
+    )
+    .expect("echo-llm");
+    let dir_registry = DirRegistry::open(&agents, Arc::clone(&runtime))
+        .await
+        .expect("registry");
+    let mut alias = AliasConfig::new(Provider::OpenAi, base_url, "bench-model");
+    alias.max_concurrent = n;
+    alias.timeout_ms = 120_000;
+    let models = ModelGateway::new(&ModelsConfig(
+        [("cheap".to_string(), alias)].into_iter().collect(),
+    ))
+    .expect("gateway");
+    let tools: Arc<dyn ToolRegistry> = dir_registry.clone();
+    let caps = Capabilities::new(Arc::new(models), Some((tools, Arc::clone(&runtime))));
+    let registry: Arc<dyn Registry> = match mode {
+        "model" => dir_registry,
+        _ => Arc::new(StaticRegistry::new().with(AgentSpec::native(
+            "echo-llm",
+            native_agent(|input, ctx: RunContext| async move {
+                ctx.waiting(tokio::time::sleep(Duration::from_secs(2)))
+                    .await;
+                Ok(json!({ "received": input["n"], "ok": true }))
+            }),
+        ))),
+    };
+    let sandbox: Arc<dyn Sandbox> =
+        Arc::new(NoneSandbox::with_wasm(Arc::clone(&runtime)).with_capabilities(caps));
+    let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&sandbox));
+    let pool = WorkerPool::new(
+        PoolDeps {
+            queue: queue.clone(),
+            store: store.clone(),
+            registry,
+            sandbox_for,
+        },
+        PoolConfig {
+            concurrency: 16,
+            max_waiting_runs: n,
+            ..PoolConfig::default()
+        },
+    )
+    .start();
+    // A few runs first, so that what every run shares (clients, caches) is already there.
+    enqueue_for(&queue, "echo-llm", 16).await;
+    wait_for_runs(&pool, 16).await;
+    let before = rss_bytes();
+    let started = Instant::now();
+    enqueue_for(&queue, "echo-llm", n).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut peak = 0;
+    while pool.stats().waiting() < i64::try_from(n).unwrap_or(i64::MAX) {
+        assert!(Instant::now() < deadline, "the runs never all waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peak = peak.max(rss_bytes());
+    }
+    peak = peak.max(rss_bytes());
+    wait_for_runs(&pool, (16 + n) as u64).await;
+    let took = started.elapsed().as_secs_f64();
+    pool.shutdown().await;
+    (peak.saturating_sub(before) as f64 / n as f64, took)
 }

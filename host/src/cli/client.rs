@@ -467,6 +467,19 @@ fn show_view(view: &Value, as_json: bool) {
             memory as f64 / f64::from(1 << 20)
         ));
     }
+    let usage = &run["usage"];
+    if usage.is_object() {
+        line.push_str(&format!(
+            "  turns {}  tokens {}+{}  cost ${:.6}",
+            usage["turns"],
+            usage["inputTokens"],
+            usage["outputTokens"],
+            usage["costUsd"].as_f64().unwrap_or(0.0)
+        ));
+        if usage["toolCalls"].as_u64().is_some_and(|n| n > 0) {
+            line.push_str(&format!("  tool calls {}", usage["toolCalls"]));
+        }
+    }
     println!("{line}");
     if !run["output"].is_null() {
         println!("output  {}", run["output"]);

@@ -69,8 +69,7 @@ pub struct AliasConfig {
     /// The wire protocol: `openai` or `anthropic`.
     pub provider: Provider,
     /// The API's base URL, e.g. `http://127.0.0.1:11434/v1`; requests go to
-    /// `{base-url}/chat/completions` or `{base-url}/messages`. Only `http://` for now: the host
-    /// has no TLS client (a TLS-terminating proxy reaches hosted providers).
+    /// `{base-url}/chat/completions` or `{base-url}/messages`; `http://` or `https://`.
     pub base_url: String,
     /// The provider's model name, e.g. `gpt-4o-mini` or `qwen2.5:0.5b`.
     pub model: String,
@@ -144,22 +143,14 @@ impl AliasConfig {
         }
     }
 
-    /// Checks the alias: an `http` base URL with a host, a model name, prices that
+    /// Checks the alias: an `http` or `https` base URL with a host, a model name, prices that
     /// are finite and not negative, limits above zero. Says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         match reqwest::Url::parse(&self.base_url) {
-            Ok(url) if url.scheme() == "http" && url.has_host() => {}
-            Ok(url) if url.scheme() == "https" => {
-                return Err(format!(
-                    "base-url {:?}: this build of drover-host has no TLS client, so it cannot \
-                     call https:// URLs; point the alias at an http:// server (a local Ollama, \
-                     vLLM, llama.cpp or LM Studio, or a TLS-terminating proxy)",
-                    url.as_str()
-                ));
-            }
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
             Ok(url) => {
                 return Err(format!(
-                    "base-url {:?} must be an http:// URL with a host (not {}:)",
+                    "base-url {:?} must be an http:// or https:// URL with a host (not {}:)",
                     self.base_url,
                     url.scheme()
                 ));

@@ -25,9 +25,8 @@
 //! large build for the handful of fields used here. Owning the retry loop is what lets the
 //! host enforce the limits above at the boundary, the same way for both protocols.
 //!
-//! The host's `reqwest` is built without TLS, so base URLs are `http://` only (a local server,
-//! or a TLS-terminating proxy in front of a hosted provider); an `https://` one is refused when
-//! the configuration is read.
+//! `https://` base URLs use `reqwest`'s rustls client, which checks certificates against the
+//! platform's trust store.
 
 mod anthropic;
 mod config;

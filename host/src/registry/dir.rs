@@ -505,6 +505,10 @@ fn is_declarative_file(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()) == Some("toml")
         && path.file_name().and_then(|n| n.to_str()) != Some("Cargo.toml")
         && !path.with_extension("wasm").is_file()
+        // A component's manifest whose component is not there (yet) is not an agent, nor a
+        // problem; one that does not even parse is reported as the declarative agent it might
+        // have meant to be.
+        && !Manifest::read(path).is_ok_and(|m| m.declarative_fields().is_empty())
 }
 
 /// Reads a declarative agent's manifest into a spec (not yet registered).
