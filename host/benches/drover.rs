@@ -1393,12 +1393,15 @@ async fn waiting_runs(scale: Scale) -> Vec<Row> {
     .await;
     let child = |mode: &'static str, base_url: String| async move {
         let exe = std::env::current_exe().expect("benchmark executable");
-        let output = tokio::process::Command::new(exe)
-            .args([WAITING_CHILD, mode, &n.to_string(), &base_url])
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .await
-            .expect("start a waiting-runs measurement");
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(exe)
+                .args([WAITING_CHILD, mode, &n.to_string(), &base_url])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+        })
+        .await
+        .expect("join")
+        .expect("start a waiting-runs measurement");
         assert!(output.status.success(), "waiting-runs measurement failed");
         let text = String::from_utf8_lossy(&output.stdout);
         let figures: Vec<f64> = text
