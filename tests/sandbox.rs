@@ -1074,8 +1074,8 @@ async fn declarative_agents_load_from_toml_and_reload() {
     assert_eq!(listed("tooled")["tools"], json!(["calc"]));
     assert_eq!(listed("echo")["declarative"], Value::Null);
 
-    // Input is checked against its schema; a valid input fails clearly, as this sandbox has
-    // no agent loop, and the host goes on.
+    // Input is checked against its schema; a valid input fails clearly, as this host has no
+    // model alias `cheap`, and the host goes on.
     let refused = host
         .api
         .enqueue(NewJob::new("echo-llm", &json!({ "n": "x" })))
@@ -1085,8 +1085,8 @@ async fn declarative_agents_load_from_toml_and_reload() {
     let view = host.run("echo-llm", json!({ "n": 42 })).await;
     assert_eq!(view.job.status, JobStatus::Failed);
     let (tag, message) = error_of(&view.run.expect("run"));
-    assert_eq!(tag, "Unsupported", "{message}");
-    assert!(message.contains("declarative"), "{message}");
+    assert_eq!(tag, "ModelUnavailable", "{message}");
+    assert!(message.contains("\"cheap\" is not configured"), "{message}");
     host.echo_still_works().await;
 
     // Editing the file reloads it.
