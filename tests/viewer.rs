@@ -46,7 +46,11 @@ fn the_viewer_shows_runs_agents_and_the_queue_and_acts_on_them() {
             QUEUE_WORKER,
             Some("lifecycle = \"long-lived\"\n[env]\nPOLL_INTERVAL_MS = \"200\"\n"),
         )
-        .add("chaos", CHAOS, None);
+        .add(
+            "chaos",
+            CHAOS,
+            Some("models = [\"cheap\"]\ntools = [\"calc\"]\n[quota]\nmax-turns = 3\n"),
+        );
     let data = tempfile::tempdir().expect("temp dir");
     let args: Vec<String> = [
         "--agents",
@@ -272,6 +276,15 @@ fn the_viewer_shows_runs_agents_and_the_queue_and_acts_on_them() {
     wait_for_js(
         &tab,
         "document.querySelectorAll('[data-testid=template]').length === 3",
+    );
+    // An agent's model aliases, tools and budgets are shown, and so is what this host lacks of
+    // them (it configures no alias and has no tools).
+    wait_for_js(
+        &tab,
+        "document.querySelector('[data-agent=\"chaos\"] [data-testid=template-models]').textContent.includes('cheap') \
+         && document.querySelector('[data-agent=\"chaos\"] [data-testid=template-tools]').textContent.includes('calc') \
+         && document.querySelector('[data-agent=\"chaos\"]').textContent.includes('max turns') \
+         && document.querySelector('.problems').textContent.includes('which is not configured')",
     );
     shot(&tab, &shots, "templates");
     tab.evaluate(

@@ -62,6 +62,10 @@ fn error(failure: types::Failure) -> Error {
 pub mod model {
     use super::*;
 
+    pub use drover_agent_loop::{
+        FinishReason, Message, ModelRequest as Request, Role, TokenUsage, ToolCall, ToolDefinition,
+    };
+
     /// A model's answer.
     #[derive(Debug, Clone, PartialEq)]
     pub struct Response {

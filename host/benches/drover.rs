@@ -143,6 +143,7 @@ fn main() {
     if wanted("gateway") {
         eprintln!("[8/9] model gateway overhead");
         rows.extend(runtime.block_on(gateway_overhead(scale)));
+        rows.extend(runtime.block_on(guest_model_call(scale, dir)));
     }
     if wanted("waiting") {
         eprintln!("[10] runs waiting on a slow model");
@@ -1526,4 +1527,92 @@ async fn waiting_child(mode: &str, n: usize, base_url: &str, work: &Path) -> (f6
     let took = started.elapsed().as_secs_f64();
     pool.shutdown().await;
     (peak.saturating_sub(before) as f64 / n as f64, took)
+}
+
+/// A model call made by a guest: a wasm run of `chaos` in `model` mode (instantiate, call
+/// `drover:agent/model.complete`, which goes through the run's capabilities and the gateway to
+/// the local server, return) vs the same component's run that calls nothing plus a direct HTTP
+/// POST of the same body to the same server. The difference is what the guest → host → server
+/// path adds over doing both halves separately.
+async fn guest_model_call(scale: Scale, work: &Path) -> Vec<Row> {
+    use drover_host::model::{AliasConfig, ModelGateway, ModelsConfig, Provider};
+    use drover_host::sandbox::caps::Capabilities;
+    use drover_test_support::model_server::{ModelServer, Reply};
+
+    let iterations = scale.pick(200, 5_000);
+    let server = ModelServer::always(Reply::text("hello")).await;
+    let alias = AliasConfig::new(Provider::OpenAi, server.base_url(), "bench-model");
+    let models = ModelGateway::new(&ModelsConfig(
+        [("cheap".to_string(), alias)].into_iter().collect(),
+    ))
+    .expect("gateway");
+    let runtime = wasm_runtime(work, 64, Metering::ON);
+    let mut spec = component_spec(&runtime, "chaos", drover_test_support::CHAOS).await;
+    spec.models = vec!["cheap".into()];
+    let caps = Capabilities::new(Arc::new(models), None);
+    let wasm: Arc<dyn Sandbox> =
+        Arc::new(WasmSandbox::new(Arc::clone(&runtime)).with_capabilities(caps));
+    let raw = |text: &str| -> Arc<RawValue> {
+        Arc::from(RawValue::from_string(text.into()).expect("json"))
+    };
+    let (model, idle) = (
+        raw(r#"{"mode":"model"}"#),
+        raw(r#"{"mode":"sleep","ms":0}"#),
+    );
+    let body = serde_json::to_vec(&json!({
+        "model": "bench-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1024,
+    }))
+    .expect("body");
+    let url = format!("{}/chat/completions", server.base_url());
+    let client = reqwest::Client::new();
+    let (mut through_guest, mut separately) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        through_guest.extend(time_runs(&wasm, &spec, &model, iterations / 10).await);
+        let idle_runs = time_runs(&wasm, &spec, &idle, iterations / 10).await;
+        for idle_run in idle_runs {
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("send");
+            let bytes = response.bytes().await.expect("body");
+            let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            assert!(value["choices"].is_array());
+            separately.push(idle_run + started.elapsed().as_secs_f64());
+        }
+    }
+    let (g50, g99) = (
+        percentile(&through_guest, 0.50),
+        percentile(&through_guest, 0.99),
+    );
+    let (s50, s99) = (percentile(&separately, 0.50), percentile(&separately, 0.99));
+    vec![
+        Row {
+            name: format!(
+                "Model call from a guest, p50 ({iterations} runs): a wasm run calling `model.complete` once (guest → capabilities → gateway → local server) vs a wasm run calling nothing plus a direct HTTP POST of the same body; added {:.1} µs",
+                (g50 - s50) * 1e6
+            ),
+            figure: micros(g50),
+            baseline: micros(s50),
+            ratio: g50 / s50,
+            target: "≤ 100 µs added".into(),
+            met: Some(g50 - s50 <= 100e-6),
+        },
+        Row {
+            name: format!(
+                "Model call from a guest, p99; added {:.1} µs",
+                (g99 - s99) * 1e6
+            ),
+            figure: micros(g99),
+            baseline: micros(s99),
+            ratio: g99 / s99,
+            target: String::new(),
+            met: None,
+        },
+    ]
 }

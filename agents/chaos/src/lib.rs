@@ -30,6 +30,7 @@
 //! | `fill-disk`   | writes `bytes` bytes (default 64 MiB) to a file in `/scratch`, then succeeds |
 //! | `many-files`  | creates `n` empty files (default 1000) in `/scratch`, then succeeds  |
 //! | `touch`       | allocates `bytes` bytes, writes to every page, then succeeds         |
+//! | `model`       | asks the model behind alias `cheap` once, and returns its answer     |
 //! | `ok`          | returns `{"ok": true}`                                               |
 
 use std::hint::black_box;
@@ -106,6 +107,18 @@ impl Agent for Chaos {
                     println!();
                 }
                 Ok(json!({ "ok": true }))
+            }
+            "model" => {
+                let request = drover_sdk::model::Request {
+                    model: "cheap".into(),
+                    messages: vec![drover_sdk::model::Message::user("hi")],
+                    tools: Vec::new(),
+                    max_output_tokens: None,
+                    temperature: None,
+                    json_output: false,
+                };
+                let response = drover_sdk::model::complete(&request)?;
+                Ok(json!({ "content": response.message.content }))
             }
             "fail" => {
                 let error = Error::new("ChaosFailure", "failed on purpose");

@@ -662,7 +662,7 @@ async function viewTemplates(main) {
   const limit = (v, fmt = number) => (v == null ? "unlimited" : fmt(v));
   main.innerHTML = `
     <h1>Agent types</h1><p class="sub">The agents this host has loaded, their limits, and a form to enqueue a job.</p>
-    ${problems.length ? `<div class="panel problems"><h2>Not loaded</h2><ul>${problems.map((p) =>
+    ${problems.length ? `<div class="panel problems"><h2>Problems</h2><ul>${problems.map((p) =>
       `<li><span class="mono">${esc(p.path)}</span>: ${esc(p.error)}</li>`).join("")}</ul></div>` : ""}
     <div class="cards">${templates.map((t) => `
       <div class="card" data-testid="template" data-agent="${esc(t.id)}">
