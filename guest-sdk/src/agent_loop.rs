@@ -42,9 +42,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use drover_agent_loop::{AgentLoop, LoopConfig, Reply, Step, ToolResult};
-pub use drover_agent_loop::{
-    FinishReason, Message, ModelRequest, Role, TokenUsage, ToolCall, ToolDefinition,
+use drover_agent_loop::{
+    AgentLoop, LoopConfig, ModelRequest, Reply, Step, ToolDefinition, ToolResult,
 };
 
 use crate::__private::drover::agent::{model as wit_model, tools as wit_tools, types};
