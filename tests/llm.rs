@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_host::api::metrics::Metrics;
 use drover_host::api::{JobView, RunApi};
 use drover_host::model::{ModelGateway, ModelsConfig};
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
@@ -29,6 +30,7 @@ const ECHO_LLM: &str = include_str!("../agents/echo-llm.toml");
 struct Host {
     _db: TestDb,
     _agents: AgentDir,
+    caps: Arc<Capabilities>,
     api: RunApi,
     pool: Option<PoolHandle>,
 }
@@ -73,7 +75,7 @@ impl Host {
         let tools: Arc<dyn ToolRegistry> = registry.clone();
         let caps = Capabilities::new(Arc::new(gateway), Some((tools, Arc::clone(&runtime))));
         let wasm: Arc<dyn Sandbox> =
-            Arc::new(WasmSandbox::new(Arc::clone(&runtime)).with_capabilities(caps));
+            Arc::new(WasmSandbox::new(Arc::clone(&runtime)).with_capabilities(Arc::clone(&caps)));
         let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&wasm));
         let registry_dyn: Arc<dyn Registry> = registry.clone();
         let api = RunApi::new(
@@ -98,6 +100,7 @@ impl Host {
         Self {
             _db: db,
             _agents: agents,
+            caps,
             api,
             pool: Some(pool),
         }
@@ -122,6 +125,13 @@ impl Host {
             .into_iter()
             .map(|e| (e.kind, serde_json::from_str(e.payload.get()).expect("json")))
             .collect()
+    }
+
+    /// `/metrics` as the host renders it, with its tool-call counters.
+    async fn metrics(&self) -> String {
+        let metrics = Metrics::new(None);
+        metrics.register_tools(Arc::clone(&self.caps));
+        metrics.render(&self.api).await.expect("metrics")
     }
 
     async fn shutdown(mut self) {
@@ -340,6 +350,16 @@ async fn parallel_tool_calls_run_and_a_trapping_tool_is_only_a_tool_error() {
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["error"]["tag"], "ToolTrapped");
+
+    let metrics = host.metrics().await;
+    for line in [
+        r#"drover_tool_calls_total{agent="tooled",tool="calc"} 2"#,
+        r#"drover_tool_calls_total{agent="tooled",tool="bad-tool"} 1"#,
+        r#"drover_tool_failures_total{agent="tooled",tool="bad-tool"} 1"#,
+        r#"drover_tool_failures_total{agent="tooled",tool="calc"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     host.shutdown().await;
 }
 

@@ -1,8 +1,9 @@
 //! `/metrics`: the host's Prometheus metrics. Queue and run counts are read from the databases
 //! at scrape time; the pool's counters and latency histograms are kept as it works; the model
-//! gateway's calls, failures, tokens and cost per agent and alias are read from it at scrape time.
+//! gateway's calls, failures, tokens and cost per agent and alias, and the tool calls per agent
+//! and tool, are read at scrape time.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
@@ -16,6 +17,7 @@ use super::{ApiError, RunApi};
 use crate::model::{ModelGateway, ModelMetrics};
 use crate::pool::{PoolStats, StatusLabel};
 use crate::queue::JobStatus;
+use crate::sandbox::caps::Capabilities;
 use crate::store::RunStatus;
 
 /// The metrics registry of one host.
@@ -53,6 +55,15 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .register_collector(Box::new(ModelCollector(models)));
+    }
+
+    /// Exports the tool calls of `caps` (read at each scrape): `drover_tool_calls_total` and
+    /// `drover_tool_failures_total`, by agent and tool.
+    pub fn register_tools(&self, caps: Arc<Capabilities>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(Box::new(ToolCollector(caps)));
     }
 
     /// Refreshes the database-derived gauges and renders everything as text.
@@ -147,6 +158,49 @@ impl Collector for ModelCollector {
         )?;
         for (m, labels) in metrics.iter().zip(&labels) {
             ConstCounter::new(m.cost_usd).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Labels of the tool-call counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabels {
+    agent: String,
+    tool: String,
+}
+
+/// Reads the host's per-(agent, tool) tool-call counters at each scrape.
+#[derive(Debug)]
+struct ToolCollector(Arc<Capabilities>);
+
+impl Collector for ToolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metrics = self.0.tool_metrics();
+        let counters: [(&str, &str, fn(&crate::sandbox::caps::ToolMetrics) -> u64); 2] = [
+            ("drover_tool_calls", "Tool calls, by agent and tool", |m| {
+                m.calls
+            }),
+            (
+                "drover_tool_failures",
+                "Tool calls that failed, by agent and tool",
+                |m| m.failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for m in &metrics {
+                let labels = ToolLabels {
+                    agent: m.agent_id.clone(),
+                    tool: m.tool.clone(),
+                };
+                ConstCounter::new(value(m)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -259,6 +259,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let caps_of = Arc::clone(&caps);
         let metrics = Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()));
         metrics.register_models(models.clone());
+        metrics.register_tools(Arc::clone(&caps));
         let state = HttpState {
             api,
             problems: Arc::new(move || {

@@ -13,6 +13,7 @@
 //! `max-cost-usd` ends the run with status `quota` (tag `MaxTurns`, `MaxToolCalls`, `MaxTokens`,
 //! `MaxCost`), whatever the agent's code does about it.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -34,6 +35,21 @@ pub struct Capabilities {
     models: Arc<ModelGateway>,
     tools: Option<Arc<dyn ToolRegistry>>,
     tool_runtime: Option<Arc<WasmRuntime>>,
+    /// Tool calls and failures so far, by agent and tool.
+    tool_counts: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+}
+
+/// Tool calls of one agent to one tool, since the host started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolMetrics {
+    /// The calling agent.
+    pub agent_id: String,
+    /// The tool.
+    pub tool: String,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed (the tool's failure, a limit, a refusal).
+    pub failures: u64,
 }
 
 impl std::fmt::Debug for Capabilities {
@@ -52,6 +68,7 @@ impl Capabilities {
             models: Arc::new(ModelGateway::empty()),
             tools: None,
             tool_runtime: None,
+            tool_counts: Mutex::default(),
         })
     }
 
@@ -65,7 +82,35 @@ impl Capabilities {
             models,
             tools,
             tool_runtime,
+            tool_counts: Mutex::default(),
         })
+    }
+
+    /// Tool calls so far, by agent and tool.
+    pub fn tool_metrics(&self) -> Vec<ToolMetrics> {
+        self.tool_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((agent_id, tool), (calls, failures))| ToolMetrics {
+                agent_id: agent_id.clone(),
+                tool: tool.clone(),
+                calls: *calls,
+                failures: *failures,
+            })
+            .collect()
+    }
+
+    fn count_tool_call(&self, agent_id: &str, tool: &str, failed: bool) {
+        let mut counts = self
+            .tool_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = counts
+            .entry((agent_id.to_string(), tool.to_string()))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(failed);
     }
 
     /// The model gateway.
@@ -510,6 +555,8 @@ impl RunCapabilities {
             }
         };
         self.record("tool_result", &payload).await;
+        self.caps
+            .count_tool_call(&self.agent_id, name, result.is_err());
         if let Some(reason) = self.ctx.control().aborted() {
             return Err(CallError::End(reason.failure()));
         }
