@@ -17,7 +17,7 @@ use super::{ApiError, RunApi};
 use crate::model::{ModelGateway, ModelMetrics};
 use crate::pool::{PoolStats, StatusLabel};
 use crate::queue::JobStatus;
-use crate::sandbox::caps::Capabilities;
+use crate::sandbox::caps::{Capabilities, ToolMetrics};
 use crate::store::RunStatus;
 
 /// The metrics registry of one host.
@@ -170,6 +170,9 @@ struct ToolLabels {
     tool: String,
 }
 
+/// A counter of [`ToolMetrics`]: name, help, and how to read it.
+type ToolCounter = (&'static str, &'static str, fn(&ToolMetrics) -> u64);
+
 /// Reads the host's per-(agent, tool) tool-call counters at each scrape.
 #[derive(Debug)]
 struct ToolCollector(Arc<Capabilities>);
@@ -177,7 +180,7 @@ struct ToolCollector(Arc<Capabilities>);
 impl Collector for ToolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metrics = self.0.tool_metrics();
-        let counters: [(&str, &str, fn(&crate::sandbox::caps::ToolMetrics) -> u64); 2] = [
+        let counters: [ToolCounter; 2] = [
             ("drover_tool_calls", "Tool calls, by agent and tool", |m| {
                 m.calls
             }),
