@@ -38,7 +38,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
+use wasmtime::component::{
+    Component, HasSelf, InstancePre, Linker, ResourceTable, ResourceTableError,
+};
 use wasmtime::{CallHook, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -269,27 +271,12 @@ impl WasmRuntime {
     /// Loads a component file: compile (or take it from the cache), link, and ask the agent to
     /// describe itself.
     pub async fn load_file(&self, path: &Path) -> Result<WasmAgent, WasmError> {
-        let bytes = tokio::fs::read(path).await.map_err(|e| WasmError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        self.load_bytes(bytes).await
+        self.load_bytes(read_component(path).await?).await
     }
 
     /// Loads a component from its bytes.
     pub async fn load_bytes(&self, bytes: Vec<u8>) -> Result<WasmAgent, WasmError> {
-        let digest = hex(&Sha256::digest(&bytes));
-        let engine = self.engine.clone();
-        // Compiling is CPU-bound: keep it off the async workers.
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .map_err(|e| WasmError::Compile(e.to_string()))?
-                .map_err(|e| WasmError::Compile(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let (digest, component, pre) = self.compile_and_link(bytes).await?;
         let pre = bindings::AgentPre::new(pre).map_err(|e| WasmError::Link(format!("{e:#}")))?;
         let imports = component
             .component_type()
@@ -303,6 +290,27 @@ impl WasmRuntime {
             digest,
             description,
         })
+    }
+
+    /// Compiles a component (or takes it from the cache) off the async workers and links it:
+    /// its digest (SHA-256 of its bytes, hex), the component, and its pre-linked instance.
+    async fn compile_and_link(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<(String, Component, InstancePre<HostState>), WasmError> {
+        let digest = hex(&Sha256::digest(&bytes));
+        let engine = self.engine.clone();
+        // Compiling is CPU-bound: keep it off the async workers.
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| WasmError::Compile(e.to_string()))?
+                .map_err(|e| WasmError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        Ok((digest, component, pre))
     }
 
     async fn describe(
@@ -548,6 +556,14 @@ impl WasmRuntime {
             usage,
         }
     }
+}
+
+/// Reads a component file.
+async fn read_component(path: &Path) -> Result<Vec<u8>, WasmError> {
+    tokio::fs::read(path).await.map_err(|e| WasmError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// A resource table holding at most [`MAX_HANDLES`] entries.

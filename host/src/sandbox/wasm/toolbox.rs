@@ -15,16 +15,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Trap;
-use wasmtime::component::Component;
 
 use super::budget::{self, HostWork};
 use super::state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use super::stdio::Capture;
 use super::{
     DESCRIBE_FUEL, DESCRIBE_MEMORY, DESCRIBE_TIMEOUT, WasmError, WasmRuntime, bounded_table,
-    bounded_wasi, hex, human_bytes, trap, with_stderr,
+    bounded_wasi, human_bytes, trap, with_stderr,
 };
 use crate::registry::ToolSpec;
 use crate::sandbox::{Control, bounded_error};
@@ -180,27 +178,13 @@ impl WasmRuntime {
     /// Loads a toolbox component file: compile (or take it from the cache), link, and ask it
     /// which tools it offers.
     pub async fn load_toolbox_file(&self, path: &Path) -> Result<WasmToolbox, WasmError> {
-        let bytes = tokio::fs::read(path).await.map_err(|e| WasmError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        self.load_toolbox_bytes(bytes).await
+        self.load_toolbox_bytes(super::read_component(path).await?)
+            .await
     }
 
     /// Loads a toolbox component from its bytes.
     pub async fn load_toolbox_bytes(&self, bytes: Vec<u8>) -> Result<WasmToolbox, WasmError> {
-        let digest = hex(&Sha256::digest(&bytes));
-        let engine = self.engine.clone();
-        // Compiling is CPU-bound: keep it off the async workers.
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .map_err(|e| WasmError::Compile(e.to_string()))?
-                .map_err(|e| WasmError::Compile(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let (digest, _component, pre) = self.compile_and_link(bytes).await?;
         let pre = bindings::ToolboxPre::new(pre).map_err(|e| {
             WasmError::Link(format!(
                 "not a toolbox (no drover:agent/tool-provider): {e:#}"
