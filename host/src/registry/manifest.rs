@@ -185,6 +185,35 @@ pub enum Quantity {
     Unlimited,
 }
 
+impl Quantity {
+    /// The amount, if finite.
+    pub fn finite(&self) -> Option<u64> {
+        match self {
+            Quantity::Finite(n) => Some(*n),
+            Quantity::Unlimited => None,
+        }
+    }
+}
+
+/// Applies the overrides an agent's manifest and a tool's share: fuel, wall clock and output
+/// size. (Memory is checked against what the engine grants, by each caller.)
+pub(super) fn apply_call_limits(
+    limits: &mut Limits,
+    fuel: Option<&Quantity>,
+    timeout_ms: Option<&Quantity>,
+    max_output_bytes: Option<&Quantity>,
+) {
+    if let Some(q) = fuel {
+        limits.fuel = q.finite();
+    }
+    if let Some(q) = timeout_ms {
+        limits.timeout = q.finite().map(Duration::from_millis);
+    }
+    if let Some(q) = max_output_bytes {
+        limits.max_output_bytes = q.finite().unwrap_or(u64::MAX);
+    }
+}
+
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -309,21 +338,15 @@ impl Manifest {
     pub fn limits(&self, lifecycle: Lifecycle) -> Result<Limits, String> {
         let mut limits = Limits::for_lifecycle(lifecycle);
         let o = &self.limits;
-        let finite = |q: &Quantity| match q {
-            Quantity::Finite(n) => Some(*n),
-            Quantity::Unlimited => None,
-        };
-        if let Some(q) = &o.fuel {
-            limits.fuel = finite(q);
-        }
+        let finite = Quantity::finite;
+        apply_call_limits(
+            &mut limits,
+            o.fuel.as_ref(),
+            o.timeout_ms.as_ref(),
+            o.max_output_bytes.as_ref(),
+        );
         if let Some(q) = &o.memory {
             limits.memory_bytes = finite(q).unwrap_or(u64::MAX);
-        }
-        if let Some(q) = &o.timeout_ms {
-            limits.timeout = finite(q).map(Duration::from_millis);
-        }
-        if let Some(q) = &o.max_output_bytes {
-            limits.max_output_bytes = finite(q).unwrap_or(u64::MAX);
         }
         if let Some(q) = &o.max_events {
             limits.max_events = finite(q);

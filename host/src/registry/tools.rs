@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::dir::{LoadProblem, ScanReport};
-use super::manifest::Quantity;
+use super::manifest::{Quantity, apply_call_limits};
 use super::{Limits, Schema};
 use crate::sandbox::wasm::{WasmRuntime, WasmToolbox, human_bytes};
 
@@ -224,20 +224,13 @@ impl ToolManifest {
     pub fn limits(&self, engine_max_memory: u64) -> Result<Limits, String> {
         let mut limits = ToolSpec::default_limits();
         let o = &self.limits;
-        let finite = |q: &Quantity| match q {
-            Quantity::Finite(n) => Some(*n),
-            Quantity::Unlimited => None,
-        };
-        if let Some(q) = &o.fuel {
-            limits.fuel = finite(q);
-        }
-        if let Some(q) = &o.timeout_ms {
-            limits.timeout = finite(q).map(Duration::from_millis);
-        }
-        if let Some(q) = &o.max_output_bytes {
-            limits.max_output_bytes = finite(q).unwrap_or(u64::MAX);
-        }
-        match o.memory.as_ref().map(finite) {
+        apply_call_limits(
+            &mut limits,
+            o.fuel.as_ref(),
+            o.timeout_ms.as_ref(),
+            o.max_output_bytes.as_ref(),
+        );
+        match o.memory.as_ref().map(Quantity::finite) {
             Some(Some(bytes)) if bytes <= engine_max_memory => limits.memory_bytes = bytes,
             Some(asked) => {
                 let asked = asked.map_or_else(|| "\"unlimited\"".to_string(), human_bytes);
