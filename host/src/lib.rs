@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod model;
+pub mod outbound;
 pub mod pool;
 pub mod queue;
 pub mod registry;
