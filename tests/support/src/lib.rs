@@ -3,6 +3,7 @@
 //! ([`model_server`]).
 
 pub mod model_server;
+pub mod sample_api;
 
 use std::path::{Path, PathBuf};
 
