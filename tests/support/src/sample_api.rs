@@ -103,11 +103,17 @@ async fn work(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let (status, answer) = if !authorized {
         (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}))
     } else if tenant.is_none() {
-        (StatusCode::BAD_REQUEST, json!({"error": "X-Tenant-ID missing"}))
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "X-Tenant-ID missing"}),
+        )
     } else if let Some(item) = &item {
         (StatusCode::OK, json!({"accepted": item}))
     } else {
-        (StatusCode::BAD_REQUEST, json!({"error": "expected {\"item\": …}"}))
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "expected {\"item\": …}"}),
+        )
     };
     shared.received.lock().expect("lock").push(Received {
         tenant,
