@@ -786,6 +786,8 @@ async fn prune_and_retention_remove_old_finished_work() {
                 peak_memory: None,
                 worker_id: None,
                 usage: None,
+                tenant_id: None,
+                user_id: None,
             };
             let events = (1..=2)
                 .map(|seq| EventRecord {

@@ -469,6 +469,8 @@ async fn seed_conversation(storage_url: &str, long_answer: &str) {
             cost_usd: 0.000_42,
             tool_calls: 2,
         }),
+        tenant_id: None,
+        user_id: None,
     };
     let events = events
         .into_iter()

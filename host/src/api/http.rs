@@ -4,17 +4,17 @@
 //! | route | does |
 //! |---|---|
 //! | `POST /v1/jobs` | enqueue (`201`; `200` with the existing job for a known id with the same agent and input, `409` with another) |
-//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `limit`, `offset`) |
+//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `tenantId`, `limit`, `offset`) |
 //! | `GET /v1/jobs/{id}` | the job and its run, in full |
 //! | `GET /v1/jobs/{id}/wait?timeoutMs=` | the job once finished (`408` with its state on timeout) |
 //! | `POST /v1/jobs/{id}/cancel` | cancel (`202`; `409` if it has already finished) |
 //! | `POST /v1/jobs/{id}/stop` | graceful stop (`202`; `409` if it has already finished) |
-//! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `limit`, `offset`) |
+//! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `tenantId`, `limit`, `offset`) |
 //! | `GET /v1/runs/{id}` | one run, in full (with its `usage`: turns, tokens, cost, tool calls) |
 //! | `GET /v1/runs/{id}/events?after=` | its events |
 //! | `GET /v1/templates` | the loaded agent types (and files that failed to load) |
 //! | `POST /spawn` | start a long-lived agent (`202 {workloadName}`) |
-//! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances |
+//! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances (`status`, `tenantId`, `limit`) |
 //! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
 //! | `GET /v1/stats` | jobs and runs counted by status |
@@ -719,6 +719,8 @@ struct JobSummary<'a> {
     result_status: Option<&'a str>,
     result_error: Option<&'a ErrorInfo>,
     finished_at: Option<i64>,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a Job> for JobSummary<'a> {
@@ -747,6 +749,8 @@ impl<'a> From<&'a Job> for JobSummary<'a> {
             result_status: job.result_status.as_deref(),
             result_error: job.result_error.as_ref(),
             finished_at: job.finished_at,
+            tenant_id: job.tenant_id.as_deref(),
+            user_id: job.user_id.as_deref(),
         }
     }
 }
@@ -773,6 +777,8 @@ struct RunSummary<'a> {
     peak_memory: Option<i64>,
     worker_id: Option<&'a str>,
     usage: Option<Usage>,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a Run> for RunSummary<'a> {
@@ -796,6 +802,8 @@ impl<'a> From<&'a Run> for RunSummary<'a> {
             peak_memory: run.peak_memory,
             worker_id: run.worker_id.as_deref(),
             usage: run.usage,
+            tenant_id: run.tenant_id.as_deref(),
+            user_id: run.user_id.as_deref(),
         }
     }
 }
@@ -895,6 +903,7 @@ async fn enqueue(State(state): State<HttpState>, Body(bytes): Body) -> HttpResul
 struct JobQuery {
     status: Option<String>,
     agent_id: Option<String>,
+    tenant_id: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
 }
@@ -903,6 +912,7 @@ async fn list_jobs(State(state): State<HttpState>, Query(q): Query<JobQuery>) ->
     let filter = JobFilter {
         status: parse_list(q.status.as_deref())?,
         agent_id: q.agent_id,
+        tenant_id: tenant_query(q.tenant_id)?,
         limit: q.limit,
         offset: q.offset,
     };
@@ -913,6 +923,15 @@ async fn list_jobs(State(state): State<HttpState>, Query(q): Query<JobQuery>) ->
         Cursor::Offset(q.offset.unwrap_or(0)),
         |_| 0,
     )
+}
+
+/// A `tenantId` query parameter, checked like a job's (`400` if it is not a tenant id).
+fn tenant_query(tenant: Option<String>) -> Result<Option<String>, HttpError> {
+    if let Some(tenant) = &tenant {
+        crate::queue::validate_tenant_id(tenant)
+            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
+    }
+    Ok(tenant)
 }
 
 /// Parses `a,b,c` into statuses.
@@ -977,6 +996,7 @@ struct RunQuery {
     agent_id: Option<String>,
     job_id: Option<String>,
     lifecycle: Option<Lifecycle>,
+    tenant_id: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
 }
@@ -987,6 +1007,7 @@ async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) ->
         agent_id: q.agent_id,
         job_id: q.job_id,
         lifecycle: q.lifecycle,
+        tenant_id: tenant_query(q.tenant_id)?,
         limit: q.limit,
         offset: q.offset,
     };
@@ -1151,11 +1172,14 @@ async fn spawn_job(
     request: &SpawnRequest,
     ids: impl IntoIterator<Item = String>,
 ) -> Result<Job, HttpError> {
+    // The meta keeps them too, as it did before jobs had a tenant and a user of their own.
     let meta = serde_json::json!({ "tenantId": request.tenant_id, "userId": request.user_id });
     for id in ids.into_iter().take(SPAWN_ID_TRIES) {
         let mut job = NewJob::new(agent_id, &serde_json::Value::Null)
             .id(&id)
             .meta(&meta);
+        job.tenant_id.clone_from(&request.tenant_id);
+        job.user_id.clone_from(&request.user_id);
         if let Some(input) = &request.input {
             job.input = Arc::from(input.clone());
         }
@@ -1221,6 +1245,7 @@ fn instance<'a, J, R>(
 #[serde(rename_all = "camelCase")]
 struct AgentQuery {
     status: Option<String>,
+    tenant_id: Option<String>,
     limit: Option<u32>,
 }
 
@@ -1234,6 +1259,7 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
         .map(|s| s.id.clone())
         .collect();
     let statuses = parse_list(q.status.as_deref())?;
+    let tenant_id = tenant_query(q.tenant_id)?;
     let mut views = Vec::new();
     for agent in long_lived {
         let jobs = state
@@ -1241,6 +1267,7 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
             .list(&JobFilter {
                 status: statuses.clone(),
                 agent_id: Some(agent),
+                tenant_id: tenant_id.clone(),
                 limit: q.limit.or(Some(200)),
                 offset: None,
             })

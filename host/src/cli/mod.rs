@@ -53,6 +53,12 @@ pub enum Command {
         /// Attempts before the job fails for good.
         #[arg(long)]
         max_attempts: Option<i64>,
+        /// The tenant the job belongs to (a tenant's token sets its own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The user the job is started for.
+        #[arg(long)]
+        user: Option<String>,
         /// Wait for the job to finish and print its outcome.
         #[arg(long)]
         wait: bool,
@@ -106,6 +112,9 @@ pub enum Command {
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -121,6 +130,9 @@ pub enum Command {
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
