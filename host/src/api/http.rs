@@ -56,6 +56,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::auth::{Auth, Principal, Refusal, Verb};
 use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
@@ -84,8 +85,8 @@ pub struct HttpState {
     pub problems: Arc<dyn Fn() -> Vec<LoadProblem> + Send + Sync>,
     /// Metrics exported at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Bearer token every API request must carry, if set.
-    pub token: Option<Arc<str>>,
+    /// The API tokens the host accepts (see [`super::auth`]).
+    pub auth: Auth,
     /// A running long-lived agent without a heartbeat for this long is flagged stale.
     pub stale_after: Duration,
 }
@@ -142,6 +143,7 @@ pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
         .route("/v1/agents/{id}", get(get_agent).delete(delete_agent))
         .route("/v1/agents/{id}/events", get(agent_events))
         .route("/v1/stats", get(stats))
+        .route("/v1/tokens/{name}/revoke", post(revoke_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -579,6 +581,11 @@ impl From<ApiError> for HttpError {
                 error,
                 retry_after: None,
             },
+            ApiError::Forbidden(error) => HttpError {
+                status: StatusCode::FORBIDDEN,
+                error,
+                retry_after: None,
+            },
             other if db_error(&other).is_some_and(|e| e.is_transient()) => {
                 tracing::warn!(error = %other, "request refused for now");
                 HttpError::unavailable(
@@ -610,27 +617,80 @@ fn internal(error: &dyn std::fmt::Display) -> HttpError {
 
 type HttpResult = Result<Response, HttpError>;
 
-async fn authorize(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-            return HttpError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "this host requires Authorization: Bearer <token>",
-            )
-            .into_response();
-        }
+/// The verb a request needs: `admin` for the host-wide routes, `read` for the other `GET`s,
+/// `enqueue`, `cancel` for what they name; any other request `admin`.
+fn verb_for(method: &Method, path: &str) -> Verb {
+    let path = path.trim_end_matches('/');
+    if path == "/metrics" || path == "/v1/stats" || path.starts_with("/v1/tokens/") {
+        return Verb::Admin;
     }
+    match *method {
+        Method::GET | Method::HEAD => Verb::Read,
+        Method::POST if path == "/v1/jobs" || path == "/spawn" => Verb::Enqueue,
+        Method::POST if path.ends_with("/cancel") || path.ends_with("/stop") => Verb::Cancel,
+        Method::DELETE => Verb::Cancel,
+        _ => Verb::Admin,
+    }
+}
+
+/// Checks the request's bearer token and the verb its route needs, and hands the caller
+/// ([`Principal`]) to the route. `/healthz` needs no token.
+async fn authorize(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let principal = match state.auth.authenticate(presented).await {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            let message = match refusal {
+                Refusal::Unknown => "this host requires Authorization: Bearer <token>".to_string(),
+                Refusal::Revoked(name) => format!("the token {name:?} has been revoked"),
+            };
+            return HttpError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+                .into_response();
+        }
+    };
+    let verb = verb_for(request.method(), request.uri().path());
+    if !principal.may(verb) {
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "the token {:?} may not do this: {} {} needs the {:?} verb",
+                principal.name,
+                request.method(),
+                request.uri().path(),
+                verb.as_str()
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The producer API as the request's caller may use it: scoped to its token's tenant.
+struct Scoped(RunApi);
+
+impl FromRequestParts<HttpState> for Scoped {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        // `authorize` runs before every route that takes this; without it, nothing is shown.
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .ok_or_else(|| internal(&"a route ran without its caller checked"))?;
+        Ok(Scoped(state.api.for_tenant(principal.tenant.clone())))
+    }
 }
 
 /// Parses a JSON body (its content type was checked on the way in), turning every problem
@@ -886,9 +946,9 @@ fn page_after<T: Serialize>(
     Ok(json_response(StatusCode::OK, out))
 }
 
-async fn enqueue(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult {
+async fn enqueue(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
     let job: NewJob = body(&bytes)?;
-    let enqueued = state.api.enqueue(job).await?;
+    let enqueued = api.enqueue(job).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {
@@ -908,7 +968,7 @@ struct JobQuery {
     offset: Option<u32>,
 }
 
-async fn list_jobs(State(state): State<HttpState>, Query(q): Query<JobQuery>) -> HttpResult {
+async fn list_jobs(Scoped(api): Scoped, Query(q): Query<JobQuery>) -> HttpResult {
     let filter = JobFilter {
         status: parse_list(q.status.as_deref())?,
         agent_id: q.agent_id,
@@ -916,7 +976,7 @@ async fn list_jobs(State(state): State<HttpState>, Query(q): Query<JobQuery>) ->
         limit: q.limit,
         offset: q.offset,
     };
-    let jobs = state.api.list(&filter).await?;
+    let jobs = api.list(&filter).await?;
     page(
         "jobs",
         jobs.iter().map(JobSummary::from),
@@ -947,8 +1007,8 @@ fn parse_list<T: std::str::FromStr<Err = String>>(text: Option<&str>) -> Result<
         .collect()
 }
 
-async fn get_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(StatusCode::OK, state.api.get(&id).await?)
+async fn get_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::OK, api.get(&id).await?)
 }
 
 /// Query of `GET /v1/jobs/{id}/wait`.
@@ -959,7 +1019,7 @@ struct WaitQuery {
 }
 
 async fn wait_job(
-    State(state): State<HttpState>,
+    Scoped(api): Scoped,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> HttpResult {
@@ -967,25 +1027,19 @@ async fn wait_job(
         .timeout_ms
         .map_or(DEFAULT_WAIT, Duration::from_millis)
         .min(MAX_WAIT);
-    match state.api.wait_for(&id, timeout).await {
+    match api.wait_for(&id, timeout).await {
         Ok(view) => ok(StatusCode::OK, view),
         Err(ApiError::WaitTimeout(view)) => ok(StatusCode::REQUEST_TIMEOUT, *view),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn cancel_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(
-        StatusCode::ACCEPTED,
-        One("job", &state.api.cancel(&id).await?),
-    )
+async fn cancel_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::ACCEPTED, One("job", &api.cancel(&id).await?))
 }
 
-async fn stop_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(
-        StatusCode::ACCEPTED,
-        One("job", &state.api.stop(&id).await?),
-    )
+async fn stop_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::ACCEPTED, One("job", &api.stop(&id).await?))
 }
 
 /// Query of `GET /v1/runs`.
@@ -1001,7 +1055,7 @@ struct RunQuery {
     offset: Option<u32>,
 }
 
-async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) -> HttpResult {
+async fn list_runs(Scoped(api): Scoped, Query(q): Query<RunQuery>) -> HttpResult {
     let filter = RunFilter {
         status: parse_list(q.status.as_deref())?,
         agent_id: q.agent_id,
@@ -1011,7 +1065,7 @@ async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) ->
         limit: q.limit,
         offset: q.offset,
     };
-    let runs = state.api.runs(&filter).await?;
+    let runs = api.runs(&filter).await?;
     page(
         "runs",
         runs.iter().map(RunSummary::from),
@@ -1020,8 +1074,8 @@ async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) ->
     )
 }
 
-async fn get_run(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(StatusCode::OK, One("run", &state.api.run(&id).await?))
+async fn get_run(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::OK, One("run", &api.run(&id).await?))
 }
 
 /// Query of the event routes.
@@ -1033,13 +1087,12 @@ struct EventQuery {
 }
 
 async fn run_events(
-    State(state): State<HttpState>,
+    Scoped(api): Scoped,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> HttpResult {
-    state.api.run(&id).await?;
-    let events = state
-        .api
+    api.run(&id).await?;
+    let events = api
         .events(&id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
         .await?;
     page("events", events.iter(), Cursor::After, |e: &&Event| e.seq)
@@ -1144,9 +1197,13 @@ struct Spawned<'a> {
 /// astronomically unlikely; this only bounds the loop).
 const SPAWN_ID_TRIES: usize = 4;
 
-async fn spawn(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult {
-    let request: SpawnRequest = body(&bytes)?;
-    let spec = state.api.agent(&request.agent_type)?;
+async fn spawn(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
+    let mut request: SpawnRequest = body(&bytes)?;
+    // A tenant's token spawns for its tenant (naming another is refused on enqueue).
+    if request.tenant_id.is_none() {
+        request.tenant_id = api.tenant().map(str::to_string);
+    }
+    let spec = api.agent(&request.agent_type)?;
     let ids = std::iter::repeat_with(|| {
         format!(
             "{}-{}",
@@ -1154,7 +1211,7 @@ async fn spawn(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult 
             &uuid::Uuid::now_v7().simple().to_string()[20..]
         )
     });
-    let job = spawn_job(&state.api, &spec.id, &request, ids).await?;
+    let job = spawn_job(&api, &spec.id, &request, ids).await?;
     ok(
         StatusCode::ACCEPTED,
         Spawned {
@@ -1249,9 +1306,12 @@ struct AgentQuery {
     limit: Option<u32>,
 }
 
-async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>) -> HttpResult {
-    let long_lived: Vec<String> = state
-        .api
+async fn list_agents(
+    State(state): State<HttpState>,
+    Scoped(api): Scoped,
+    Query(q): Query<AgentQuery>,
+) -> HttpResult {
+    let long_lived: Vec<String> = api
         .registry()
         .list()
         .iter()
@@ -1262,8 +1322,7 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
     let tenant_id = tenant_query(q.tenant_id)?;
     let mut views = Vec::new();
     for agent in long_lived {
-        let jobs = state
-            .api
+        let jobs = api
             .list(&JobFilter {
                 status: statuses.clone(),
                 agent_id: Some(agent),
@@ -1272,7 +1331,7 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
                 offset: None,
             })
             .await?;
-        views.extend(state.api.views(jobs).await?);
+        views.extend(api.views(jobs).await?);
     }
     views.sort_by_key(|v| std::cmp::Reverse(v.job.created_at));
     page(
@@ -1285,8 +1344,12 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
     )
 }
 
-async fn get_agent(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    let view = state.api.get(&id).await?;
+async fn get_agent(
+    State(state): State<HttpState>,
+    Scoped(api): Scoped,
+    Path(id): Path<String>,
+) -> HttpResult {
+    let view = api.get(&id).await?;
     ok(
         StatusCode::OK,
         One("agent", &instance(&view, state.stale_after, |j| j, |r| r)),
@@ -1294,16 +1357,14 @@ async fn get_agent(State(state): State<HttpState>, Path(id): Path<String>) -> Ht
 }
 
 async fn agent_events(
-    State(state): State<HttpState>,
+    Scoped(api): Scoped,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> HttpResult {
-    let view = state.api.get(&id).await?;
+    let view = api.get(&id).await?;
     let events = match &view.run {
         Some(run) => {
-            state
-                .api
-                .events(&run.id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
+            api.events(&run.id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
                 .await?
         }
         None => Vec::new(),
@@ -1318,11 +1379,8 @@ async fn agent_events(
     )
 }
 
-async fn delete_agent(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(
-        StatusCode::ACCEPTED,
-        One("job", &state.api.stop(&id).await?),
-    )
+async fn delete_agent(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::ACCEPTED, One("job", &api.stop(&id).await?))
 }
 
 /// Body of `/v1/stats`.
@@ -1347,6 +1405,48 @@ async fn stats(State(state): State<HttpState>) -> HttpResult {
                 .map(|s| (s.as_str(), runs.get(s).copied().unwrap_or(0)))
                 .collect(),
         },
+    )
+}
+
+/// Body of `POST /v1/tokens/{name}/revoke`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokedToken<'a> {
+    #[serde(flatten)]
+    token: &'a super::auth::Revoked,
+    /// The long-lived agents asked to stop.
+    stopped_agents: &'a [String],
+}
+
+async fn revoke_token(State(state): State<HttpState>, Path(name): Path<String>) -> HttpResult {
+    let revoked = state
+        .auth
+        .revoke(&name)
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no API token named {name:?} in this host's configuration"),
+            )
+        })?;
+    let stopped = match (&revoked.tenant, revoked.stop_agents) {
+        (Some(tenant), true) => state.api.stop_tenant_agents(tenant).await?,
+        _ => Vec::new(),
+    };
+    if !stopped.is_empty() {
+        tracing::info!(token = %revoked.name, agents = stopped.len(), "stopping the revoked token's agents");
+    }
+    ok(
+        StatusCode::OK,
+        One(
+            "token",
+            &RevokedToken {
+                token: &revoked,
+                stopped_agents: &stopped,
+            },
+        ),
     )
 }
 

@@ -30,7 +30,7 @@ const JOB_FAILED: u8 = 2;
 const TIMED_OUT: u8 = 3;
 
 /// An error worth one line on stderr.
-struct Failure(String);
+pub(super) struct Failure(pub(super) String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
@@ -38,14 +38,14 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Self {
+    pub(super) fn new(args: &ClientArgs) -> Self {
         Self {
             http: reqwest::Client::new(),
             base: args.url.trim_end_matches('/').to_string(),
@@ -55,7 +55,7 @@ impl Client {
 
     /// Sends a request; returns the status and the JSON body. Errors from the API become a
     /// failure carrying its message.
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &[&str],
@@ -119,7 +119,7 @@ pub(super) async fn execute(command: Command) -> u8 {
 
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Run(_) | Command::Prune(_) => Ok(FAILED),
+        Command::Run(_) | Command::Prune(_) | Command::Tokens(_) => Ok(FAILED),
         Command::Enqueue {
             agent,
             input,
