@@ -17,11 +17,13 @@
 //! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances (`status`, `tenantId`, `limit`) |
 //! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
-//! | `GET /v1/stats` | jobs and runs counted by status |
+//! | `GET /v1/stats` | jobs and runs counted by status (admin) |
+//! | `POST /v1/tokens/{name}/revoke` | revoke a configured API token on every host (admin) |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
-//! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured,
-//! every route here requires `Authorization: Bearer <token>`.
+//! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured
+//! (see [`super::auth`]), every route here but `/healthz` requires `Authorization: Bearer
+//! <token>` (`401`) whose verbs cover it (`403`), and a tenant's token sees only its tenant.
 //!
 //! Every request is checked before it reaches a route (see [`HttpConfig`]): its `Host` must be
 //! the host's own (`403`), an `Origin` or `Sec-Fetch-Site` header must not name another site

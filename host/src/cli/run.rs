@@ -66,7 +66,8 @@ pub struct RunArgs {
     /// How long in-flight jobs may finish at shutdown, in milliseconds.
     #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
-    /// The host configuration file (`drover.toml`: model aliases); none: no model aliases.
+    /// The host configuration file (`drover.toml`: model aliases, API tokens); none: no model
+    /// aliases, no API tokens. SIGHUP reloads its API tokens.
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
     /// The databases.
@@ -93,7 +94,8 @@ pub struct RunArgs {
     /// A long-lived agent silent for this long (ms) is shown as stale.
     #[arg(long, env = "DROVER_STALE_AFTER_MS", default_value_t = 90_000)]
     pub stale_after_ms: u64,
-    /// Bearer token required by every API request (the viewer asks for it).
+    /// An admin token of every tenant; with it (or with `[[api-tokens]]` in the configuration
+    /// file) every API request but `/healthz` needs a bearer token (the viewer asks for it).
     #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Serve the API on a non-loopback address without a token (anyone who can reach the
