@@ -262,6 +262,21 @@ async fn tenant_and_user_go_from_the_request_to_the_job_and_its_runs_and_lists_f
     assert_eq!(ids(&jobs, "jobs"), [agent.as_str(), "b-1"]);
     let (_, jobs) = server.get("/v1/jobs").await;
     assert_eq!(ids(&jobs, "jobs").len(), 4);
+    // The same id for another tenant is a conflict, even with the same agent and input.
+    let (status, body) = server
+        .post(
+            "/v1/jobs",
+            json!({ "id": "a-1", "agentId": "echo", "input": 1, "tenantId": "beta" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = server
+        .post(
+            "/v1/jobs",
+            json!({ "id": "a-1", "agentId": "echo", "input": 1, "tenantId": "acme" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (_, runs) = server.get("/v1/runs?tenantId=acme").await;
     assert_eq!(ids(&runs, "runs"), [run_of_a.as_str()]);
     assert_eq!(runs["runs"][0]["tenantId"], "acme");

@@ -130,9 +130,10 @@ impl RunApi {
     pub async fn enqueue(&self, job: NewJob) -> Result<crate::queue::Enqueued, ApiError> {
         let job = self.prepare(job)?;
         let (agent_id, input) = (job.agent_id.clone(), Arc::clone(&job.input));
+        let tenant = job.tenant_id.clone();
         let enqueued = self.queue.enqueue(job).await?;
         if !enqueued.created {
-            self.same_payload(&enqueued.job, &agent_id, &input)?;
+            self.same_payload(&enqueued.job, &agent_id, &input, tenant.as_deref())?;
         }
         Ok(enqueued)
     }
@@ -148,28 +149,37 @@ impl RunApi {
             .into_iter()
             .map(|job| self.prepare(job))
             .collect::<Result<Vec<_>, _>>()?;
-        let payloads: Vec<(String, Arc<serde_json::value::RawValue>)> = jobs
+        let payloads: Vec<(String, Arc<serde_json::value::RawValue>, Option<String>)> = jobs
             .iter()
-            .map(|job| (job.agent_id.clone(), Arc::clone(&job.input)))
+            .map(|job| {
+                (
+                    job.agent_id.clone(),
+                    Arc::clone(&job.input),
+                    job.tenant_id.clone(),
+                )
+            })
             .collect();
         let enqueued = self.queue.enqueue_batch(jobs).await?;
-        for (done, (agent_id, input)) in enqueued.iter().zip(&payloads) {
+        for (done, (agent_id, input, tenant)) in enqueued.iter().zip(&payloads) {
             if !done.created {
-                self.same_payload(&done.job, agent_id, input)?;
+                self.same_payload(&done.job, agent_id, input, tenant.as_deref())?;
             }
         }
         Ok(enqueued)
     }
 
-    /// An existing job found for an id: it must be this tenant's (another tenant's job is
-    /// answered like one with another payload, and never shown) with the same payload.
+    /// An existing job found for an id: it must be visible here and of the tenant asked for,
+    /// if one was (another tenant's job is answered like one with another payload, and never
+    /// shown), with the same payload.
     fn same_payload(
         &self,
         existing: &Job,
         agent_id: &str,
         input: &serde_json::value::RawValue,
+        tenant: Option<&str>,
     ) -> Result<(), ApiError> {
-        if !self.sees(existing.tenant_id.as_deref()) {
+        let other_tenant = tenant.is_some() && existing.tenant_id.as_deref() != tenant;
+        if other_tenant || !self.sees(existing.tenant_id.as_deref()) {
             return Err(id_conflict(&existing.id));
         }
         same_payload(existing, agent_id, input)
