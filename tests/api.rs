@@ -88,7 +88,7 @@ impl Server {
             api,
             problems: Arc::new(Vec::new),
             metrics: Arc::new(Metrics::new(None)),
-            token: None,
+            auth: drover_host::api::auth::Auth::none(),
             stale_after: Duration::from_secs(90),
         };
         let config = HttpConfig {

@@ -462,11 +462,14 @@ async fn a_configured_token_is_required_on_every_route() {
     let setup = Setup::new();
     let host = HostProcess::start(EXE, &setup.args(&[]), &[("DROVER_API_TOKEN", "s3cret")]);
     let url = &host.url;
-    for path in ["/healthz", "/v1/jobs", "/v1/templates", "/metrics"] {
+    for path in ["/v1/jobs", "/v1/templates", "/metrics", "/readyz"] {
         let (status, body) = get(format!("{url}{path}")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
         assert_eq!(body["error"]["tag"], "Unauthorized");
     }
+    // Liveness probes need no token.
+    let (status, _) = get(format!("{url}/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
     let wrong = reqwest::Client::new()
         .get(format!("{url}/v1/jobs"))
         .bearer_auth("guess")
@@ -786,6 +789,8 @@ async fn prune_and_retention_remove_old_finished_work() {
                 peak_memory: None,
                 worker_id: None,
                 usage: None,
+                tenant_id: None,
+                user_id: None,
             };
             let events = (1..=2)
                 .map(|seq| EventRecord {

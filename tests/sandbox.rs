@@ -172,7 +172,7 @@ impl Host {
             api: self.api.clone(),
             problems: Arc::new(move || registry.problems()),
             metrics: Arc::new(Metrics::new(None)),
-            token: None,
+            auth: drover_host::api::auth::Auth::none(),
             stale_after: Duration::from_secs(90),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -37,6 +37,8 @@ fn run(id: &str, job_id: &str, status: RunStatus, error: Option<&str>) -> RunRec
         peak_memory: None,
         worker_id: None,
         usage: None,
+        tenant_id: None,
+        user_id: None,
     }
 }
 
@@ -229,9 +231,11 @@ async fn migrations_are_applied_once_and_files_use_wal() {
             ("queue".to_string(), 1),
             ("queue".to_string(), 2),
             ("queue".to_string(), 3),
+            ("queue".to_string(), 4),
             ("store".to_string(), 1),
             ("store".to_string(), 2),
-            ("store".to_string(), 3)
+            ("store".to_string(), 3),
+            ("store".to_string(), 4)
         ]
     );
 }
@@ -796,7 +800,7 @@ async fn a_database_newer_than_the_build_is_refused() {
         .expect_err("newer schema")
         .to_string();
     assert!(
-        error.contains("the store schema of this database is at version 99, newer than this build knows (version 3)"),
+        error.contains("the store schema of this database is at version 99, newer than this build knows (version 4)"),
         "{error}"
     );
     // The queue's schema is its own business, and the runs are still there.
@@ -993,18 +997,21 @@ async fn a_database_of_the_previous_version_gains_usage_and_keeps_its_runs() {
         );
         assert_eq!((got.fuel_used, got.peak_memory), (Some(1234), Some(65536)));
         assert_eq!(got.usage, None);
+        assert_eq!((got.tenant_id, got.user_id), (None, None));
         assert_eq!(event_count(&store, "r-old").await, 1);
     }
     let store = RunStore::open(&url, None).await.expect("open");
     let cols = columns(store.db(), "runs").await;
     assert_eq!(
-        cols[cols.len() - 5..],
+        cols[cols.len() - 7..],
         [
             "turns",
             "input_tokens",
             "output_tokens",
             "cost_usd",
-            "tool_calls"
+            "tool_calls",
+            "tenant_id",
+            "user_id"
         ]
     );
     let usage = Usage {
@@ -1016,6 +1023,8 @@ async fn a_database_of_the_previous_version_gains_usage_and_keeps_its_runs() {
     };
     let mut new = run("r-new", "j-new", RunStatus::Success, None);
     new.usage = Some(usage);
+    new.tenant_id = Some("acme".into());
+    new.user_id = Some("ann".into());
     store
         .write(&WriteBatch {
             runs: vec![new],
@@ -1025,4 +1034,6 @@ async fn a_database_of_the_previous_version_gains_usage_and_keeps_its_runs() {
         .expect("write");
     let got = store.get_run("r-new").await.expect("get").expect("new run");
     assert_eq!(got.usage, Some(usage));
+    assert_eq!(got.tenant_id.as_deref(), Some("acme"));
+    assert_eq!(got.user_id.as_deref(), Some("ann"));
 }

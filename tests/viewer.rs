@@ -469,6 +469,8 @@ async fn seed_conversation(storage_url: &str, long_answer: &str) {
             cost_usd: 0.000_42,
             tool_calls: 2,
         }),
+        tenant_id: None,
+        user_id: None,
     };
     let events = events
         .into_iter()
@@ -703,4 +705,125 @@ fn eval(tab: &Tab, expression: &str) -> Value {
         Some(Value::String(text)) => serde_json::from_str(&text).expect("JSON from the page"),
         _ => Value::Null,
     }
+}
+
+/// With a tenant's token the page works, and shows that tenant's runs and jobs only (and no
+/// host-wide counts, which need an admin token).
+#[test]
+fn the_viewer_with_a_tenants_token_shows_only_that_tenant() {
+    let Some(chrome) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is required under CI (install Debian's `chromium` package)"
+        );
+        eprintln!("skipping the viewer test: no Chromium at /usr/bin/chromium (set CHROME)");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let agents = AgentDir::new();
+    agents.add("echo", ECHO, None);
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = data.path().join("drover.toml");
+    let entry = |name: &str, tenant: &str| {
+        let hash: String = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "[[api-tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\ntenant = \"{tenant}\"\nverbs = [\"read\", \"enqueue\", \"cancel\"]\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            entry("acme-token", "acme"),
+            entry("beta-token", "beta")
+        ),
+    )
+    .expect("config");
+    let args: Vec<String> = [
+        "--agents",
+        &agents.path().display().to_string(),
+        "--data-dir",
+        &data.path().join("var").display().to_string(),
+        "--cache-dir",
+        &drover_test_support::cache_dir().display().to_string(),
+        "--queue-url",
+        &format!("file:{}", data.path().join("queue.db").display()),
+        "--storage-url",
+        &format!("file:{}", data.path().join("runs.db").display()),
+        "--config",
+        &config.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let host = HostProcess::start(EXE, &args, &[("DROVER_API_TOKEN", TOKEN)]);
+    let url = host.url.clone();
+    let run_of = |token: &str, id: &str| {
+        let url = url.clone();
+        let token = token.to_string();
+        let id = id.to_string();
+        runtime.block_on(async move {
+            let client = reqwest::Client::new();
+            let job: Value = client
+                .post(format!("{url}/v1/jobs"))
+                .bearer_auth(&token)
+                .json(&json!({ "id": id, "agentId": "echo", "input": { "n": 1 } }))
+                .send()
+                .await
+                .expect("enqueue")
+                .json()
+                .await
+                .expect("json");
+            let id = job["job"]["id"].as_str().expect("id").to_string();
+            let done: Value = client
+                .get(format!("{url}/v1/jobs/{id}/wait?timeoutMs=30000"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("wait")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(done["job"]["status"], "done", "{done}");
+            (id, done["run"]["id"].as_str().expect("run").to_string())
+        })
+    };
+    let (acme_job, acme_run) = run_of("acme-token", "acme-job-1");
+    let (beta_job, beta_run) = run_of("beta-token", "beta-job-1");
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = launch(chrome, &profile);
+    let tab = browser.new_tab().expect("tab");
+    tab.set_default_timeout(WAIT);
+    tab.navigate_to(&format!("{url}/?token=acme-token#/runs"))
+        .expect("open");
+    wait_for_js(
+        &tab,
+        &format!("!!document.querySelector('tr[data-run=\"{acme_run}\"]')"),
+    );
+    assert_eq!(
+        eval(
+            &tab,
+            &format!("!!document.querySelector('tr[data-run=\"{beta_run}\"]')")
+        ),
+        json!(false)
+    );
+    wait_for_js(
+        &tab,
+        "document.getElementById('summary').innerText.includes('host up')",
+    );
+    // The queue view lists acme's job, not beta's, and says nothing went wrong.
+    tab.navigate_to(&format!("{url}/?token=acme-token#/queue"))
+        .expect("queue");
+    wait_for_js(
+        &tab,
+        &format!("document.getElementById('jobs-body').innerText.includes('{acme_job}')"),
+    );
+    let text = eval(&tab, "document.getElementById('main').innerText");
+    let text = text.as_str().unwrap_or_default();
+    assert!(!text.contains(&beta_job), "{text}");
+    assert!(!text.contains("Forbidden"), "{text}");
+    drop(host);
 }

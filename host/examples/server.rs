@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         api,
         problems: Arc::new(Vec::new),
         metrics: Arc::new(Metrics::new(Some(pool.stats()))),
-        token: None,
+        auth: drover_host::api::auth::Auth::none(),
         stale_after: Duration::from_secs(90),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;

@@ -9,12 +9,19 @@
 //! api-key-env = "OPENAI_API_KEY"
 //! input-usd-per-mtok = 0.15
 //! output-usd-per-mtok = 0.60
+//!
+//! [[api-tokens]]
+//! name = "acme-ci"
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! tenant = "acme"
+//! verbs = ["enqueue", "read"]
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::auth::ApiTokenConfig;
 use crate::model::ModelsConfig;
 
 /// Everything `drover.toml` configures.
@@ -24,6 +31,10 @@ pub struct HostConfig {
     /// The model aliases (`[models.<alias>]`).
     #[serde(default)]
     pub models: ModelsConfig,
+    /// The API tokens (`[[api-tokens]]`), by hash; see [`crate::api::auth`]. Reloaded on
+    /// SIGHUP.
+    #[serde(default)]
+    pub api_tokens: Vec<ApiTokenConfig>,
 }
 
 /// A configuration file that cannot be used.
@@ -64,6 +75,7 @@ impl HostConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         config.models.validate().map_err(|e| e.to_string())?;
+        crate::api::auth::validate_tokens(&config.api_tokens)?;
         Ok(config)
     }
 }

@@ -4,24 +4,26 @@
 //! | route | does |
 //! |---|---|
 //! | `POST /v1/jobs` | enqueue (`201`; `200` with the existing job for a known id with the same agent and input, `409` with another) |
-//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `limit`, `offset`) |
+//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `tenantId`, `limit`, `offset`) |
 //! | `GET /v1/jobs/{id}` | the job and its run, in full |
 //! | `GET /v1/jobs/{id}/wait?timeoutMs=` | the job once finished (`408` with its state on timeout) |
 //! | `POST /v1/jobs/{id}/cancel` | cancel (`202`; `409` if it has already finished) |
 //! | `POST /v1/jobs/{id}/stop` | graceful stop (`202`; `409` if it has already finished) |
-//! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `limit`, `offset`) |
+//! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `tenantId`, `limit`, `offset`) |
 //! | `GET /v1/runs/{id}` | one run, in full (with its `usage`: turns, tokens, cost, tool calls) |
 //! | `GET /v1/runs/{id}/events?after=` | its events |
 //! | `GET /v1/templates` | the loaded agent types (and files that failed to load) |
 //! | `POST /spawn` | start a long-lived agent (`202 {workloadName}`) |
-//! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances |
+//! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances (`status`, `tenantId`, `limit`) |
 //! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
-//! | `GET /v1/stats` | jobs and runs counted by status |
+//! | `GET /v1/stats` | jobs and runs counted by status (admin) |
+//! | `POST /v1/tokens/{name}/revoke` | revoke a configured API token on every host (admin) |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
-//! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured,
-//! every route here requires `Authorization: Bearer <token>`.
+//! Errors are `{"error": {"tag", "message"}}` with a 4xx/5xx status. With a token configured
+//! (see [`super::auth`]), every route here but `/healthz` requires `Authorization: Bearer
+//! <token>` (`401`) whose verbs cover it (`403`), and a tenant's token sees only its tenant.
 //!
 //! Every request is checked before it reaches a route (see [`HttpConfig`]): its `Host` must be
 //! the host's own (`403`), an `Origin` or `Sec-Fetch-Site` header must not name another site
@@ -56,6 +58,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::auth::{Auth, Principal, Refusal, Verb};
 use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
@@ -84,8 +87,8 @@ pub struct HttpState {
     pub problems: Arc<dyn Fn() -> Vec<LoadProblem> + Send + Sync>,
     /// Metrics exported at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Bearer token every API request must carry, if set.
-    pub token: Option<Arc<str>>,
+    /// The API tokens the host accepts (see [`super::auth`]).
+    pub auth: Auth,
     /// A running long-lived agent without a heartbeat for this long is flagged stale.
     pub stale_after: Duration,
 }
@@ -142,6 +145,7 @@ pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
         .route("/v1/agents/{id}", get(get_agent).delete(delete_agent))
         .route("/v1/agents/{id}/events", get(agent_events))
         .route("/v1/stats", get(stats))
+        .route("/v1/tokens/{name}/revoke", post(revoke_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -579,6 +583,11 @@ impl From<ApiError> for HttpError {
                 error,
                 retry_after: None,
             },
+            ApiError::Forbidden(error) => HttpError {
+                status: StatusCode::FORBIDDEN,
+                error,
+                retry_after: None,
+            },
             other if db_error(&other).is_some_and(|e| e.is_transient()) => {
                 tracing::warn!(error = %other, "request refused for now");
                 HttpError::unavailable(
@@ -610,27 +619,80 @@ fn internal(error: &dyn std::fmt::Display) -> HttpError {
 
 type HttpResult = Result<Response, HttpError>;
 
-async fn authorize(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-            return HttpError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "this host requires Authorization: Bearer <token>",
-            )
-            .into_response();
-        }
+/// The verb a request needs: `admin` for the host-wide routes, `read` for the other `GET`s,
+/// `enqueue`, `cancel` for what they name; any other request `admin`.
+fn verb_for(method: &Method, path: &str) -> Verb {
+    let path = path.trim_end_matches('/');
+    if path == "/metrics" || path == "/v1/stats" || path.starts_with("/v1/tokens/") {
+        return Verb::Admin;
     }
+    match *method {
+        Method::GET | Method::HEAD => Verb::Read,
+        Method::POST if path == "/v1/jobs" || path == "/spawn" => Verb::Enqueue,
+        Method::POST if path.ends_with("/cancel") || path.ends_with("/stop") => Verb::Cancel,
+        Method::DELETE => Verb::Cancel,
+        _ => Verb::Admin,
+    }
+}
+
+/// Checks the request's bearer token and the verb its route needs, and hands the caller
+/// ([`Principal`]) to the route. `/healthz` needs no token.
+async fn authorize(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let principal = match state.auth.authenticate(presented).await {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            let message = match refusal {
+                Refusal::Unknown => "this host requires Authorization: Bearer <token>".to_string(),
+                Refusal::Revoked(name) => format!("the token {name:?} has been revoked"),
+            };
+            return HttpError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+                .into_response();
+        }
+    };
+    let verb = verb_for(request.method(), request.uri().path());
+    if !principal.may(verb) {
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "the token {:?} may not do this: {} {} needs the {:?} verb",
+                principal.name,
+                request.method(),
+                request.uri().path(),
+                verb.as_str()
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The producer API as the request's caller may use it: scoped to its token's tenant.
+struct Scoped(RunApi);
+
+impl FromRequestParts<HttpState> for Scoped {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        // `authorize` runs before every route that takes this; without it, nothing is shown.
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .ok_or_else(|| internal(&"a route ran without its caller checked"))?;
+        Ok(Scoped(state.api.for_tenant(principal.tenant.clone())))
+    }
 }
 
 /// Parses a JSON body (its content type was checked on the way in), turning every problem
@@ -719,6 +781,8 @@ struct JobSummary<'a> {
     result_status: Option<&'a str>,
     result_error: Option<&'a ErrorInfo>,
     finished_at: Option<i64>,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a Job> for JobSummary<'a> {
@@ -747,6 +811,8 @@ impl<'a> From<&'a Job> for JobSummary<'a> {
             result_status: job.result_status.as_deref(),
             result_error: job.result_error.as_ref(),
             finished_at: job.finished_at,
+            tenant_id: job.tenant_id.as_deref(),
+            user_id: job.user_id.as_deref(),
         }
     }
 }
@@ -773,6 +839,8 @@ struct RunSummary<'a> {
     peak_memory: Option<i64>,
     worker_id: Option<&'a str>,
     usage: Option<Usage>,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a Run> for RunSummary<'a> {
@@ -796,6 +864,8 @@ impl<'a> From<&'a Run> for RunSummary<'a> {
             peak_memory: run.peak_memory,
             worker_id: run.worker_id.as_deref(),
             usage: run.usage,
+            tenant_id: run.tenant_id.as_deref(),
+            user_id: run.user_id.as_deref(),
         }
     }
 }
@@ -878,9 +948,9 @@ fn page_after<T: Serialize>(
     Ok(json_response(StatusCode::OK, out))
 }
 
-async fn enqueue(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult {
+async fn enqueue(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
     let job: NewJob = body(&bytes)?;
-    let enqueued = state.api.enqueue(job).await?;
+    let enqueued = api.enqueue(job).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {
@@ -895,24 +965,35 @@ async fn enqueue(State(state): State<HttpState>, Body(bytes): Body) -> HttpResul
 struct JobQuery {
     status: Option<String>,
     agent_id: Option<String>,
+    tenant_id: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
 }
 
-async fn list_jobs(State(state): State<HttpState>, Query(q): Query<JobQuery>) -> HttpResult {
+async fn list_jobs(Scoped(api): Scoped, Query(q): Query<JobQuery>) -> HttpResult {
     let filter = JobFilter {
         status: parse_list(q.status.as_deref())?,
         agent_id: q.agent_id,
+        tenant_id: tenant_query(q.tenant_id)?,
         limit: q.limit,
         offset: q.offset,
     };
-    let jobs = state.api.list(&filter).await?;
+    let jobs = api.list(&filter).await?;
     page(
         "jobs",
         jobs.iter().map(JobSummary::from),
         Cursor::Offset(q.offset.unwrap_or(0)),
         |_| 0,
     )
+}
+
+/// A `tenantId` query parameter, checked like a job's (`400` if it is not a tenant id).
+fn tenant_query(tenant: Option<String>) -> Result<Option<String>, HttpError> {
+    if let Some(tenant) = &tenant {
+        crate::queue::validate_tenant_id(tenant)
+            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
+    }
+    Ok(tenant)
 }
 
 /// Parses `a,b,c` into statuses.
@@ -928,8 +1009,8 @@ fn parse_list<T: std::str::FromStr<Err = String>>(text: Option<&str>) -> Result<
         .collect()
 }
 
-async fn get_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(StatusCode::OK, state.api.get(&id).await?)
+async fn get_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::OK, api.get(&id).await?)
 }
 
 /// Query of `GET /v1/jobs/{id}/wait`.
@@ -940,7 +1021,7 @@ struct WaitQuery {
 }
 
 async fn wait_job(
-    State(state): State<HttpState>,
+    Scoped(api): Scoped,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> HttpResult {
@@ -948,25 +1029,19 @@ async fn wait_job(
         .timeout_ms
         .map_or(DEFAULT_WAIT, Duration::from_millis)
         .min(MAX_WAIT);
-    match state.api.wait_for(&id, timeout).await {
+    match api.wait_for(&id, timeout).await {
         Ok(view) => ok(StatusCode::OK, view),
         Err(ApiError::WaitTimeout(view)) => ok(StatusCode::REQUEST_TIMEOUT, *view),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn cancel_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(
-        StatusCode::ACCEPTED,
-        One("job", &state.api.cancel(&id).await?),
-    )
+async fn cancel_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::ACCEPTED, One("job", &api.cancel(&id).await?))
 }
 
-async fn stop_job(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(
-        StatusCode::ACCEPTED,
-        One("job", &state.api.stop(&id).await?),
-    )
+async fn stop_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::ACCEPTED, One("job", &api.stop(&id).await?))
 }
 
 /// Query of `GET /v1/runs`.
@@ -977,20 +1052,22 @@ struct RunQuery {
     agent_id: Option<String>,
     job_id: Option<String>,
     lifecycle: Option<Lifecycle>,
+    tenant_id: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
 }
 
-async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) -> HttpResult {
+async fn list_runs(Scoped(api): Scoped, Query(q): Query<RunQuery>) -> HttpResult {
     let filter = RunFilter {
         status: parse_list(q.status.as_deref())?,
         agent_id: q.agent_id,
         job_id: q.job_id,
         lifecycle: q.lifecycle,
+        tenant_id: tenant_query(q.tenant_id)?,
         limit: q.limit,
         offset: q.offset,
     };
-    let runs = state.api.runs(&filter).await?;
+    let runs = api.runs(&filter).await?;
     page(
         "runs",
         runs.iter().map(RunSummary::from),
@@ -999,8 +1076,8 @@ async fn list_runs(State(state): State<HttpState>, Query(q): Query<RunQuery>) ->
     )
 }
 
-async fn get_run(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(StatusCode::OK, One("run", &state.api.run(&id).await?))
+async fn get_run(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::OK, One("run", &api.run(&id).await?))
 }
 
 /// Query of the event routes.
@@ -1012,13 +1089,12 @@ struct EventQuery {
 }
 
 async fn run_events(
-    State(state): State<HttpState>,
+    Scoped(api): Scoped,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> HttpResult {
-    state.api.run(&id).await?;
-    let events = state
-        .api
+    api.run(&id).await?;
+    let events = api
         .events(&id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
         .await?;
     page("events", events.iter(), Cursor::After, |e: &&Event| e.seq)
@@ -1123,9 +1199,13 @@ struct Spawned<'a> {
 /// astronomically unlikely; this only bounds the loop).
 const SPAWN_ID_TRIES: usize = 4;
 
-async fn spawn(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult {
-    let request: SpawnRequest = body(&bytes)?;
-    let spec = state.api.agent(&request.agent_type)?;
+async fn spawn(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
+    let mut request: SpawnRequest = body(&bytes)?;
+    // A tenant's token spawns for its tenant (naming another is refused on enqueue).
+    if request.tenant_id.is_none() {
+        request.tenant_id = api.tenant().map(str::to_string);
+    }
+    let spec = api.agent(&request.agent_type)?;
     let ids = std::iter::repeat_with(|| {
         format!(
             "{}-{}",
@@ -1133,7 +1213,7 @@ async fn spawn(State(state): State<HttpState>, Body(bytes): Body) -> HttpResult 
             &uuid::Uuid::now_v7().simple().to_string()[20..]
         )
     });
-    let job = spawn_job(&state.api, &spec.id, &request, ids).await?;
+    let job = spawn_job(&api, &spec.id, &request, ids).await?;
     ok(
         StatusCode::ACCEPTED,
         Spawned {
@@ -1151,11 +1231,14 @@ async fn spawn_job(
     request: &SpawnRequest,
     ids: impl IntoIterator<Item = String>,
 ) -> Result<Job, HttpError> {
+    // The meta keeps them too, as it did before jobs had a tenant and a user of their own.
     let meta = serde_json::json!({ "tenantId": request.tenant_id, "userId": request.user_id });
     for id in ids.into_iter().take(SPAWN_ID_TRIES) {
         let mut job = NewJob::new(agent_id, &serde_json::Value::Null)
             .id(&id)
             .meta(&meta);
+        job.tenant_id.clone_from(&request.tenant_id);
+        job.user_id.clone_from(&request.user_id);
         if let Some(input) = &request.input {
             job.input = Arc::from(input.clone());
         }
@@ -1221,12 +1304,16 @@ fn instance<'a, J, R>(
 #[serde(rename_all = "camelCase")]
 struct AgentQuery {
     status: Option<String>,
+    tenant_id: Option<String>,
     limit: Option<u32>,
 }
 
-async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>) -> HttpResult {
-    let long_lived: Vec<String> = state
-        .api
+async fn list_agents(
+    State(state): State<HttpState>,
+    Scoped(api): Scoped,
+    Query(q): Query<AgentQuery>,
+) -> HttpResult {
+    let long_lived: Vec<String> = api
         .registry()
         .list()
         .iter()
@@ -1234,18 +1321,19 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
         .map(|s| s.id.clone())
         .collect();
     let statuses = parse_list(q.status.as_deref())?;
+    let tenant_id = tenant_query(q.tenant_id)?;
     let mut views = Vec::new();
     for agent in long_lived {
-        let jobs = state
-            .api
+        let jobs = api
             .list(&JobFilter {
                 status: statuses.clone(),
                 agent_id: Some(agent),
+                tenant_id: tenant_id.clone(),
                 limit: q.limit.or(Some(200)),
                 offset: None,
             })
             .await?;
-        views.extend(state.api.views(jobs).await?);
+        views.extend(api.views(jobs).await?);
     }
     views.sort_by_key(|v| std::cmp::Reverse(v.job.created_at));
     page(
@@ -1258,8 +1346,12 @@ async fn list_agents(State(state): State<HttpState>, Query(q): Query<AgentQuery>
     )
 }
 
-async fn get_agent(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    let view = state.api.get(&id).await?;
+async fn get_agent(
+    State(state): State<HttpState>,
+    Scoped(api): Scoped,
+    Path(id): Path<String>,
+) -> HttpResult {
+    let view = api.get(&id).await?;
     ok(
         StatusCode::OK,
         One("agent", &instance(&view, state.stale_after, |j| j, |r| r)),
@@ -1267,16 +1359,14 @@ async fn get_agent(State(state): State<HttpState>, Path(id): Path<String>) -> Ht
 }
 
 async fn agent_events(
-    State(state): State<HttpState>,
+    Scoped(api): Scoped,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> HttpResult {
-    let view = state.api.get(&id).await?;
+    let view = api.get(&id).await?;
     let events = match &view.run {
         Some(run) => {
-            state
-                .api
-                .events(&run.id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
+            api.events(&run.id, q.after.unwrap_or(0), q.limit.unwrap_or(1000))
                 .await?
         }
         None => Vec::new(),
@@ -1291,11 +1381,8 @@ async fn agent_events(
     )
 }
 
-async fn delete_agent(State(state): State<HttpState>, Path(id): Path<String>) -> HttpResult {
-    ok(
-        StatusCode::ACCEPTED,
-        One("job", &state.api.stop(&id).await?),
-    )
+async fn delete_agent(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    ok(StatusCode::ACCEPTED, One("job", &api.stop(&id).await?))
 }
 
 /// Body of `/v1/stats`.
@@ -1320,6 +1407,48 @@ async fn stats(State(state): State<HttpState>) -> HttpResult {
                 .map(|s| (s.as_str(), runs.get(s).copied().unwrap_or(0)))
                 .collect(),
         },
+    )
+}
+
+/// Body of `POST /v1/tokens/{name}/revoke`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokedToken<'a> {
+    #[serde(flatten)]
+    token: &'a super::auth::Revoked,
+    /// The long-lived agents asked to stop.
+    stopped_agents: &'a [String],
+}
+
+async fn revoke_token(State(state): State<HttpState>, Path(name): Path<String>) -> HttpResult {
+    let revoked = state
+        .auth
+        .revoke(&name)
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no API token named {name:?} in this host's configuration"),
+            )
+        })?;
+    let stopped = match (&revoked.tenant, revoked.stop_agents) {
+        (Some(tenant), true) => state.api.stop_tenant_agents(tenant).await?,
+        _ => Vec::new(),
+    };
+    if !stopped.is_empty() {
+        tracing::info!(token = %revoked.name, agents = stopped.len(), "stopping the revoked token's agents");
+    }
+    ok(
+        StatusCode::OK,
+        One(
+            "token",
+            &RevokedToken {
+                token: &revoked,
+                stopped_agents: &stopped,
+            },
+        ),
     )
 }
 

@@ -1,6 +1,7 @@
 //! The producer API: enqueue jobs, observe them and their runs, wait for them, cancel and stop
 //! them. [`RunApi`] is the Rust face; [`http`] serves the same operations as JSON over HTTP.
 
+pub mod auth;
 pub mod http;
 pub mod metrics;
 
@@ -27,6 +28,9 @@ pub enum ApiError {
     /// has already finished.
     #[error("{0}")]
     Conflict(ErrorInfo),
+    /// The caller may not do this (a tenant's token naming another tenant).
+    #[error("{0}")]
+    Forbidden(ErrorInfo),
     /// The job did not finish in time; carries its current state.
     #[error("timed out waiting for job {}", .0.job.id)]
     WaitTimeout(Box<JobView>),
@@ -59,11 +63,16 @@ pub struct JobView {
 }
 
 /// The producer-side API. Cheap to clone.
+///
+/// A `RunApi` may be scoped to a tenant ([`RunApi::for_tenant`]): it then sees only that
+/// tenant's jobs, runs and events (another tenant's ids are not found, exactly like unknown
+/// ones), lists only them, and enqueues only for it.
 #[derive(Clone)]
 pub struct RunApi {
     queue: Queue,
     store: RunStore,
     registry: Arc<dyn Registry>,
+    tenant: Option<Arc<str>>,
 }
 
 /// Longest pause between polls while waiting for a job another process runs.
@@ -76,7 +85,28 @@ impl RunApi {
             queue,
             store,
             registry,
+            tenant: None,
         }
+    }
+
+    /// The same API, seeing only `tenant`'s work (`None`: every tenant's).
+    pub fn for_tenant(&self, tenant: Option<Arc<str>>) -> Self {
+        Self {
+            tenant,
+            ..self.clone()
+        }
+    }
+
+    /// The tenant this API is scoped to, if it is.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// Whether a job or run of `tenant` is visible here.
+    fn sees(&self, tenant: Option<&str>) -> bool {
+        self.tenant
+            .as_deref()
+            .is_none_or(|scope| tenant == Some(scope))
     }
 
     /// The queue.
@@ -100,9 +130,10 @@ impl RunApi {
     pub async fn enqueue(&self, job: NewJob) -> Result<crate::queue::Enqueued, ApiError> {
         let job = self.prepare(job)?;
         let (agent_id, input) = (job.agent_id.clone(), Arc::clone(&job.input));
+        let tenant = job.tenant_id.clone();
         let enqueued = self.queue.enqueue(job).await?;
         if !enqueued.created {
-            same_payload(&enqueued.job, &agent_id, &input)?;
+            self.same_payload(&enqueued.job, &agent_id, &input, tenant.as_deref())?;
         }
         Ok(enqueued)
     }
@@ -118,20 +149,57 @@ impl RunApi {
             .into_iter()
             .map(|job| self.prepare(job))
             .collect::<Result<Vec<_>, _>>()?;
-        let payloads: Vec<(String, Arc<serde_json::value::RawValue>)> = jobs
+        let payloads: Vec<(String, Arc<serde_json::value::RawValue>, Option<String>)> = jobs
             .iter()
-            .map(|job| (job.agent_id.clone(), Arc::clone(&job.input)))
+            .map(|job| {
+                (
+                    job.agent_id.clone(),
+                    Arc::clone(&job.input),
+                    job.tenant_id.clone(),
+                )
+            })
             .collect();
         let enqueued = self.queue.enqueue_batch(jobs).await?;
-        for (done, (agent_id, input)) in enqueued.iter().zip(&payloads) {
+        for (done, (agent_id, input, tenant)) in enqueued.iter().zip(&payloads) {
             if !done.created {
-                same_payload(&done.job, agent_id, input)?;
+                self.same_payload(&done.job, agent_id, input, tenant.as_deref())?;
             }
         }
         Ok(enqueued)
     }
 
+    /// An existing job found for an id: it must be visible here and of the tenant asked for,
+    /// if one was (another tenant's job is answered like one with another payload, and never
+    /// shown), with the same payload.
+    fn same_payload(
+        &self,
+        existing: &Job,
+        agent_id: &str,
+        input: &serde_json::value::RawValue,
+        tenant: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let other_tenant = tenant.is_some() && existing.tenant_id.as_deref() != tenant;
+        if other_tenant || !self.sees(existing.tenant_id.as_deref()) {
+            return Err(id_conflict(&existing.id));
+        }
+        same_payload(existing, agent_id, input)
+    }
+
     fn prepare(&self, mut job: NewJob) -> Result<NewJob, ApiError> {
+        if let Some(scope) = &self.tenant {
+            match &job.tenant_id {
+                Some(named) if **named != **scope => {
+                    return Err(ApiError::Forbidden(ErrorInfo::new(
+                        "Forbidden",
+                        format!(
+                            "this token acts for tenant {scope:?} and cannot enqueue for tenant \
+                             {named:?}"
+                        ),
+                    )));
+                }
+                _ => job.tenant_id = Some(scope.to_string()),
+            }
+        }
         let spec = self.agent(&job.agent_id)?;
         if let Some(schema) = &spec.input_schema {
             let input: serde_json::Value = serde_json::from_str(job.input.get())
@@ -167,12 +235,17 @@ impl RunApi {
 
     /// A job and its latest run.
     pub async fn get(&self, job_id: &str) -> Result<JobView, ApiError> {
-        let job = self
-            .queue
+        let job = self.job(job_id).await?;
+        self.view(job).await
+    }
+
+    /// A job visible here, or `NotFound` (the same for another tenant's job as for none).
+    async fn job(&self, job_id: &str) -> Result<Job, ApiError> {
+        self.queue
             .get(job_id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))?;
-        self.view(job).await
+            .filter(|job| self.sees(job.tenant_id.as_deref()))
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))
     }
 
     async fn view(&self, job: Job) -> Result<JobView, ApiError> {
@@ -285,25 +358,89 @@ impl RunApi {
 
     /// Fails with `NotFound` or `Conflict` unless the job exists and has not finished.
     async fn unfinished(&self, job_id: &str) -> Result<(), ApiError> {
-        let job = self
-            .queue
-            .get(job_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job_id}")))?;
+        let job = self.job(job_id).await?;
         if job.status.is_terminal() {
             return Err(already_finished(&job));
         }
         Ok(())
     }
 
-    /// Jobs, newest first.
+    /// Jobs, newest first (of this API's tenant only, if it is scoped to one: a filter naming
+    /// another tenant finds nothing).
     pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, ApiError> {
-        Ok(self.queue.list(filter).await?)
+        let Some(filter) = self
+            .scoped(filter.tenant_id.as_deref())
+            .map(|tenant_id| JobFilter {
+                tenant_id,
+                ..filter.clone()
+            })
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(self.queue.list(&filter).await?)
     }
 
-    /// Runs, newest first.
+    /// Runs, newest first (of this API's tenant only, as [`RunApi::list`]).
     pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, ApiError> {
-        Ok(self.store.list_runs(filter).await?)
+        let Some(filter) = self
+            .scoped(filter.tenant_id.as_deref())
+            .map(|tenant_id| RunFilter {
+                tenant_id,
+                ..filter.clone()
+            })
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(self.store.list_runs(&filter).await?)
+    }
+
+    /// The tenant a list asking for `asked` is to be filtered by; `None` if it can find
+    /// nothing here (it asks for another tenant).
+    fn scoped(&self, asked: Option<&str>) -> Option<Option<String>> {
+        match (&self.tenant, asked) {
+            (None, asked) => Some(asked.map(str::to_string)),
+            (Some(scope), Some(asked)) if asked != &**scope => None,
+            (Some(scope), _) => Some(Some(scope.to_string())),
+        }
+    }
+
+    /// Asks every unfinished long-lived agent of `tenant` to stop gracefully (one that never
+    /// started is cancelled), across every host on the queue. Returns the jobs it asked.
+    pub async fn stop_tenant_agents(&self, tenant: &str) -> Result<Vec<String>, ApiError> {
+        const PAGE: u32 = 1000;
+        let long_lived: Vec<String> = self
+            .registry
+            .list()
+            .iter()
+            .filter(|s| s.lifecycle == crate::queue::Lifecycle::LongLived)
+            .map(|s| s.id.clone())
+            .collect();
+        let mut stopped = Vec::new();
+        for agent in long_lived {
+            loop {
+                let jobs = self
+                    .queue
+                    .list(&JobFilter {
+                        status: vec![JobStatus::Scheduled, JobStatus::Queued, JobStatus::Leased],
+                        agent_id: Some(agent.clone()),
+                        tenant_id: Some(tenant.to_string()),
+                        limit: Some(PAGE),
+                        offset: None,
+                    })
+                    .await?;
+                let todo: Vec<&Job> = jobs.iter().filter(|j| !j.stop_requested).collect();
+                for job in &todo {
+                    if self.queue.stop(&job.id).await?.is_some() {
+                        stopped.push(job.id.clone());
+                    }
+                }
+                // Those asked are now cancelled or flagged, so the next page is new ones.
+                if todo.is_empty() || jobs.len() < PAGE as usize {
+                    break;
+                }
+            }
+        }
+        Ok(stopped)
     }
 
     /// One run, with its input (which the run store keeps only for runs without a job: a job's
@@ -313,6 +450,7 @@ impl RunApi {
             .store
             .get_run(run_id)
             .await?
+            .filter(|run| self.sees(run.tenant_id.as_deref()))
             .ok_or_else(|| ApiError::NotFound(format!("run {run_id}")))?;
         if run.input.is_none()
             && let Some(job_id) = &run.job_id
@@ -323,13 +461,20 @@ impl RunApi {
         Ok(run)
     }
 
-    /// A run's events after `after`, in order.
+    /// A run's events after `after`, in order. Scoped to a tenant, another tenant's run is
+    /// not found.
     pub async fn events(
         &self,
         run_id: &str,
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>, ApiError> {
+        if self.tenant.is_some() {
+            let run = self.store.get_run(run_id).await?;
+            if !run.is_some_and(|run| self.sees(run.tenant_id.as_deref())) {
+                return Err(ApiError::NotFound(format!("run {run_id}")));
+            }
+        }
         Ok(self.store.events(run_id, after, limit).await?)
     }
 }
@@ -370,13 +515,14 @@ fn same_payload(
     if existing.agent_id == agent_id && same_input() {
         return Ok(());
     }
-    Err(ApiError::Conflict(ErrorInfo::new(
+    Err(id_conflict(&existing.id))
+}
+
+fn id_conflict(id: &str) -> ApiError {
+    ApiError::Conflict(ErrorInfo::new(
         "JobIdConflict",
-        format!(
-            "job {} already exists with a different agent or input",
-            existing.id
-        ),
-    )))
+        format!("job {id} already exists with a different agent or input"),
+    ))
 }
 
 fn bad(tag: &str, message: String) -> ApiError {

@@ -30,7 +30,7 @@ const JOB_FAILED: u8 = 2;
 const TIMED_OUT: u8 = 3;
 
 /// An error worth one line on stderr.
-struct Failure(String);
+pub(super) struct Failure(pub(super) String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
@@ -38,14 +38,14 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Self {
+    pub(super) fn new(args: &ClientArgs) -> Self {
         Self {
             http: reqwest::Client::new(),
             base: args.url.trim_end_matches('/').to_string(),
@@ -55,7 +55,7 @@ impl Client {
 
     /// Sends a request; returns the status and the JSON body. Errors from the API become a
     /// failure carrying its message.
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &[&str],
@@ -119,13 +119,15 @@ pub(super) async fn execute(command: Command) -> u8 {
 
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Run(_) | Command::Prune(_) => Ok(FAILED),
+        Command::Run(_) | Command::Prune(_) | Command::Tokens(_) => Ok(FAILED),
         Command::Enqueue {
             agent,
             input,
             id,
             priority,
             max_attempts,
+            tenant,
+            user,
             wait,
             timeout_ms,
             client,
@@ -139,6 +141,8 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                 "input": input,
                 "priority": priority,
                 "maxAttempts": max_attempts,
+                "tenantId": tenant,
+                "userId": user,
             });
             let (status, created) = c
                 .call(Method::POST, &["v1", "jobs"], &[], Some(&body), &[])
@@ -193,22 +197,27 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
         Command::Jobs {
             status,
             agent,
+            tenant,
             limit,
             client,
         } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(status.map(|s| ("status", s)));
             query.extend(agent.map(|a| ("agentId", a)));
+            query.extend(tenant.map(|t| ("tenantId", t)));
             let list = Client::new(&client).get(&["v1", "jobs"], &query).await?;
             if client.json {
                 print_json(&list);
             } else {
                 print_table(
-                    &["ID", "AGENT", "STATUS", "ATTEMPTS", "PRIORITY", "CREATED"],
+                    &[
+                        "ID", "AGENT", "TENANT", "STATUS", "ATTEMPTS", "PRIORITY", "CREATED",
+                    ],
                     list["jobs"].as_array().into_iter().flatten().map(|j| {
                         vec![
                             text(&j["id"]),
                             text(&j["agentId"]),
+                            text(&j["tenantId"]),
                             status_with_error(j),
                             format!("{}/{}", j["attempts"], j["maxAttempts"]),
                             j["priority"].to_string(),
@@ -222,25 +231,28 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
         Command::Runs {
             status,
             agent,
+            tenant,
             limit,
             client,
         } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(status.map(|s| ("status", s)));
             query.extend(agent.map(|a| ("agentId", a)));
+            query.extend(tenant.map(|t| ("tenantId", t)));
             let list = Client::new(&client).get(&["v1", "runs"], &query).await?;
             if client.json {
                 print_json(&list);
             } else {
                 print_table(
                     &[
-                        "RUN", "AGENT", "JOB", "STATUS", "DURATION", "FUEL", "STARTED",
+                        "RUN", "AGENT", "JOB", "TENANT", "STATUS", "DURATION", "FUEL", "STARTED",
                     ],
                     list["runs"].as_array().into_iter().flatten().map(|r| {
                         vec![
                             text(&r["id"]),
                             text(&r["agentId"]),
                             text(&r["jobId"]),
+                            text(&r["tenantId"]),
                             text(&r["status"]),
                             duration(r),
                             r["fuelUsed"]

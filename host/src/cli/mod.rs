@@ -4,6 +4,7 @@
 mod client;
 mod prune;
 mod run;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ use crate::telemetry::{self, LogFormat};
 pub use client::ClientArgs;
 pub use prune::PruneArgs;
 pub use run::RunArgs;
+pub use tokens::TokensCommand;
 
 /// A WebAssembly plugin host for sandboxed agents.
 #[derive(Debug, Parser)]
@@ -37,6 +39,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Delete finished jobs, runs and events older than an age (default 30 days), once.
     Prune(PruneArgs),
+    /// API tokens: make one (`new`), hash one (`hash`), revoke one (`revoke`).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Enqueue a job: `drover-host enqueue echo '{"n": 42}' --wait`.
     Enqueue {
         /// Agent id.
@@ -53,6 +58,12 @@ pub enum Command {
         /// Attempts before the job fails for good.
         #[arg(long)]
         max_attempts: Option<i64>,
+        /// The tenant the job belongs to (a tenant's token sets its own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The user the job is started for.
+        #[arg(long)]
+        user: Option<String>,
         /// Wait for the job to finish and print its outcome.
         #[arg(long)]
         wait: bool,
@@ -106,6 +117,9 @@ pub enum Command {
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -121,6 +135,9 @@ pub enum Command {
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -183,6 +200,7 @@ pub fn main() -> ExitCode {
                     1
                 }
             },
+            Command::Tokens(command) => tokens::tokens(command).await,
             command => client::execute(command).await,
         }
     });

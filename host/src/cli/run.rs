@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::RunApi;
+use crate::api::auth::Auth;
 use crate::api::http::{self, HttpConfig, HttpState};
 use crate::api::metrics::Metrics;
 use crate::config::HostConfig;
@@ -65,7 +66,8 @@ pub struct RunArgs {
     /// How long in-flight jobs may finish at shutdown, in milliseconds.
     #[arg(long, env = "DROVER_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
-    /// The host configuration file (`drover.toml`: model aliases); none: no model aliases.
+    /// The host configuration file (`drover.toml`: model aliases, API tokens); none: no model
+    /// aliases, no API tokens. SIGHUP reloads its API tokens.
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
     /// The databases.
@@ -92,7 +94,8 @@ pub struct RunArgs {
     /// A long-lived agent silent for this long (ms) is shown as stale.
     #[arg(long, env = "DROVER_STALE_AFTER_MS", default_value_t = 90_000)]
     pub stale_after_ms: u64,
-    /// Bearer token required by every API request (the viewer asks for it).
+    /// An admin token of every tenant; with it (or with `[[api-tokens]]` in the configuration
+    /// file) every API request but `/healthz` needs a bearer token (the viewer asks for it).
     #[arg(long, env = "DROVER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Serve the API on a non-loopback address without a token (anyone who can reach the
@@ -142,22 +145,24 @@ const SERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the host until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !args.worker_only
-        && !args.listen.ip().is_loopback()
-        && args.api_token.is_none()
-        && !args.insecure_no_auth
-    {
-        anyhow::bail!(
-            "refusing to serve the API on {} without a token: anyone who can reach that address \
-             could run agents and read every run. Set DROVER_API_TOKEN (or --api-token), listen \
-             on a loopback address, or pass --insecure-no-auth to accept the risk",
-            args.listen
-        );
-    }
     let config = match &args.config {
         Some(path) => HostConfig::load(path)?,
         None => HostConfig::default(),
     };
+    if !args.worker_only
+        && !args.listen.ip().is_loopback()
+        && args.api_token.is_none()
+        && config.api_tokens.is_empty()
+        && !args.insecure_no_auth
+    {
+        anyhow::bail!(
+            "refusing to serve the API on {} without a token: anyone who can reach that address \
+             could run agents and read every run. Set DROVER_API_TOKEN (or --api-token), list \
+             [[api-tokens]] in the configuration file, listen on a loopback address, or pass \
+             --insecure-no-auth to accept the risk",
+            args.listen
+        );
+    }
     // Reads the aliases' API keys now: a missing one stops the host here.
     let models = ModelGateway::new(&config.models).context("cannot start the model gateway")?;
     if !models.aliases().is_empty() {
@@ -251,10 +256,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let stop_serving = CancellationToken::new();
+    let mut reloads = None;
     let server = if args.worker_only {
         None
     } else {
         let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn));
+        let auth = Auth::open(
+            args.api_token.as_deref(),
+            &config.api_tokens,
+            queue.db().clone(),
+        )
+        .await
+        .context("cannot set up the API tokens")?;
+        if !config.api_tokens.is_empty() {
+            tracing::info!(tokens = config.api_tokens.len(), "API tokens loaded");
+        }
+        if let Some(path) = &args.config {
+            reloads = Some(tokio::spawn(reload_on_hangup(
+                path.clone(),
+                auth.clone(),
+                api.clone(),
+            )));
+        }
         let problems_of = Arc::clone(&registry);
         let caps_of = Arc::clone(&caps);
         let metrics = Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()));
@@ -268,7 +291,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 problems
             }),
             metrics: Arc::new(metrics),
-            token: args.api_token.as_deref().map(Arc::from),
+            auth,
             stale_after: Duration::from_millis(args.stale_after_ms),
         };
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -303,6 +326,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     stop_serving.cancel();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     // Every delete stands on its own, so a prune may stop anywhere.
     stop_pruning.cancel();
     if let Some(pruner) = pruner {
@@ -520,6 +546,69 @@ impl Sandbox for TrustedSandbox {
                 .or_insert_with(|| value.clone());
         }
         Box::pin(async move { self.inner.run(&spec, input, ctx).await })
+    }
+}
+
+/// On every SIGHUP, reads the configuration file again and swaps in its `[[api-tokens]]`: a
+/// token no longer listed is refused from then on (and, with `stop-agents-on-revoke`, its
+/// tenant's long-lived agents are stopped). A file that cannot be read or parsed changes
+/// nothing; the log says why. The other sections take effect at the next start.
+async fn reload_on_hangup(path: PathBuf, auth: Auth, api: RunApi) {
+    #[cfg(unix)]
+    {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; tokens are not reloaded");
+                    return;
+                }
+            };
+        while hangups.recv().await.is_some() {
+            let path_of = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || HostConfig::load(&path_of)).await;
+            let config = match loaded {
+                Ok(Ok(config)) => config,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: the configuration was not reloaded; the API tokens stay as they were");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the configuration was not reloaded");
+                    continue;
+                }
+            };
+            match auth.reload(&config.api_tokens) {
+                Ok(removed) => {
+                    tracing::info!(
+                        tokens = config.api_tokens.len(),
+                        "SIGHUP: API tokens reloaded"
+                    );
+                    for tenant in removed {
+                        match api.stop_tenant_agents(&tenant).await {
+                            Ok(stopped) => tracing::info!(
+                                tenant = %tenant,
+                                agents = stopped.len(),
+                                "a removed token's tenant: its long-lived agents are stopping"
+                            ),
+                            Err(e) => tracing::error!(
+                                tenant = %tenant,
+                                error = %e,
+                                "cannot stop a removed token's agents"
+                            ),
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the API tokens were not reloaded; they stay as they were"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, auth, api);
     }
 }
 

@@ -166,6 +166,8 @@ async fn execute(
         peak_memory: None,
         worker_id: Some(Arc::clone(&shared.worker_id)),
         usage: None,
+        tenant_id: job.tenant_id.clone(),
+        user_id: job.user_id.clone(),
     };
     let identity = RunIdentity {
         run_id: Arc::clone(&run_id),

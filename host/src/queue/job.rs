@@ -180,6 +180,11 @@ pub struct Job {
     /// Its place in enqueue order (among jobs of equal priority, lower is claimed first).
     #[serde(skip)]
     pub seq: i64,
+    /// The tenant it belongs to (see [`validate_tenant_id`]); `None`: no tenant, visible only
+    /// to tokens of every tenant.
+    pub tenant_id: Option<String>,
+    /// The user it was started for, if the caller said.
+    pub user_id: Option<String>,
 }
 
 /// The proof of a claim. Heartbeats and outcomes are accepted only from the holder of the current
@@ -232,6 +237,55 @@ pub struct NewJob {
     /// Cap on host-death restarts of a long-lived agent (filled from the registry).
     #[serde(skip)]
     pub max_restarts: Option<i64>,
+    /// The tenant the job belongs to (`tenantId`; see [`validate_tenant_id`]). A request made
+    /// with a tenant's token gets that tenant whatever it says (and naming another is refused).
+    /// Default: none.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// The user the job is started for (`userId`, 1 to 256 bytes, no control characters).
+    /// Default: none.
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// Longest tenant id.
+pub const MAX_TENANT_ID_LEN: usize = 64;
+/// Longest user id.
+pub const MAX_USER_ID_LEN: usize = 256;
+
+/// Checks a tenant id: 1 to [`MAX_TENANT_ID_LEN`] ASCII letters, digits, `-`, `_` or `.`,
+/// starting with a letter or digit (`*`, which stands for every tenant in API tokens, is not
+/// one). The error says what is wrong.
+pub fn validate_tenant_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_TENANT_ID_LEN {
+        return Err(format!(
+            "tenantId must be 1 to {MAX_TENANT_ID_LEN} characters long, got {}",
+            id.len()
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !id.chars().all(allowed) || !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "tenantId {:?} may hold only ASCII letters, digits, '-', '_' and '.', and must start \
+             with a letter or digit",
+            id.chars().take(MAX_TENANT_ID_LEN).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a user id: 1 to [`MAX_USER_ID_LEN`] bytes without control characters.
+pub fn validate_user_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_USER_ID_LEN {
+        return Err(format!(
+            "userId must be 1 to {MAX_USER_ID_LEN} bytes long, got {}",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("userId must not contain control characters".into());
+    }
+    Ok(())
 }
 
 fn null_json() -> Arc<RawValue> {
@@ -258,7 +312,21 @@ impl NewJob {
             max_attempts: None,
             lifecycle: Lifecycle::Job,
             max_restarts: None,
+            tenant_id: None,
+            user_id: None,
         }
+    }
+
+    /// Sets the tenant the job belongs to.
+    pub fn tenant(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Sets the user the job is started for.
+    pub fn user(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self
     }
 
     /// Sets the id.
@@ -317,6 +385,9 @@ pub struct JobFilter {
     /// Only this agent.
     #[serde(default)]
     pub agent_id: Option<String>,
+    /// Only this tenant's jobs.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
     /// At most this many (default 50, at most 1000).
     #[serde(default)]
     pub limit: Option<u32>,

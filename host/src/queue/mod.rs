@@ -24,7 +24,8 @@ use crate::time::now_ms;
 pub(crate) use hub::Hub;
 pub use job::{
     ClaimedJob, Enqueued, ErrorInfo, Finish, FinishKind, Job, JobFilter, JobStatus, Lease,
-    Lifecycle, NewJob, Reclaimed, Signal,
+    Lifecycle, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, NewJob, Reclaimed, Signal, validate_tenant_id,
+    validate_user_id,
 };
 
 /// Errors from queue operations.
@@ -185,6 +186,8 @@ impl Queue {
                 max_attempts: job.max_attempts.unwrap_or(1),
                 long_lived: job.lifecycle == Lifecycle::LongLived,
                 max_restarts: job.max_restarts,
+                tenant_id: job.tenant_id.as_deref(),
+                user_id: job.user_id.as_deref(),
             });
         }
         let batch = to_json(&rows)?;
@@ -696,6 +699,10 @@ impl Queue {
             params.push(Value::Text(agent.clone()));
             sql.push_str(&format!(" AND agent_id = ?{}", params.len()));
         }
+        if let Some(tenant) = &filter.tenant_id {
+            params.push(Value::Text(tenant.clone()));
+            sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
+        }
         let limit = filter.limit.unwrap_or(50).min(MAX_LIST_LIMIT);
         params.push(Value::Integer(i64::from(limit)));
         params.push(Value::Integer(i64::from(filter.offset.unwrap_or(0))));
@@ -751,6 +758,12 @@ fn validate(job: &NewJob) -> Result<(), QueueError> {
                 "id must not contain control characters".into(),
             ));
         }
+    }
+    if let Some(tenant) = &job.tenant_id {
+        validate_tenant_id(tenant).map_err(QueueError::Invalid)?;
+    }
+    if let Some(user) = &job.user_id {
+        validate_user_id(user).map_err(QueueError::Invalid)?;
     }
     if let Some(max) = job.max_attempts
         && !(1..=1000).contains(&max)
@@ -823,6 +836,8 @@ fn decode_job(row: &libsql::Row) -> Result<Job, DbError> {
         }),
         finished_at: row.opt_int(23)?,
         seq: row.int(24)?,
+        tenant_id: row.opt_text(25)?,
+        user_id: row.opt_text(26)?,
     })
 }
 
@@ -839,6 +854,8 @@ struct InsertRow<'a> {
     max_attempts: i64,
     long_lived: bool,
     max_restarts: Option<i64>,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
 }
 
 /// Appends the values of one outcome in the order of [`schema::finish`].

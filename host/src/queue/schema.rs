@@ -84,24 +84,38 @@ UPDATE jobs SET status = 'scheduled'
       AND scheduled_for > CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER);
 "#,
     },
+    Migration {
+        version: 4,
+        name: "tenants",
+        sql: r#"
+-- The tenant a job belongs to and the user it was started for (both optional). Nullable
+-- columns added in place: existing jobs belong to no tenant, and no row is rewritten.
+ALTER TABLE jobs ADD COLUMN tenant_id TEXT;
+ALTER TABLE jobs ADD COLUMN user_id TEXT;
+-- Listing a tenant's jobs, newest first.
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant_id, seq) WHERE tenant_id IS NOT NULL;
+"#,
+    },
 ];
 
 /// The columns of a job, in the order [`super::decode_job`] reads them.
 pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
     created_at, updated_at, attempts, max_attempts, lease_epoch, lease_owner, lease_expires_at, \
     cancel_requested, stop_requested, long_lived, restarts, max_restarts, run_id, result_status, \
-    error_tag, error_message, finished_at, seq";
+    error_tag, error_message, finished_at, seq, tenant_id, user_id";
 
 /// Inserts a batch of jobs (`?1`: JSON array), skipping ids that exist; returns the new rows.
 pub(crate) fn insert_jobs() -> String {
     format!(
         "INSERT INTO jobs (id, agent_id, input, meta, priority, status, scheduled_for, created_at,
-                           updated_at, max_attempts, long_lived, max_restarts)
+                           updated_at, max_attempts, long_lived, max_restarts, tenant_id,
+                           user_id)
          SELECT value->>'id', value->>'agentId', value->>'input', value->>'meta',
                 value->>'priority',
                 CASE WHEN value->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
                 coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
-                value->>'maxAttempts', value->>'longLived', value->>'maxRestarts'
+                value->>'maxAttempts', value->>'longLived', value->>'maxRestarts',
+                value->>'tenantId', value->>'userId'
          FROM json_each(?1) WHERE true
          ON CONFLICT (id) DO NOTHING
          RETURNING {JOB_COLUMNS}"

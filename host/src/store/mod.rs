@@ -88,11 +88,21 @@ ALTER TABLE runs ADD COLUMN output_tokens INTEGER;
 ALTER TABLE runs ADD COLUMN cost_usd REAL;
 ALTER TABLE runs ADD COLUMN tool_calls INTEGER;",
     },
+    // The tenant and user of a run's job, copied when the run starts, so that a tenant's runs
+    // are listed (and hidden from other tenants) without reading the queue.
+    Migration {
+        version: 4,
+        name: "tenants on runs",
+        sql: "ALTER TABLE runs ADD COLUMN tenant_id TEXT;
+ALTER TABLE runs ADD COLUMN user_id TEXT;
+CREATE INDEX runs_tenant ON runs (tenant_id, seq) WHERE tenant_id IS NOT NULL;",
+    },
 ];
 
 const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status, sandbox, \
     long_lived, input, output, error_tag, error_message, started_at, ended_at, heartbeat_at, \
-    fuel_used, peak_memory, worker_id, turns, input_tokens, output_tokens, cost_usd, tool_calls";
+    fuel_used, peak_memory, worker_id, turns, input_tokens, output_tokens, cost_usd, tool_calls, \
+    tenant_id, user_id";
 
 /// Inserts or updates `rows` runs (the values of [`run_params`], from `?1`). A run's identity,
 /// input and start never change; its outcome fields are overwritten, and its heartbeat only
@@ -102,7 +112,8 @@ fn upsert_runs(rows: usize) -> String {
         "INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox,
                            long_lived, input, output, error_tag, error_message, started_at,
                            ended_at, heartbeat_at, fuel_used, peak_memory, worker_id, turns,
-                           input_tokens, output_tokens, cost_usd, tool_calls)
+                           input_tokens, output_tokens, cost_usd, tool_calls, tenant_id,
+                           user_id)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
             status = excluded.status,
@@ -124,7 +135,7 @@ fn upsert_runs(rows: usize) -> String {
 }
 
 /// Values per run in [`upsert_runs`].
-const RUN_VALUES: usize = 23;
+const RUN_VALUES: usize = 25;
 
 /// Appends `rows` events `(run_id, seq, ts, kind, payload)`.
 fn insert_events(rows: usize) -> String {
@@ -215,6 +226,10 @@ pub struct RunRecord {
     pub worker_id: Option<Arc<str>>,
     /// What the run's model and tool calls used (none: it made none).
     pub usage: Option<Usage>,
+    /// The tenant of its job.
+    pub tenant_id: Option<String>,
+    /// The user of its job.
+    pub user_id: Option<String>,
 }
 
 /// An event as written by the recorder.
@@ -442,6 +457,10 @@ impl RunStore {
             params.push(Value::Text(job.clone()));
             sql.push_str(&format!(" AND job_id = ?{}", params.len()));
         }
+        if let Some(tenant) = &filter.tenant_id {
+            params.push(Value::Text(tenant.clone()));
+            sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
+        }
         if let Some(lifecycle) = filter.lifecycle {
             params.push(Value::Integer(i64::from(lifecycle == Lifecycle::LongLived)));
             sql.push_str(&format!(" AND long_lived = ?{}", params.len()));
@@ -552,6 +571,7 @@ fn run_params(r: &RunRecord, params: &mut Vec<Value>) {
         ]),
         None => params.extend(std::iter::repeat_n(Value::Null, 5)),
     }
+    params.extend([text(r.tenant_id.as_deref()), text(r.user_id.as_deref())]);
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
@@ -597,6 +617,8 @@ fn decode_run(row: &libsql::Row) -> Result<Run, DbError> {
         peak_memory: row.opt_int(16)?,
         worker_id: row.opt_text(17)?,
         usage: decode_usage(row, 18)?,
+        tenant_id: row.opt_text(23)?,
+        user_id: row.opt_text(24)?,
     })
 }
 

@@ -118,6 +118,10 @@ pub struct Run {
     pub worker_id: Option<String>,
     /// What its model and tool calls used; none if it made none.
     pub usage: Option<Usage>,
+    /// The tenant of its job (none: no tenant).
+    pub tenant_id: Option<String>,
+    /// The user of its job.
+    pub user_id: Option<String>,
 }
 
 /// What a run's model and tool calls used.
@@ -169,6 +173,9 @@ pub struct RunFilter {
     /// Only long-lived (or only job) agents.
     #[serde(default)]
     pub lifecycle: Option<Lifecycle>,
+    /// Only this tenant's runs.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
     /// At most this many (default 50, at most 1000).
     #[serde(default)]
     pub limit: Option<u32>,

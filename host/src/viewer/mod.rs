@@ -5,8 +5,10 @@
 //! recorded is put into the page as text, never as markup.
 //!
 //! The page holds no data of its own: everything comes from the HTTP API, which enforces
-//! `DROVER_API_TOKEN` (the page asks for the token, or takes it once from `/?token=…`, then
-//! drops it from the address; it keeps the token for the tab only, in `sessionStorage`).
+//! `DROVER_API_TOKEN` and the `[[api-tokens]]` (the page asks for the token, or takes it once
+//! from `/?token=…`, then drops it from the address; it keeps the token for the tab only, in
+//! `sessionStorage`). With a tenant's token it shows that tenant's work only, and no host-wide
+//! counts (which need `admin`).
 //!
 //! Every file is served with a strict `Content-Security-Policy` (scripts, styles and requests
 //! from this host only; no inline script or style; no framing), `X-Frame-Options: DENY`,

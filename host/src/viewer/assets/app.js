@@ -141,14 +141,24 @@ async function render() {
 
 window.addEventListener("hashchange", render);
 
+// Host-wide counts need an admin token; with a tenant's token there are none (null).
+async function hostStats() {
+  try {
+    return await api("/v1/stats");
+  } catch (e) {
+    if (String(e.message).startsWith("Forbidden")) return null;
+    throw e;
+  }
+}
+
 async function refreshSummary() {
   const el = document.getElementById("summary");
   try {
-    const stats = await api("/v1/stats");
-    el.innerHTML = `<span><span class="dot"></span>host up</span>
+    const stats = await hostStats();
+    el.innerHTML = stats ? `<span><span class="dot"></span>host up</span>
       <span><b>${number(stats.jobs.queued)}</b> queued</span>
       <span><b>${number(stats.jobs.leased)}</b> running</span>
-      <span><b>${number(stats.jobs.failed)}</b> failed</span>`;
+      <span><b>${number(stats.jobs.failed)}</b> failed</span>` : `<span><span class="dot"></span>host up</span>`;
   } catch {
     el.innerHTML = `<span><span class="dot down"></span>host unreachable</span>`;
   }
@@ -714,9 +724,9 @@ async function viewQueue(main) {
   const tiles = (counts) => Object.entries(counts).map(([k, v]) =>
     `<div class="stat ${tone[k] || ""}" data-count="${esc(k)}"><div class="label">${esc(k)}</div><div class="value">${number(v)}</div></div>`).join("");
   const load = async () => {
-    const [stats, { jobs }] = await Promise.all([api("/v1/stats"), api("/v1/jobs?limit=25")]);
-    main.querySelector("#counts").innerHTML = tiles(stats.jobs);
-    main.querySelector("#run-counts").innerHTML = tiles(stats.runs);
+    const [stats, { jobs }] = await Promise.all([hostStats(), api("/v1/jobs?limit=25")]);
+    main.querySelector("#counts").innerHTML = stats ? tiles(stats.jobs) : "";
+    main.querySelector("#run-counts").innerHTML = stats ? tiles(stats.runs) : "";
     syncRows(main.querySelector("#jobs-body"), jobs, (j) => j.id, (tr, j) => {
       const cancellable = j.status === "queued" || j.status === "leased";
       fillRow(tr, [
