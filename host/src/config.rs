@@ -9,6 +9,10 @@
 //! api-key-env = "OPENAI_API_KEY"
 //! input-usd-per-mtok = 0.15
 //! output-usd-per-mtok = 0.60
+//!
+//! [secrets.sample-api-a]
+//! from-env = "SAMPLE_API_A_TOKEN"
+//! hosts = ["https://api.example.com"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelsConfig;
+use crate::secrets::SecretsConfig;
 
 /// Everything `drover.toml` configures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +29,9 @@ pub struct HostConfig {
     /// The model aliases (`[models.<alias>]`).
     #[serde(default)]
     pub models: ModelsConfig,
+    /// The secrets agents may use without seeing them (`[secrets.<name>]`).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 /// A configuration file that cannot be used.
@@ -64,6 +72,7 @@ impl HostConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         config.models.validate().map_err(|e| e.to_string())?;
+        config.secrets.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }
