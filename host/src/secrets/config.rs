@@ -5,6 +5,15 @@
 //! from-env = "SAMPLE_API_A_TOKEN"      # or: from-file = "/run/secrets/sample-api-a"
 //! hosts = ["https://api.example.com"]  # where its value may be sent (required)
 //! in-body = false                      # also substituted in request bodies (default: false)
+//!
+//! [secrets.sample-api-a-write]         # an OAuth2 client-credentials grant instead:
+//! hosts = ["https://api.example.com"]  # its access token is what the placeholder becomes
+//! [secrets.sample-api-a-write.oauth2]
+//! token-url = "https://auth.example.com/oauth/token"
+//! client-id-env = "SAMPLE_CLIENT_ID"
+//! client-secret-env = "SAMPLE_CLIENT_SECRET"
+//! scope = "sample-api-a:write"         # one or more scopes, separated by spaces
+//! audience = "https://api.example.com" # optional, sent as the `audience` parameter
 //! ```
 //!
 //! The configuration holds where a value comes from, never the value itself.
@@ -95,6 +104,9 @@ pub struct SecretConfig {
     /// the host starts.
     #[serde(default)]
     pub from_file: Option<PathBuf>,
+    /// An OAuth2 client-credentials grant whose access token is the value.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
     /// The hosts the value may be sent to, as allowed-host patterns
     /// (`https://api.example.com`, `https://*.example.org:443`; see [`crate::outbound::pattern`]).
     pub hosts: Vec<String>,
@@ -109,6 +121,7 @@ impl SecretConfig {
         Self {
             from_env: Some(var.into()),
             from_file: None,
+            oauth2: None,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             in_body: false,
         }
@@ -119,6 +132,18 @@ impl SecretConfig {
         Self {
             from_env: None,
             from_file: Some(path.into()),
+            oauth2: None,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            in_body: false,
+        }
+    }
+
+    /// A secret whose value is an access token of the grant `oauth2`, sent only to `hosts`.
+    pub fn oauth2(oauth2: OAuth2Config, hosts: &[&str]) -> Self {
+        Self {
+            from_env: None,
+            from_file: None,
+            oauth2: Some(oauth2),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             in_body: false,
         }
@@ -132,25 +157,25 @@ impl SecretConfig {
     /// Checks the secret: exactly one source, a valid variable name, at least one host
     /// pattern, each readable. Says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        match (&self.from_env, &self.from_file) {
-            (Some(_), Some(_)) => {
-                return Err("give one of from-env and from-file, not both".into());
-            }
-            (None, None) => {
-                return Err("give where its value comes from: from-env or from-file".into());
-            }
-            (Some(var), None) => {
-                if var.is_empty() || var.contains(['=', '\0']) {
-                    return Err(format!(
-                        "from-env {var:?} is not an environment variable name"
-                    ));
-                }
-            }
-            (None, Some(path)) => {
-                if path.as_os_str().is_empty() {
-                    return Err("from-file must name a file".into());
-                }
-            }
+        let sources = usize::from(self.from_env.is_some())
+            + usize::from(self.from_file.is_some())
+            + usize::from(self.oauth2.is_some());
+        if sources == 0 {
+            return Err("give where its value comes from: from-env, from-file or [oauth2]".into());
+        }
+        if sources > 1 {
+            return Err("give one of from-env, from-file and [oauth2], not several".into());
+        }
+        if let Some(var) = &self.from_env {
+            check_var("from-env", var)?;
+        }
+        if let Some(path) = &self.from_file
+            && path.as_os_str().is_empty()
+        {
+            return Err("from-file must name a file".into());
+        }
+        if let Some(oauth2) = &self.oauth2 {
+            oauth2.validate().map_err(|e| format!("oauth2: {e}"))?;
         }
         if self.hosts.is_empty() {
             return Err(
@@ -160,6 +185,61 @@ impl SecretConfig {
             );
         }
         self.allow_list()?;
+        Ok(())
+    }
+}
+
+/// Checks that `var` (the value of `key`) can name an environment variable.
+fn check_var(key: &str, var: &str) -> Result<(), String> {
+    if var.is_empty() || var.contains(['=', '\0']) {
+        return Err(format!("{key} {var:?} is not an environment variable name"));
+    }
+    Ok(())
+}
+
+/// An OAuth2 client-credentials grant (`[secrets.<name>.oauth2]`): the client's id and secret
+/// are read from the environment when the host starts; tokens are fetched on first use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// The token endpoint, an `http://` or `https://` URL.
+    pub token_url: String,
+    /// The environment variable holding the client id.
+    pub client_id_env: String,
+    /// The environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// The scope asked for: one or more scopes separated by spaces.
+    pub scope: String,
+    /// An `audience` parameter sent with the request, for endpoints that want one.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+impl OAuth2Config {
+    /// Checks the grant: a token URL with a host, variable names, a scope. Says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        match reqwest::Url::parse(&self.token_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "token-url {:?} must be an http:// or https:// URL with a host",
+                    self.token_url
+                ));
+            }
+            Err(e) => return Err(format!("token-url {:?} is not a URL: {e}", self.token_url)),
+        }
+        check_var("client-id-env", &self.client_id_env)?;
+        check_var("client-secret-env", &self.client_secret_env)?;
+        if self.scope.split_whitespace().next().is_none() {
+            return Err("scope must name at least one scope".into());
+        }
+        if self
+            .audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err("audience must not be empty (leave it out instead)".into());
+        }
         Ok(())
     }
 }

@@ -9,20 +9,28 @@
 //! request goes to one of the secret's hosts. Otherwise the request is refused and nothing is
 //! sent.
 //!
+//! A secret with `[secrets.<name>.oauth2]` is an OAuth2 client-credentials grant: its value is
+//! an access token the host fetches from the token endpoint on first use and keeps until shortly
+//! before it expires (a tenth of its lifetime, at most 30 s, before; 60 s if the endpoint says
+//! nothing of its lifetime). One fetch runs at a time per secret; a failed fetch is an error for
+//! the request that needed it and is not kept.
+//!
 //! Every message that could echo a request back goes through [`Secrets::redact`], which
 //! replaces every value the host holds with `[secret <name>]`.
 
 pub mod config;
+mod oauth;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 
-pub use config::{SecretConfig, SecretsConfig, validate_name};
+pub use config::{OAuth2Config, SecretConfig, SecretsConfig, validate_name};
 
 use crate::outbound::{AllowList, Target};
 
@@ -89,6 +97,14 @@ pub enum SecretError {
         /// The secret.
         name: String,
     },
+    /// A secret's access token cannot be had.
+    #[error("secret {name:?}: cannot get an access token: {problem}")]
+    Token {
+        /// The secret.
+        name: String,
+        /// Why (with every secret value redacted).
+        problem: String,
+    },
     /// A request to a host the secret is not bound to carries its placeholder.
     #[error("secret {name:?} may not be sent to {target}")]
     NotBound {
@@ -109,21 +125,41 @@ impl fmt::Debug for Value {
     }
 }
 
+/// Where a loaded secret's value comes from.
+#[derive(Debug)]
+enum Source {
+    /// Read when the host started.
+    Static(Value),
+    /// Fetched from a token endpoint.
+    Token(Box<oauth::TokenSource>),
+}
+
 /// One loaded secret.
 #[derive(Debug)]
 struct Entry {
     hosts: AllowList,
     in_body: bool,
-    value: Value,
+    source: Source,
 }
+
+/// The values [`Secrets::redact`] replaces.
+#[derive(Default)]
+struct Known {
+    /// Static values and client secrets, by secret.
+    fixed: Vec<(String, Value)>,
+    /// The latest access tokens of each OAuth2 secret, oldest first.
+    tokens: BTreeMap<String, VecDeque<Value>>,
+}
+
+/// Access tokens of one secret kept for redaction: the current one and a few before it, which
+/// a request still in flight may carry.
+const REDACTED_TOKENS_PER_SECRET: usize = 4;
 
 struct Inner {
     entries: BTreeMap<String, Entry>,
-    /// Every value the host holds, as `(name, value)`, longest value first; what
-    /// [`Secrets::redact`] replaces.
-    known: RwLock<Vec<(String, Value)>>,
-    #[allow(dead_code)]
-    client: Option<reqwest::Client>,
+    /// Every value the host holds.
+    known: RwLock<Known>,
+    client: reqwest::Client,
 }
 
 /// The host's secrets: cheap to clone (the clones share one set).
@@ -150,14 +186,15 @@ impl Secrets {
         Self {
             inner: Arc::new(Inner {
                 entries: BTreeMap::new(),
-                known: RwLock::new(Vec::new()),
-                client: None,
+                known: RwLock::default(),
+                client: reqwest::Client::new(),
             }),
         }
     }
 
-    /// Checks `config` and reads every `from-env` and `from-file` value now, from the process's
-    /// environment; `client` is what tokens will be fetched with.
+    /// Checks `config` and reads every `from-env` and `from-file` value now, and every OAuth2
+    /// client id and secret, from the process's environment; `client` is what tokens will be
+    /// fetched with (on first use).
     pub fn new(config: &SecretsConfig, client: reqwest::Client) -> Result<Self, SecretError> {
         Self::with_env(config, client, |var| std::env::var_os(var))
     }
@@ -170,23 +207,26 @@ impl Secrets {
     ) -> Result<Self, SecretError> {
         config.validate()?;
         let mut entries = BTreeMap::new();
-        let mut known = Vec::new();
+        let mut known = Known::default();
         for (name, secret) in &config.0 {
             let unavailable = |problem: String| SecretError::Unavailable {
                 name: name.clone(),
                 problem,
             };
-            let text = match (&secret.from_env, &secret.from_file) {
-                (Some(var), _) => env(var)
+            let var = |var: &str| {
+                env(var)
                     .ok_or_else(|| {
                         unavailable(format!("the environment variable {var} is not set"))
                     })?
                     .into_string()
-                    // The variable's text is not printed: it is the secret.
+                    // The variable's text is not printed: it may be the secret.
                     .map_err(|_| {
                         unavailable(format!("the environment variable {var} is not UTF-8"))
-                    })?,
-                (None, Some(path)) => {
+                    })
+            };
+            let text = match (&secret.from_env, &secret.from_file, &secret.oauth2) {
+                (Some(name), _, _) => var(name)?,
+                (None, Some(path), _) => {
                     let bytes = std::fs::read(path).map_err(|e| {
                         unavailable(format!("cannot read {}: {}", path.display(), e.kind()))
                     })?;
@@ -197,31 +237,60 @@ impl Secrets {
                     text.truncate(kept);
                     text
                 }
-                (None, None) => unreachable_source(name)?,
+                (None, None, Some(grant)) => {
+                    let client_id = var(&grant.client_id_env)?;
+                    let client_secret = var(&grant.client_secret_env)?;
+                    if client_id.is_empty() || client_secret.is_empty() {
+                        return Err(unavailable(
+                            "its OAuth2 client id and secret must not be empty".into(),
+                        ));
+                    }
+                    let client_secret = Value(client_secret.into());
+                    known.fixed.push((name.clone(), client_secret.clone()));
+                    let token_url =
+                        oauth2::TokenUrl::new(grant.token_url.clone()).map_err(|e| {
+                            SecretError::Invalid {
+                                name: name.clone(),
+                                problem: format!("oauth2: token-url: {e}"),
+                            }
+                        })?;
+                    let source = oauth::TokenSource {
+                        client_id,
+                        client_secret,
+                        token_url,
+                        scopes: grant.scope.split_whitespace().map(str::to_string).collect(),
+                        audience: grant.audience.clone(),
+                        cached: tokio::sync::Mutex::new(None),
+                    };
+                    entries.insert(
+                        name.clone(),
+                        Entry {
+                            hosts: allow_list(name, secret)?,
+                            in_body: secret.in_body,
+                            source: Source::Token(Box::new(source)),
+                        },
+                    );
+                    continue;
+                }
+                (None, None, None) => return Err(unreachable_source(name)),
             };
             check_value(&text).map_err(|problem| unavailable(problem.to_string()))?;
             let value = Value(text.into());
-            known.push((name.clone(), value.clone()));
+            known.fixed.push((name.clone(), value.clone()));
             entries.insert(
                 name.clone(),
                 Entry {
-                    hosts: secret
-                        .allow_list()
-                        .map_err(|problem| SecretError::Invalid {
-                            name: name.clone(),
-                            problem,
-                        })?,
+                    hosts: allow_list(name, secret)?,
                     in_body: secret.in_body,
-                    value,
+                    source: Source::Static(value),
                 },
             );
         }
-        known.sort_by_key(|(_, value)| std::cmp::Reverse(value.0.len()));
         Ok(Self {
             inner: Arc::new(Inner {
                 entries,
                 known: RwLock::new(known),
-                client: Some(client),
+                client,
             }),
         })
     }
@@ -337,10 +406,20 @@ impl Secrets {
             .known
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut values: Vec<(&str, &str)> = known
+            .fixed
+            .iter()
+            .map(|(name, value)| (name.as_str(), &*value.0))
+            .chain(known.tokens.iter().flat_map(|(name, tokens)| {
+                tokens.iter().map(move |token| (name.as_str(), &*token.0))
+            }))
+            .collect();
+        // The longest first: a value inside another is replaced as part of it.
+        values.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
         let mut out = Cow::Borrowed(text);
-        for (name, value) in known.iter() {
-            if out.contains(&*value.0) {
-                out = Cow::Owned(out.replace(&*value.0, &format!("[secret {name}]")));
+        for (name, value) in values {
+            if out.contains(value) {
+                out = Cow::Owned(out.replace(value, &format!("[secret {name}]")));
             }
         }
         out
@@ -372,18 +451,64 @@ impl Secrets {
         Ok((name, entry))
     }
 
-    /// The value to put where the placeholder of `name` is.
-    async fn value(&self, _name: &str, entry: &Entry) -> Result<Value, SecretError> {
-        Ok(entry.value.clone())
+    /// The value to put where the placeholder of `name` is: the static value, or the access
+    /// token (the kept one while it is fresh, else a new one, one fetch at a time).
+    async fn value(&self, name: &str, entry: &Entry) -> Result<Value, SecretError> {
+        let source = match &entry.source {
+            Source::Static(value) => return Ok(value.clone()),
+            Source::Token(source) => source,
+        };
+        let mut cached = source.cached.lock().await;
+        if let Some(kept) = cached.as_ref()
+            && Instant::now() < kept.refresh_at
+        {
+            return Ok(kept.token.clone());
+        }
+        *cached = None;
+        match source.fetch(&self.inner.client).await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                self.remember_token(name, &token);
+                *cached = Some(fresh);
+                Ok(token)
+            }
+            Err(problem) => Err(SecretError::Token {
+                name: name.to_string(),
+                problem: self.redact(&problem).into_owned(),
+            }),
+        }
+    }
+
+    /// Adds a new access token of `name` to what is redacted, dropping its oldest beyond
+    /// [`REDACTED_TOKENS_PER_SECRET`].
+    fn remember_token(&self, name: &str, token: &Value) {
+        let mut known = self
+            .inner
+            .known
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tokens = known.tokens.entry(name.to_string()).or_default();
+        tokens.push_back(token.clone());
+        if tokens.len() > REDACTED_TOKENS_PER_SECRET {
+            tokens.pop_front();
+        }
     }
 }
 
-/// A `from-env`/`from-file` pair that validation lets through is never neither.
-fn unreachable_source(name: &str) -> Result<String, SecretError> {
-    Err(SecretError::Invalid {
+/// The hosts of `secret` as an allow-list.
+fn allow_list(name: &str, secret: &SecretConfig) -> Result<AllowList, SecretError> {
+    secret.allow_list().map_err(|problem| SecretError::Invalid {
         name: name.to_string(),
-        problem: "give where its value comes from: from-env or from-file".into(),
+        problem,
     })
+}
+
+/// The error for a secret with no source, which validation has already refused.
+fn unreachable_source(name: &str) -> SecretError {
+    SecretError::Invalid {
+        name: name.to_string(),
+        problem: "give where its value comes from: from-env, from-file or [oauth2]".into(),
+    }
 }
 
 /// Checks that a value can be sent in a header: not empty, printable ASCII (spaces and tabs
@@ -714,7 +839,7 @@ mod tests {
             (
                 "[a]\nfrom-env = \"V\"\nfrom-file = \"f\"\nhosts = [\"https://x.test\"]",
                 &[("V", "x")],
-                "give one of from-env and from-file",
+                "give one of from-env, from-file and [oauth2]",
             ),
             (
                 "[a]\nfrom-file = \"/nonexistent/secret\"\nhosts = [\"https://x.test\"]",
