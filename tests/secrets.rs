@@ -557,6 +557,13 @@ async fn a_wasm_run_sees_only_placeholders() {
     );
 
     let templates = get(format!("{url}/v1/templates")).await;
+    let chaos = templates["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["id"] == "chaos")
+        .expect("chaos");
+    assert_eq!(chaos["secrets"], json!(["sample-api-a"]));
     let text = templates.to_string();
     assert!(
         text.contains("agent \\\"stranger\\\" lists secret \\\"nope\\\", which is not configured (configured: sample-api-a, unused)"),
