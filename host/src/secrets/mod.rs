@@ -159,7 +159,6 @@ struct Inner {
     entries: BTreeMap<String, Entry>,
     /// Every value the host holds.
     known: RwLock<Known>,
-    client: reqwest::Client,
 }
 
 /// The host's secrets: cheap to clone (the clones share one set).
@@ -187,7 +186,6 @@ impl Secrets {
             inner: Arc::new(Inner {
                 entries: BTreeMap::new(),
                 known: RwLock::default(),
-                client: reqwest::Client::new(),
             }),
         }
     }
@@ -209,80 +207,29 @@ impl Secrets {
         let mut entries = BTreeMap::new();
         let mut known = Known::default();
         for (name, secret) in &config.0 {
-            let unavailable = |problem: String| SecretError::Unavailable {
-                name: name.clone(),
-                problem,
-            };
-            let var = |var: &str| {
-                env(var)
-                    .ok_or_else(|| {
-                        unavailable(format!("the environment variable {var} is not set"))
-                    })?
-                    .into_string()
-                    // The variable's text is not printed: it may be the secret.
-                    .map_err(|_| {
-                        unavailable(format!("the environment variable {var} is not UTF-8"))
-                    })
-            };
-            let text = match (&secret.from_env, &secret.from_file, &secret.oauth2) {
-                (Some(name), _, _) => var(name)?,
+            let source = match (&secret.from_env, &secret.from_file, &secret.oauth2) {
+                (Some(var), _, _) => {
+                    Source::Static(static_value(name, read_var(&env, name, var)?)?)
+                }
                 (None, Some(path), _) => {
-                    let bytes = std::fs::read(path).map_err(|e| {
-                        unavailable(format!("cannot read {}: {}", path.display(), e.kind()))
-                    })?;
-                    let mut text = String::from_utf8(bytes).map_err(|_| {
-                        unavailable(format!("the file {} is not UTF-8", path.display()))
-                    })?;
-                    let kept = text.trim_end_matches(['\r', '\n']).len();
-                    text.truncate(kept);
-                    text
+                    Source::Static(static_value(name, read_file(name, path)?)?)
                 }
                 (None, None, Some(grant)) => {
-                    let client_id = var(&grant.client_id_env)?;
-                    let client_secret = var(&grant.client_secret_env)?;
-                    if client_id.is_empty() || client_secret.is_empty() {
-                        return Err(unavailable(
-                            "its OAuth2 client id and secret must not be empty".into(),
-                        ));
-                    }
-                    let client_secret = Value(client_secret.into());
-                    known.fixed.push((name.clone(), client_secret.clone()));
-                    let token_url =
-                        oauth2::TokenUrl::new(grant.token_url.clone()).map_err(|e| {
-                            SecretError::Invalid {
-                                name: name.clone(),
-                                problem: format!("oauth2: token-url: {e}"),
-                            }
-                        })?;
-                    let source = oauth::TokenSource {
-                        client_id,
-                        client_secret,
-                        token_url,
-                        scopes: grant.scope.split_whitespace().map(str::to_string).collect(),
-                        audience: grant.audience.clone(),
-                        cached: tokio::sync::Mutex::new(None),
-                    };
-                    entries.insert(
-                        name.clone(),
-                        Entry {
-                            hosts: allow_list(name, secret)?,
-                            in_body: secret.in_body,
-                            source: Source::Token(Box::new(source)),
-                        },
-                    );
-                    continue;
+                    Source::Token(Box::new(token_source(name, grant, &env, &client)?))
                 }
                 (None, None, None) => return Err(unreachable_source(name)),
             };
-            check_value(&text).map_err(|problem| unavailable(problem.to_string()))?;
-            let value = Value(text.into());
-            known.fixed.push((name.clone(), value.clone()));
+            let held = match &source {
+                Source::Static(value) => value,
+                Source::Token(token) => &token.client_secret,
+            };
+            known.fixed.push((name.clone(), held.clone()));
             entries.insert(
                 name.clone(),
                 Entry {
                     hosts: allow_list(name, secret)?,
                     in_body: secret.in_body,
-                    source: Source::Static(value),
+                    source,
                 },
             );
         }
@@ -290,7 +237,6 @@ impl Secrets {
             inner: Arc::new(Inner {
                 entries,
                 known: RwLock::new(known),
-                client,
             }),
         })
     }
@@ -465,7 +411,7 @@ impl Secrets {
             return Ok(kept.token.clone());
         }
         *cached = None;
-        match source.fetch(&self.inner.client).await {
+        match source.fetch().await {
             Ok(fresh) => {
                 let token = fresh.token.clone();
                 self.remember_token(name, &token);
@@ -493,6 +439,78 @@ impl Secrets {
             tokens.pop_front();
         }
     }
+}
+
+/// The environment variable `var` of secret `name`.
+fn read_var(
+    env: &impl Fn(&str) -> Option<OsString>,
+    name: &str,
+    var: &str,
+) -> Result<String, SecretError> {
+    let unavailable = |problem: String| SecretError::Unavailable {
+        name: name.to_string(),
+        problem,
+    };
+    env(var)
+        .ok_or_else(|| unavailable(format!("the environment variable {var} is not set")))?
+        .into_string()
+        // The variable's text is not printed: it may be the secret.
+        .map_err(|_| unavailable(format!("the environment variable {var} is not UTF-8")))
+}
+
+/// The text of secret `name`'s file, less trailing line breaks.
+fn read_file(name: &str, path: &std::path::Path) -> Result<String, SecretError> {
+    let unavailable = |problem: String| SecretError::Unavailable {
+        name: name.to_string(),
+        problem,
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| unavailable(format!("cannot read {}: {}", path.display(), e.kind())))?;
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| unavailable(format!("the file {} is not UTF-8", path.display())))?;
+    let kept = text.trim_end_matches(['\r', '\n']).len();
+    text.truncate(kept);
+    Ok(text)
+}
+
+/// A static value of secret `name`, once checked.
+fn static_value(name: &str, text: String) -> Result<Value, SecretError> {
+    check_value(&text).map_err(|problem| SecretError::Unavailable {
+        name: name.to_string(),
+        problem: problem.to_string(),
+    })?;
+    Ok(Value(text.into()))
+}
+
+/// Secret `name`'s token source: its client id and secret read from the environment now.
+fn token_source(
+    name: &str,
+    grant: &OAuth2Config,
+    env: &impl Fn(&str) -> Option<OsString>,
+    client: &reqwest::Client,
+) -> Result<oauth::TokenSource, SecretError> {
+    let client_id = read_var(env, name, &grant.client_id_env)?;
+    let client_secret = read_var(env, name, &grant.client_secret_env)?;
+    if client_id.is_empty() || client_secret.is_empty() {
+        return Err(SecretError::Unavailable {
+            name: name.to_string(),
+            problem: "its OAuth2 client id and secret must not be empty".into(),
+        });
+    }
+    let token_url =
+        oauth2::TokenUrl::new(grant.token_url.clone()).map_err(|e| SecretError::Invalid {
+            name: name.to_string(),
+            problem: format!("oauth2: token-url: {e}"),
+        })?;
+    Ok(oauth::TokenSource {
+        http: client.clone(),
+        client_id,
+        client_secret: Value(client_secret.into()),
+        token_url,
+        scopes: grant.scope.split_whitespace().map(str::to_string).collect(),
+        audience: grant.audience.clone(),
+        cached: tokio::sync::Mutex::new(None),
+    })
 }
 
 /// The hosts of `secret` as an allow-list.

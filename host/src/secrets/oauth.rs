@@ -38,6 +38,8 @@ pub(super) struct Cached {
 /// Where a secret's tokens come from, and the one kept.
 #[derive(Debug)]
 pub(super) struct TokenSource {
+    /// What tokens are fetched with.
+    pub(super) http: reqwest::Client,
     pub(super) client_id: String,
     pub(super) client_secret: Value,
     pub(super) token_url: TokenUrl,
@@ -49,7 +51,7 @@ pub(super) struct TokenSource {
 impl TokenSource {
     /// Asks the token endpoint for a token; returns it and when to fetch the next one. Says
     /// what went wrong otherwise (the caller redacts the message).
-    pub(super) async fn fetch(&self, http: &reqwest::Client) -> Result<Cached, String> {
+    pub(super) async fn fetch(&self) -> Result<Cached, String> {
         let client = BasicClient::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(self.client_secret.0.to_string()))
             .set_token_uri(self.token_url.clone());
@@ -61,7 +63,7 @@ impl TokenSource {
         }
         let started = Instant::now();
         let response = request
-            .request_async(&Http(http))
+            .request_async(&Http(&self.http))
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(error) => {
