@@ -427,6 +427,7 @@ fn configuration_errors_name_the_secret_and_never_its_value() {
     ] {
         assert!(!debug.contains(STATIC_VALUE), "{debug}");
         assert!(!debug.contains(CLIENT_SECRET), "{debug}");
+        assert!(!debug.contains(CLIENT_ID), "{debug}");
     }
     assert!(format!("{secrets:?}").contains("\"a\""));
 }

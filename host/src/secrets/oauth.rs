@@ -36,7 +36,6 @@ pub(super) struct Cached {
 }
 
 /// Where a secret's tokens come from, and the one kept.
-#[derive(Debug)]
 pub(super) struct TokenSource {
     /// What tokens are fetched with.
     pub(super) http: reqwest::Client,
@@ -46,6 +45,17 @@ pub(super) struct TokenSource {
     pub(super) scopes: Vec<String>,
     pub(super) audience: Option<String>,
     pub(super) cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the client's credentials nor the token.
+        f.debug_struct("TokenSource")
+            .field("token_url", &self.token_url.as_str())
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenSource {
