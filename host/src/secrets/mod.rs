@@ -267,7 +267,9 @@ impl Secrets {
     /// In header values, any `DROVER_SECRET_<name>` must be a placeholder the request may carry
     /// (an unknown name is refused too). In a body, only the placeholders of secrets with
     /// `in-body = true` are looked at; other text is the guest's own and is sent as it is.
-    /// Substituted header values are marked sensitive.
+    /// Substituted header values are marked sensitive. A redirect is a new request: call this
+    /// again for its target with the guest's own headers (and body), never with headers it has
+    /// already filled in, so a value never follows a redirect to a host it is not bound to.
     ///
     /// Returns the names of the secrets substituted.
     pub async fn apply(
