@@ -361,6 +361,16 @@ pub fn stop_requested() -> bool {
     host::stop_requested()
 }
 
+/// The placeholder of the host secret `name` (`DROVER_SECRET_<name>`): put it where the secret
+/// goes in an outgoing request's headers (or body, if the host allows that for the secret), and
+/// the host replaces it with the value — only for requests to the hosts the secret is bound to,
+/// and only if the agent's manifest lists the secret; other requests carrying it are refused.
+/// The agent never sees the value. The same text is in the environment variable
+/// `DROVER_SECRET_<NAME>` (upper case, `-` and `.` as `_`) of each secret the agent may use.
+pub fn secret(name: &str) -> String {
+    format!("DROVER_SECRET_{name}")
+}
+
 /// Sleeps for up to `duration`; returns `true` early if a stop is requested meanwhile.
 pub fn sleep(duration: Duration) -> bool {
     host::sleep(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))

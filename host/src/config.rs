@@ -15,6 +15,10 @@
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! tenant = "acme"
 //! verbs = ["enqueue", "read"]
+//!
+//! [secrets.sample-api-a]
+//! from-env = "SAMPLE_API_A_TOKEN"
+//! hosts = ["https://api.example.com"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::ApiTokenConfig;
 use crate::model::ModelsConfig;
+use crate::secrets::SecretsConfig;
 
 /// Everything `drover.toml` configures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,6 +40,9 @@ pub struct HostConfig {
     /// SIGHUP.
     #[serde(default)]
     pub api_tokens: Vec<ApiTokenConfig>,
+    /// The secrets agents may use without seeing them (`[secrets.<name>]`).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 /// A configuration file that cannot be used.
@@ -76,6 +84,7 @@ impl HostConfig {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         config.models.validate().map_err(|e| e.to_string())?;
         crate::api::auth::validate_tokens(&config.api_tokens)?;
+        config.secrets.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }

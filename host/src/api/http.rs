@@ -1122,6 +1122,8 @@ struct Template<'a> {
     imports: Option<&'a [String]>,
     models: &'a [String],
     tools: &'a [String],
+    /// The names of the host secrets the agent may use.
+    secrets: &'a [String],
     quota: &'a Quota,
     /// A declarative agent's prompt and model.
     declarative: Option<&'a DeclarativeAgent>,
@@ -1161,6 +1163,7 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
             },
             models: &spec.models,
             tools: &spec.tools,
+            secrets: &spec.secrets,
             quota: &spec.quota,
             declarative: match &spec.code {
                 AgentCode::Declarative(agent) => Some(agent),

@@ -27,6 +27,7 @@ use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry, ToolRegistry}
 use crate::sandbox::caps::Capabilities;
 use crate::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use crate::sandbox::{NoneSandbox, RunContext, RunOutcome, Sandbox, SandboxFor};
+use crate::secrets::Secrets;
 use crate::store::RunStore;
 
 /// Options of `drover-host run`. Every option has an environment variable too.
@@ -168,6 +169,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !models.aliases().is_empty() {
         tracing::info!(aliases = %models.aliases().join(", "), "model gateway ready");
     }
+    // Reads the secrets' values now: a missing one stops the host here.
+    let secrets =
+        Secrets::new(&config.secrets, secrets_client()?).context("cannot load the secrets")?;
+    if secrets.names().next().is_some() {
+        tracing::info!(secrets = %secrets.names().collect::<Vec<_>>().join(", "), "secrets loaded");
+    }
     let (queue, store) = open_databases(&args).await?;
 
     let runtime = WasmRuntime::new(
@@ -209,7 +216,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(models.clone()),
         Some((tools, Arc::clone(&runtime))),
     );
-    for problem in capability_problems(&registry, &caps) {
+    for problem in capability_problems(&registry, &caps, &secrets) {
         tracing::warn!(path = %problem.path.display(), "{}", problem.error);
     }
 
@@ -280,6 +287,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let problems_of = Arc::clone(&registry);
         let caps_of = Arc::clone(&caps);
+        let secrets_of = secrets.clone();
         let metrics = Metrics::new(pool.as_ref().map(|p| p.stats().as_ref()));
         metrics.register_models(models.clone());
         metrics.register_tools(Arc::clone(&caps));
@@ -287,7 +295,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             api,
             problems: Arc::new(move || {
                 let mut problems = problems_of.problems();
-                problems.extend(capability_problems(&problems_of, &caps_of));
+                problems.extend(capability_problems(&problems_of, &caps_of, &secrets_of));
                 problems
             }),
             metrics: Arc::new(metrics),
@@ -471,9 +479,15 @@ fn trusted_env(names: &[String]) -> Arc<Vec<(String, String)>> {
 }
 
 /// What the loaded agents ask for that this host lacks: model aliases it does not configure,
-/// tools it has not loaded. Such an agent loads (its runs fail those calls with
-/// `ModelUnavailable` or `ToolUnavailable`), and the problem is shown beside the load problems.
-fn capability_problems(registry: &DirRegistry, caps: &Capabilities) -> Vec<LoadProblem> {
+/// tools it has not loaded, secrets it does not have. Such an agent loads (its runs fail those
+/// calls with `ModelUnavailable` or `ToolUnavailable`; a request carrying a missing secret's
+/// placeholder is refused), and the problem is shown beside the load problems.
+fn capability_problems(
+    registry: &DirRegistry,
+    caps: &Capabilities,
+    secrets: &Secrets,
+) -> Vec<LoadProblem> {
+    let known: Vec<&str> = secrets.names().collect();
     registry
         .list()
         .iter()
@@ -484,12 +498,25 @@ fn capability_problems(registry: &DirRegistry, caps: &Capabilities) -> Vec<LoadP
                 .unwrap_or_else(|| registry.dir().join(format!("{}.toml", spec.id)));
             caps.problems_of(spec)
                 .into_iter()
+                .chain(spec.check_secrets(&known))
                 .map(move |error| LoadProblem {
                     path: path.clone(),
                     error,
                 })
         })
         .collect()
+}
+
+/// The HTTP client OAuth2 tokens are fetched with: it follows no redirect (a token endpoint
+/// that redirects is a misconfiguration, and following it could send the client's credentials
+/// elsewhere).
+fn secrets_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client for OAuth2 tokens")
 }
 
 /// The wasm sandbox for every agent, except trusted ones whose component has the pinned digest,

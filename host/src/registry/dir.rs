@@ -362,6 +362,7 @@ impl DirRegistry {
         spec.max_restarts = manifest.max_restarts;
         spec.models = manifest.models;
         spec.tools = manifest.tools;
+        spec.secrets = manifest.secrets;
         spec.quota = manifest.quota;
         spec.source = Some(path.to_path_buf());
         Ok(spec)
@@ -573,6 +574,7 @@ fn load_declarative(path: &Path) -> Result<AgentSpec, String> {
         output_schema,
         models,
         tools: manifest.tools,
+        secrets: Vec::new(),
         quota: manifest.quota,
         source: Some(path.to_path_buf()),
         code: AgentCode::Declarative(Arc::new(DeclarativeAgent {

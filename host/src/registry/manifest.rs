@@ -11,6 +11,8 @@
 //! max-restarts = 10              # restarts after host deaths (long-lived; default unlimited)
 //! models = ["cheap"]             # model aliases the agent may call (default: none)
 //! tools = ["calc", "json-query"] # tools the agent may call (default: none)
+//! secrets = ["sample-api-a"]     # host secrets the agent may use (default: none); the agent
+//!                                # sees each as a placeholder only, see `crate::secrets`
 //!
 //! [quota]                        # per-run budgets (default: none; the time limit still applies)
 //! max-turns = 8                  # model calls
@@ -76,7 +78,10 @@
 //! ```
 //!
 //! Declarative agents are jobs: `lifecycle = "long-lived"`, `scratch-dir`, `stop-grace-ms`,
-//! `max-restarts` and `[env]` have no meaning for them and are refused.
+//! `max-restarts`, `[env]` and `secrets` have no meaning for them and are refused.
+//!
+//! `[env]` names starting with `DROVER_SECRET_` are refused: that prefix is where the
+//! placeholders of the agent's `secrets` are.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -125,6 +130,9 @@ pub struct Manifest {
     /// Tools the agent may call.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Host secrets the agent may use, by name (it sees only their placeholders).
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Per-run budgets.
     #[serde(default)]
     pub quota: Quota,
@@ -281,6 +289,18 @@ impl Manifest {
         }
         check_names("models", &manifest.models)?;
         check_names("tools", &manifest.tools)?;
+        check_names("secrets", &manifest.secrets)?;
+        if let Some(name) = manifest
+            .env
+            .keys()
+            .find(|k| k.starts_with(crate::secrets::PLACEHOLDER_PREFIX))
+        {
+            return Err(format!(
+                "[env] {name}: names starting with {} are reserved for the placeholders of \
+                 the agent's secrets",
+                crate::secrets::PLACEHOLDER_PREFIX
+            ));
+        }
         if let Some(model) = &manifest.model {
             validate_name("model", model)?;
         }
@@ -327,6 +347,7 @@ impl Manifest {
             ("stop-grace-ms", self.stop_grace_ms.is_some()),
             ("max-restarts", self.max_restarts.is_some()),
             ("[env]", !self.env.is_empty()),
+            ("secrets", !self.secrets.is_empty()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -585,6 +606,26 @@ mod tests {
         let error = burst_alone.limits(Lifecycle::Job).expect_err("no rate");
         assert!(error.contains("max-events-per-second"), "{error}");
         assert!(burst_alone.limits(Lifecycle::LongLived).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_listed_by_name_and_their_env_prefix_is_reserved() {
+        let m = Manifest::parse("secrets = [\"sample-api-a\"]").expect("valid");
+        assert_eq!(m.secrets, ["sample-api-a"]);
+        for (text, expected) in [
+            ("secrets = [\"a\", \"a\"]", "secrets lists \"a\" twice"),
+            ("secrets = [\"a b\"]", "invalid secret name"),
+            (
+                "[env]\nDROVER_SECRET_X = \"mine\"",
+                "[env] DROVER_SECRET_X: names starting with DROVER_SECRET_ are reserved",
+            ),
+        ] {
+            let error = Manifest::parse(text).expect_err(text);
+            assert!(
+                error.contains(expected),
+                "{error:?} should say {expected:?}"
+            );
+        }
     }
 
     #[test]

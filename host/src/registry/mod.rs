@@ -149,6 +149,8 @@ pub struct AgentSpec {
     pub models: Vec<String>,
     /// Tools the agent may call.
     pub tools: Vec<String>,
+    /// Host secrets the agent may use, by name: a run sees only their placeholders.
+    pub secrets: Vec<String>,
     /// Per-run budgets.
     pub quota: Quota,
     /// Where the code came from (a `.wasm` file, or a declarative agent's `.toml`), if anywhere.
@@ -182,6 +184,7 @@ impl AgentSpec {
             output_schema: None,
             models: Vec::new(),
             tools: Vec::new(),
+            secrets: Vec::new(),
             quota: Quota::default(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
@@ -207,6 +210,7 @@ impl AgentSpec {
             output_schema: schema(&described.output_schema)?,
             models: Vec::new(),
             tools: Vec::new(),
+            secrets: Vec::new(),
             quota: Quota::default(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
@@ -261,6 +265,12 @@ impl AgentSpec {
         self
     }
 
+    /// Sets the host secrets the agent may use.
+    pub fn secrets<S: Into<String>>(mut self, secrets: impl IntoIterator<Item = S>) -> Self {
+        self.secrets = secrets.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Sets the per-run budgets.
     pub fn quota(mut self, quota: Quota) -> Self {
         self.quota = quota;
@@ -302,6 +312,27 @@ impl AgentSpec {
             )
         });
         models.chain(missing_tools).collect()
+    }
+
+    /// What this agent lists that the host does not have: each secret not among `known` (the
+    /// host's), one problem each. Such an agent loads; a request carrying the placeholder of a
+    /// missing secret is refused.
+    pub fn check_secrets(&self, known: &[&str]) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter(|s| !known.contains(&s.as_str()))
+            .map(|s| {
+                format!(
+                    "agent {:?} lists secret {s:?}, which is not configured (configured: {})",
+                    self.id,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
+            .collect()
     }
 }
 

@@ -1,9 +1,10 @@
 //! Test support: the agents of `agents/`, compiled for `wasm32-wasip2` by this crate's build
-//! script, and agent directories made from them; and a scripted model server
-//! ([`model_server`]).
+//! script, and agent directories made from them; a scripted model server ([`model_server`]);
+//! and an OAuth2 token endpoint ([`oauth_server`]).
 
 pub mod model_server;
 pub mod sample_api;
+pub mod oauth_server;
 
 use std::path::{Path, PathBuf};
 

@@ -12,7 +12,8 @@
 //!   is what a component may ask of the engine's pool (core instances, memories and tables) and
 //!   what it may say about itself in `describe`; a component over those is refused at load.
 //!   Failure tags and messages are cut to size before they are recorded.
-//! * **Isolation.** No inherited environment (only the manifest's `env`), no sockets (TCP, UDP
+//! * **Isolation.** No inherited environment (only the manifest's `env`, and the placeholders
+//!   of the agent's secrets, never their values), no sockets (TCP, UDP
 //!   and name lookups are all refused), no filesystem except an optional per-run scratch
 //!   directory, removed afterwards (and, after a crash, by the next host to start on the same
 //!   scratch root); stdout, stderr and `log` calls become `log` events within one byte budget.
@@ -48,6 +49,7 @@ use super::caps::{Capabilities, RunCapabilities};
 use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
 use crate::queue::Lifecycle;
 use crate::registry::{AgentCode, AgentSpec, Limits};
+use crate::secrets;
 use crate::store::RunStatus;
 
 use budget::{HostWork, MAX_HANDLES, MAX_RANDOM_BYTES};
@@ -618,7 +620,8 @@ fn check_sizes(info: &bindings::drover::agent::types::AgentInfo) -> Result<(), W
     Ok(())
 }
 
-/// Builds the guest's WASI context: the spec's environment only, captured stdio, no network,
+/// Builds the guest's WASI context: the spec's environment only (with the placeholders of its
+/// secrets), captured stdio, no network,
 /// random bytes bounded and charged to `work`, and the scratch directory if there is one.
 /// Trusted runs also get the network (TCP, UDP and name lookups, which wasmtime-wasi leaves off
 /// unless asked), but not the host's environment: whatever of it they may see is put in their
@@ -642,6 +645,10 @@ fn build_wasi(
     }
     for (key, value) in &spec.env {
         wasi.env(key, value);
+    }
+    // The agent's secrets, as placeholders the host replaces in its outgoing requests.
+    for name in &spec.secrets {
+        wasi.env(secrets::env_var(name), secrets::placeholder(name));
     }
     wasi.stdout(capture.stdout()).stderr(capture.stderr());
     if let Some(scratch) = scratch {
