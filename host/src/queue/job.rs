@@ -217,6 +217,9 @@ pub struct NewJob {
     /// Caller metadata (JSON).
     #[serde(default)]
     pub meta: Option<Arc<RawValue>>,
+    /// The tenant the job belongs to.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
     /// Higher is claimed first. Default 0.
     #[serde(default)]
     pub priority: i64,
@@ -253,6 +256,7 @@ impl NewJob {
             agent_id: agent_id.into(),
             input: raw_json(&input.to_string()),
             meta: None,
+            tenant_id: None,
             priority: 0,
             scheduled_for: None,
             max_attempts: None,
