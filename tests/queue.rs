@@ -1137,3 +1137,11 @@ async fn jobs_enqueued_without_fair_shares_are_claimed_once_they_are_on() {
     let ids: Vec<&str> = claimed.iter().map(|c| c.job.id.as_str()).collect();
     assert_eq!(ids, ["b-old"]);
 }
+
+#[tokio::test]
+async fn a_fair_claim_of_any_size_works() {
+    let t = fair_queue(FairShare::new(KeyExpr::Agent).max_running(3)).await;
+    enqueue_tenant(&t.queue, "a", 5).await;
+    let claimed = t.queue.claim("w", LEASE, usize::MAX).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+}

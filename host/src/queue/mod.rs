@@ -82,6 +82,8 @@ impl Default for QueueOptions {
 
 /// Longest accepted job id.
 const MAX_ID_LEN: usize = 256;
+/// Most jobs one claim with fair shares leases.
+const MAX_FAIR_BATCH: usize = 1 << 20;
 /// Most jobs a list call returns.
 const MAX_LIST_LIMIT: u32 = 1000;
 
@@ -322,6 +324,12 @@ impl Queue {
         };
         let lease = duration_ms(lease);
         let worker = worker_id.to_string();
+        // A fair claim does arithmetic on its batch size; no batch is anywhere near this.
+        let max = if self.options.fair_share.is_some() {
+            max.min(MAX_FAIR_BATCH)
+        } else {
+            max
+        };
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let sql = Arc::clone(&self.sql);
         let multi_row = self.db.sends_multi_row_statements();
