@@ -1,9 +1,11 @@
 //! The queue contract, against real libsql file databases.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_host::queue::{
-    ErrorInfo, Finish, FinishKind, JobFilter, JobStatus, Lifecycle, NewJob, Queue, QueueOptions,
+    ErrorInfo, FairShare, Finish, FinishKind, JobFilter, JobStatus, KeyExpr, Lifecycle, NewJob,
+    Queue, QueueOptions,
 };
 use drover_host::time::now_ms;
 use serde_json::json;
@@ -838,4 +840,308 @@ async fn a_long_lived_agent_that_keeps_dying_young_backs_off_and_is_failed_after
         }
     }
     assert_eq!(delays, [1, 2, 4]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fair shares
+
+/// A queue with fair shares over `fair`'s key, on a fresh file.
+async fn fair_queue(fair: FairShare) -> TestQueue {
+    queue_with(QueueOptions {
+        fair_share: Some(fair),
+        ..Default::default()
+    })
+    .await
+}
+
+/// A job of `tenant`.
+fn job_of(tenant: &str, id: impl Into<String>) -> NewJob {
+    let mut job = echo(0).id(id);
+    job.tenant_id = Some(tenant.to_string());
+    job
+}
+
+/// How many of `claimed` belong to each tenant (ids are `<tenant>-<n>`).
+fn per_tenant(claimed: &[drover_host::queue::ClaimedJob]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for c in claimed {
+        let tenant = c.job.id.split('-').next().unwrap_or_default().to_string();
+        *counts.entry(tenant).or_default() += 1;
+    }
+    counts
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+async fn enqueue_tenant(queue: &Queue, tenant: &str, n: usize) {
+    for start in (0..n).step_by(1000) {
+        let batch = (start..n.min(start + 1000))
+            .map(|i| job_of(tenant, format!("{tenant}-{i}")))
+            .collect();
+        queue.enqueue_batch(batch).await.expect("enqueue");
+    }
+}
+
+#[tokio::test]
+async fn fair_claims_take_from_the_keys_round_robin() {
+    let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
+    // The oldest jobs are all a's: without fair shares a claim of six takes only those.
+    for tenant in ["a", "b", "c"] {
+        enqueue_tenant(&t.queue, tenant, 10).await;
+    }
+    let batch = t.queue.claim("w", LEASE, 6).await.expect("claim");
+    assert_eq!(per_tenant(&batch), counts(&[("a", 2), ("b", 2), ("c", 2)]));
+    // Within a key, in enqueue order.
+    let ids: Vec<&str> = batch.iter().map(|c| c.job.id.as_str()).collect();
+    for id in ["a-0", "a-1", "b-0", "b-1", "c-0", "c-1"] {
+        assert!(ids.contains(&id), "{ids:?}");
+    }
+    // One job at a time, while the others keep running: the keys with the fewest running go
+    // first, so the keys take turns.
+    let mut singles = Vec::new();
+    for _ in 0..6 {
+        singles.extend(t.queue.claim("w", LEASE, 1).await.expect("claim"));
+    }
+    assert_eq!(
+        per_tenant(&singles),
+        counts(&[("a", 2), ("b", 2), ("c", 2)])
+    );
+}
+
+#[tokio::test]
+async fn a_small_tenant_is_not_starved_by_a_big_one() {
+    let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
+    enqueue_tenant(&t.queue, "big", 100_000).await;
+    enqueue_tenant(&t.queue, "small", 10).await;
+    // The first claim takes all of the small tenant's jobs beside the big one's.
+    let first = t.queue.claim("w", LEASE, 32).await.expect("claim");
+    assert_eq!(per_tenant(&first), counts(&[("big", 22), ("small", 10)]));
+
+    // One job at a time, each finished before the next claim (nothing running to tell the
+    // keys apart): the keys still take turns, so the small tenant's jobs go early, not after
+    // the 100,000.
+    let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
+    enqueue_tenant(&t.queue, "big", 100_000).await;
+    enqueue_tenant(&t.queue, "small", 10).await;
+    let mut small = 0;
+    for _ in 0..80 {
+        let claimed = t.queue.claim("w", LEASE, 1).await.expect("claim");
+        let c = claimed.first().expect("a job");
+        small += usize::from(c.job.id.starts_with("small-"));
+        assert!(
+            t.queue
+                .complete(&c.lease, "r", "success")
+                .await
+                .expect("complete")
+        );
+    }
+    assert_eq!(
+        small, 10,
+        "the small tenant's jobs all ran among the first 80"
+    );
+}
+
+#[tokio::test]
+async fn without_fair_shares_claims_stay_in_priority_order() {
+    let t = queue().await;
+    enqueue_tenant(&t.queue, "big", 100).await;
+    enqueue_tenant(&t.queue, "small", 10).await;
+    let first = t.queue.claim("w", LEASE, 32).await.expect("claim");
+    assert_eq!(per_tenant(&first), counts(&[("big", 32)]));
+    let lane = t
+        .queue
+        .claim_lifecycle("w", LEASE, 100, Some(Lifecycle::Job))
+        .await
+        .expect("claim");
+    assert_eq!(per_tenant(&lane), counts(&[("big", 68), ("small", 10)]));
+}
+
+#[tokio::test]
+async fn max_running_caps_each_key_and_overrides_raise_or_lower_it() {
+    let t = fair_queue(
+        FairShare::new(KeyExpr::Tenant)
+            .max_running(2)
+            .max_running_for("b", 3)
+            .max_running_for("c", 1),
+    )
+    .await;
+    for tenant in ["a", "b", "c"] {
+        enqueue_tenant(&t.queue, tenant, 5).await;
+    }
+    let first = t.queue.claim("w", LEASE, 20).await.expect("claim");
+    assert_eq!(per_tenant(&first), counts(&[("a", 2), ("b", 3), ("c", 1)]));
+    // Every key is at its cap: nothing more, from any worker.
+    assert!(
+        t.queue
+            .claim("w2", LEASE, 20)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // A finished job of a frees one place for a, and only for a.
+    let a = first
+        .iter()
+        .find(|c| c.job.id.starts_with("a-"))
+        .expect("a");
+    assert!(
+        t.queue
+            .complete(&a.lease, "r", "success")
+            .await
+            .expect("complete")
+    );
+    let next = t.queue.claim("w2", LEASE, 20).await.expect("claim");
+    assert_eq!(per_tenant(&next), counts(&[("a", 1)]));
+    // So does a failed one that is retried later (it waits as scheduled, not leased).
+    let c = first
+        .iter()
+        .find(|c| c.job.id.starts_with("c-"))
+        .expect("c");
+    let error = ErrorInfo::new("Boom", "boom");
+    assert!(
+        t.queue
+            .fail(&c.lease, error, false, None)
+            .await
+            .expect("fail")
+    );
+    let next = t.queue.claim("w2", LEASE, 20).await.expect("claim");
+    assert_eq!(per_tenant(&next), counts(&[("c", 1)]));
+}
+
+#[tokio::test]
+async fn priority_orders_the_jobs_within_a_key() {
+    let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
+    for (id, priority) in [("a-low", 0), ("a-high", 9), ("a-mid", 5), ("b-only", 0)] {
+        let tenant = id.split('-').next().expect("tenant");
+        t.queue
+            .enqueue(job_of(tenant, id).priority(priority))
+            .await
+            .expect("enqueue");
+    }
+    let first = t.queue.claim("w", LEASE, 2).await.expect("claim");
+    let mut ids: Vec<&str> = first.iter().map(|c| c.job.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a-high", "b-only"]);
+    let rest = t.queue.claim("w", LEASE, 2).await.expect("claim");
+    let ids: Vec<&str> = rest.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, ["a-mid", "a-low"]);
+}
+
+#[tokio::test]
+async fn fair_claims_keep_the_lanes_and_the_agent_filter() {
+    let t = fair_queue(FairShare::new(KeyExpr::Tenant).max_running(10)).await;
+    let mut jobs = Vec::new();
+    for tenant in ["a", "b"] {
+        jobs.push(job_of(tenant, format!("{tenant}-echo")));
+        let mut other = NewJob::new("other", &json!({})).id(format!("{tenant}-other"));
+        other.tenant_id = Some(tenant.to_string());
+        jobs.push(other);
+        jobs.push(job_of(tenant, format!("{tenant}-agent")).lifecycle(Lifecycle::LongLived));
+    }
+    t.queue.enqueue_batch(jobs).await.expect("enqueue");
+    let only_echo = t
+        .queue
+        .claim_for("w", LEASE, 10, Some(Lifecycle::Job), Some(&["echo"]))
+        .await
+        .expect("claim");
+    let mut ids: Vec<&str> = only_echo.iter().map(|c| c.job.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a-echo", "b-echo"]);
+    let long_lived = t
+        .queue
+        .claim_lifecycle("w", LEASE, 10, Some(Lifecycle::LongLived))
+        .await
+        .expect("claim");
+    let mut ids: Vec<&str> = long_lived.iter().map(|c| c.job.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a-agent", "b-agent"]);
+    let rest = t.queue.claim("w", LEASE, 10).await.expect("claim");
+    let mut ids: Vec<&str> = rest.iter().map(|c| c.job.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a-other", "b-other"]);
+}
+
+#[tokio::test]
+async fn a_meta_path_can_be_the_key() {
+    let t = fair_queue(
+        FairShare::new(KeyExpr::parse("meta.org.customer").expect("key")).max_running(1),
+    )
+    .await;
+    let jobs = [("x-1", "x"), ("x-2", "x"), ("y-1", "y"), ("none-1", "")]
+        .into_iter()
+        .map(|(id, customer)| {
+            let meta = if customer.is_empty() {
+                json!({})
+            } else {
+                json!({ "org": { "customer": customer } })
+            };
+            echo(0).id(id).meta(&meta)
+        })
+        .collect();
+    t.queue.enqueue_batch(jobs).await.expect("enqueue");
+    let claimed = t.queue.claim("w", LEASE, 10).await.expect("claim");
+    assert_eq!(
+        per_tenant(&claimed),
+        counts(&[("none", 1), ("x", 1), ("y", 1)])
+    );
+    // A key longer than allowed is refused, and nothing of the batch is written.
+    let long = echo(0)
+        .id("long")
+        .meta(&json!({ "org": { "customer": "c".repeat(300) } }));
+    let err = t
+        .queue
+        .enqueue_batch(vec![echo(0).id("fine"), long])
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("300 bytes"), "{err}");
+    assert!(t.queue.get("fine").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn jobs_enqueued_without_fair_shares_are_claimed_once_they_are_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}", dir.path().join("queue.db").display());
+    let plain = Queue::with_db(
+        drover_test_support::open_db(&url).await,
+        QueueOptions::default(),
+    )
+    .await
+    .expect("queue");
+    plain
+        .enqueue_batch(vec![job_of("a", "a-old"), job_of("b", "b-old")])
+        .await
+        .expect("enqueue");
+    let running = plain.claim("w", LEASE, 1).await.expect("claim");
+    assert_eq!(running.len(), 1);
+    let fair = Queue::with_db(
+        drover_test_support::open_db(&url).await,
+        QueueOptions {
+            fair_share: Some(FairShare::new(KeyExpr::Tenant).max_running(1)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("queue");
+    // Both old jobs share the key "": the one leased before counts against its cap.
+    fair.enqueue(job_of("a", "a-new")).await.expect("enqueue");
+    let claimed = fair.claim("w", LEASE, 10).await.expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, ["a-new"]);
+    assert!(
+        fair.complete(&running[0].lease, "r", "success")
+            .await
+            .expect("complete")
+    );
+    let claimed = fair.claim("w", LEASE, 10).await.expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, ["b-old"]);
+}
+
+#[tokio::test]
+async fn a_fair_claim_of_any_size_works() {
+    let t = fair_queue(FairShare::new(KeyExpr::Agent).max_running(3)).await;
+    enqueue_tenant(&t.queue, "a", 5).await;
+    let claimed = t.queue.claim("w", LEASE, usize::MAX).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
 }

@@ -9,6 +9,7 @@
 //! cargo bench -p drover-host --bench drover -- --only gateway   # the model gateway's overhead
 //! cargo bench -p drover-host --bench drover -- --only tools  # a tool call vs a native function
 //! cargo bench -p drover-host --bench drover -- --only waiting  # 10,000 runs waiting on a model
+//! cargo bench -p drover-host --bench drover -- --only fair  # claims with fair shares vs without
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use drover_host::db::{Db, DbOptions, SyncMode};
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
-use drover_host::queue::{Finish, FinishKind, JobStatus, NewJob, Queue, QueueOptions};
+use drover_host::queue::{
+    FairShare, Finish, FinishKind, JobStatus, KeyExpr, Lifecycle, NewJob, Queue, QueueOptions,
+};
 use drover_host::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
 use drover_host::sandbox::wasm::{EngineConfig, Metering, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, RunContext, RunIdentity, Sandbox, SandboxFor};
@@ -152,6 +155,10 @@ fn main() {
     if wanted("tools") {
         eprintln!("[9/9] tool call: fresh instance + call vs a native function");
         rows.extend(runtime.block_on(tool_call(scale, dir)));
+    }
+    if wanted("fair") {
+        eprintln!("[11] claims with fair shares across 100 tenants");
+        rows.extend(runtime.block_on(fair_claims(scale, dir)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.
@@ -419,6 +426,91 @@ async fn scheduled_backlog(scale: Scale, work: &Path) -> Vec<Row> {
         ratio: with_backlog / empty,
         target: "≥ 0.8 of the empty table".into(),
         met: Some(with_backlog / empty >= 0.8),
+    }]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Claims with fair shares
+
+/// The bare queue drain of the throughput floor (claims of the jobs lane in batches of 64, each
+/// followed by a fenced complete of the batch) over jobs of 100 tenants, with fair shares by
+/// tenant (round-robin, and a cap per tenant high enough never to bind, so that every claim
+/// counts each tenant's leased jobs) and without.
+async fn fair_claims(scale: Scale, work: &Path) -> Vec<Row> {
+    let jobs = scale.pick(2_000, 100_000);
+    let tenants = 100;
+    let batch = 64;
+    let rounds = scale.pick(1, 3);
+    let fair = FairShare::new(KeyExpr::Tenant).max_running(1_000_000);
+    let drain = |fair_share: Option<FairShare>| async move {
+        let dir = tempfile::tempdir_in(work).expect("dir");
+        let url = format!("file:{}", dir.path().join("queue.db").display());
+        let db = Db::open_with(&url, None, DbOptions::default())
+            .await
+            .expect("open db");
+        let queue = Queue::with_db(
+            db,
+            QueueOptions {
+                fair_share,
+                ..QueueOptions::default()
+            },
+        )
+        .await
+        .expect("queue");
+        for start in (0..jobs).step_by(1000) {
+            let chunk = (start..jobs.min(start + 1000))
+                .map(|n| {
+                    let mut job = NewJob::new("echo", &json!({ "n": n }));
+                    job.tenant_id = Some(format!("tenant-{}", n % tenants));
+                    job
+                })
+                .collect();
+            queue.enqueue_batch(chunk).await.expect("enqueue");
+        }
+        let started = Instant::now();
+        let mut done = 0;
+        loop {
+            let claimed = queue
+                .claim_lifecycle(
+                    "bench",
+                    Duration::from_secs(30),
+                    batch,
+                    Some(Lifecycle::Job),
+                )
+                .await
+                .expect("claim");
+            if claimed.is_empty() {
+                break;
+            }
+            let outcomes: Vec<Finish> = claimed
+                .iter()
+                .map(|c| Finish {
+                    lease: c.lease.clone(),
+                    kind: FinishKind::Complete,
+                    run_id: None,
+                    result_status: Some("success".into()),
+                })
+                .collect();
+            done += queue.finish(&outcomes).await.expect("finish").len();
+        }
+        assert_eq!(done, jobs);
+        jobs as f64 / started.elapsed().as_secs_f64()
+    };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        on.push(drain(Some(fair.clone())).await);
+        off.push(drain(None).await);
+    }
+    let (on, off) = (percentile(&on, 0.5), percentile(&off, 0.5));
+    vec![Row {
+        name: format!(
+            "Claims with fair shares (median of {rounds}): drain {jobs} jobs of {tenants} tenants through `file:` libsql, claims of {batch} and a fenced complete each, round-robin by tenant with a cap counted per tenant; vs the same drain without fair shares"
+        ),
+        figure: format!("{on:.0} jobs/s"),
+        baseline: format!("{off:.0} jobs/s"),
+        ratio: on / off,
+        target: "≥ 0.8 of the drain without fair shares".into(),
+        met: Some(on / off >= 0.8),
     }]
 }
 

@@ -19,6 +19,10 @@
 //! [secrets.sample-api-a]
 //! from-env = "SAMPLE_API_A_TOKEN"
 //! hosts = ["https://api.example.com"]
+//!
+//! [fair-share]
+//! key = "tenant"
+//! max-running = 20
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::ApiTokenConfig;
 use crate::model::ModelsConfig;
+use crate::queue::FairShare;
 use crate::secrets::SecretsConfig;
 
 /// Everything `drover.toml` configures.
@@ -43,6 +48,10 @@ pub struct HostConfig {
     /// The secrets agents may use without seeing them (`[secrets.<name>]`).
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// Fair shares across tenants or other concurrency keys (`[fair-share]`); none: claims in
+    /// priority order alone.
+    #[serde(default)]
+    pub fair_share: Option<FairShare>,
 }
 
 /// A configuration file that cannot be used.
@@ -85,6 +94,56 @@ impl HostConfig {
         config.models.validate().map_err(|e| e.to_string())?;
         crate::api::auth::validate_tokens(&config.api_tokens)?;
         config.secrets.validate().map_err(|e| e.to_string())?;
+        if let Some(fair_share) = &config.fair_share {
+            fair_share.validate()?;
+        }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::KeyExpr;
+
+    #[test]
+    fn fair_share_is_read_and_checked() {
+        let config = HostConfig::parse(
+            "[fair-share]\nkey = \"meta.customer\"\nmax-running = 5\n\
+             [fair-share.max-running-for]\nacme = 50\n",
+        )
+        .expect("valid");
+        let fair = config.fair_share.expect("fair share");
+        assert_eq!(fair.key, KeyExpr::Meta(vec!["customer".into()]));
+        assert_eq!(fair.max_running, Some(5));
+        assert_eq!(fair.max_running_for.get("acme"), Some(&50));
+        assert_eq!(HostConfig::parse("").expect("empty").fair_share, None);
+        for (text, expected) in [
+            (
+                "[fair-share]\nkey = \"tenants\"",
+                "\"tenants\" is not one of",
+            ),
+            ("[fair-share]\nkey = \"meta.\"", "empty field name"),
+            ("[fair-share]\nmax-running = 5", "missing field `key`"),
+            (
+                "[fair-share]\nkey = \"tenant\"\nmax-running = 0",
+                "at least 1",
+            ),
+            (
+                "[fair-share]\nkey = \"tenant\"\nmax-running = -1",
+                "max-running",
+            ),
+            (
+                "[fair-share]\nkey = \"tenant\"\nmax-runing = 3",
+                "unknown field",
+            ),
+            (
+                "[fair-share]\nkey = \"agent\"\n[fair-share.max-running-for]\nbig = 0",
+                "\"big\" must be at least 1",
+            ),
+        ] {
+            let err = HostConfig::parse(text).expect_err(text);
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 }

@@ -175,7 +175,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if secrets.names().next().is_some() {
         tracing::info!(secrets = %secrets.names().collect::<Vec<_>>().join(", "), "secrets loaded");
     }
-    let (queue, store) = open_databases(&args).await?;
+    let (queue, store) = open_databases(&args, &config).await?;
 
     let runtime = WasmRuntime::new(
         &EngineConfig {
@@ -362,8 +362,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the queue and the run store, and says where they are.
-async fn open_databases(args: &RunArgs) -> anyhow::Result<(Queue, RunStore)> {
-    let (queue, store) = args.db.open().await?;
+async fn open_databases(args: &RunArgs, config: &HostConfig) -> anyhow::Result<(Queue, RunStore)> {
+    let options = QueueOptions {
+        fair_share: config.fair_share.clone(),
+        ..QueueOptions::default()
+    };
+    let (queue, store) = args.db.open_with(options).await?;
+    if let Some(fair) = &config.fair_share {
+        tracing::info!(
+            key = %fair.key,
+            max_running = ?fair.max_running,
+            overrides = fair.max_running_for.len(),
+            "fair shares on"
+        );
+    }
     tracing::info!(
         queue = %args.db.queue_url,
         storage = %args.db.storage_url,
@@ -398,6 +410,14 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     /// Opens the queue and the run store; one database when both URLs are the same.
     pub async fn open(&self) -> anyhow::Result<(Queue, RunStore)> {
+        self.open_with(QueueOptions::default()).await
+    }
+
+    /// Like [`DatabaseArgs::open`], with the queue's tunables.
+    pub async fn open_with(
+        &self,
+        queue_options: QueueOptions,
+    ) -> anyhow::Result<(Queue, RunStore)> {
         let options = DbOptions { sync: self.db_sync };
         let queue_db = Db::open_with(&self.queue_url, self.queue_auth_token.as_deref(), options)
             .await
@@ -413,7 +433,7 @@ impl DatabaseArgs {
             .await
             .context("cannot open the run store database")?
         };
-        let queue = Queue::with_db(queue_db, QueueOptions::default())
+        let queue = Queue::with_db(queue_db, queue_options)
             .await
             .context("cannot prepare the queue")?;
         let store = RunStore::with_db(store_db)

@@ -6,6 +6,7 @@
 //! can never overwrite the outcome of a later attempt, because every claim bumps the job's
 //! `lease_epoch` and every write checks it.
 
+mod fair;
 mod hub;
 mod job;
 mod schema;
@@ -21,6 +22,7 @@ use serde_json::value::RawValue;
 use crate::db::{Bulk, Db, DbError, RowExt, query_all, text_at};
 use crate::time::now_ms;
 
+pub use fair::{FairShare, KeyExpr, MAX_KEY_LEN};
 pub(crate) use hub::Hub;
 pub use job::{
     ClaimedJob, Enqueued, ErrorInfo, Finish, FinishKind, Job, JobFilter, JobStatus, Lease,
@@ -62,6 +64,9 @@ pub struct QueueOptions {
     /// (an agent that takes its host down with it must not crash-loop the fleet), whatever its
     /// own `maxRestarts`.
     pub max_restart_streak: u32,
+    /// Fair shares across concurrency keys (`None`: claims in priority order alone). Every host
+    /// on one database should have the same.
+    pub fair_share: Option<FairShare>,
 }
 
 impl Default for QueueOptions {
@@ -71,12 +76,15 @@ impl Default for QueueOptions {
             backoff_max: Duration::from_secs(300),
             stable_life: Duration::from_secs(600),
             max_restart_streak: 10,
+            fair_share: None,
         }
     }
 }
 
 /// Longest accepted job id.
 const MAX_ID_LEN: usize = 256;
+/// Most jobs one claim with fair shares leases.
+const MAX_FAIR_BATCH: usize = 1 << 20;
 /// Most jobs a list call returns.
 const MAX_LIST_LIMIT: u32 = 1000;
 
@@ -94,6 +102,8 @@ struct Statements {
     insert: String,
     claim: String,
     claim_lane: String,
+    /// With fair shares, the claim's caps by key and the cap of the other keys.
+    claim_caps: Vec<Value>,
     promote: String,
     reclaim: String,
     release_orphans: String,
@@ -120,10 +130,42 @@ impl Queue {
     /// Builds a queue on an open database.
     pub async fn with_db(db: Db, options: QueueOptions) -> Result<Self, QueueError> {
         db.migrate("queue", schema::MIGRATIONS).await?;
+        let fair = options.fair_share.is_some();
+        if let Some(fair_share) = &options.fair_share {
+            fair_share.validate().map_err(QueueError::Invalid)?;
+            // Jobs enqueued without fair shares join the key "" (claims with fair shares read
+            // only keyed jobs).
+            db.write(|conn| async move {
+                for sql in schema::KEY_UNKEYED {
+                    conn.execute(sql, ()).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
         let sql = Statements {
-            insert: schema::insert_jobs(),
-            claim: schema::claim(false),
-            claim_lane: schema::claim(true),
+            insert: schema::insert_jobs(fair),
+            claim: if fair {
+                schema::claim_fair(false)
+            } else {
+                schema::claim(false)
+            },
+            claim_lane: if fair {
+                schema::claim_fair(true)
+            } else {
+                schema::claim(true)
+            },
+            claim_caps: options
+                .fair_share
+                .as_ref()
+                .map(|fair| {
+                    vec![
+                        Value::Text(fair.overrides_json()),
+                        fair.max_running
+                            .map_or(Value::Null, |max| Value::Integer(i64::from(max))),
+                    ]
+                })
+                .unwrap_or_default(),
             promote: schema::promote(),
             reclaim: schema::reclaim(),
             release_orphans: schema::release_orphans(),
@@ -176,6 +218,10 @@ impl Queue {
             ids.push(id);
         }
         for (job, id) in jobs.iter().zip(&ids) {
+            let concurrency_key = match &self.options.fair_share {
+                Some(fair) => Some(fair.key.key_of(job).map_err(QueueError::Invalid)?),
+                None => None,
+            };
             rows.push(InsertRow {
                 id,
                 agent_id: &job.agent_id,
@@ -188,6 +234,7 @@ impl Queue {
                 max_restarts: job.max_restarts,
                 tenant_id: job.tenant_id.as_deref(),
                 user_id: job.user_id.as_deref(),
+                concurrency_key,
             });
         }
         let batch = to_json(&rows)?;
@@ -233,6 +280,10 @@ impl Queue {
     /// Leases up to `max` due jobs (highest priority, then oldest) to `worker_id` for `lease`,
     /// whatever their lifecycle. It orders every due job to find them; a pool claims per
     /// lifecycle instead ([`Queue::claim_lifecycle`]), reading only what it takes.
+    ///
+    /// With fair shares ([`QueueOptions::fair_share`]) the jobs are taken from the concurrency
+    /// keys round-robin, highest priority then oldest within a key, and none of a key whose cap
+    /// of leased jobs (across every host on the database) is reached.
     pub async fn claim(
         &self,
         worker_id: &str,
@@ -276,6 +327,12 @@ impl Queue {
         };
         let lease = duration_ms(lease);
         let worker = worker_id.to_string();
+        // A fair claim does arithmetic on its batch size; no batch is anywhere near this.
+        let max = if self.options.fair_share.is_some() {
+            max.min(MAX_FAIR_BATCH)
+        } else {
+            max
+        };
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let sql = Arc::clone(&self.sql);
         let multi_row = self.db.sends_multi_row_statements();
@@ -297,16 +354,18 @@ impl Queue {
                     } else {
                         &sql.claim
                     };
+                    let mut params = vec![
+                        Value::Text(worker),
+                        Value::Integer(lease),
+                        Value::Integer(max),
+                        long_lived.map_or(Value::Null, Value::Integer),
+                        agents,
+                    ];
+                    params.extend(sql.claim_caps.iter().cloned());
                     query_all(
                         &conn,
                         claim,
-                        libsql::params::Params::Positional(vec![
-                            Value::Text(worker),
-                            Value::Integer(lease),
-                            Value::Integer(max),
-                            long_lived.map_or(Value::Null, Value::Integer),
-                            agents,
-                        ]),
+                        libsql::params::Params::Positional(params),
                         decode_job,
                     )
                     .await
@@ -856,6 +915,9 @@ struct InsertRow<'a> {
     max_restarts: Option<i64>,
     tenant_id: Option<&'a str>,
     user_id: Option<&'a str>,
+    /// With fair shares only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency_key: Option<String>,
 }
 
 /// Appends the values of one outcome in the order of [`schema::finish`].
@@ -947,6 +1009,35 @@ mod query_plans {
             claim.iter().any(|step| step.contains("jobs_lane")),
             "a lane's claim reads its own index range: {claim:#?}"
         );
+        // With fair shares: key by key through the fair index, never the table.
+        for lane in [true, false] {
+            let fair = plan(
+                &queue,
+                schema::claim_fair(lane),
+                vec![
+                    text("w"),
+                    Value::Integer(1000),
+                    Value::Integer(64),
+                    if lane { Value::Integer(0) } else { none() },
+                    text("[\"echo\"]"),
+                    text("{\"acme\": 5}"),
+                    Value::Integer(3),
+                ],
+            )
+            .await;
+            assert_no_scan_of_jobs("a fair claim", &fair);
+            for index in ["jobs_fair", "jobs_fair_leased"] {
+                assert!(
+                    fair.iter()
+                        .any(|step| step.contains(&format!("INDEX {index} "))),
+                    "a fair claim reads {index}: {fair:#?}"
+                );
+            }
+        }
+        for sql in schema::KEY_UNKEYED {
+            let unkeyed = plan(&queue, sql.to_string(), Vec::new()).await;
+            assert_no_scan_of_jobs("keying unkeyed jobs", &unkeyed);
+        }
         let promote = plan(&queue, schema::promote(), Vec::new()).await;
         assert_no_scan_of_jobs("promoting due jobs", &promote);
         assert!(

@@ -96,6 +96,21 @@ ALTER TABLE jobs ADD COLUMN user_id TEXT;
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant_id, seq) WHERE tenant_id IS NOT NULL;
 "#,
     },
+    Migration {
+        version: 5,
+        name: "fair shares",
+        sql: r#"
+-- The concurrency key a job was given at enqueue by a host with a [fair-share] section (NULL:
+-- enqueued without one). Claims with fair shares read the queued jobs key by key, in priority
+-- order within a key, and count each key's leased jobs; jobs without a key are in neither
+-- index, so that a queue without fair shares pays nothing for them.
+ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+CREATE INDEX IF NOT EXISTS jobs_fair ON jobs (long_lived, concurrency_key, priority DESC, seq, agent_id)
+    WHERE status = 'queued' AND concurrency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_fair_leased ON jobs (concurrency_key)
+    WHERE status = 'leased' AND concurrency_key IS NOT NULL;
+"#,
+    },
 ];
 
 /// The columns of a job, in the order [`super::decode_job`] reads them.
@@ -105,17 +120,23 @@ pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, statu
     error_tag, error_message, finished_at, seq, tenant_id, user_id";
 
 /// Inserts a batch of jobs (`?1`: JSON array), skipping ids that exist; returns the new rows.
-pub(crate) fn insert_jobs() -> String {
+/// With `fair`, each job's concurrency key is stored too (`concurrencyKey`).
+pub(crate) fn insert_jobs(fair: bool) -> String {
+    let (key_column, key_value) = if fair {
+        (", concurrency_key", ", value->>'concurrencyKey'")
+    } else {
+        ("", "")
+    };
     format!(
         "INSERT INTO jobs (id, agent_id, input, meta, priority, status, scheduled_for, created_at,
                            updated_at, max_attempts, long_lived, max_restarts, tenant_id,
-                           user_id)
+                           user_id{key_column})
          SELECT value->>'id', value->>'agentId', value->>'input', value->>'meta',
                 value->>'priority',
                 CASE WHEN value->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
                 coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
                 value->>'maxAttempts', value->>'longLived', value->>'maxRestarts',
-                value->>'tenantId', value->>'userId'
+                value->>'tenantId', value->>'userId'{key_value}
          FROM json_each(?1) WHERE true
          ON CONFLICT (id) DO NOTHING
          RETURNING {JOB_COLUMNS}"
@@ -145,6 +166,95 @@ pub(crate) fn claim(lane: bool) -> String {
          RETURNING {JOB_COLUMNS}"
     )
 }
+
+/// Leases up to `?3` due jobs to worker `?1` for `?2` ms, as [`claim`] does, with fair shares:
+/// the jobs are taken from the concurrency keys round-robin (every key's best job, then every
+/// key's second best, …), in priority order within a key, and never more of a key's jobs than
+/// leave it at most its cap leased (`?6`: a JSON object of caps by key; `?7`: the cap of the
+/// other keys, or null for none). Within a round, keys with fewer jobs leased go first, then
+/// higher priority, then the keys in their order from a random one on (so that claims of one
+/// job each still take turns). `?4` and `?5` are the lane and the agents, as for [`claim`].
+///
+/// It reads, for each key with queued jobs, a few index entries: the next key, its leased
+/// jobs, and its best queued jobs, at most as many as a round-robin batch can take from one key
+/// (one, when there are as many keys as the batch has jobs). Jobs without a key (enqueued
+/// without fair shares) are not seen; [`KEY_UNKEYED`] gives them one.
+pub(crate) fn claim_fair(lane: bool) -> String {
+    let lanes = if lane {
+        "VALUES (?4)"
+    } else {
+        "SELECT 0 WHERE ?4 IS NULL UNION ALL SELECT 1 WHERE ?4 IS NULL"
+    };
+    let queued = "status = 'queued' AND concurrency_key IS NOT NULL";
+    format!(
+        "WITH RECURSIVE
+           lanes(l) AS ({lanes}),
+           -- The keys with queued jobs, lane by lane: one index seek per key.
+           keys(l, k) AS (
+             SELECT l, (SELECT concurrency_key FROM jobs
+                        WHERE {queued} AND long_lived = lanes.l
+                        ORDER BY concurrency_key LIMIT 1)
+             FROM lanes
+             UNION ALL
+             SELECT l, (SELECT concurrency_key FROM jobs
+                        WHERE {queued} AND long_lived = keys.l AND concurrency_key > keys.k
+                        ORDER BY concurrency_key LIMIT 1)
+             FROM keys WHERE k IS NOT NULL),
+           counted(l, k, cap, running) AS (
+             SELECT l, k, coalesce((SELECT value FROM json_each(?6) WHERE key = keys.k), ?7),
+                    (SELECT count(*) FROM jobs
+                     WHERE status = 'leased' AND concurrency_key = keys.k)
+             FROM keys WHERE k IS NOT NULL),
+           -- The keys below their cap with a queued job this host can run, and how many more
+           -- of their jobs may be leased.
+           room(l, k, n, running) AS MATERIALIZED (
+             SELECT l, k, CASE WHEN cap IS NULL THEN ?3 ELSE min(?3, cap - running) END, running
+             FROM counted
+             WHERE (cap IS NULL OR cap > running)
+               AND EXISTS (SELECT 1 FROM jobs
+                           WHERE {queued} AND long_lived = counted.l
+                             AND concurrency_key = counted.k
+                             AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5))))),
+           pivot(k) AS MATERIALIZED (SELECT k FROM room ORDER BY random() LIMIT 1),
+           -- Each key's best jobs: in a round-robin batch of ?3 jobs from E keys, no key gets
+           -- more than ?3 - E + 1.
+           picked(seq, k, priority, n, running) AS (
+             SELECT j.seq, room.k, j.priority, room.n, room.running
+             FROM room JOIN jobs AS j ON j.seq IN (
+               SELECT seq FROM jobs
+               WHERE {queued} AND long_lived = room.l AND concurrency_key = room.k
+                 AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5)))
+               ORDER BY priority DESC, seq
+               LIMIT max(1, ?3 + 1 - (SELECT count(DISTINCT k) FROM room)))),
+           ranked(seq, k, priority, n, running, round) AS (
+             SELECT seq, k, priority, n, running,
+                    row_number() OVER (PARTITION BY k ORDER BY priority DESC, seq)
+             FROM picked)
+         UPDATE jobs SET status = 'leased', lease_owner = ?1, lease_epoch = lease_epoch + 1,
+                         lease_expires_at = {DB_NOW} + ?2, updated_at = {DB_NOW},
+                         claimed_at = {DB_NOW}
+         WHERE seq IN (SELECT seq FROM ranked WHERE round <= n
+                       ORDER BY round, running, priority DESC,
+                                k < (SELECT k FROM pivot), k, seq
+                       LIMIT ?3)
+         RETURNING {JOB_COLUMNS}"
+    )
+}
+
+/// Gives the key `""` to the jobs waiting or running without a key (enqueued by a host without
+/// fair shares), so that claims with fair shares see them and count them: the queued, the
+/// scheduled and the leased jobs, each through its own index. Run once when a queue with fair
+/// shares opens.
+pub(crate) const KEY_UNKEYED: [&str; 3] = [
+    "UPDATE jobs SET concurrency_key = ''
+     WHERE status = 'queued' AND long_lived IN (0, 1) AND concurrency_key IS NULL",
+    "UPDATE jobs SET concurrency_key = ''
+     WHERE status = 'scheduled' AND scheduled_for > -9223372036854775807
+       AND concurrency_key IS NULL",
+    "UPDATE jobs SET concurrency_key = ''
+     WHERE status = 'leased' AND lease_expires_at > -9223372036854775807
+       AND concurrency_key IS NULL",
+];
 
 /// Makes the scheduled jobs that are due claimable.
 pub(crate) fn promote() -> String {

@@ -3,8 +3,8 @@
 //! and an OAuth2 token endpoint ([`oauth_server`]).
 
 pub mod model_server;
-pub mod sample_api;
 pub mod oauth_server;
+pub mod sample_api;
 
 use std::path::{Path, PathBuf};
 
