@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelsConfig;
+use crate::outbound::OutboundConfig;
 
 /// Everything `drover.toml` configures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,9 @@ pub struct HostConfig {
     /// The model aliases (`[models.<alias>]`).
     #[serde(default)]
     pub models: ModelsConfig,
+    /// Outbound HTTP from agents and tools (`[outbound]`).
+    #[serde(default)]
+    pub outbound: OutboundConfig,
 }
 
 /// A configuration file that cannot be used.
@@ -64,6 +68,7 @@ impl HostConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         config.models.validate().map_err(|e| e.to_string())?;
+        config.outbound.validate()?;
         Ok(config)
     }
 }

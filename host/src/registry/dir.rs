@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::tools::{ToolRegistry, ToolShelf, ToolSpec};
 use super::{AgentCode, AgentSpec, DeclarativeAgent, Manifest, Registry, Schema};
+use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 use crate::sandbox::wasm::{WasmRuntime, human_bytes};
 
@@ -363,6 +364,8 @@ impl DirRegistry {
         spec.models = manifest.models;
         spec.tools = manifest.tools;
         spec.quota = manifest.quota;
+        spec.outbound = AllowList::parse(&manifest.allowed_outbound_hosts)
+            .map_err(|e| manifest_error(format!("allowed-outbound-hosts: {e}")))?;
         spec.source = Some(path.to_path_buf());
         Ok(spec)
     }
@@ -574,6 +577,7 @@ fn load_declarative(path: &Path) -> Result<AgentSpec, String> {
         models,
         tools: manifest.tools,
         quota: manifest.quota,
+        outbound: AllowList::default(),
         source: Some(path.to_path_buf()),
         code: AgentCode::Declarative(Arc::new(DeclarativeAgent {
             system_prompt,

@@ -85,6 +85,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ByteRate, EventRate, Limits, Quota};
+use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 
 /// A manifest that could not be used.
@@ -125,6 +126,10 @@ pub struct Manifest {
     /// Tools the agent may call.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Hosts the agent may send HTTP requests to (`scheme://host:port` patterns; none: no
+    /// network).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
     /// Per-run budgets.
     #[serde(default)]
     pub quota: Quota,
@@ -281,6 +286,8 @@ impl Manifest {
         }
         check_names("models", &manifest.models)?;
         check_names("tools", &manifest.tools)?;
+        AllowList::parse(&manifest.allowed_outbound_hosts)
+            .map_err(|e| format!("allowed-outbound-hosts: {e}"))?;
         if let Some(model) = &manifest.model {
             validate_name("model", model)?;
         }
@@ -327,6 +334,10 @@ impl Manifest {
             ("stop-grace-ms", self.stop_grace_ms.is_some()),
             ("max-restarts", self.max_restarts.is_some()),
             ("[env]", !self.env.is_empty()),
+            (
+                "allowed-outbound-hosts",
+                !self.allowed_outbound_hosts.is_empty(),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 use crate::sandbox::wasm::WasmAgent;
 
@@ -151,6 +152,9 @@ pub struct AgentSpec {
     pub tools: Vec<String>,
     /// Per-run budgets.
     pub quota: Quota,
+    /// Hosts its runs may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
+    #[serde(skip)]
+    pub outbound: AllowList,
     /// Where the code came from (a `.wasm` file, or a declarative agent's `.toml`), if anywhere.
     pub source: Option<PathBuf>,
     /// The code.
@@ -183,6 +187,7 @@ impl AgentSpec {
             models: Vec::new(),
             tools: Vec::new(),
             quota: Quota::default(),
+            outbound: AllowList::default(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
         }
@@ -208,6 +213,7 @@ impl AgentSpec {
             models: Vec::new(),
             tools: Vec::new(),
             quota: Quota::default(),
+            outbound: AllowList::default(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
         })

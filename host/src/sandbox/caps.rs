@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use super::wasm::{ToolOutcome, WasmRuntime};
 use super::{Failure, RunContext};
 use crate::model::{ChatRequest, ChatResponse, Message, ModelGateway};
+use crate::outbound::Outbound;
 use crate::registry::{AgentSpec, Quota, ToolRegistry, ToolSpec};
 use crate::store::{RunStatus, Usage};
 
@@ -37,6 +38,8 @@ pub struct Capabilities {
     tool_runtime: Option<Arc<WasmRuntime>>,
     /// Tool calls and failures so far, by agent and tool.
     tool_counts: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+    /// Outbound HTTP of agents and tools.
+    outbound: Outbound,
 }
 
 /// Tool calls of one agent to one tool, since the host started.
@@ -69,13 +72,24 @@ impl Capabilities {
             tools: None,
             tool_runtime: None,
             tool_counts: Mutex::default(),
+            outbound: Outbound::default(),
         })
     }
 
     /// Models from `models`; tools from `tools`, run on `runtime`.
+    /// Outbound HTTP has the default `[outbound]` settings: see [`Capabilities::with_outbound`].
     pub fn new(
         models: Arc<ModelGateway>,
         tools: Option<(Arc<dyn ToolRegistry>, Arc<WasmRuntime>)>,
+    ) -> Arc<Self> {
+        Self::with_outbound(models, tools, Outbound::default())
+    }
+
+    /// [`Capabilities::new`], with agents' and tools' HTTP requests sent by `outbound`.
+    pub fn with_outbound(
+        models: Arc<ModelGateway>,
+        tools: Option<(Arc<dyn ToolRegistry>, Arc<WasmRuntime>)>,
+        outbound: Outbound,
     ) -> Arc<Self> {
         let (tools, tool_runtime) = tools.unzip();
         Arc::new(Self {
@@ -83,7 +97,13 @@ impl Capabilities {
             tools,
             tool_runtime,
             tool_counts: Mutex::default(),
+            outbound,
         })
+    }
+
+    /// The host's outbound HTTP.
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
     }
 
     /// Tool calls so far, by agent and tool.
@@ -505,7 +525,9 @@ impl RunCapabilities {
                     message: "this host runs no tools".into(),
                     retryable: false,
                 }),
-                Some(runtime) => Ok(runtime.call_tool(&tool, input, self.ctx.control()).await),
+                Some(runtime) => Ok(runtime
+                    .call_tool_under(&tool, input, self.ctx.control(), &self.caps.outbound)
+                    .await),
             },
         };
         let (result, payload) = match outcome {
