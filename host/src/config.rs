@@ -9,6 +9,10 @@
 //! api-key-env = "OPENAI_API_KEY"
 //! input-usd-per-mtok = 0.15
 //! output-usd-per-mtok = 0.60
+//!
+//! [secrets.sample-api-a]
+//! from-env = "SAMPLE_API_A_TOKEN"
+//! hosts = ["https://api.example.com"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelsConfig;
 use crate::outbound::OutboundConfig;
+use crate::secrets::SecretsConfig;
 
 /// Everything `drover.toml` configures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +33,9 @@ pub struct HostConfig {
     /// Outbound HTTP from agents and tools (`[outbound]`).
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// The secrets agents may use without seeing them (`[secrets.<name>]`).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 /// A configuration file that cannot be used.
@@ -69,6 +77,7 @@ impl HostConfig {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         config.models.validate().map_err(|e| e.to_string())?;
         config.outbound.validate()?;
+        config.secrets.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }

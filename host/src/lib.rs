@@ -15,6 +15,7 @@ pub mod pool;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod time;
