@@ -27,6 +27,7 @@ use crate::registry::{AgentCode, AgentSpec, DirRegistry, Registry, ToolRegistry}
 use crate::sandbox::caps::Capabilities;
 use crate::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use crate::sandbox::{NoneSandbox, RunContext, RunOutcome, Sandbox, SandboxFor};
+use crate::secrets::Secrets;
 use crate::store::RunStore;
 
 /// Options of `drover-host run`. Every option has an environment variable too.
@@ -202,10 +203,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let tools: Arc<dyn ToolRegistry> = registry.clone();
     let outbound = Outbound::new(&config.outbound).map_err(anyhow::Error::msg)?;
+    // Reads the secrets' values now: a missing one stops the host here.
+    let secrets =
+        Secrets::new(&config.secrets, reqwest::Client::new()).context("cannot load the secrets")?;
     let caps = Capabilities::with_outbound(
         Arc::new(models.clone()),
         Some((tools, Arc::clone(&runtime))),
         outbound,
+        secrets,
     );
     for problem in capability_problems(&registry, &caps) {
         tracing::warn!(path = %problem.path.display(), "{}", problem.error);

@@ -392,11 +392,14 @@ mod tests {
     use super::*;
 
     fn target(url: &str) -> Target {
-        Target::from_url(url).unwrap()
+        Target::from_url(url).expect("valid")
     }
 
     fn allows(pattern: &str, url: &str) -> Option<Allowance> {
-        pattern.parse::<HostPattern>().unwrap().allows(&target(url))
+        pattern
+            .parse::<HostPattern>()
+            .expect("valid")
+            .allows(&target(url))
     }
 
     #[test]
@@ -492,7 +495,7 @@ mod tests {
             "https://127.1",
             "https://",
         ] {
-            let error = bad.parse::<HostPattern>().unwrap_err();
+            let error = bad.parse::<HostPattern>().expect_err("invalid");
             assert_eq!(error.text, bad, "{error}");
         }
     }
@@ -507,14 +510,16 @@ mod tests {
             "https://example.com:443"
         );
         assert_eq!(
-            Target::new(Scheme::Http, "[::1]:81").unwrap().to_string(),
+            Target::new(Scheme::Http, "[::1]:81")
+                .expect("valid")
+                .to_string(),
             "http://[::1]:81"
         );
     }
 
     #[test]
     fn a_list_takes_the_strongest_allowance() {
-        let list = AllowList::parse(&["*://*:*", "http://127.0.0.1:9000"]).unwrap();
+        let list = AllowList::parse(&["*://*:*", "http://127.0.0.1:9000"]).expect("valid");
         assert_eq!(
             list.allows(&target("http://127.0.0.1:9000")),
             Some(Allowance::Named)

@@ -130,6 +130,9 @@ pub struct Manifest {
     /// network).
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Secrets (`[secrets.<name>]` of the host's configuration) the agent's requests may carry.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Per-run budgets.
     #[serde(default)]
     pub quota: Quota,
@@ -286,6 +289,9 @@ impl Manifest {
         }
         check_names("models", &manifest.models)?;
         check_names("tools", &manifest.tools)?;
+        for name in &manifest.secrets {
+            crate::secrets::validate_name(name).map_err(|e| format!("secrets: {e}"))?;
+        }
         AllowList::parse(&manifest.allowed_outbound_hosts)
             .map_err(|e| format!("allowed-outbound-hosts: {e}"))?;
         if let Some(model) = &manifest.model {
@@ -338,6 +344,7 @@ impl Manifest {
                 "allowed-outbound-hosts",
                 !self.allowed_outbound_hosts.is_empty(),
             ),
+            ("secrets", !self.secrets.is_empty()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

@@ -155,6 +155,8 @@ pub struct AgentSpec {
     /// Hosts its runs may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
     #[serde(skip)]
     pub outbound: AllowList,
+    /// Secrets its requests may carry (its manifest's `secrets`).
+    pub secrets: Vec<String>,
     /// Where the code came from (a `.wasm` file, or a declarative agent's `.toml`), if anywhere.
     pub source: Option<PathBuf>,
     /// The code.
@@ -188,6 +190,7 @@ impl AgentSpec {
             tools: Vec::new(),
             quota: Quota::default(),
             outbound: AllowList::default(),
+            secrets: Vec::new(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
         }
@@ -214,6 +217,7 @@ impl AgentSpec {
             tools: Vec::new(),
             quota: Quota::default(),
             outbound: AllowList::default(),
+            secrets: Vec::new(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
         })

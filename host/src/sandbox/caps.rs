@@ -26,6 +26,7 @@ use super::{Failure, RunContext};
 use crate::model::{ChatRequest, ChatResponse, Message, ModelGateway};
 use crate::outbound::Outbound;
 use crate::registry::{AgentSpec, Quota, ToolRegistry, ToolSpec};
+use crate::secrets::Secrets;
 use crate::store::{RunStatus, Usage};
 
 /// Longest text of one message, argument list or tool result kept in an event, in bytes.
@@ -40,6 +41,8 @@ pub struct Capabilities {
     tool_counts: Mutex<BTreeMap<(String, String), (u64, u64)>>,
     /// Outbound HTTP of agents and tools.
     outbound: Outbound,
+    /// The secrets their requests may carry.
+    secrets: Secrets,
 }
 
 /// Tool calls of one agent to one tool, since the host started.
@@ -73,6 +76,7 @@ impl Capabilities {
             tool_runtime: None,
             tool_counts: Mutex::default(),
             outbound: Outbound::default(),
+            secrets: Secrets::empty(),
         })
     }
 
@@ -82,14 +86,16 @@ impl Capabilities {
         models: Arc<ModelGateway>,
         tools: Option<(Arc<dyn ToolRegistry>, Arc<WasmRuntime>)>,
     ) -> Arc<Self> {
-        Self::with_outbound(models, tools, Outbound::default())
+        Self::with_outbound(models, tools, Outbound::default(), Secrets::empty())
     }
 
-    /// [`Capabilities::new`], with agents' and tools' HTTP requests sent by `outbound`.
+    /// [`Capabilities::new`], with agents' and tools' HTTP requests sent by `outbound`, carrying
+    /// the `secrets` their manifests grant them.
     pub fn with_outbound(
         models: Arc<ModelGateway>,
         tools: Option<(Arc<dyn ToolRegistry>, Arc<WasmRuntime>)>,
         outbound: Outbound,
+        secrets: Secrets,
     ) -> Arc<Self> {
         let (tools, tool_runtime) = tools.unzip();
         Arc::new(Self {
@@ -98,12 +104,18 @@ impl Capabilities {
             tool_runtime,
             tool_counts: Mutex::default(),
             outbound,
+            secrets,
         })
     }
 
     /// The host's outbound HTTP.
     pub fn outbound(&self) -> &Outbound {
         &self.outbound
+    }
+
+    /// The host's secrets.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// Tool calls so far, by agent and tool.

@@ -36,6 +36,7 @@ use crate::outbound::{
     ErrorKind, Exchange, OutboundError, RunOutbound, event_url_of, request_too_large,
 };
 use crate::sandbox::{Control, RunContext};
+use crate::secrets::Secrets;
 
 /// The outbound HTTP of one store: the `wasi:http` context and what its requests are held to.
 pub(crate) struct HttpState {
@@ -51,6 +52,9 @@ struct Hooks {
     events: Option<RunContext>,
     /// Whose abort ends a request in flight.
     control: Option<Arc<Control>>,
+    /// The host's secrets, and those the run may use.
+    secrets: Secrets,
+    granted: Arc<[String]>,
 }
 
 impl HttpState {
@@ -60,6 +64,7 @@ impl HttpState {
     }
 
     /// Requests under `outbound`, recorded on `events` (if given), ended by `control`'s abort.
+    /// No secret is substituted.
     pub(crate) fn new(
         outbound: Option<RunOutbound>,
         events: Option<RunContext>,
@@ -71,8 +76,19 @@ impl HttpState {
                 outbound,
                 events,
                 control,
+                secrets: Secrets::empty(),
+                granted: Arc::from([]),
             },
         }
+    }
+
+    /// Substitutes the placeholders of `granted` (of `secrets`) in the requests' headers (and
+    /// bodies, for secrets that allow it) just before they are sent, and redacts every message
+    /// with `secrets`.
+    pub(crate) fn with_secrets(mut self, secrets: Secrets, granted: &[String]) -> Self {
+        self.hooks.secrets = secrets;
+        self.hooks.granted = Arc::from(granted);
+        self
     }
 }
 
@@ -118,6 +134,8 @@ impl WasiHttpHooks for Hooks {
         let outbound = self.outbound.clone();
         let events = self.events.clone();
         let control = self.control.clone();
+        let secrets = self.secrets.clone();
+        let granted = Arc::clone(&self.granted);
         Box::new(async move {
             let (parts, body) = request.into_parts();
             let method = parts.method.to_string();
@@ -134,11 +152,26 @@ impl WasiHttpHooks for Hooks {
             let exchange = async {
                 let checked = checked?;
                 let _permit = outbound.permit().await;
-                let body = collect(body, outbound.limits().max_request_bytes).await?;
+                let mut body = collect(body, outbound.limits().max_request_bytes).await?;
+                let mut headers = parts.headers;
+                let applied = match secrets.needs_body(&granted) {
+                    true => {
+                        let mut bytes = body.to_vec();
+                        let applied = secrets
+                            .apply(&granted, &checked.target, &mut headers, Some(&mut bytes))
+                            .await;
+                        body = Bytes::from(bytes);
+                        applied
+                    }
+                    false => {
+                        secrets
+                            .apply(&granted, &checked.target, &mut headers, None)
+                            .await
+                    }
+                };
+                applied.map_err(|e| OutboundError::new(ErrorKind::Denied, e.to_string()))?;
                 sent_bytes = body.len() as u64;
-                outbound
-                    .send(&checked, parts.method, parts.headers, body)
-                    .await
+                outbound.send(&checked, parts.method, headers, body).await
             };
             let aborted = async {
                 match &control {
@@ -153,6 +186,12 @@ impl WasiHttpHooks for Hooks {
                     "the run was cancelled while the request was in flight",
                 )),
             };
+            // Whatever a message quotes of the request, no secret's value is in it.
+            let result = result.map_err(|mut e| {
+                e.message = secrets.redact(&e.message).into_owned();
+                e
+            });
+            let url = secrets.redact(&url).into_owned();
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             if let Some(events) = &events {
                 let payload = match &result {

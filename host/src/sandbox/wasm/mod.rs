@@ -493,7 +493,8 @@ impl WasmRuntime {
                 Some(caps.outbound().for_run(spec.outbound.clone())),
                 Some(ctx.clone()),
                 Some(Arc::clone(ctx.control())),
-            ),
+            )
+            .with_secrets(caps.secrets().clone(), &spec.secrets),
         };
         let mut store = match self.store(
             state,
