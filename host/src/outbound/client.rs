@@ -425,3 +425,36 @@ impl reqwest::dns::Resolve for PublicOnly {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(patterns: &[&str], uri: &str) -> Result<Checked, OutboundError> {
+        let list = AllowList::parse(patterns).expect("patterns");
+        let uri: Uri = uri.parse().expect("uri");
+        Outbound::default().for_run(list).check(&uri)
+    }
+
+    #[test]
+    fn urls_without_a_host_or_with_a_foreign_scheme_are_refused() {
+        let any = ["*://*:*"];
+        for uri in [
+            "/relative",
+            "ftp://example.com/",
+            "http://user:pw@example.com/",
+        ] {
+            let error = check(&any, uri).expect_err(uri);
+            assert_eq!(error.kind, ErrorKind::UriInvalid, "{uri}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_host_the_client_would_read_as_an_address_is_refused() {
+        // `0x7f.1` is a name to the policy and 127.0.0.1 to a URL parser.
+        let error = check(&["http://*"], "http://0x7f.1/").expect_err("refused");
+        assert_eq!(error.kind, ErrorKind::Denied, "{error}");
+        let ok = check(&["http://*"], "http://Example.COM/a/b?q=secret").expect("allowed");
+        assert_eq!(ok.event_url(), "http://example.com:80/a/b");
+    }
+}
