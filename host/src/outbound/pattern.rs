@@ -392,13 +392,13 @@ mod tests {
     use super::*;
 
     fn target(url: &str) -> Target {
-        Target::from_url(url).expect("valid")
+        Target::from_url(url).expect("a URL")
     }
 
     fn allows(pattern: &str, url: &str) -> Option<Allowance> {
         pattern
             .parse::<HostPattern>()
-            .expect("valid")
+            .expect("a pattern")
             .allows(&target(url))
     }
 
@@ -495,7 +495,7 @@ mod tests {
             "https://127.1",
             "https://",
         ] {
-            let error = bad.parse::<HostPattern>().expect_err("invalid");
+            let error = bad.parse::<HostPattern>().expect_err("a bad pattern");
             assert_eq!(error.text, bad, "{error}");
         }
     }
@@ -511,7 +511,7 @@ mod tests {
         );
         assert_eq!(
             Target::new(Scheme::Http, "[::1]:81")
-                .expect("valid")
+                .expect("an authority")
                 .to_string(),
             "http://[::1]:81"
         );
@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn a_list_takes_the_strongest_allowance() {
-        let list = AllowList::parse(&["*://*:*", "http://127.0.0.1:9000"]).expect("valid");
+        let list = AllowList::parse(&["*://*:*", "http://127.0.0.1:9000"]).expect("patterns");
         assert_eq!(
             list.allows(&target("http://127.0.0.1:9000")),
             Some(Allowance::Named)
