@@ -554,7 +554,8 @@ async fn placeholders_are_replaced_only_for_the_secrets_hosts() {
     );
     let value = "s3cr3t-value-9f2c";
     let host = Host::start(agents, &config, &[("SAMPLE_API_A_TOKEN", value)]).await;
-    let headers = json!({ "authorization": "Bearer DROVER_SECRET_sample-api-a" });
+    // The guest has the placeholder in its environment, and only that.
+    let headers = json!({ "authorization": "Bearer ${DROVER_SECRET_SAMPLE_API_A}" });
 
     let (ok, events) = host
         .fetch(
@@ -570,9 +571,15 @@ async fn placeholders_are_replaced_only_for_the_secrets_hosts() {
     // Another host (the same server under another name), or an agent not granted the secret:
     // refused, nothing sent.
     let hits = server.seen.hits.load(Ordering::SeqCst);
-    for (agent, url) in [
-        ("granted", format!("http://localhost:{port}/echo")),
-        ("ungranted", format!("http://127.0.0.1:{port}/echo")),
+    // (The agent that was not granted it has no such variable: it writes the placeholder out.)
+    let written_out = json!({ "authorization": "Bearer DROVER_SECRET_sample-api-a" });
+    for (agent, url, headers) in [
+        ("granted", format!("http://localhost:{port}/echo"), &headers),
+        (
+            "ungranted",
+            format!("http://127.0.0.1:{port}/echo"),
+            &written_out,
+        ),
     ] {
         let view = host
             .run(agent, json!({ "url": url, "headers": headers }))

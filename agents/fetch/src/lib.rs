@@ -1,7 +1,7 @@
 //! Sends the HTTP requests its input describes and returns what came back.
 //!
 //! Input: one request, `{"method": "GET", "url": "…", "headers": {"name": "value"}, "body":
-//! "…"}`, or several, `{"requests": [ … ]}`, which are all sent before any answer is read (so
+//! "…"}` (`${VAR}` in a header value is replaced by the environment variable `VAR`), or several, `{"requests": [ … ]}`, which are all sent before any answer is read (so
 //! they are in flight at once). Output: for each request `{"status": 200, "body": "…",
 //! "location": "…"}`, or `{"error": {"tag": "Denied", "message": "…"}}`; several come back as
 //! `{"results": [ … ]}`.
@@ -40,8 +40,28 @@ struct Fetch;
 
 fn request(spec: Spec) -> Request {
     let mut request = Request::new(spec.method, spec.url).body(spec.body.into_bytes());
-    request.headers = spec.headers.into_iter().collect();
+    request.headers = spec
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, expand(&value)))
+        .collect();
     request
+}
+
+/// `value` with each `${VAR}` replaced by the environment variable `VAR` (empty if unset).
+fn expand(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&std::env::var(&rest[start + 2..start + len]).unwrap_or_default());
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn outcome(result: Result<http::Response, http::Error>) -> Value {

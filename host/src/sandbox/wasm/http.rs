@@ -179,6 +179,14 @@ impl WasiHttpHooks for Hooks {
                     None => std::future::pending().await,
                 }
             };
+            // While the request is in flight the run gives its CPU slot back, as for a model
+            // call.
+            let exchange = async {
+                match &events {
+                    Some(events) => events.waiting(exchange).await,
+                    None => exchange.await,
+                }
+            };
             let result = tokio::select! {
                 result = exchange => result,
                 _ = aborted => Err(OutboundError::new(

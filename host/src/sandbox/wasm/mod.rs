@@ -653,6 +653,14 @@ fn build_wasi(
     for (key, value) in &spec.env {
         wasi.env(key, value);
     }
+    // The guest knows a granted secret only by its placeholder, which the host replaces in
+    // requests to the secret's hosts.
+    for name in &spec.secrets {
+        wasi.env(
+            crate::secrets::env_var(name),
+            crate::secrets::placeholder(name),
+        );
+    }
     wasi.stdout(capture.stdout()).stderr(capture.stderr());
     if let Some(scratch) = scratch {
         wasi.preopened_dir(&scratch.path, "/scratch", FsPerms::ReadWrite)?;
