@@ -456,6 +456,34 @@ async fn a_request_that_gets_no_answer_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_time_limit_ends_a_run_blocked_in_a_request() {
+    let server = serve().await;
+    let port = server.port;
+    let agents = AgentDir::new();
+    agents.add(
+        "short",
+        FETCH,
+        Some(&format!(
+            "{}[limits]\ntimeout-ms = 500\n",
+            manifest(&[format!("http://127.0.0.1:{port}")])
+        )),
+    );
+    let config = format!("[outbound]\nallowed-hosts = [\"http://127.0.0.1:{port}\"]\n");
+    let host = Host::start(agents, &config, &[]).await;
+    let view = host
+        .run(
+            "short",
+            json!({ "url": format!("http://127.0.0.1:{port}/hang") }),
+        )
+        .await;
+    assert_eq!(view.job.status, JobStatus::Failed, "{:?}", view.run);
+    let error = view.run.and_then(|r| r.error).expect("error");
+    assert_eq!(error.tag, "Timeout", "{error:?}");
+    assert_eq!(server.seen.hits.load(Ordering::SeqCst), 1);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_ends_a_run_blocked_in_a_request() {
     let server = serve().await;
     let port = server.port;
