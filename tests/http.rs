@@ -387,11 +387,22 @@ async fn bodies_are_held_to_their_limits() {
     let server = serve().await;
     let port = server.port;
     let agents = AgentDir::new();
-    agents.add(
-        "named",
-        FETCH,
-        Some(&manifest(&[format!("http://127.0.0.1:{port}")])),
-    );
+    let allowed = manifest(&[format!("http://127.0.0.1:{port}")]);
+    agents
+        .add("named", FETCH, Some(&allowed))
+        // A manifest may lower the host's limits, not raise them.
+        .add(
+            "tight",
+            FETCH,
+            Some(&format!("{allowed}[limits]\nmax-response-bytes = 4\n")),
+        )
+        .add(
+            "greedy",
+            FETCH,
+            Some(&format!(
+                "{allowed}[limits]\nmax-response-bytes = \"4MiB\"\n"
+            )),
+        );
     let config = format!(
         "[outbound]\nallowed-hosts = [\"http://127.0.0.1:{port}\"]\nmax-response-bytes = 65536\n\
          max-request-bytes = 1024\n"
@@ -404,6 +415,18 @@ async fn bodies_are_held_to_their_limits() {
         .await;
     assert_eq!(error_tag(&big), "ResponseTooLarge", "{big}");
     assert_eq!(events[0]["error"], "response-too-large", "{events:?}");
+    let (greedy, _) = host
+        .fetch("greedy", json!({ "url": format!("{base}/big") }))
+        .await;
+    assert_eq!(error_tag(&greedy), "ResponseTooLarge", "{greedy}");
+    let (ok, _) = host
+        .fetch("named", json!({ "url": format!("{base}/ok") }))
+        .await;
+    assert_eq!(ok["body"], "hello", "{ok}");
+    let (tight, _) = host
+        .fetch("tight", json!({ "url": format!("{base}/ok") }))
+        .await;
+    assert_eq!(error_tag(&tight), "ResponseTooLarge", "{tight}");
 
     let small = "a".repeat(1000);
     let (echoed, _) = host

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{AllowList, OutboundConfig, Scheme, Target, addr, decide, non_public};
+use super::{AllowList, HttpLimits, OutboundConfig, Scheme, Target, addr, decide, non_public};
 
 /// The limits each request of a run is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +83,14 @@ impl Outbound {
         self.inner.limits
     }
 
-    /// The outbound HTTP of one run (or tool call) whose manifest allows `manifest`.
-    pub fn for_run(&self, manifest: AllowList) -> RunOutbound {
-        let limits = self.inner.limits;
+    /// The outbound HTTP of one run (or tool call) whose manifest allows `manifest` and
+    /// lowers the host's limits to `lower`.
+    pub fn for_run(&self, manifest: AllowList, lower: &HttpLimits) -> RunOutbound {
+        let limits = self.inner.limits.lowered(lower);
         RunOutbound {
             outbound: self.clone(),
             manifest,
+            limits,
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests as usize)),
         }
     }
@@ -151,6 +153,7 @@ pub fn event_url_of(uri: &Uri) -> String {
 pub struct RunOutbound {
     outbound: Outbound,
     manifest: AllowList,
+    limits: SendLimits,
     permits: Arc<Semaphore>,
 }
 
@@ -168,7 +171,7 @@ pub struct Exchange {
 impl RunOutbound {
     /// The limits each request is held to.
     pub fn limits(&self) -> SendLimits {
-        self.outbound.inner.limits
+        self.limits
     }
 
     /// Checks a request's URI against the policy. A URI without a scheme or a host (a relative
@@ -433,7 +436,9 @@ mod tests {
     fn check(patterns: &[&str], uri: &str) -> Result<Checked, OutboundError> {
         let list = AllowList::parse(patterns).expect("patterns");
         let uri: Uri = uri.parse().expect("uri");
-        Outbound::default().for_run(list).check(&uri)
+        Outbound::default()
+            .for_run(list, &HttpLimits::default())
+            .check(&uri)
     }
 
     #[test]

@@ -145,6 +145,43 @@ impl OutboundConfig {
     }
 }
 
+/// Lower limits an agent's manifest may set on its runs' requests (`[limits]`); each `None`, or
+/// above the host's, leaves the host's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpLimits {
+    /// `max-concurrent-requests`.
+    pub max_concurrent_requests: Option<u32>,
+    /// `max-request-bytes`.
+    pub max_request_bytes: Option<u64>,
+    /// `max-response-bytes`.
+    pub max_response_bytes: Option<u64>,
+    /// `request-timeout-ms`.
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl SendLimits {
+    /// These limits, lowered where `lower` sets a lower one.
+    pub fn lowered(self, lower: &HttpLimits) -> Self {
+        Self {
+            max_concurrent_requests: lower
+                .max_concurrent_requests
+                .map_or(self.max_concurrent_requests, |n| {
+                    n.clamp(1, self.max_concurrent_requests)
+                }),
+            max_request_bytes: lower
+                .max_request_bytes
+                .map_or(self.max_request_bytes, |n| n.min(self.max_request_bytes)),
+            max_response_bytes: lower
+                .max_response_bytes
+                .map_or(self.max_response_bytes, |n| n.min(self.max_response_bytes)),
+            request_timeout: lower.request_timeout_ms.map_or(self.request_timeout, |ms| {
+                Duration::from_millis(ms).min(self.request_timeout)
+            }),
+        }
+    }
+}
+
 /// Whether `target` may be reached by an agent whose manifest allows `manifest`, on a host whose
 /// operator allows `operator` (none: no operator list); `Ok(true)` when non-public addresses
 /// may be reached too (both lists name the host).

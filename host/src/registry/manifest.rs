@@ -182,6 +182,14 @@ pub struct LimitOverrides {
     pub scratch_bytes: Option<Quantity>,
     /// Files and directories the scratch directory may hold.
     pub scratch_files: Option<Quantity>,
+    /// HTTP requests in flight at once (at most the host's `[outbound]` value).
+    pub max_concurrent_requests: Option<Quantity>,
+    /// Largest HTTP request body (at most the host's).
+    pub max_request_bytes: Option<Quantity>,
+    /// Largest HTTP response body (at most the host's).
+    pub max_response_bytes: Option<Quantity>,
+    /// Longest one HTTP request may take, in milliseconds (at most the host's).
+    pub request_timeout_ms: Option<Quantity>,
 }
 
 /// A number, a size with a unit (`"64MiB"`), or `"unlimited"` / `"none"`.
@@ -395,6 +403,16 @@ impl Manifest {
         if let Some(q) = &o.max_log_bytes {
             limits.max_log_bytes = finite(q).unwrap_or(u64::MAX);
         }
+        limits.http = crate::outbound::HttpLimits {
+            max_concurrent_requests: o
+                .max_concurrent_requests
+                .as_ref()
+                .and_then(finite)
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            max_request_bytes: o.max_request_bytes.as_ref().and_then(finite),
+            max_response_bytes: o.max_response_bytes.as_ref().and_then(finite),
+            request_timeout_ms: o.request_timeout_ms.as_ref().and_then(finite),
+        };
         if let Some(q) = &o.max_event_total_bytes {
             limits.max_event_total_bytes = finite(q);
         }

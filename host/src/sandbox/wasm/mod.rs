@@ -490,7 +490,7 @@ impl WasmRuntime {
             tool_control: None,
             caps: Some(caps.for_run(spec, ctx.clone())),
             http: http::HttpState::new(
-                Some(caps.outbound().for_run(spec.outbound.clone())),
+                Some(caps.outbound().for_run(spec.outbound.clone(), &limits.http)),
                 Some(ctx.clone()),
                 Some(Arc::clone(ctx.control())),
             )

@@ -339,7 +339,7 @@ impl WasmRuntime {
             deadline,
             Arc::clone(control),
             HttpState::new(
-                outbound.map(|o| o.for_run(tool.outbound.clone())),
+                outbound.map(|o| o.for_run(tool.outbound.clone(), &limits.http)),
                 None,
                 Some(Arc::clone(control)),
             ),
