@@ -85,6 +85,7 @@
 use std::time::Duration;
 
 mod agent_loop;
+pub mod http;
 
 pub use agent_loop::{LoopOptions, model, run_loop, tools};
 

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::ApiTokenConfig;
 use crate::model::ModelsConfig;
 use crate::queue::FairShare;
+use crate::outbound::OutboundConfig;
 use crate::secrets::SecretsConfig;
 
 /// Everything `drover.toml` configures.
@@ -45,6 +46,9 @@ pub struct HostConfig {
     /// SIGHUP.
     #[serde(default)]
     pub api_tokens: Vec<ApiTokenConfig>,
+    /// Outbound HTTP from agents and tools (`[outbound]`).
+    #[serde(default)]
+    pub outbound: OutboundConfig,
     /// The secrets agents may use without seeing them (`[secrets.<name>]`).
     #[serde(default)]
     pub secrets: SecretsConfig,
@@ -93,6 +97,7 @@ impl HostConfig {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         config.models.validate().map_err(|e| e.to_string())?;
         crate::api::auth::validate_tokens(&config.api_tokens)?;
+        config.outbound.validate()?;
         config.secrets.validate().map_err(|e| e.to_string())?;
         if let Some(fair_share) = &config.fair_share {
             fair_share.validate()?;

@@ -13,6 +13,7 @@ const AGENTS: &[(&str, &str)] = &[
     ("math", "math.wasm"),
     ("queue-worker", "queue_worker.wasm"),
     ("chaos", "chaos.wasm"),
+    ("fetch", "fetch.wasm"),
 ];
 
 /// Tool crates (under `agents/tools/`) and the file name cargo gives their component.
@@ -20,6 +21,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("calc", "calc.wasm"),
     ("json-query", "json_query.wasm"),
     ("bad-tool", "bad_tool.wasm"),
+    ("http-get", "http_get.wasm"),
 ];
 
 fn main() {

@@ -20,6 +20,7 @@ use crate::api::metrics::Metrics;
 use crate::config::HostConfig;
 use crate::db::{Db, DbOptions, SyncMode};
 use crate::model::ModelGateway;
+use crate::outbound::Outbound;
 use crate::pool::{DEFAULT_MAX_WAITING_RUNS, PoolConfig, PoolDeps, WorkerPool};
 use crate::queue::{Queue, QueueOptions};
 use crate::registry::dir::LoadProblem;
@@ -212,9 +213,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(path = %problem.path.display(), "skipped: {}", problem.error);
     }
     let tools: Arc<dyn ToolRegistry> = registry.clone();
-    let caps = Capabilities::new(
+    let outbound = Outbound::new(&config.outbound).map_err(anyhow::Error::msg)?;
+    // Reads the secrets' values now: a missing one stops the host here.
+    let secrets =
+        Secrets::new(&config.secrets, reqwest::Client::new()).context("cannot load the secrets")?;
+    let caps = Capabilities::with_outbound(
         Arc::new(models.clone()),
         Some((tools, Arc::clone(&runtime))),
+        outbound,
+        secrets,
     );
     for problem in capability_problems(&registry, &caps, &secrets) {
         tracing::warn!(path = %problem.path.display(), "{}", problem.error);

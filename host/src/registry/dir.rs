@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::tools::{ToolRegistry, ToolShelf, ToolSpec};
 use super::{AgentCode, AgentSpec, DeclarativeAgent, Manifest, Registry, Schema};
+use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 use crate::sandbox::wasm::{WasmRuntime, human_bytes};
 
@@ -364,6 +365,9 @@ impl DirRegistry {
         spec.tools = manifest.tools;
         spec.secrets = manifest.secrets;
         spec.quota = manifest.quota;
+        spec.outbound = AllowList::parse(&manifest.allowed_outbound_hosts)
+            .map_err(|e| manifest_error(format!("allowed-outbound-hosts: {e}")))?;
+        spec.secrets = manifest.secrets;
         spec.source = Some(path.to_path_buf());
         Ok(spec)
     }
@@ -576,6 +580,8 @@ fn load_declarative(path: &Path) -> Result<AgentSpec, String> {
         tools: manifest.tools,
         secrets: Vec::new(),
         quota: manifest.quota,
+        outbound: AllowList::default(),
+        secrets: Vec::new(),
         source: Some(path.to_path_buf()),
         code: AgentCode::Declarative(Arc::new(DeclarativeAgent {
             system_prompt,

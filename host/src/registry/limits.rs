@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::outbound::HttpLimits;
 use crate::queue::Lifecycle;
 
 /// What one run of an agent may use. The wasm sandbox enforces every limit; the none sandbox
@@ -69,6 +70,8 @@ pub struct Limits {
     /// Files and directories the run's scratch directory may hold; going past it fails the run
     /// with `DiskLimit`.
     pub scratch_files: u64,
+    /// Lower limits than the host's `[outbound]` ones on the run's HTTP requests.
+    pub http: HttpLimits,
 }
 
 /// Default size of a run's scratch directory.
@@ -141,6 +144,7 @@ impl Limits {
                 max_log_bytes: 64 << 10,
                 scratch_bytes: DEFAULT_SCRATCH_BYTES,
                 scratch_files: DEFAULT_SCRATCH_FILES,
+                http: HttpLimits::default(),
             },
             Lifecycle::LongLived => Self {
                 fuel: None,
@@ -155,6 +159,7 @@ impl Limits {
                 max_log_bytes: 1 << 20,
                 scratch_bytes: DEFAULT_SCRATCH_BYTES,
                 scratch_files: DEFAULT_SCRATCH_FILES,
+                http: HttpLimits::default(),
             },
         }
     }
@@ -174,6 +179,7 @@ impl Limits {
             max_log_bytes,
             scratch_bytes: u64::MAX,
             scratch_files: u64::MAX,
+            http: HttpLimits::default(),
         }
     }
 }

@@ -90,6 +90,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ByteRate, EventRate, Limits, Quota};
+use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 
 /// A manifest that could not be used.
@@ -130,6 +131,10 @@ pub struct Manifest {
     /// Tools the agent may call.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Hosts the agent may send HTTP requests to (`scheme://host:port` patterns; none: no
+    /// network).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
     /// Host secrets the agent may use, by name (it sees only their placeholders).
     #[serde(default)]
     pub secrets: Vec<String>,
@@ -182,6 +187,14 @@ pub struct LimitOverrides {
     pub scratch_bytes: Option<Quantity>,
     /// Files and directories the scratch directory may hold.
     pub scratch_files: Option<Quantity>,
+    /// HTTP requests in flight at once (at most the host's `[outbound]` value).
+    pub max_concurrent_requests: Option<Quantity>,
+    /// Largest HTTP request body (at most the host's).
+    pub max_request_bytes: Option<Quantity>,
+    /// Largest HTTP response body (at most the host's).
+    pub max_response_bytes: Option<Quantity>,
+    /// Longest one HTTP request may take, in milliseconds (at most the host's).
+    pub request_timeout_ms: Option<Quantity>,
 }
 
 /// A number, a size with a unit (`"64MiB"`), or `"unlimited"` / `"none"`.
@@ -301,6 +314,8 @@ impl Manifest {
                 crate::secrets::PLACEHOLDER_PREFIX
             ));
         }
+        AllowList::parse(&manifest.allowed_outbound_hosts)
+            .map_err(|e| format!("allowed-outbound-hosts: {e}"))?;
         if let Some(model) = &manifest.model {
             validate_name("model", model)?;
         }
@@ -347,6 +362,10 @@ impl Manifest {
             ("stop-grace-ms", self.stop_grace_ms.is_some()),
             ("max-restarts", self.max_restarts.is_some()),
             ("[env]", !self.env.is_empty()),
+            (
+                "allowed-outbound-hosts",
+                !self.allowed_outbound_hosts.is_empty(),
+            ),
             ("secrets", !self.secrets.is_empty()),
         ]
         .into_iter()
@@ -398,6 +417,16 @@ impl Manifest {
         if let Some(q) = &o.max_log_bytes {
             limits.max_log_bytes = finite(q).unwrap_or(u64::MAX);
         }
+        limits.http = crate::outbound::HttpLimits {
+            max_concurrent_requests: o
+                .max_concurrent_requests
+                .as_ref()
+                .and_then(finite)
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            max_request_bytes: o.max_request_bytes.as_ref().and_then(finite),
+            max_response_bytes: o.max_response_bytes.as_ref().and_then(finite),
+            request_timeout_ms: o.request_timeout_ms.as_ref().and_then(finite),
+        };
         if let Some(q) = &o.max_event_total_bytes {
             limits.max_event_total_bytes = finite(q);
         }

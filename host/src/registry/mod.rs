@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 use crate::sandbox::wasm::WasmAgent;
 
@@ -153,6 +154,11 @@ pub struct AgentSpec {
     pub secrets: Vec<String>,
     /// Per-run budgets.
     pub quota: Quota,
+    /// Hosts its runs may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
+    #[serde(skip)]
+    pub outbound: AllowList,
+    /// Secrets its requests may carry (its manifest's `secrets`).
+    pub secrets: Vec<String>,
     /// Where the code came from (a `.wasm` file, or a declarative agent's `.toml`), if anywhere.
     pub source: Option<PathBuf>,
     /// The code.
@@ -186,6 +192,8 @@ impl AgentSpec {
             tools: Vec::new(),
             secrets: Vec::new(),
             quota: Quota::default(),
+            outbound: AllowList::default(),
+            secrets: Vec::new(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
         }
@@ -212,6 +220,8 @@ impl AgentSpec {
             tools: Vec::new(),
             secrets: Vec::new(),
             quota: Quota::default(),
+            outbound: AllowList::default(),
+            secrets: Vec::new(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
         })

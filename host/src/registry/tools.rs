@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::dir::{LoadProblem, ScanReport};
 use super::manifest::{Quantity, apply_call_limits};
 use super::{Limits, Schema};
+use crate::outbound::AllowList;
 use crate::sandbox::wasm::{WasmRuntime, WasmToolbox, human_bytes};
 
 /// Default fuel of one tool call.
@@ -67,6 +68,9 @@ pub struct ToolSpec {
     pub component: String,
     /// What one call may use.
     pub limits: Limits,
+    /// Hosts a call may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
+    #[serde(skip)]
+    pub outbound: AllowList,
     /// Where the component came from, if from a file.
     pub source: Option<PathBuf>,
     /// The code.
@@ -127,6 +131,7 @@ impl ToolSpec {
                     output_schema: output.map(|(_, schema)| schema),
                     component: component.to_string(),
                     limits: Self::default_limits(),
+                    outbound: AllowList::default(),
                     source: None,
                     code: Arc::clone(&code),
                 })
@@ -197,6 +202,9 @@ pub struct ToolManifest {
     /// Limits of every call of the component's tools.
     #[serde(default)]
     pub limits: ToolLimitOverrides,
+    /// Hosts the component's tools may send HTTP requests to (none: no network).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// Limit overrides in a tool manifest.
@@ -505,6 +513,8 @@ async fn load(path: &Path, runtime: &WasmRuntime) -> Result<Vec<ToolSpec>, Strin
     let limits = manifest
         .limits(runtime.max_memory_bytes())
         .map_err(manifest_error)?;
+    let outbound = AllowList::parse(&manifest.allowed_outbound_hosts)
+        .map_err(|e| manifest_error(format!("allowed-outbound-hosts: {e}")))?;
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -528,6 +538,7 @@ async fn load(path: &Path, runtime: &WasmRuntime) -> Result<Vec<ToolSpec>, Strin
     }
     for spec in &mut specs {
         spec.limits = limits.clone();
+        spec.outbound = outbound.clone();
         spec.source = Some(path.to_path_buf());
     }
     Ok(specs)

@@ -24,7 +24,9 @@ use serde_json::value::RawValue;
 use super::wasm::{ToolOutcome, WasmRuntime};
 use super::{Failure, RunContext};
 use crate::model::{ChatRequest, ChatResponse, Message, ModelGateway};
+use crate::outbound::Outbound;
 use crate::registry::{AgentSpec, Quota, ToolRegistry, ToolSpec};
+use crate::secrets::Secrets;
 use crate::store::{RunStatus, Usage};
 
 /// Longest text of one message, argument list or tool result kept in an event, in bytes.
@@ -37,6 +39,10 @@ pub struct Capabilities {
     tool_runtime: Option<Arc<WasmRuntime>>,
     /// Tool calls and failures so far, by agent and tool.
     tool_counts: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+    /// Outbound HTTP of agents and tools.
+    outbound: Outbound,
+    /// The secrets their requests may carry.
+    secrets: Secrets,
 }
 
 /// Tool calls of one agent to one tool, since the host started.
@@ -69,13 +75,27 @@ impl Capabilities {
             tools: None,
             tool_runtime: None,
             tool_counts: Mutex::default(),
+            outbound: Outbound::default(),
+            secrets: Secrets::empty(),
         })
     }
 
     /// Models from `models`; tools from `tools`, run on `runtime`.
+    /// Outbound HTTP has the default `[outbound]` settings: see [`Capabilities::with_outbound`].
     pub fn new(
         models: Arc<ModelGateway>,
         tools: Option<(Arc<dyn ToolRegistry>, Arc<WasmRuntime>)>,
+    ) -> Arc<Self> {
+        Self::with_outbound(models, tools, Outbound::default(), Secrets::empty())
+    }
+
+    /// [`Capabilities::new`], with agents' and tools' HTTP requests sent by `outbound`, carrying
+    /// the `secrets` their manifests grant them.
+    pub fn with_outbound(
+        models: Arc<ModelGateway>,
+        tools: Option<(Arc<dyn ToolRegistry>, Arc<WasmRuntime>)>,
+        outbound: Outbound,
+        secrets: Secrets,
     ) -> Arc<Self> {
         let (tools, tool_runtime) = tools.unzip();
         Arc::new(Self {
@@ -83,7 +103,19 @@ impl Capabilities {
             tools,
             tool_runtime,
             tool_counts: Mutex::default(),
+            outbound,
+            secrets,
         })
+    }
+
+    /// The host's outbound HTTP.
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
+    /// The host's secrets.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// Tool calls so far, by agent and tool.
@@ -505,7 +537,9 @@ impl RunCapabilities {
                     message: "this host runs no tools".into(),
                     retryable: false,
                 }),
-                Some(runtime) => Ok(runtime.call_tool(&tool, input, self.ctx.control()).await),
+                Some(runtime) => Ok(runtime
+                    .call_tool_under(&tool, input, self.ctx.control(), &self.caps.outbound)
+                    .await),
             },
         };
         let (result, payload) = match outcome {

@@ -18,6 +18,8 @@ pub const MATH: &str = env!("DROVER_AGENT_MATH");
 pub const QUEUE_WORKER: &str = env!("DROVER_AGENT_QUEUE_WORKER");
 /// The `chaos` component (misbehaves on request).
 pub const CHAOS: &str = env!("DROVER_AGENT_CHAOS");
+/// The `fetch` component (sends the HTTP requests its input describes).
+pub const FETCH: &str = env!("DROVER_AGENT_FETCH");
 
 /// The `calc` tool component (`agents/tools/calc`).
 pub const TOOL_CALC: &str = env!("DROVER_TOOL_CALC");
@@ -25,6 +27,8 @@ pub const TOOL_CALC: &str = env!("DROVER_TOOL_CALC");
 pub const TOOL_JSON_QUERY: &str = env!("DROVER_TOOL_JSON_QUERY");
 /// The `bad-tool` tool component (misbehaves on request).
 pub const TOOL_BAD: &str = env!("DROVER_TOOL_BAD_TOOL");
+/// The `http-get` tool component (fetches a URL).
+pub const TOOL_HTTP_GET: &str = env!("DROVER_TOOL_HTTP_GET");
 
 /// A compiled-component cache shared by every test, so each component compiles once.
 pub fn cache_dir() -> PathBuf {

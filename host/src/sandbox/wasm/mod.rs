@@ -25,6 +25,7 @@ mod budget;
 mod calls;
 mod compat;
 mod engine;
+mod http;
 mod scratch;
 mod state;
 mod stdio;
@@ -223,6 +224,8 @@ impl WasmRuntime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let linked = [
             bindings::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
                 &mut linker,
@@ -348,6 +351,7 @@ impl WasmRuntime {
             scratch_quota: None,
             tool_control: None,
             caps: None,
+            http: http::HttpState::none(),
         };
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -487,6 +491,12 @@ impl WasmRuntime {
                 }),
             tool_control: None,
             caps: Some(caps.for_run(spec, ctx.clone())),
+            http: http::HttpState::new(
+                Some(caps.outbound().for_run(spec.outbound.clone(), &limits.http)),
+                Some(ctx.clone()),
+                Some(Arc::clone(ctx.control())),
+            )
+            .with_secrets(caps.secrets().clone(), &spec.secrets),
         };
         let mut store = match self.store(
             state,

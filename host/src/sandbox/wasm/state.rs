@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::drover::agent::{host, types};
 use super::budget::HostWork;
+use super::http::HttpState;
 use super::human_bytes;
 use super::scratch::ScratchQuota;
 use super::stdio::Capture;
@@ -52,6 +53,8 @@ pub(crate) struct HostState {
     pub(crate) tool_control: Option<Arc<Control>>,
     /// The run's model and tool calls (none while a component describes itself, or in a tool).
     pub(crate) caps: Option<RunCapabilities>,
+    /// Its outbound HTTP requests (`wasi:http/outgoing-handler`).
+    pub(crate) http: HttpState,
 }
 
 impl WasiView for HostState {

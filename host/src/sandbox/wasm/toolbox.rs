@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 use wasmtime::Trap;
 
 use super::budget::{self, HostWork};
+use super::http::HttpState;
 use super::state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use super::stdio::Capture;
 use super::{
     DESCRIBE_FUEL, DESCRIBE_MEMORY, DESCRIBE_TIMEOUT, WasmError, WasmRuntime, bounded_table,
     bounded_wasi, human_bytes, trap, with_stderr,
 };
+use crate::outbound::Outbound;
 use crate::registry::ToolSpec;
 use crate::sandbox::{Control, bounded_error};
 
@@ -217,6 +219,7 @@ impl WasmRuntime {
             Some(DESCRIBE_MEMORY),
             Some(Instant::now() + DESCRIBE_TIMEOUT),
             control,
+            HttpState::none(),
         );
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -288,11 +291,36 @@ impl WasmRuntime {
     /// the output is checked after (its size, JSON, the tool's output schema). Ends early, with
     /// tag `Cancelled`, if `control` is aborted. Never fails otherwise than with a
     /// [`ToolFailure`] in the outcome.
+    ///
+    /// The tool gets no network: see [`WasmRuntime::call_tool_under`].
     pub async fn call_tool(
         &self,
         tool: &ToolSpec,
         input: &str,
         control: &Arc<Control>,
+    ) -> ToolOutcome {
+        self.call_tool_inner(tool, input, control, None).await
+    }
+
+    /// [`WasmRuntime::call_tool`], with the tool's HTTP requests sent by `outbound` under the
+    /// tool's own `allowed-outbound-hosts`.
+    pub async fn call_tool_under(
+        &self,
+        tool: &ToolSpec,
+        input: &str,
+        control: &Arc<Control>,
+        outbound: &Outbound,
+    ) -> ToolOutcome {
+        self.call_tool_inner(tool, input, control, Some(outbound))
+            .await
+    }
+
+    async fn call_tool_inner(
+        &self,
+        tool: &ToolSpec,
+        input: &str,
+        control: &Arc<Control>,
+        outbound: Option<&Outbound>,
     ) -> ToolOutcome {
         let started = Instant::now();
         if let Some(reason) = control.aborted() {
@@ -310,6 +338,11 @@ impl WasmRuntime {
             Some(limits.memory_bytes).filter(|m| *m != u64::MAX),
             deadline,
             Arc::clone(control),
+            HttpState::new(
+                outbound.map(|o| o.for_run(tool.outbound.clone(), &limits.http)),
+                None,
+                Some(Arc::clone(control)),
+            ),
         );
         // One call may copy at most the output limit (and a little more for the result's
         // framing) into the host: an output over it ends the call before it is copied.
@@ -398,6 +431,7 @@ fn tool_state(
     memory: Option<u64>,
     deadline: Option<Instant>,
     control: Arc<Control>,
+    http: HttpState,
 ) -> HostState {
     let mut wasi = bounded_wasi(&work);
     wasi.stdout(capture.stdout()).stderr(capture.stderr());
@@ -415,6 +449,7 @@ fn tool_state(
         scratch_quota: None,
         tool_control: Some(control),
         caps: None,
+        http,
     }
 }
 
