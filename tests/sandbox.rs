@@ -1559,6 +1559,8 @@ async fn a_native_agents_huge_failure_is_cut_to_size_too() {
             job_id: "loud".into(),
             agent_id: "loud".into(),
             attempt: 1,
+            tenant_id: None,
+            user_id: None,
         },
         None,
     );

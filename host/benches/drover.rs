@@ -244,6 +244,8 @@ async fn time_runs(
                 job_id: String::new(),
                 agent_id: spec.id.clone(),
                 attempt: 1,
+                tenant_id: None,
+                user_id: None,
             },
             None,
         );

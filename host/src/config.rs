@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::ApiTokenConfig;
 use crate::model::ModelsConfig;
-use crate::queue::FairShare;
 use crate::outbound::OutboundConfig;
+use crate::queue::FairShare;
 use crate::secrets::SecretsConfig;
 
 /// Everything `drover.toml` configures.

@@ -214,14 +214,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let tools: Arc<dyn ToolRegistry> = registry.clone();
     let outbound = Outbound::new(&config.outbound).map_err(anyhow::Error::msg)?;
-    // Reads the secrets' values now: a missing one stops the host here.
-    let secrets =
-        Secrets::new(&config.secrets, reqwest::Client::new()).context("cannot load the secrets")?;
     let caps = Capabilities::with_outbound(
         Arc::new(models.clone()),
         Some((tools, Arc::clone(&runtime))),
         outbound,
-        secrets,
+        secrets.clone(),
     );
     for problem in capability_problems(&registry, &caps, &secrets) {
         tracing::warn!(path = %problem.path.display(), "{}", problem.error);

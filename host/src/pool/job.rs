@@ -174,6 +174,8 @@ async fn execute(
         job_id: job.id.clone(),
         agent_id: job.agent_id.clone(),
         attempt: lease.epoch,
+        tenant_id: job.tenant_id.clone(),
+        user_id: job.user_id.clone(),
     };
     let ctx = RunContext::new(
         identity,

@@ -367,7 +367,6 @@ impl DirRegistry {
         spec.quota = manifest.quota;
         spec.outbound = AllowList::parse(&manifest.allowed_outbound_hosts)
             .map_err(|e| manifest_error(format!("allowed-outbound-hosts: {e}")))?;
-        spec.secrets = manifest.secrets;
         spec.source = Some(path.to_path_buf());
         Ok(spec)
     }
@@ -581,7 +580,6 @@ fn load_declarative(path: &Path) -> Result<AgentSpec, String> {
         secrets: Vec::new(),
         quota: manifest.quota,
         outbound: AllowList::default(),
-        secrets: Vec::new(),
         source: Some(path.to_path_buf()),
         code: AgentCode::Declarative(Arc::new(DeclarativeAgent {
             system_prompt,

@@ -157,8 +157,6 @@ pub struct AgentSpec {
     /// Hosts its runs may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
     #[serde(skip)]
     pub outbound: AllowList,
-    /// Secrets its requests may carry (its manifest's `secrets`).
-    pub secrets: Vec<String>,
     /// Where the code came from (a `.wasm` file, or a declarative agent's `.toml`), if anywhere.
     pub source: Option<PathBuf>,
     /// The code.
@@ -193,7 +191,6 @@ impl AgentSpec {
             secrets: Vec::new(),
             quota: Quota::default(),
             outbound: AllowList::default(),
-            secrets: Vec::new(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
         }
@@ -221,7 +218,6 @@ impl AgentSpec {
             secrets: Vec::new(),
             quota: Quota::default(),
             outbound: AllowList::default(),
-            secrets: Vec::new(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
         })

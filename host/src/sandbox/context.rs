@@ -174,6 +174,8 @@ struct Inner {
     job_id: String,
     agent_id: String,
     attempt: i64,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
     control: Arc<Control>,
     recorder: RecorderHandle,
     next_seq: AtomicU64,
@@ -258,6 +260,10 @@ pub struct RunIdentity {
     pub agent_id: String,
     /// Claim number of the job.
     pub attempt: i64,
+    /// The tenant the job belongs to, if any.
+    pub tenant_id: Option<String>,
+    /// The user the job was started for, if any.
+    pub user_id: Option<String>,
 }
 
 impl RunContext {
@@ -278,6 +284,8 @@ impl RunContext {
                 job_id: identity.job_id,
                 agent_id: identity.agent_id,
                 attempt: identity.attempt,
+                tenant_id: identity.tenant_id,
+                user_id: identity.user_id,
                 control,
                 recorder,
                 next_seq: AtomicU64::new(first_seq),
@@ -320,6 +328,16 @@ impl RunContext {
     /// The agent id.
     pub fn agent_id(&self) -> &str {
         &self.inner.agent_id
+    }
+
+    /// The tenant the run's job belongs to, if any.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.inner.tenant_id.as_deref()
+    }
+
+    /// The user the run's job was started for, if any.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
     }
 
     /// Which claim of the job this run is (1 for the first).

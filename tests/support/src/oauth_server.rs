@@ -106,6 +106,19 @@ impl OAuthServer {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// A test of whether a token is one this endpoint issued (for a resource server to use).
+    pub fn verifier(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move |token| {
+            shared
+                .issued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|t| t == token)
+        }
+    }
+
     /// The tokens issued so far, oldest first.
     pub fn issued(&self) -> Vec<String> {
         self.shared

@@ -31,7 +31,7 @@ pub struct Received {
 }
 
 struct Shared {
-    tokens: Vec<String>,
+    accepts: Box<dyn Fn(&str) -> bool + Send + Sync>,
     received: Mutex<Vec<Received>>,
 }
 
@@ -45,8 +45,15 @@ pub struct SampleApi {
 impl SampleApi {
     /// Starts the API on a free port of 127.0.0.1, accepting these bearer tokens.
     pub async fn start(tokens: &[&str]) -> Self {
+        let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        Self::accepting(move |token| tokens.iter().any(|ok| ok == token)).await
+    }
+
+    /// Starts the API on a free port of 127.0.0.1, accepting the bearer tokens `accepts` says
+    /// yes to (those a token endpoint issued, say).
+    pub async fn accepting(accepts: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         let shared = Arc::new(Shared {
-            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            accepts: Box::new(accepts),
             received: Mutex::new(Vec::new()),
         });
         let app = Router::new()
@@ -99,7 +106,7 @@ async fn work(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let authorized = authorization
         .as_deref()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| shared.tokens.iter().any(|ok| ok == t));
+        .is_some_and(|t| (shared.accepts)(t));
     let (status, answer) = if !authorized {
         (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}))
     } else if tenant.is_none() {

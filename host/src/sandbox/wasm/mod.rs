@@ -459,7 +459,7 @@ impl WasmRuntime {
             false => None,
         };
         let work = HostWork::default();
-        let wasi = match build_wasi(spec, &capture, scratch.as_ref(), isolation, &work) {
+        let wasi = match build_wasi(spec, &ctx, &capture, scratch.as_ref(), isolation, &work) {
             Ok(wasi) => wasi,
             Err(e) => {
                 return RunOutcome::from_result(Err(Failure::error(
@@ -630,14 +630,20 @@ fn check_sizes(info: &bindings::drover::agent::types::AgentInfo) -> Result<(), W
     Ok(())
 }
 
-/// Builds the guest's WASI context: the spec's environment only (with the placeholders of its
-/// secrets), captured stdio, no network,
+/// The environment variable a run finds its job's tenant in.
+pub const TENANT_ENV: &str = "DROVER_TENANT_ID";
+/// The environment variable a run finds its job's user in.
+pub const USER_ENV: &str = "DROVER_USER_ID";
+
+/// Builds the guest's WASI context: the spec's environment only (with the job's tenant and user,
+/// and the placeholders of its secrets), captured stdio, no network,
 /// random bytes bounded and charged to `work`, and the scratch directory if there is one.
 /// Trusted runs also get the network (TCP, UDP and name lookups, which wasmtime-wasi leaves off
 /// unless asked), but not the host's environment: whatever of it they may see is put in their
 /// spec by whoever trusts them.
 fn build_wasi(
     spec: &AgentSpec,
+    ctx: &RunContext,
     capture: &Capture,
     scratch: Option<&ScratchDir>,
     isolation: Isolation,
@@ -655,6 +661,13 @@ fn build_wasi(
     }
     for (key, value) in &spec.env {
         wasi.env(key, value);
+    }
+    // Who the run is for: the job's tenant and user, when it has them.
+    if let Some(tenant) = ctx.tenant_id() {
+        wasi.env(TENANT_ENV, tenant);
+    }
+    if let Some(user) = ctx.user_id() {
+        wasi.env(USER_ENV, user);
     }
     // The agent's secrets, as placeholders the host replaces in its outgoing requests.
     for name in &spec.secrets {
