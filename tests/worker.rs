@@ -205,5 +205,35 @@ async fn the_queue_worker_posts_each_item_with_a_scoped_token_and_its_tenant() {
             !everything.contains(secret),
             "{secret} was served or logged"
         );
+    } // Nor in any byte the host stored: its databases, their write-ahead logs, its data dir.
+    let mut stored = 0;
+    for file in walk(dir.path()) {
+        if file == config {
+            continue;
+        }
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        stored += bytes.len();
+        for secret in [CLIENT_SECRET, issued[0].as_str()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} is stored in {}",
+                file.display()
+            );
+        }
     }
+    assert!(stored > 0);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
