@@ -684,7 +684,7 @@ async fn a_tool_makes_requests_under_its_own_manifest() {
 
     let online = registry.get_tool("http-get").expect("tool");
     let outcome = runtime
-        .call_tool_under(&online, &input, &control, &outbound)
+        .call_tool_under(&online, &input, &control, &outbound, None)
         .await;
     let output: Value = serde_json::from_str(&outcome.result.expect("result")).expect("json");
     assert_eq!(output, json!({ "status": 200, "body": "hello" }));
@@ -693,7 +693,7 @@ async fn a_tool_makes_requests_under_its_own_manifest() {
     // the host's outbound HTTP, so is every tool.
     let offline = offline_registry.get_tool("http-get").expect("tool");
     let refused = runtime
-        .call_tool_under(&offline, &input, &control, &outbound)
+        .call_tool_under(&offline, &input, &control, &outbound, None)
         .await;
     assert_eq!(refused.result.expect_err("refused").tag, "Denied");
     let no_network = runtime.call_tool(&online, &input, &control).await;

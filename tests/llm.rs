@@ -7,16 +7,20 @@ use std::time::Duration;
 
 use drover_host::api::metrics::Metrics;
 use drover_host::api::{JobView, RunApi};
+use drover_host::config::HostConfig;
 use drover_host::model::{ModelGateway, ModelsConfig};
+use drover_host::outbound::Outbound;
 use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::queue::{JobStatus, NewJob};
 use drover_host::registry::{DirRegistry, Registry, ToolRegistry};
 use drover_host::sandbox::caps::Capabilities;
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{Sandbox, SandboxFor};
+use drover_host::secrets::Secrets;
 use drover_host::store::{Run, RunStatus, Usage};
 use drover_test_support::model_server::{ModelServer, Reply};
-use drover_test_support::{AgentDir, MATH, TOOL_BAD, TOOL_CALC, TestDb, WAIT};
+use drover_test_support::sample_api::SampleApi;
+use drover_test_support::{AgentDir, MATH, TOOL_BAD, TOOL_CALC, TOOL_HTTP_GET, TestDb, WAIT};
 use serde_json::{Value, json};
 
 /// The key the configured aliases send; it must never reach a guest, an event or the store.
@@ -62,6 +66,16 @@ fn models_config(base_url: &str) -> ModelsConfig {
 
 impl Host {
     async fn start(server: &ModelServer, agents: AgentDir, concurrency: usize) -> Self {
+        Self::start_with(server, agents, concurrency, Outbound::default()).await
+    }
+
+    /// [`Host::start`], with agents' and tools' HTTP requests sent by `outbound`.
+    async fn start_with(
+        server: &ModelServer,
+        agents: AgentDir,
+        concurrency: usize,
+        outbound: Outbound,
+    ) -> Self {
         let db = TestDb::new().await;
         let runtime = WasmRuntime::new(&EngineConfig::default(), db.dir.path().join("scratch"))
             .expect("runtime");
@@ -73,7 +87,12 @@ impl Host {
         })
         .expect("gateway");
         let tools: Arc<dyn ToolRegistry> = registry.clone();
-        let caps = Capabilities::new(Arc::new(gateway), Some((tools, Arc::clone(&runtime))));
+        let caps = Capabilities::with_outbound(
+            Arc::new(gateway),
+            Some((tools, Arc::clone(&runtime))),
+            outbound,
+            Secrets::empty(),
+        );
         let wasm: Arc<dyn Sandbox> =
             Arc::new(WasmSandbox::new(Arc::clone(&runtime)).with_capabilities(Arc::clone(&caps)));
         let sandbox_for: SandboxFor = Arc::new(move |_job, _spec| Arc::clone(&wasm));
@@ -283,6 +302,55 @@ async fn a_rust_agent_calls_its_tool_through_the_sdk_loop() {
     let result = first(&events, "tool_result");
     assert_eq!(result["ok"], true);
     assert!(result["fuel"].as_u64().is_some_and(|f| f > 0), "{result}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tools_requests_are_on_the_calling_runs_timeline() {
+    // The tool's target: an API that answers a GET with 405.
+    let api = SampleApi::start(&[]).await;
+    let origin = api.url();
+    let server = ModelServer::start(vec![
+        Reply::tool_calls(vec![(
+            "call_1",
+            "http-get",
+            json!({ "url": format!("{origin}/work?key=hidden") }),
+        )]),
+        Reply::text(r#"{"status": 405}"#),
+    ])
+    .await;
+    let agents = agents_with(|agents| {
+        agents.add_tool(
+            "http-get",
+            TOOL_HTTP_GET,
+            Some(&format!("allowed-outbound-hosts = [\"{origin}\"]\n")),
+        );
+        declare(
+            agents,
+            "fetcher",
+            "system-prompt = \"Fetch it, then answer with {\\\"status\\\": <number>}.\"\n\
+             model = \"cheap\"\ntools = [\"http-get\"]\n",
+        );
+    });
+    let config = HostConfig::parse(&format!("[outbound]\nallowed-hosts = [\"{origin}\"]\n"))
+        .expect("config");
+    let outbound = Outbound::new(&config.outbound).expect("outbound");
+    let host = Host::start_with(&server, agents, 2, outbound).await;
+
+    let view = host.run("fetcher", json!({})).await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let run = view.run.expect("run");
+    let events = host.events(&run).await;
+    let request = first(&events, "http_request");
+    assert_eq!(request["tool"], "http-get", "{request}");
+    assert_eq!(request["method"], "GET");
+    assert_eq!(
+        request["url"],
+        format!("{origin}/work"),
+        "no query: {request}"
+    );
+    assert_eq!(request["status"], 405, "{request}");
+    assert_eq!(first(&events, "tool_result")["ok"], true);
     host.shutdown().await;
 }
 

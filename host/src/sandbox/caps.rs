@@ -538,7 +538,13 @@ impl RunCapabilities {
                     retryable: false,
                 }),
                 Some(runtime) => Ok(runtime
-                    .call_tool_under(&tool, input, self.ctx.control(), &self.caps.outbound)
+                    .call_tool_under(
+                        &tool,
+                        input,
+                        self.ctx.control(),
+                        &self.caps.outbound,
+                        Some(&self.ctx),
+                    )
                     .await),
             },
         };

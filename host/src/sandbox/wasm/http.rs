@@ -17,8 +17,8 @@
 //! ```
 //!
 //! with the URL's scheme, host, port and path only (never its query), and never a header. A
-//! tool's requests are checked and limited the same way under the tool's own manifest, but a
-//! tool has no timeline of its own, so they are not recorded.
+//! tool's requests are checked and limited the same way under the tool's own manifest, and
+//! recorded on the calling run's timeline, with the tool's name in `"tool"`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,8 +48,11 @@ pub(crate) struct HttpState {
 struct Hooks {
     /// The run's (or tool call's) policy and limits; none: every request is refused.
     outbound: Option<RunOutbound>,
-    /// Where its events go (none for a tool call).
+    /// Where its events go (for a tool call, the calling run's timeline).
     events: Option<RunContext>,
+    /// The tool whose call this store serves, if it does: its requests' events name it, and
+    /// they are sent without giving a CPU slot back (the calling run waits on the whole call).
+    tool: Option<Arc<str>>,
     /// Whose abort ends a request in flight.
     control: Option<Arc<Control>>,
     /// The host's secrets, and those the run may use.
@@ -76,6 +79,7 @@ impl HttpState {
                 outbound,
                 events,
                 control,
+                tool: None,
                 secrets: Secrets::empty(),
                 granted: Arc::from([]),
             },
@@ -88,6 +92,12 @@ impl HttpState {
     pub(crate) fn with_secrets(mut self, secrets: Secrets, granted: &[String]) -> Self {
         self.hooks.secrets = secrets;
         self.hooks.granted = Arc::from(granted);
+        self
+    }
+
+    /// Marks the store as serving a call of the tool `name` (see [`Hooks::tool`]).
+    pub(crate) fn for_tool(mut self, name: &str) -> Self {
+        self.hooks.tool = Some(Arc::from(name));
         self
     }
 }
@@ -136,6 +146,7 @@ impl WasiHttpHooks for Hooks {
         let control = self.control.clone();
         let secrets = self.secrets.clone();
         let granted = Arc::clone(&self.granted);
+        let tool = self.tool.clone();
         Box::new(async move {
             let (parts, body) = request.into_parts();
             let method = parts.method.to_string();
@@ -182,9 +193,9 @@ impl WasiHttpHooks for Hooks {
             // While the request is in flight the run gives its CPU slot back, as for a model
             // call.
             let exchange = async {
-                match &events {
-                    Some(events) => events.waiting(exchange).await,
-                    None => exchange.await,
+                match (&events, &tool) {
+                    (Some(events), None) => events.waiting(exchange).await,
+                    _ => exchange.await,
                 }
             };
             let result = tokio::select! {
@@ -216,6 +227,10 @@ impl WasiHttpHooks for Hooks {
                         "message": e.message, "requestBytes": sent_bytes, "ms": ms,
                     }),
                 };
+                let mut payload = payload;
+                if let (Some(tool), Some(fields)) = (&tool, payload.as_object_mut()) {
+                    fields.insert("tool".into(), json!(&**tool));
+                }
                 record(events, &payload).await;
             }
             let Exchange {

@@ -10,6 +10,7 @@
 //! A tool runs for a run but not as one: it has no timeline. Its stdout, stderr, `log` and
 //! `emit` calls are accepted and dropped (the calling run records the call and its result), the
 //! last lines of its stderr go into the message of a trap, and `stop-requested` is `false`.
+//! Its HTTP requests are the exception: each is an `http_request` event of the calling run.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use super::{
 };
 use crate::outbound::Outbound;
 use crate::registry::ToolSpec;
-use crate::sandbox::{Control, bounded_error};
+use crate::sandbox::{Control, RunContext, bounded_error};
 
 /// Bindings for the `toolbox` world of `drover:agent@0.2.0`. It imports the same `host`
 /// interface as agents, so the runtime's one linker serves both.
@@ -299,19 +300,21 @@ impl WasmRuntime {
         input: &str,
         control: &Arc<Control>,
     ) -> ToolOutcome {
-        self.call_tool_inner(tool, input, control, None).await
+        self.call_tool_inner(tool, input, control, None, None).await
     }
 
     /// [`WasmRuntime::call_tool`], with the tool's HTTP requests sent by `outbound` under the
-    /// tool's own `allowed-outbound-hosts`.
+    /// tool's own `allowed-outbound-hosts`, each recorded as an `http_request` event on
+    /// `events` (the calling run's timeline), if given.
     pub async fn call_tool_under(
         &self,
         tool: &ToolSpec,
         input: &str,
         control: &Arc<Control>,
         outbound: &Outbound,
+        events: Option<&RunContext>,
     ) -> ToolOutcome {
-        self.call_tool_inner(tool, input, control, Some(outbound))
+        self.call_tool_inner(tool, input, control, Some(outbound), events)
             .await
     }
 
@@ -321,6 +324,7 @@ impl WasmRuntime {
         input: &str,
         control: &Arc<Control>,
         outbound: Option<&Outbound>,
+        events: Option<&RunContext>,
     ) -> ToolOutcome {
         let started = Instant::now();
         if let Some(reason) = control.aborted() {
@@ -340,9 +344,10 @@ impl WasmRuntime {
             Arc::clone(control),
             HttpState::new(
                 outbound.map(|o| o.for_run(tool.outbound.clone(), &limits.http)),
-                None,
+                events.cloned(),
                 Some(Arc::clone(control)),
-            ),
+            )
+            .for_tool(&tool.name),
         );
         // One call may copy at most the output limit (and a little more for the result's
         // framing) into the host: an output over it ends the call before it is copied.
