@@ -19,7 +19,7 @@ use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::queue::{JobStatus, NewJob};
 use drover_host::registry::{DirRegistry, Registry, ToolRegistry};
 use drover_host::sandbox::caps::Capabilities;
-use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
+use drover_host::sandbox::wasm::{EngineConfig, ToolNetwork, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{Control, Sandbox, SandboxFor};
 use drover_host::secrets::Secrets;
 use drover_host::store::Run;
@@ -681,10 +681,17 @@ async fn a_tool_makes_requests_under_its_own_manifest() {
     let outbound = Outbound::new(&config.outbound).expect("outbound");
     let input = json!({ "url": format!("http://127.0.0.1:{port}/ok") }).to_string();
     let control = Control::new();
+    let secrets = Secrets::empty();
+    let network = |outbound, secrets| ToolNetwork {
+        outbound,
+        secrets,
+        granted: Vec::new(),
+        events: None,
+    };
 
     let online = registry.get_tool("http-get").expect("tool");
     let outcome = runtime
-        .call_tool_under(&online, &input, &control, &outbound, None)
+        .call_tool_under(&online, &input, &control, network(&outbound, &secrets))
         .await;
     let output: Value = serde_json::from_str(&outcome.result.expect("result")).expect("json");
     assert_eq!(output, json!({ "status": 200, "body": "hello" }));
@@ -693,7 +700,7 @@ async fn a_tool_makes_requests_under_its_own_manifest() {
     // the host's outbound HTTP, so is every tool.
     let offline = offline_registry.get_tool("http-get").expect("tool");
     let refused = runtime
-        .call_tool_under(&offline, &input, &control, &outbound, None)
+        .call_tool_under(&offline, &input, &control, network(&outbound, &secrets))
         .await;
     assert_eq!(refused.result.expect_err("refused").tag, "Denied");
     let no_network = runtime.call_tool(&online, &input, &control).await;

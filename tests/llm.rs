@@ -16,7 +16,7 @@ use drover_host::registry::{DirRegistry, Registry, ToolRegistry};
 use drover_host::sandbox::caps::Capabilities;
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{Sandbox, SandboxFor};
-use drover_host::secrets::Secrets;
+use drover_host::secrets::{Secrets, placeholder};
 use drover_host::store::{Run, RunStatus, Usage};
 use drover_test_support::model_server::{ModelServer, Reply};
 use drover_test_support::sample_api::SampleApi;
@@ -66,7 +66,14 @@ fn models_config(base_url: &str) -> ModelsConfig {
 
 impl Host {
     async fn start(server: &ModelServer, agents: AgentDir, concurrency: usize) -> Self {
-        Self::start_with(server, agents, concurrency, Outbound::default()).await
+        Self::start_with(
+            server,
+            agents,
+            concurrency,
+            Outbound::default(),
+            Secrets::empty(),
+        )
+        .await
     }
 
     /// [`Host::start`], with agents' and tools' HTTP requests sent by `outbound`.
@@ -75,6 +82,7 @@ impl Host {
         agents: AgentDir,
         concurrency: usize,
         outbound: Outbound,
+        secrets: Secrets,
     ) -> Self {
         let db = TestDb::new().await;
         let runtime = WasmRuntime::new(&EngineConfig::default(), db.dir.path().join("scratch"))
@@ -91,7 +99,7 @@ impl Host {
             Arc::new(gateway),
             Some((tools, Arc::clone(&runtime))),
             outbound,
-            Secrets::empty(),
+            secrets,
         );
         let wasm: Arc<dyn Sandbox> =
             Arc::new(WasmSandbox::new(Arc::clone(&runtime)).with_capabilities(Arc::clone(&caps)));
@@ -307,7 +315,7 @@ async fn a_rust_agent_calls_its_tool_through_the_sdk_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tools_requests_are_on_the_calling_runs_timeline() {
-    // The tool's target: an API that answers a GET with 405.
+    // The tool's target: an API that answers a GET without its token with 401.
     let api = SampleApi::start(&[]).await;
     let origin = api.url();
     let server = ModelServer::start(vec![
@@ -316,7 +324,7 @@ async fn a_tools_requests_are_on_the_calling_runs_timeline() {
             "http-get",
             json!({ "url": format!("{origin}/work?key=hidden") }),
         )]),
-        Reply::text(r#"{"status": 405}"#),
+        Reply::text(r#"{"status": 401}"#),
     ])
     .await;
     let agents = agents_with(|agents| {
@@ -335,7 +343,7 @@ async fn a_tools_requests_are_on_the_calling_runs_timeline() {
     let config = HostConfig::parse(&format!("[outbound]\nallowed-hosts = [\"{origin}\"]\n"))
         .expect("config");
     let outbound = Outbound::new(&config.outbound).expect("outbound");
-    let host = Host::start_with(&server, agents, 2, outbound).await;
+    let host = Host::start_with(&server, agents, 2, outbound, Secrets::empty()).await;
 
     let view = host.run("fetcher", json!({})).await;
     assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
@@ -349,8 +357,88 @@ async fn a_tools_requests_are_on_the_calling_runs_timeline() {
         format!("{origin}/work"),
         "no query: {request}"
     );
-    assert_eq!(request["status"], 405, "{request}");
+    assert_eq!(request["status"], 401, "{request}");
     assert_eq!(first(&events, "tool_result")["ok"], true);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_carries_only_the_secrets_both_it_and_its_caller_may_use() {
+    const TOKEN: &str = "tok-tool-5d2a90";
+    let api = SampleApi::start(&[TOKEN]).await;
+    let origin = api.url();
+    let call = || {
+        Reply::tool_calls(vec![(
+            "call_1",
+            "http-get",
+            json!({
+                "url": format!("{origin}/work"),
+                "headers": {
+                    "authorization": format!("Bearer {}", placeholder("api")),
+                    "x-tenant-id": "t1",
+                },
+            }),
+        )])
+    };
+    let server = ModelServer::start(vec![
+        call(),
+        Reply::text(r#"{"answer": 1}"#),
+        call(),
+        Reply::text(r#"{"answer": 2}"#),
+    ])
+    .await;
+    let math = |secrets: &str| {
+        format!(
+            "models = [\"cheap\"]\ntools = [\"http-get\"]\nsecrets = {secrets}\n\
+             [env]\nMODEL = \"cheap\"\n"
+        )
+    };
+    let agents = agents_with(|agents| {
+        agents.add_tool(
+            "http-get",
+            TOOL_HTTP_GET,
+            Some(&format!(
+                "allowed-outbound-hosts = [\"{origin}\"]\nsecrets = [\"api\"]\n"
+            )),
+        );
+        agents.add("granted", MATH, Some(&math("[\"api\"]")));
+        agents.add("ungranted", MATH, Some(&math("[]")));
+    });
+    let config = HostConfig::parse(&format!(
+        "[outbound]\nallowed-hosts = [\"{origin}\"]\n\
+         [secrets.api]\nfrom-env = \"API_TOKEN\"\nhosts = [\"{origin}\"]\n"
+    ))
+    .expect("config");
+    let outbound = Outbound::new(&config.outbound).expect("outbound");
+    let secrets = Secrets::with_env(&config.secrets, reqwest::Client::new(), |name| {
+        (name == "API_TOKEN").then(|| TOKEN.into())
+    })
+    .expect("secrets");
+    let host = Host::start_with(&server, agents, 2, outbound, secrets).await;
+
+    // Granted to both: the host fills the token in; the API sees it (and, lacking an item,
+    // answers 400 rather than 401).
+    let view = host.run("granted", json!({ "question": "?" })).await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let events = host.events(&view.run.expect("run")).await;
+    assert_eq!(first(&events, "http_request")["status"], 400);
+    let received = api.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+
+    // The tool lists the secret, but its caller may not use it: the request is refused.
+    let view = host.run("ungranted", json!({ "question": "?" })).await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    let run = view.run.expect("run");
+    let events = host.events(&run).await;
+    assert!(first(&events, "http_request")["refused"].is_string());
+    assert_eq!(first(&events, "tool_result")["ok"], false);
+    assert_eq!(api.received().len(), 1, "nothing more reached the API");
+    let text = format!("{events:?}");
+    assert!(!text.contains(TOKEN), "{text}");
     host.shutdown().await;
 }
 

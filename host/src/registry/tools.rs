@@ -7,6 +7,9 @@
 //!
 //! ```toml
 //! description = "Evaluates arithmetic"  # only for a component that offers one tool
+//! allowed-outbound-hosts = ["https://api.example.com"]  # default: no network
+//! secrets = ["api"]                      # host secrets its requests may carry, when the
+//!                                        # calling agent's manifest lists them too
 //!
 //! [limits]                               # every call of every tool of the component
 //! fuel = 1_000_000_000                   # or "unlimited"
@@ -71,6 +74,9 @@ pub struct ToolSpec {
     /// Hosts a call may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
     #[serde(skip)]
     pub outbound: AllowList,
+    /// Host secrets a call's requests may carry (its manifest's `secrets`), when the calling
+    /// agent may use them too.
+    pub secrets: Vec<String>,
     /// Where the component came from, if from a file.
     pub source: Option<PathBuf>,
     /// The code.
@@ -132,6 +138,7 @@ impl ToolSpec {
                     component: component.to_string(),
                     limits: Self::default_limits(),
                     outbound: AllowList::default(),
+                    secrets: Vec::new(),
                     source: None,
                     code: Arc::clone(&code),
                 })
@@ -205,6 +212,9 @@ pub struct ToolManifest {
     /// Hosts the component's tools may send HTTP requests to (none: no network).
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Host secrets the component's requests may carry, of those the calling agent may use.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// Limit overrides in a tool manifest.
@@ -515,6 +525,9 @@ async fn load(path: &Path, runtime: &WasmRuntime) -> Result<Vec<ToolSpec>, Strin
         .map_err(manifest_error)?;
     let outbound = AllowList::parse(&manifest.allowed_outbound_hosts)
         .map_err(|e| manifest_error(format!("allowed-outbound-hosts: {e}")))?;
+    for name in &manifest.secrets {
+        crate::secrets::validate_name(name).map_err(|e| manifest_error(format!("secrets: {e}")))?;
+    }
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -539,6 +552,7 @@ async fn load(path: &Path, runtime: &WasmRuntime) -> Result<Vec<ToolSpec>, Strin
     for spec in &mut specs {
         spec.limits = limits.clone();
         spec.outbound = outbound.clone();
+        spec.secrets = manifest.secrets.clone();
         spec.source = Some(path.to_path_buf());
     }
     Ok(specs)

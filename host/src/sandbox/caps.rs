@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::wasm::{ToolOutcome, WasmRuntime};
+use super::wasm::{ToolNetwork, ToolOutcome, WasmRuntime};
 use super::{Failure, RunContext};
 use crate::model::{ChatRequest, ChatResponse, Message, ModelGateway};
 use crate::outbound::Outbound;
@@ -169,6 +169,7 @@ impl Capabilities {
             agent_id: spec.id.clone(),
             models: spec.models.clone(),
             tools: spec.tools.clone(),
+            secrets: spec.secrets.clone(),
             quota: spec.quota,
             ctx,
             state: Mutex::new(RunState::default()),
@@ -221,6 +222,9 @@ pub struct RunCapabilities {
     agent_id: String,
     models: Vec<String>,
     tools: Vec<String>,
+    /// The host secrets the agent may use (a tool's requests carry only those of them its own
+    /// manifest lists).
+    secrets: Vec<String>,
     quota: Quota,
     ctx: RunContext,
     state: Mutex<RunState>,
@@ -542,8 +546,17 @@ impl RunCapabilities {
                         &tool,
                         input,
                         self.ctx.control(),
-                        &self.caps.outbound,
-                        Some(&self.ctx),
+                        ToolNetwork {
+                            outbound: &self.caps.outbound,
+                            secrets: &self.caps.secrets,
+                            granted: tool
+                                .secrets
+                                .iter()
+                                .filter(|s| self.secrets.contains(s))
+                                .cloned()
+                                .collect(),
+                            events: Some(&self.ctx),
+                        },
                     )
                     .await),
             },

@@ -1,5 +1,6 @@
 //! The protected API the long-lived queue worker posts its items to: `POST /work` with
-//! `Authorization: Bearer <token>`, `X-Tenant-ID` and a JSON body `{"item": …}`.
+//! `Authorization: Bearer <token>`, `X-Tenant-ID` and a JSON body `{"item": …}` (a `GET` is
+//! checked the same way, and has no item).
 //!
 //! It answers `401` without one of its accepted tokens, `400` without a tenant or with a body
 //! that is not `{"item": …}`, and `200 {"accepted": item}` otherwise. Every request is kept
@@ -57,7 +58,7 @@ impl SampleApi {
             received: Mutex::new(Vec::new()),
         });
         let app = Router::new()
-            .route("/work", post(work))
+            .route("/work", post(work).get(work))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

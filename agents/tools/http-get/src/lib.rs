@@ -1,6 +1,7 @@
 //! The `http-get` tool: fetches a URL, where the tool's manifest and the host allow.
 //!
-//! Input `{"url": "https://api.example.com/items"}`, output `{"status": 200, "body": "…"}`; a
+//! Input `{"url": "https://api.example.com/items", "headers": {"name": "value"}}` (headers
+//! optional; a secret's placeholder in one is filled in by the host), output `{"status": 200, "body": "…"}`; a
 //! refused or failed request fails the call with the error's tag (`Denied`, `Timeout`, …).
 
 use drover_sdk::http::{self, Request};
@@ -11,6 +12,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 struct Input {
     url: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -31,15 +34,19 @@ impl Tool for HttpGet {
     fn input_schema() -> Option<Value> {
         Some(json!({
             "type": "object",
-            "properties": { "url": { "type": "string" } },
+            "properties": {
+                "url": { "type": "string" },
+                "headers": { "type": "object", "additionalProperties": { "type": "string" } }
+            },
             "required": ["url"],
             "additionalProperties": false
         }))
     }
 
     fn call(input: Input) -> Result<Output, Error> {
-        let response =
-            http::send(&Request::get(input.url)).map_err(|e| Error::new(e.tag(), e.to_string()))?;
+        let mut request = Request::get(input.url);
+        request.headers = input.headers.into_iter().collect();
+        let response = http::send(&request).map_err(|e| Error::new(e.tag(), e.to_string()))?;
         Ok(Output {
             status: response.status,
             body: response.text(),

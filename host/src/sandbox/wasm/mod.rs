@@ -58,7 +58,7 @@ pub use engine::{EngineConfig, Metering};
 use scratch::{ScratchArea, ScratchDir, ScratchQuota};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
-pub use toolbox::{ToolDescription, ToolFailure, ToolOutcome, WasmToolbox};
+pub use toolbox::{ToolDescription, ToolFailure, ToolNetwork, ToolOutcome, WasmToolbox};
 
 /// Bindings for the `drover:agent@0.2.0` world (from `wit/`).
 pub(crate) mod bindings {

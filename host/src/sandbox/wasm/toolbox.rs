@@ -29,6 +29,20 @@ use super::{
 use crate::outbound::Outbound;
 use crate::registry::ToolSpec;
 use crate::sandbox::{Control, RunContext, bounded_error};
+use crate::secrets::Secrets;
+
+/// How a tool call's HTTP requests leave the host.
+pub struct ToolNetwork<'a> {
+    /// The host's outbound HTTP (the operator's list and limits).
+    pub outbound: &'a Outbound,
+    /// The host's secrets.
+    pub secrets: &'a Secrets,
+    /// The secrets this call's requests may carry: those the tool's manifest lists that the
+    /// calling agent may use too.
+    pub granted: Vec<String>,
+    /// Where its requests are recorded: the calling run, if any.
+    pub events: Option<&'a RunContext>,
+}
 
 /// Bindings for the `toolbox` world of `drover:agent@0.2.0`. It imports the same `host`
 /// interface as agents, so the runtime's one linker serves both.
@@ -300,21 +314,20 @@ impl WasmRuntime {
         input: &str,
         control: &Arc<Control>,
     ) -> ToolOutcome {
-        self.call_tool_inner(tool, input, control, None, None).await
+        self.call_tool_inner(tool, input, control, None).await
     }
 
-    /// [`WasmRuntime::call_tool`], with the tool's HTTP requests sent by `outbound` under the
-    /// tool's own `allowed-outbound-hosts`, each recorded as an `http_request` event on
-    /// `events` (the calling run's timeline), if given.
+    /// [`WasmRuntime::call_tool`], with the tool's HTTP requests sent as `network` says: under
+    /// the tool's own `allowed-outbound-hosts`, carrying the secrets it is granted, each
+    /// recorded as an `http_request` event of the calling run.
     pub async fn call_tool_under(
         &self,
         tool: &ToolSpec,
         input: &str,
         control: &Arc<Control>,
-        outbound: &Outbound,
-        events: Option<&RunContext>,
+        network: ToolNetwork<'_>,
     ) -> ToolOutcome {
-        self.call_tool_inner(tool, input, control, Some(outbound), events)
+        self.call_tool_inner(tool, input, control, Some(network))
             .await
     }
 
@@ -323,8 +336,7 @@ impl WasmRuntime {
         tool: &ToolSpec,
         input: &str,
         control: &Arc<Control>,
-        outbound: Option<&Outbound>,
-        events: Option<&RunContext>,
+        network: Option<ToolNetwork<'_>>,
     ) -> ToolOutcome {
         let started = Instant::now();
         if let Some(reason) = control.aborted() {
@@ -342,12 +354,20 @@ impl WasmRuntime {
             Some(limits.memory_bytes).filter(|m| *m != u64::MAX),
             deadline,
             Arc::clone(control),
-            HttpState::new(
-                outbound.map(|o| o.for_run(tool.outbound.clone(), &limits.http)),
-                events.cloned(),
-                Some(Arc::clone(control)),
-            )
-            .for_tool(&tool.name),
+            match network {
+                None => HttpState::none(),
+                Some(network) => HttpState::new(
+                    Some(
+                        network
+                            .outbound
+                            .for_run(tool.outbound.clone(), &limits.http),
+                    ),
+                    network.events.cloned(),
+                    Some(Arc::clone(control)),
+                )
+                .with_secrets(network.secrets.clone(), &network.granted)
+                .for_tool(&tool.name),
+            },
         );
         // One call may copy at most the output limit (and a little more for the result's
         // framing) into the host: an output over it ends the call before it is copied.
