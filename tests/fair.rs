@@ -13,27 +13,8 @@ const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
 /// Starts a host named `worker_id` on the databases in `dir`, with `config` as its
 /// `drover.toml` and four slots.
 fn host(agents: &AgentDir, dir: &Path, config: &Path, worker_id: &str) -> HostProcess {
-    let args: Vec<String> = [
-        "--agents",
-        &agents.path().display().to_string(),
-        "--data-dir",
-        &dir.join(worker_id).display().to_string(),
-        "--cache-dir",
-        &drover_test_support::cache_dir().display().to_string(),
-        "--queue-url",
-        &format!("file:{}", dir.join("queue.db").display()),
-        "--storage-url",
-        &format!("file:{}", dir.join("runs.db").display()),
-        "--config",
-        &config.display().to_string(),
-        "--concurrency",
-        "4",
-        "--worker-id",
-        worker_id,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = drover_test_support::host_args(agents.path(), dir, worker_id, Some(config));
+    args.extend(["--concurrency", "4", "--worker-id", worker_id].map(String::from));
     HostProcess::start(EXE, &args, &[])
 }
 

@@ -754,23 +754,7 @@ async fn the_api_key_is_nowhere_a_guest_or_the_store_can_see() {
         server.base_url()
     );
     std::fs::write(&config, models).expect("config");
-    let args: Vec<String> = [
-        "--agents",
-        &agents.path().display().to_string(),
-        "--data-dir",
-        &data.path().join("var").display().to_string(),
-        "--cache-dir",
-        &drover_test_support::cache_dir().display().to_string(),
-        "--queue-url",
-        &format!("file:{}", data.path().join("queue.db").display()),
-        "--storage-url",
-        &format!("file:{}", data.path().join("runs.db").display()),
-        "--config",
-        &config.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = drover_test_support::host_args(agents.path(), data.path(), "var", Some(&config));
     let host = drover_test_support::HostProcess::start(
         env!("CARGO_BIN_EXE_drover-host"),
         &args,

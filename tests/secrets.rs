@@ -508,20 +508,7 @@ async fn a_wasm_run_sees_only_placeholders() {
             Some("secrets = [\"sample-api-a\"]\n[env]\nGREETING = \"hi\"\n"),
         )
         .add("stranger", CHAOS, Some("secrets = [\"nope\"]\n"));
-    let args: Vec<String> = vec![
-        "--config".into(),
-        config.display().to_string(),
-        "--agents".into(),
-        agents.path().display().to_string(),
-        "--data-dir".into(),
-        dir.path().join("var").display().to_string(),
-        "--cache-dir".into(),
-        drover_test_support::cache_dir().display().to_string(),
-        "--queue-url".into(),
-        format!("file:{}", dir.path().join("queue.db").display()),
-        "--storage-url".into(),
-        format!("file:{}", dir.path().join("runs.db").display()),
-    ];
+    let args = drover_test_support::host_args(agents.path(), dir.path(), "var", Some(&config));
     let host = HostProcess::start(
         EXE,
         &args,

@@ -903,24 +903,8 @@ async fn the_binary_refuses_a_revoked_token_at_once_and_reloads_its_tokens_on_si
     let config = data.path().join("drover.toml");
     std::fs::write(&config, format!("{acme_entry}\n{beta_entry}")).expect("config");
     let dir = data.path();
-    let args: Vec<String> = [
-        "--agents",
-        &agents.path().display().to_string(),
-        "--data-dir",
-        &dir.join("var").display().to_string(),
-        "--cache-dir",
-        &drover_test_support::cache_dir().display().to_string(),
-        "--queue-url",
-        &format!("file:{}", dir.join("queue.db").display()),
-        "--storage-url",
-        &format!("file:{}", dir.join("runs.db").display()),
-        "--config",
-        &config.display().to_string(),
-        "--concurrency",
-        "2",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = drover_test_support::host_args(agents.path(), dir, "var", Some(&config));
+    args.extend(["--concurrency", "2"].map(String::from));
     let host = drover_test_support::HostProcess::start(EXE, &args, &[("DROVER_API_TOKEN", "root")]);
     let url = host.url.clone();
 

@@ -123,20 +123,7 @@ async fn the_queue_worker_posts_each_item_with_a_scoped_token_and_its_tenant() {
         )
         // The same worker without the secret: its placeholder is refused, never sent.
         .add("ungranted-worker", QUEUE_WORKER, Some(&manifest("[]")));
-    let args: Vec<String> = vec![
-        "--config".into(),
-        config.display().to_string(),
-        "--agents".into(),
-        agents.path().display().to_string(),
-        "--data-dir".into(),
-        dir.path().join("var").display().to_string(),
-        "--cache-dir".into(),
-        drover_test_support::cache_dir().display().to_string(),
-        "--queue-url".into(),
-        format!("file:{}", dir.path().join("queue.db").display()),
-        "--storage-url".into(),
-        format!("file:{}", dir.path().join("runs.db").display()),
-    ];
+    let args = drover_test_support::host_args(agents.path(), dir.path(), "var", Some(&config));
     let host = HostProcess::start(
         EXE,
         &args,

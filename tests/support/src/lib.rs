@@ -30,6 +30,28 @@ pub const TOOL_BAD: &str = env!("DROVER_TOOL_BAD_TOOL");
 /// The `http-get` tool component (fetches a URL).
 pub const TOOL_HTTP_GET: &str = env!("DROVER_TOOL_HTTP_GET");
 
+/// The `drover-host run` arguments of a host with the agents in `agents`, its databases
+/// `queue.db` and `runs.db` in `dir`, its data directory `dir/<data>`, the shared compile
+/// cache, and `config` as its `drover.toml` (if given). Callers add what else they need.
+pub fn host_args(agents: &Path, dir: &Path, data: &str, config: Option<&Path>) -> Vec<String> {
+    let mut args = vec![
+        "--agents".to_string(),
+        agents.display().to_string(),
+        "--data-dir".to_string(),
+        dir.join(data).display().to_string(),
+        "--cache-dir".to_string(),
+        cache_dir().display().to_string(),
+        "--queue-url".to_string(),
+        format!("file:{}", dir.join("queue.db").display()),
+        "--storage-url".to_string(),
+        format!("file:{}", dir.join("runs.db").display()),
+    ];
+    if let Some(config) = config {
+        args.extend(["--config".to_string(), config.display().to_string()]);
+    }
+    args
+}
+
 /// A compiled-component cache shared by every test, so each component compiles once.
 pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("DROVER_TEST_CACHE_DIR"))
