@@ -51,43 +51,21 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// connect-timeout-ms = 10000
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Hosts any agent may reach at all (absent: any public host, as manifests allow; empty:
     /// none).
-    #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
     /// Requests one run (or tool call) may have in flight at once; more wait their turn.
-    #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: u32,
     /// Largest request body, in bytes.
-    #[serde(default = "default_request_bytes")]
     pub max_request_bytes: u64,
     /// Largest response body, in bytes.
-    #[serde(default = "default_response_bytes")]
     pub max_response_bytes: u64,
     /// Longest one request may take, from connecting to the end of the response body.
-    #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
     /// Longest connecting (and the TLS handshake) may take.
-    #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
-}
-
-fn default_concurrency() -> u32 {
-    DEFAULT_MAX_CONCURRENT_REQUESTS
-}
-fn default_request_bytes() -> u64 {
-    DEFAULT_MAX_REQUEST_BYTES
-}
-fn default_response_bytes() -> u64 {
-    DEFAULT_MAX_RESPONSE_BYTES
-}
-fn default_request_timeout() -> u64 {
-    DEFAULT_REQUEST_TIMEOUT_MS
-}
-fn default_connect_timeout() -> u64 {
-    DEFAULT_CONNECT_TIMEOUT_MS
 }
 
 impl Default for OutboundConfig {
