@@ -775,7 +775,7 @@ async fn two_processes_share_one_database() {
     let children: Vec<_> = (0..2)
         .map(|i| {
             std::process::Command::new(&exe)
-                .args(["--exact", "child_pool", "--ignored", "--nocapture"])
+                .args(["--exact", "pool::child_pool", "--ignored", "--nocapture"])
                 .env(CHILD_DIR, env.db.dir.path())
                 .env("DROVER_TEST_WORKER", format!("child-{i}"))
                 .stdout(std::process::Stdio::null())
@@ -925,6 +925,7 @@ async fn child_pool() {
 #[test]
 fn every_pool_test_passes_with_multi_row_statements() {
     drover_test_support::rerun_with_multi_row_statements(
+        module_path!(),
         "every_pool_test_passes_with_multi_row_statements",
     );
 }

@@ -784,6 +784,7 @@ async fn memory_and_shared_file_databases_work() {
 #[test]
 fn every_queue_test_passes_with_multi_row_statements() {
     drover_test_support::rerun_with_multi_row_statements(
+        module_path!(),
         "every_queue_test_passes_with_multi_row_statements",
     );
 }

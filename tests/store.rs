@@ -244,6 +244,7 @@ async fn migrations_are_applied_once_and_files_use_wal() {
 #[test]
 fn every_store_test_passes_with_multi_row_statements() {
     drover_test_support::rerun_with_multi_row_statements(
+        module_path!(),
         "every_store_test_passes_with_multi_row_statements",
     );
 }

@@ -147,16 +147,25 @@ pub async fn open_db(url: &str) -> Db {
     }
 }
 
-/// Runs every test of the current test binary except `this_test` once more, in a child process
+/// Runs every test of the calling suite except `this_test` once more, in a child process
 /// whose databases send multi-row statements (the SQL a remote libsql server gets), and fails if
-/// any of them does. Does nothing in that child.
-pub fn rerun_with_multi_row_statements(this_test: &str) {
+/// any of them does. Does nothing in that child. `suite` is the calling module's path
+/// (`module_path!()`): the suites are modules of one test binary, and their tests are named
+/// after the module's last part.
+pub fn rerun_with_multi_row_statements(suite: &str, this_test: &str) {
     if std::env::var_os(MULTI_ROW_ENV).is_some() {
         return;
     }
+    let prefix = format!("{}::", suite.rsplit("::").next().unwrap_or(suite));
     let exe = std::env::current_exe().expect("test binary");
     let output = std::process::Command::new(exe)
-        .args(["--skip", this_test, "--test-threads", "2"])
+        .arg(&prefix)
+        .args([
+            "--skip",
+            &format!("{prefix}{this_test}"),
+            "--test-threads",
+            "2",
+        ])
         .env(MULTI_ROW_ENV, "1")
         .output()
         .expect("run the test binary");
