@@ -507,7 +507,12 @@ async fn a_wasm_run_sees_only_placeholders() {
             CHAOS,
             Some("secrets = [\"sample-api-a\"]\n[env]\nGREETING = \"hi\"\n"),
         )
-        .add("stranger", CHAOS, Some("secrets = [\"nope\"]\n"));
+        .add("stranger", CHAOS, Some("secrets = [\"nope\"]\n"))
+        .add_tool(
+            "http-get",
+            drover_test_support::TOOL_HTTP_GET,
+            Some("secrets = [\"sample-api-a\", \"gone\"]\n"),
+        );
     let args = drover_test_support::host_args(agents.path(), dir.path(), "var", Some(&config));
     let host = HostProcess::start(
         EXE,
@@ -557,6 +562,12 @@ async fn a_wasm_run_sees_only_placeholders() {
         text.contains("agent \\\"stranger\\\" lists secret \\\"nope\\\", which is not configured (configured: sample-api-a, unused)"),
         "{text}"
     );
+    // A tool's manifest is checked the same way.
+    assert!(
+        text.contains("tool \\\"http-get\\\" lists secret \\\"gone\\\", which is not configured"),
+        "{text}"
+    );
+    assert!(!text.contains("lists secret \\\"sample-api-a\\\""), "{text}");
     for path in [
         "/v1/templates".to_string(),
         "/v1/jobs".to_string(),

@@ -512,23 +512,33 @@ fn capability_problems(
     secrets: &Secrets,
 ) -> Vec<LoadProblem> {
     let known: Vec<&str> = secrets.names().collect();
-    registry
-        .list()
-        .iter()
-        .flat_map(|spec| {
-            let path = spec
-                .source
-                .clone()
-                .unwrap_or_else(|| registry.dir().join(format!("{}.toml", spec.id)));
-            caps.problems_of(spec)
-                .into_iter()
-                .chain(spec.check_secrets(&known))
-                .map(move |error| LoadProblem {
-                    path: path.clone(),
-                    error,
-                })
+    let agents = registry.list().into_iter().flat_map(|spec| {
+        let path = spec
+            .source
+            .clone()
+            .unwrap_or_else(|| registry.dir().join(format!("{}.toml", spec.id)));
+        let errors = caps
+            .problems_of(&spec)
+            .into_iter()
+            .chain(spec.check_secrets(&known));
+        errors.map(move |error| LoadProblem {
+            path: path.clone(),
+            error,
         })
-        .collect()
+    });
+    let tools = registry.list_tools().into_iter().flat_map(|spec| {
+        let path = spec
+            .source
+            .clone()
+            .unwrap_or_else(|| registry.dir().join("tools"));
+        spec.check_secrets(&known)
+            .into_iter()
+            .map(move |error| LoadProblem {
+                path: path.clone(),
+                error,
+            })
+    });
+    agents.chain(tools).collect()
 }
 
 /// The HTTP client OAuth2 tokens are fetched with: it follows no redirect (a token endpoint

@@ -324,22 +324,27 @@ impl AgentSpec {
     /// host's), one problem each. Such an agent loads; a request carrying the placeholder of a
     /// missing secret is refused.
     pub fn check_secrets(&self, known: &[&str]) -> Vec<String> {
-        self.secrets
-            .iter()
-            .filter(|s| !known.contains(&s.as_str()))
-            .map(|s| {
-                format!(
-                    "agent {:?} lists secret {s:?}, which is not configured (configured: {})",
-                    self.id,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )
-            })
-            .collect()
+        missing_secrets(&format!("agent {:?}", self.id), &self.secrets, known)
     }
+}
+
+/// One problem for each of `listed` (the secrets an agent's or a tool's manifest lists, `who`)
+/// that is not among `known` (the host's).
+pub(crate) fn missing_secrets(who: &str, listed: &[String], known: &[&str]) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|s| !known.contains(&s.as_str()))
+        .map(|s| {
+            format!(
+                "{who} lists secret {s:?}, which is not configured (configured: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+        .collect()
 }
 
 /// Looks agents up by id.

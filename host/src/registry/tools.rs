@@ -98,6 +98,13 @@ impl ToolSpec {
         }
     }
 
+    /// What this tool's manifest lists that the host does not have: each secret not among
+    /// `known` (the host's), one problem each. Such a tool loads; a request carrying the
+    /// placeholder of a missing secret is refused.
+    pub fn check_secrets(&self, known: &[&str]) -> Vec<String> {
+        super::missing_secrets(&format!("tool {:?}", self.name), &self.secrets, known)
+    }
+
     /// The JSON Schema of the tool's input as models are given it (a tool's `parameters`): its
     /// input schema, or any JSON object if it has none.
     pub fn parameters(&self) -> serde_json::Value {
