@@ -1011,22 +1011,76 @@ async fn max_running_caps_each_key_and_overrides_raise_or_lower_it() {
 }
 
 #[tokio::test]
-async fn priority_orders_the_jobs_within_a_key() {
+async fn a_key_that_was_idle_starts_from_the_turn_being_served() {
     let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
-    for (id, priority) in [("a-low", 0), ("a-high", 9), ("a-mid", 5), ("b-only", 0)] {
+    enqueue_tenant(&t.queue, "a", 100).await;
+    // a runs alone for a while: 50 of its jobs, one claim and one finish at a time.
+    let mut take = async |n: usize| {
+        let mut taken = Vec::new();
+        for _ in 0..n {
+            let claimed = t.queue.claim("w", LEASE, 1).await.expect("claim");
+            let c = claimed.into_iter().next().expect("a job");
+            assert!(
+                t.queue
+                    .complete(&c.lease, "r", "success")
+                    .await
+                    .expect("complete")
+            );
+            taken.push(c.job.id);
+        }
+        taken
+    };
+    take(50).await;
+    // b comes along: it neither goes before all of a's waiting jobs (as if it had waited since
+    // a's first turn) nor after them (as if it had to wait for a's 50 turns to pass again).
+    enqueue_tenant(&t.queue, "b", 5).await;
+    let next = take(10).await;
+    let b: Vec<usize> = next
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| id.starts_with("b-"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(b.len(), 5, "{next:?}");
+    assert!(
+        b.iter().all(|i| *i < 10) && b[0] <= 1 && b[4] >= 8,
+        "{next:?}"
+    );
+}
+
+#[tokio::test]
+async fn priority_goes_first_and_the_keys_take_turns_within_a_priority() {
+    let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
+    let jobs = [
+        ("a-low1", 0),
+        ("a-low2", 0),
+        ("a-high1", 9),
+        ("a-high2", 9),
+        ("b-low1", 0),
+        ("b-low2", 0),
+        ("b-mid", 5),
+    ];
+    for (id, priority) in jobs {
         let tenant = id.split('-').next().expect("tenant");
         t.queue
             .enqueue(job_of(tenant, id).priority(priority))
             .await
             .expect("enqueue");
     }
-    let first = t.queue.claim("w", LEASE, 2).await.expect("claim");
-    let mut ids: Vec<&str> = first.iter().map(|c| c.job.id.as_str()).collect();
-    ids.sort_unstable();
-    assert_eq!(ids, ["a-high", "b-only"]);
-    let rest = t.queue.claim("w", LEASE, 2).await.expect("claim");
-    let ids: Vec<&str> = rest.iter().map(|c| c.job.id.as_str()).collect();
-    assert_eq!(ids, ["a-mid", "a-low"]);
+    let ids = |claimed: Vec<drover_host::queue::ClaimedJob>| {
+        let mut ids: Vec<String> = claimed.into_iter().map(|c| c.job.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    // Higher priorities first, whoever's they are.
+    let first = t.queue.claim("w", LEASE, 3).await.expect("claim");
+    assert_eq!(ids(first), ["a-high1", "a-high2", "b-mid"]);
+    // Within a priority, the keys take turns: b's first job before a's second, although a's
+    // were enqueued first.
+    let next = t.queue.claim("w", LEASE, 2).await.expect("claim");
+    assert_eq!(ids(next), ["a-low1", "b-low1"]);
+    let last = t.queue.claim("w", LEASE, 2).await.expect("claim");
+    assert_eq!(ids(last), ["a-low2", "b-low2"]);
 }
 
 #[tokio::test]

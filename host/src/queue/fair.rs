@@ -10,9 +10,10 @@
 //! acme = 50
 //! ```
 //!
-//! The key is computed when a job is enqueued and stored with it; claims then take from the
-//! keys round-robin, in priority order within a key, and never lease more of a key's jobs than
-//! its cap (counted in the claim's own statement, so the cap holds across hosts).
+//! The key is computed when a job is enqueued and stored with it, and each job gets its key's
+//! next turn as it becomes due. Claims take the highest priority first and, within a priority,
+//! the jobs in turn order, so that the keys take turns; they never lease more of a key's jobs
+//! than its cap (counted in the claim's own statement, so the cap holds across hosts).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::job::NewJob;
+use super::schema::FairCaps;
 
 /// Longest concurrency key a job may have, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -176,9 +178,31 @@ impl FairShare {
         Ok(())
     }
 
-    /// The per-key caps as the claim statement reads them (a JSON object).
-    pub(crate) fn overrides_json(&self) -> String {
-        serde_json::to_string(&self.max_running_for).unwrap_or_else(|_| "{}".into())
+    /// How the claims cap the keys.
+    pub(crate) fn caps(&self) -> FairCaps {
+        if !self.max_running_for.is_empty() {
+            FairCaps::PerKey
+        } else if self.max_running.is_some() {
+            FairCaps::One
+        } else {
+            FairCaps::None
+        }
+    }
+
+    /// The caps as the claim statement of [`FairShare::caps`] reads them (after its first five
+    /// parameters).
+    pub(crate) fn claim_params(&self) -> Vec<libsql::Value> {
+        let cap = |max: Option<u32>| max.map_or(libsql::Value::Null, |m| i64::from(m).into());
+        match self.caps() {
+            FairCaps::None => Vec::new(),
+            FairCaps::One => vec![cap(self.max_running)],
+            FairCaps::PerKey => vec![
+                serde_json::to_string(&self.max_running_for)
+                    .unwrap_or_else(|_| "{}".into())
+                    .into(),
+                cap(self.max_running),
+            ],
+        }
     }
 }
 

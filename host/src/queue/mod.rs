@@ -136,37 +136,35 @@ impl Queue {
             // Jobs enqueued without fair shares join the key "" (claims with fair shares read
             // only keyed jobs).
             db.write(|conn| async move {
-                for sql in schema::KEY_UNKEYED {
-                    conn.execute(sql, ()).await?;
+                for sql in schema::key_unkeyed() {
+                    conn.execute(&sql, ()).await?;
                 }
                 Ok(())
             })
             .await?;
         }
+        let caps = options
+            .fair_share
+            .as_ref()
+            .map_or(schema::FairCaps::None, FairShare::caps);
         let sql = Statements {
             insert: schema::insert_jobs(fair),
             claim: if fair {
-                schema::claim_fair(false)
+                schema::claim_fair(false, caps)
             } else {
                 schema::claim(false)
             },
             claim_lane: if fair {
-                schema::claim_fair(true)
+                schema::claim_fair(true, caps)
             } else {
                 schema::claim(true)
             },
             claim_caps: options
                 .fair_share
                 .as_ref()
-                .map(|fair| {
-                    vec![
-                        Value::Text(fair.overrides_json()),
-                        fair.max_running
-                            .map_or(Value::Null, |max| Value::Integer(i64::from(max))),
-                    ]
-                })
+                .map(FairShare::claim_params)
                 .unwrap_or_default(),
-            promote: schema::promote(),
+            promote: schema::promote(fair),
             reclaim: schema::reclaim(),
             release_orphans: schema::release_orphans(),
             cancel: schema::cancel(),
@@ -958,6 +956,7 @@ mod query_plans {
     //! same engine.)
 
     use super::*;
+    use crate::queue::schema::FairCaps;
 
     /// SQLite's plan for `sql`, one line per step.
     async fn plan(queue: &Queue, sql: String, params: Vec<Value>) -> Vec<String> {
@@ -979,8 +978,9 @@ mod query_plans {
                 let table = step.strip_prefix("SCAN ").and_then(|s| s.split(' ').next());
                 // Reading a lane's index is the point of a claim: it holds only due jobs, and a
                 // claim stops after its batch. The leased jobs are as many as the fleet's slots.
-                let bounded = step.ends_with("USING INDEX jobs_lane")
-                    || step.ends_with("USING INDEX jobs_lease");
+                let bounded = ["jobs_lane", "jobs_lease", "jobs_fair"]
+                    .iter()
+                    .any(|index| step.ends_with(&format!("INDEX {index}")));
                 matches!(table, Some("jobs" | "j")) && !bounded
             }),
             "{what} scans the jobs table: {plan:#?}"
@@ -1009,41 +1009,58 @@ mod query_plans {
             claim.iter().any(|step| step.contains("jobs_lane")),
             "a lane's claim reads its own index range: {claim:#?}"
         );
-        // With fair shares: key by key through the fair index, never the table.
+        // With fair shares: the fair index in claim order, and the leased jobs' index (for the
+        // caps), never the table.
         for lane in [true, false] {
-            let fair = plan(
-                &queue,
-                schema::claim_fair(lane),
-                vec![
+            for caps in [FairCaps::None, FairCaps::One, FairCaps::PerKey] {
+                let mut params = vec![
                     text("w"),
                     Value::Integer(1000),
                     Value::Integer(64),
                     if lane { Value::Integer(0) } else { none() },
                     text("[\"echo\"]"),
-                    text("{\"acme\": 5}"),
-                    Value::Integer(3),
-                ],
-            )
-            .await;
-            assert_no_scan_of_jobs("a fair claim", &fair);
-            for index in ["jobs_fair", "jobs_fair_leased"] {
-                assert!(
-                    fair.iter()
-                        .any(|step| step.contains(&format!("INDEX {index} "))),
-                    "a fair claim reads {index}: {fair:#?}"
-                );
+                ];
+                match caps {
+                    FairCaps::None => {}
+                    FairCaps::One => params.push(Value::Integer(3)),
+                    FairCaps::PerKey => {
+                        params.extend([text("{\"acme\": 5}"), Value::Integer(3)]);
+                    }
+                }
+                let fair = plan(&queue, schema::claim_fair(lane, caps), params).await;
+                assert_no_scan_of_jobs("a fair claim", &fair);
+                let mut indexes = vec!["jobs_fair"];
+                if caps != FairCaps::None {
+                    indexes.push("jobs_lease");
+                }
+                for index in indexes {
+                    assert!(
+                        fair.iter()
+                            .any(|step| step.contains(&format!("INDEX {index}"))),
+                        "a fair claim ({caps:?}) reads {index}: {fair:#?}"
+                    );
+                }
             }
         }
-        for sql in schema::KEY_UNKEYED {
-            let unkeyed = plan(&queue, sql.to_string(), Vec::new()).await;
+        for sql in schema::key_unkeyed() {
+            let unkeyed = plan(&queue, sql, Vec::new()).await;
             assert_no_scan_of_jobs("keying unkeyed jobs", &unkeyed);
         }
-        let promote = plan(&queue, schema::promote(), Vec::new()).await;
-        assert_no_scan_of_jobs("promoting due jobs", &promote);
-        assert!(
-            promote.iter().any(|step| step.contains("jobs_due")),
-            "{promote:#?}"
-        );
+        for fair in [false, true] {
+            let promote = plan(&queue, schema::promote(fair), Vec::new()).await;
+            assert_no_scan_of_jobs("promoting due jobs", &promote);
+            assert!(
+                promote.iter().any(|step| step.contains("jobs_due")),
+                "{promote:#?}"
+            );
+        }
+        let insert = plan(
+            &queue,
+            schema::insert_jobs(true),
+            vec![text("[]"), Value::Integer(0)],
+        )
+        .await;
+        assert_no_scan_of_jobs("a fair enqueue", &insert);
         let reclaim = plan(
             &queue,
             schema::reclaim(),

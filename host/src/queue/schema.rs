@@ -101,14 +101,45 @@ CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant_id, seq) WHERE tenant_id 
         name: "fair shares",
         sql: r#"
 -- The concurrency key a job was given at enqueue by a host with a [fair-share] section (NULL:
--- enqueued without one). Claims with fair shares read the queued jobs key by key, in priority
--- order within a key, and count each key's leased jobs; jobs without a key are in neither
--- index, so that a queue without fair shares pays nothing for them.
+-- enqueued without one), and its turn: the keys' jobs are numbered turn by turn (a key's
+-- first job waiting takes the turn being served, its next one the turn after, and so on), so
+-- that reading the keyed jobs in turn order takes from the keys round-robin. Jobs without a
+-- key are in no index of this migration, so that a queue without fair shares pays nothing.
 ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
-CREATE INDEX IF NOT EXISTS jobs_fair ON jobs (long_lived, concurrency_key, priority DESC, seq, agent_id)
+ALTER TABLE jobs ADD COLUMN fair_turn INTEGER;
+-- Claim order with fair shares: priority, then turn. A claim reads it as a plain claim reads
+-- jobs_lane: one range, and the jobs it leases are side by side in it.
+CREATE INDEX IF NOT EXISTS jobs_fair ON jobs
+    (long_lived, priority DESC, fair_turn, seq, concurrency_key, agent_id)
     WHERE status = 'queued' AND concurrency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_fair_leased ON jobs (concurrency_key)
-    WHERE status = 'leased' AND concurrency_key IS NOT NULL;
+-- The leased jobs, with what caps and turns need (their key; their lane, priority and turn),
+-- for expired-lease scans and for counting each key's running jobs without reading the table.
+DROP INDEX IF EXISTS jobs_lease;
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs
+    (lease_expires_at, long_lived, priority, concurrency_key, fair_turn)
+    WHERE status = 'leased';
+-- The last turn given to each key's jobs, lane by lane.
+CREATE TABLE IF NOT EXISTS fair_keys (
+    long_lived INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    last_turn INTEGER NOT NULL,
+    PRIMARY KEY (long_lived, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fair_keys_last ON fair_keys (long_lived, last_turn);
+CREATE TRIGGER IF NOT EXISTS fair_turn_given AFTER INSERT ON jobs
+    WHEN NEW.fair_turn IS NOT NULL
+BEGIN
+    INSERT INTO fair_keys (long_lived, key, last_turn)
+    VALUES (NEW.long_lived, NEW.concurrency_key, NEW.fair_turn)
+    ON CONFLICT (long_lived, key) DO UPDATE SET last_turn = max(last_turn, excluded.last_turn);
+END;
+CREATE TRIGGER IF NOT EXISTS fair_turn_moved AFTER UPDATE OF fair_turn ON jobs
+    WHEN NEW.fair_turn IS NOT NULL
+BEGIN
+    INSERT INTO fair_keys (long_lived, key, last_turn)
+    VALUES (NEW.long_lived, NEW.concurrency_key, NEW.fair_turn)
+    ON CONFLICT (long_lived, key) DO UPDATE SET last_turn = max(last_turn, excluded.last_turn);
+END;
 "#,
     },
 ];
@@ -119,27 +150,87 @@ pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, statu
     cancel_requested, stop_requested, long_lived, restarts, max_restarts, run_id, result_status, \
     error_tag, error_message, finished_at, seq, tenant_id, user_id";
 
-/// Inserts a batch of jobs (`?1`: JSON array), skipping ids that exist; returns the new rows.
-/// With `fair`, each job's concurrency key is stored too (`concurrencyKey`).
-pub(crate) fn insert_jobs(fair: bool) -> String {
-    let (key_column, key_value) = if fair {
-        (", concurrency_key", ", value->>'concurrencyKey'")
-    } else {
-        ("", "")
-    };
+/// The columns a new job is inserted with, and the values read for them from its JSON object
+/// `v`, as [`insert_jobs`] writes them.
+const NEW_JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
+    created_at, updated_at, max_attempts, long_lived, max_restarts, tenant_id, user_id";
+
+fn new_job_values(v: &str) -> String {
     format!(
-        "INSERT INTO jobs (id, agent_id, input, meta, priority, status, scheduled_for, created_at,
-                           updated_at, max_attempts, long_lived, max_restarts, tenant_id,
-                           user_id{key_column})
-         SELECT value->>'id', value->>'agentId', value->>'input', value->>'meta',
-                value->>'priority',
-                CASE WHEN value->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
-                coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
-                value->>'maxAttempts', value->>'longLived', value->>'maxRestarts',
-                value->>'tenantId', value->>'userId'{key_value}
-         FROM json_each(?1) WHERE true
+        "{v}->>'id', {v}->>'agentId', {v}->>'input', {v}->>'meta', {v}->>'priority',
+         CASE WHEN {v}->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
+         coalesce({v}->>'scheduledFor', {DB_NOW}), ?2, ?2,
+         {v}->>'maxAttempts', {v}->>'longLived', {v}->>'maxRestarts',
+         {v}->>'tenantId', {v}->>'userId'"
+    )
+}
+
+/// The turn being served in each lane and priority of `levels` (a query of columns `l` and
+/// `p`): the latest turn leased there; with none leased, the first turn waiting there; with
+/// none waiting, the last turn given in the lane. A key with no job waiting starts again from
+/// it, so a key that was idle neither jumps ahead of the keys that waited nor falls behind them.
+fn turn_clocks(levels: &str) -> String {
+    format!(
+        "SELECT l, p, coalesce(
+             (SELECT max(fair_turn) FROM jobs
+              WHERE status = 'leased' AND lease_expires_at > -9223372036854775807
+                AND long_lived = levels.l AND priority = levels.p),
+             (SELECT fair_turn FROM jobs
+              WHERE status = 'queued' AND concurrency_key IS NOT NULL
+                AND long_lived = levels.l AND priority = levels.p
+              ORDER BY fair_turn LIMIT 1),
+             (SELECT max(last_turn) FROM fair_keys WHERE long_lived = levels.l),
+             0) AS now_turn
+         FROM ({levels}) AS levels"
+    )
+}
+
+/// Turns for the jobs of `jobs` (a query of columns `id`, `l` (the lane), `p` (the priority),
+/// `k` (the key) and `o`: the jobs of a key get their turns in `o`, then `id`, order): each
+/// key's jobs take the turns after the key's last one, or from the turn being served at their
+/// priority on if that is later. Columns: `id`, `turn`.
+fn next_turns(jobs: &str) -> String {
+    format!(
+        "WITH todo AS MATERIALIZED ({jobs}),
+              clocks(l, p, now_turn) AS MATERIALIZED ({clocks})
+         SELECT todo.id,
+                max(coalesce(f.last_turn, 0), clocks.now_turn - 1)
+                    + row_number() OVER (PARTITION BY todo.l, todo.k ORDER BY todo.o, todo.id) AS turn
+         FROM todo JOIN clocks ON clocks.l = todo.l AND clocks.p = todo.p
+              LEFT JOIN fair_keys AS f ON f.long_lived = todo.l AND f.key = todo.k",
+        clocks = turn_clocks("SELECT DISTINCT l, p FROM todo")
+    )
+}
+
+/// Inserts a batch of jobs (`?1`: JSON array), skipping ids that exist; returns the new rows.
+/// With `fair`, each job's concurrency key is stored too (`concurrencyKey`), and a job due now
+/// gets its key's next turn (one due later gets it when it is promoted).
+pub(crate) fn insert_jobs(fair: bool) -> String {
+    if !fair {
+        return format!(
+            "INSERT INTO jobs ({NEW_JOB_COLUMNS})
+             SELECT {} FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO NOTHING
+             RETURNING {JOB_COLUMNS}",
+            new_job_values("value")
+        );
+    }
+    format!(
+        "WITH batch AS MATERIALIZED (
+             SELECT key AS pos, value AS v FROM json_each(?1)),
+           turns(pos, turn) AS MATERIALIZED ({turns})
+         INSERT INTO jobs ({NEW_JOB_COLUMNS}, concurrency_key, fair_turn)
+         SELECT {values}, batch.v->>'concurrencyKey', turns.turn
+         FROM batch LEFT JOIN turns ON turns.pos = batch.pos
+         WHERE true ORDER BY batch.pos
          ON CONFLICT (id) DO NOTHING
-         RETURNING {JOB_COLUMNS}"
+         RETURNING {JOB_COLUMNS}",
+        turns = next_turns(&format!(
+            "SELECT pos AS id, v->>'longLived' AS l, v->>'priority' AS p,
+                    v->>'concurrencyKey' AS k, pos AS o
+             FROM batch WHERE NOT coalesce(v->>'scheduledFor' > {DB_NOW}, 0)"
+        )),
+        values = new_job_values("batch.v"),
     )
 }
 
@@ -167,100 +258,146 @@ pub(crate) fn claim(lane: bool) -> String {
     )
 }
 
+/// How the claims of a queue with fair shares cap the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FairCaps {
+    /// No caps: round-robin only.
+    None,
+    /// One cap for every key (`?6`).
+    One,
+    /// Caps by key (`?6`: a JSON object of caps by key) and a cap for the other keys (`?7`, or
+    /// null for none).
+    PerKey,
+}
+
 /// Leases up to `?3` due jobs to worker `?1` for `?2` ms, as [`claim`] does, with fair shares:
-/// the jobs are taken from the concurrency keys round-robin (every key's best job, then every
-/// key's second best, …), in priority order within a key, and never more of a key's jobs than
-/// leave it at most its cap leased (`?6`: a JSON object of caps by key; `?7`: the cap of the
-/// other keys, or null for none). Within a round, keys with fewer jobs leased go first, then
-/// higher priority, then the keys in their order from a random one on (so that claims of one
-/// job each still take turns). `?4` and `?5` are the lane and the agents, as for [`claim`].
+/// in priority order, and within a priority in turn order, so that the keys take turns (each
+/// key's first job waiting, then each key's second, …) and a key's jobs run in the order they
+/// came. With `caps`, no more of a key's jobs are leased than leave it at its cap, counting its
+/// leased jobs on every host: a key at its cap is passed over, and a key near it gets only the
+/// jobs it has room for (a claim may then lease fewer jobs than it could; the next one goes on).
+/// `?4` and `?5` are the lane and the agents, as for [`claim`].
 ///
-/// It reads, for each key with queued jobs, a few index entries: the next key, its leased
-/// jobs, and its best queued jobs, at most as many as a round-robin batch can take from one key
-/// (one, when there are as many keys as the batch has jobs). Jobs without a key (enqueued
-/// without fair shares) are not seen; [`KEY_UNKEYED`] gives them one.
-pub(crate) fn claim_fair(lane: bool) -> String {
-    let lanes = if lane {
-        "VALUES (?4)"
-    } else {
-        "SELECT 0 WHERE ?4 IS NULL UNION ALL SELECT 1 WHERE ?4 IS NULL"
+/// It reads the fair index in claim order, as [`claim`] reads a lane's, and the jobs it leases
+/// lie side by side there. With caps it also counts the leased jobs by key (as many as the
+/// fleet runs), and reads past the waiting jobs of the keys at their caps.
+pub(crate) fn claim_fair(lane: bool, caps: FairCaps) -> String {
+    let cap_of = |key: &str| match caps {
+        FairCaps::None => "NULL".to_string(),
+        FairCaps::One => "?6".to_string(),
+        FairCaps::PerKey => {
+            format!("coalesce((SELECT value FROM json_each(?6) WHERE key = {key}), ?7)")
+        }
     };
-    let queued = "status = 'queued' AND concurrency_key IS NOT NULL";
-    format!(
-        "WITH RECURSIVE
-           lanes(l) AS ({lanes}),
-           -- The keys with queued jobs, lane by lane: one index seek per key.
-           keys(l, k) AS (
-             SELECT l, (SELECT concurrency_key FROM jobs
-                        WHERE {queued} AND long_lived = lanes.l
-                        ORDER BY concurrency_key LIMIT 1)
-             FROM lanes
-             UNION ALL
-             SELECT l, (SELECT concurrency_key FROM jobs
-                        WHERE {queued} AND long_lived = keys.l AND concurrency_key > keys.k
-                        ORDER BY concurrency_key LIMIT 1)
-             FROM keys WHERE k IS NOT NULL),
-           counted(l, k, cap, running) AS (
-             SELECT l, k, coalesce((SELECT value FROM json_each(?6) WHERE key = keys.k), ?7),
-                    (SELECT count(*) FROM jobs
-                     WHERE status = 'leased' AND concurrency_key = keys.k)
-             FROM keys WHERE k IS NOT NULL),
-           -- The keys below their cap with a queued job this host can run, and how many more
-           -- of their jobs may be leased.
-           room(l, k, n, running) AS MATERIALIZED (
-             SELECT l, k, CASE WHEN cap IS NULL THEN ?3 ELSE min(?3, cap - running) END, running
-             FROM counted
-             WHERE (cap IS NULL OR cap > running)
-               AND EXISTS (SELECT 1 FROM jobs
-                           WHERE {queued} AND long_lived = counted.l
-                             AND concurrency_key = counted.k
-                             AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5))))),
-           pivot(k) AS MATERIALIZED (SELECT k FROM room ORDER BY random() LIMIT 1),
-           -- Each key's best jobs: in a round-robin batch of ?3 jobs from E keys, no key gets
-           -- more than ?3 - E + 1.
-           picked(seq, k, priority, n, running) AS (
-             SELECT j.seq, room.k, j.priority, room.n, room.running
-             FROM room JOIN jobs AS j ON j.seq IN (
-               SELECT seq FROM jobs
-               WHERE {queued} AND long_lived = room.l AND concurrency_key = room.k
-                 AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5)))
-               ORDER BY priority DESC, seq
-               LIMIT max(1, ?3 + 1 - (SELECT count(DISTINCT k) FROM room)))),
-           ranked(seq, k, priority, n, running, round) AS (
-             SELECT seq, k, priority, n, running,
-                    row_number() OVER (PARTITION BY k ORDER BY priority DESC, seq)
-             FROM picked)
-         UPDATE jobs SET status = 'leased', lease_owner = ?1, lease_epoch = lease_epoch + 1,
+    let passed_over = match caps {
+        FairCaps::None => "",
+        _ => " AND concurrency_key NOT IN (SELECT k FROM full)",
+    };
+    let lane_jobs = |lane: &str| {
+        format!(
+            "SELECT seq, concurrency_key AS k, priority, fair_turn AS t FROM jobs
+             WHERE status = 'queued' AND concurrency_key IS NOT NULL AND long_lived = {lane}
+               AND (?5 IS NULL OR agent_id IN (SELECT value FROM json_each(?5))){passed_over}
+             ORDER BY priority DESC, fair_turn, seq LIMIT ?3"
+        )
+    };
+    let candidates = if lane {
+        lane_jobs("?4")
+    } else {
+        // Both lanes, each read in its own order, merged.
+        format!(
+            "SELECT * FROM ({}) UNION ALL SELECT * FROM ({})
+             ORDER BY priority DESC, t, seq LIMIT ?3",
+            lane_jobs("0 AND ?4 IS NULL"),
+            lane_jobs("1 AND ?4 IS NULL")
+        )
+    };
+    let update = format!(
+        "UPDATE jobs SET status = 'leased', lease_owner = ?1, lease_epoch = lease_epoch + 1,
                          lease_expires_at = {DB_NOW} + ?2, updated_at = {DB_NOW},
-                         claimed_at = {DB_NOW}
-         WHERE seq IN (SELECT seq FROM ranked WHERE round <= n
-                       ORDER BY round, running, priority DESC,
-                                k < (SELECT k FROM pivot), k, seq
-                       LIMIT ?3)
-         RETURNING {JOB_COLUMNS}"
+                         claimed_at = {DB_NOW}"
+    );
+    if caps == FairCaps::None {
+        return format!(
+            "{update}
+             WHERE seq IN (SELECT seq FROM ({candidates}))
+             RETURNING {JOB_COLUMNS}"
+        );
+    }
+    format!(
+        "WITH leased(k, running) AS MATERIALIZED (
+             SELECT concurrency_key, count(*) FROM jobs
+             WHERE status = 'leased' AND lease_expires_at > -9223372036854775807
+               AND concurrency_key IS NOT NULL
+             GROUP BY concurrency_key),
+           -- The keys at their caps.
+           full(k) AS MATERIALIZED (SELECT k FROM leased WHERE running >= {leased_cap}),
+           candidates AS MATERIALIZED ({candidates}),
+           -- How many more of each candidate key's jobs may be leased (null: any number).
+           room(k, n) AS MATERIALIZED (
+             SELECT c.k, {candidate_cap} - coalesce(leased.running, 0)
+             FROM (SELECT DISTINCT k FROM candidates) AS c LEFT JOIN leased ON leased.k = c.k),
+           ranked(seq, nth, n) AS (
+             SELECT seq, row_number() OVER (PARTITION BY candidates.k ORDER BY priority DESC, t, seq),
+                    room.n
+             FROM candidates JOIN room ON room.k = candidates.k)
+         {update}
+         WHERE seq IN (SELECT seq FROM ranked WHERE n IS NULL OR nth <= n)
+         RETURNING {JOB_COLUMNS}",
+        leased_cap = cap_of("leased.k"),
+        candidate_cap = cap_of("c.k"),
     )
 }
 
 /// Gives the key `""` to the jobs waiting or running without a key (enqueued by a host without
-/// fair shares), so that claims with fair shares see them and count them: the queued, the
-/// scheduled and the leased jobs, each through its own index. Run once when a queue with fair
-/// shares opens.
-pub(crate) const KEY_UNKEYED: [&str; 3] = [
-    "UPDATE jobs SET concurrency_key = ''
-     WHERE status = 'queued' AND long_lived IN (0, 1) AND concurrency_key IS NULL",
-    "UPDATE jobs SET concurrency_key = ''
-     WHERE status = 'scheduled' AND scheduled_for > -9223372036854775807
-       AND concurrency_key IS NULL",
-    "UPDATE jobs SET concurrency_key = ''
-     WHERE status = 'leased' AND lease_expires_at > -9223372036854775807
-       AND concurrency_key IS NULL",
-];
+/// fair shares), so that claims with fair shares see them and count them: the queued (which
+/// take the key's next turns, oldest first), the scheduled (which get theirs when promoted) and
+/// the leased jobs. Run once when a queue with fair shares opens.
+pub(crate) fn key_unkeyed() -> [String; 3] {
+    [
+        format!(
+            "WITH turns(seq, turn) AS MATERIALIZED ({})
+             UPDATE jobs SET concurrency_key = '', fair_turn = turns.turn
+             FROM turns WHERE jobs.seq = turns.seq",
+            next_turns(
+                "SELECT seq AS id, long_lived AS l, priority AS p, '' AS k, seq AS o FROM jobs
+                 WHERE status = 'queued' AND long_lived IN (0, 1) AND concurrency_key IS NULL"
+            )
+        ),
+        "UPDATE jobs SET concurrency_key = ''
+         WHERE status = 'scheduled' AND scheduled_for > -9223372036854775807
+           AND concurrency_key IS NULL"
+            .to_string(),
+        "UPDATE jobs SET concurrency_key = ''
+         WHERE status = 'leased' AND lease_expires_at > -9223372036854775807
+           AND concurrency_key IS NULL"
+            .to_string(),
+    ]
+}
 
-/// Makes the scheduled jobs that are due claimable.
-pub(crate) fn promote() -> String {
+/// Makes the scheduled jobs that are due claimable. With `fair`, each keyed job gets its key's
+/// next turn as it becomes due (a retried job waits its key's turn again).
+pub(crate) fn promote(fair: bool) -> String {
+    let due = "status = 'scheduled' AND scheduled_for <= ";
+    if !fair {
+        return format!(
+            "UPDATE jobs SET status = 'queued', updated_at = {DB_NOW}
+             WHERE {due}{DB_NOW}"
+        );
+    }
     format!(
-        "UPDATE jobs SET status = 'queued', updated_at = {DB_NOW}
-         WHERE status = 'scheduled' AND scheduled_for <= {DB_NOW}"
+        "WITH due AS MATERIALIZED (
+             SELECT seq, long_lived, priority, concurrency_key, scheduled_for FROM jobs
+             WHERE {due}{DB_NOW}),
+           turns(seq, turn) AS MATERIALIZED ({turns})
+         UPDATE jobs SET status = 'queued', updated_at = {DB_NOW}, fair_turn = turns.turn
+         FROM due LEFT JOIN turns ON turns.seq = due.seq
+         WHERE jobs.seq = due.seq",
+        turns = next_turns(
+            "SELECT seq AS id, long_lived AS l, priority AS p, concurrency_key AS k,
+                    scheduled_for AS o FROM due
+             WHERE concurrency_key IS NOT NULL"
+        )
     )
 }
 
