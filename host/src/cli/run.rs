@@ -512,8 +512,9 @@ fn capability_problems(
     secrets: &Secrets,
 ) -> Vec<LoadProblem> {
     let known: Vec<&str> = secrets.names().collect();
-    registry
-        .list()
+    let specs = registry.list();
+    let agents: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    specs
         .iter()
         .flat_map(|spec| {
             let path = spec
@@ -523,6 +524,7 @@ fn capability_problems(
             caps.problems_of(spec)
                 .into_iter()
                 .chain(spec.check_secrets(&known))
+                .chain(spec.check_children(&agents))
                 .map(move |error| LoadProblem {
                     path: path.clone(),
                     error,

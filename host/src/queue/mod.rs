@@ -26,8 +26,8 @@ pub use fair::{FairShare, KeyExpr, MAX_KEY_LEN};
 pub(crate) use hub::Hub;
 pub use job::{
     ClaimedJob, Enqueued, ErrorInfo, Finish, FinishKind, Job, JobFilter, JobStatus, Lease,
-    Lifecycle, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, NewJob, Reclaimed, Signal, validate_tenant_id,
-    validate_user_id,
+    Lifecycle, Lineage, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, NewJob, Reclaimed, Signal,
+    validate_tenant_id, validate_user_id,
 };
 
 /// Errors from queue operations.
@@ -112,6 +112,10 @@ struct Statements {
     select_by_ids: String,
     get: String,
 }
+
+/// Marks the jobs of `?1` (a JSON array of ids) as having spawned children.
+const MARK_PARENTS: &str = "UPDATE jobs SET has_children = 1
+    WHERE id IN (SELECT value FROM json_each(?1)) AND has_children = 0";
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,9 +238,19 @@ impl Queue {
                 max_restarts: job.max_restarts,
                 tenant_id: job.tenant_id.as_deref(),
                 user_id: job.user_id.as_deref(),
+                parent_job_id: job.lineage.as_ref().map(|l| l.parent_job_id.as_str()),
+                parent_run_id: job.lineage.as_ref().map(|l| l.parent_run_id.as_str()),
+                root_job_id: job.lineage.as_ref().map(|l| l.root_job_id.as_str()),
+                depth: job.lineage.as_ref().map_or(0, |l| l.depth),
                 concurrency_key,
             });
         }
+        let mut parents: Vec<&str> = rows.iter().filter_map(|r| r.parent_job_id).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let parents = (!parents.is_empty())
+            .then(|| to_json(&parents))
+            .transpose()?;
         let batch = to_json(&rows)?;
         let ids_json = to_json(&ids)?;
         let wanted = ids.len();
@@ -244,6 +258,10 @@ impl Queue {
         let (created, existing) = self
             .db
             .write_or_shed(move |conn| async move {
+                // Parents first: a child is never in the table unseen by its parent's end.
+                if let Some(parents) = parents {
+                    conn.execute(MARK_PARENTS, [parents]).await?;
+                }
                 let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
                 let existing = if created.len() < wanted {
                     query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
@@ -762,6 +780,15 @@ impl Queue {
             params.push(Value::Text(tenant.clone()));
             sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
         }
+        if let Some(root) = &filter.root_job_id {
+            params.push(Value::Text(root.clone()));
+            let n = params.len();
+            sql.push_str(&format!(" AND (root_job_id = ?{n} OR id = ?{n})"));
+        }
+        if let Some(parent) = &filter.parent_job_id {
+            params.push(Value::Text(parent.clone()));
+            sql.push_str(&format!(" AND parent_job_id = ?{}", params.len()));
+        }
         let limit = filter.limit.unwrap_or(50).min(MAX_LIST_LIMIT);
         params.push(Value::Integer(i64::from(limit)));
         params.push(Value::Integer(i64::from(filter.offset.unwrap_or(0))));
@@ -897,6 +924,13 @@ fn decode_job(row: &libsql::Row) -> Result<Job, DbError> {
         seq: row.int(24)?,
         tenant_id: row.opt_text(25)?,
         user_id: row.opt_text(26)?,
+        parent_job_id: row.opt_text(27)?,
+        parent_run_id: row.opt_text(28)?,
+        root_job_id: match row.opt_text(29)? {
+            Some(root) => root,
+            None => row.text(0)?,
+        },
+        depth: row.int(30)?,
     })
 }
 
@@ -915,6 +949,10 @@ struct InsertRow<'a> {
     max_restarts: Option<i64>,
     tenant_id: Option<&'a str>,
     user_id: Option<&'a str>,
+    parent_job_id: Option<&'a str>,
+    parent_run_id: Option<&'a str>,
+    root_job_id: Option<&'a str>,
+    depth: i64,
     /// With fair shares only.
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrency_key: Option<String>,
@@ -1109,5 +1147,85 @@ mod query_plans {
         assert_no_scan_of_jobs("finishing", &finish);
         let signals = plan(&queue, schema::SIGNALS.to_string(), vec![text("w")]).await;
         assert_no_scan_of_jobs("polling signals", &signals);
+    }
+}
+
+#[cfg(test)]
+mod lineage {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_knows_its_parent_and_root_and_a_tree_lists_together() {
+        let queue = Queue::open(":memory:", None).await.expect("queue");
+        let root = queue
+            .enqueue(NewJob::new("a", &serde_json::json!(1)).tenant("acme"))
+            .await
+            .expect("root")
+            .job;
+        assert_eq!(
+            (
+                root.parent_job_id.as_deref(),
+                root.root_job_id.as_str(),
+                root.depth
+            ),
+            (None, root.id.as_str(), 0)
+        );
+        let child = queue
+            .enqueue(
+                NewJob::new("b", &serde_json::json!(2))
+                    .tenant("acme")
+                    .child_of(Lineage {
+                        parent_job_id: root.id.clone(),
+                        parent_run_id: "run-1".into(),
+                        root_job_id: root.id.clone(),
+                        depth: 1,
+                    }),
+            )
+            .await
+            .expect("child")
+            .job;
+        assert_eq!(child.parent_job_id.as_deref(), Some(root.id.as_str()));
+        assert_eq!(child.parent_run_id.as_deref(), Some("run-1"));
+        assert_eq!(
+            (child.root_job_id.as_str(), child.depth),
+            (root.id.as_str(), 1)
+        );
+        queue
+            .enqueue(NewJob::new("a", &serde_json::json!(3)))
+            .await
+            .expect("another root");
+
+        let tree = queue
+            .list(&JobFilter {
+                root_job_id: Some(root.id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("tree");
+        let ids: Vec<&str> = tree.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, [child.id.as_str(), root.id.as_str()]);
+        let children = queue
+            .list(&JobFilter {
+                parent_job_id: Some(root.id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("children");
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].id, child.id);
+        let flagged: Vec<String> = queue
+            .db
+            .run(|conn| async move {
+                query_all(
+                    &conn,
+                    "SELECT id FROM jobs WHERE has_children = 1",
+                    (),
+                    |row| row.text(0),
+                )
+                .await
+            })
+            .await
+            .expect("flags");
+        assert_eq!(flagged, [root.id.clone()]);
     }
 }

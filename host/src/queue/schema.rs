@@ -111,13 +111,32 @@ CREATE INDEX IF NOT EXISTS jobs_fair_leased ON jobs (concurrency_key)
     WHERE status = 'leased' AND concurrency_key IS NOT NULL;
 "#,
     },
+    Migration {
+        version: 6,
+        name: "lineage",
+        sql: r#"
+-- The job (and the run of it) that spawned a job, the root of its tree (NULL for a root, which
+-- is its own), and how deep in the tree it is (0: a root). has_children is set once a job
+-- spawns, so that ending a run looks for children only where there can be some. Nullable or
+-- defaulted columns added in place: existing jobs are roots, and no row is rewritten.
+ALTER TABLE jobs ADD COLUMN parent_job_id TEXT;
+ALTER TABLE jobs ADD COLUMN parent_run_id TEXT;
+ALTER TABLE jobs ADD COLUMN root_job_id TEXT;
+ALTER TABLE jobs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN has_children INTEGER NOT NULL DEFAULT 0;
+-- A job's children (and, walked down, its descendants); a tree's jobs. Roots are in neither.
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_job_id, seq) WHERE parent_job_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_root ON jobs (root_job_id, seq) WHERE root_job_id IS NOT NULL;
+"#,
+    },
 ];
 
 /// The columns of a job, in the order [`super::decode_job`] reads them.
 pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
     created_at, updated_at, attempts, max_attempts, lease_epoch, lease_owner, lease_expires_at, \
     cancel_requested, stop_requested, long_lived, restarts, max_restarts, run_id, result_status, \
-    error_tag, error_message, finished_at, seq, tenant_id, user_id";
+    error_tag, error_message, finished_at, seq, tenant_id, user_id, parent_job_id, parent_run_id, \
+    root_job_id, depth";
 
 /// Inserts a batch of jobs (`?1`: JSON array), skipping ids that exist; returns the new rows.
 /// With `fair`, each job's concurrency key is stored too (`concurrencyKey`).
@@ -130,13 +149,15 @@ pub(crate) fn insert_jobs(fair: bool) -> String {
     format!(
         "INSERT INTO jobs (id, agent_id, input, meta, priority, status, scheduled_for, created_at,
                            updated_at, max_attempts, long_lived, max_restarts, tenant_id,
-                           user_id{key_column})
+                           user_id, parent_job_id, parent_run_id, root_job_id,
+                           depth{key_column})
          SELECT value->>'id', value->>'agentId', value->>'input', value->>'meta',
                 value->>'priority',
                 CASE WHEN value->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
                 coalesce(value->>'scheduledFor', {DB_NOW}), ?2, ?2,
                 value->>'maxAttempts', value->>'longLived', value->>'maxRestarts',
-                value->>'tenantId', value->>'userId'{key_value}
+                value->>'tenantId', value->>'userId', value->>'parentJobId',
+                value->>'parentRunId', value->>'rootJobId', value->>'depth'{key_value}
          FROM json_each(?1) WHERE true
          ON CONFLICT (id) DO NOTHING
          RETURNING {JOB_COLUMNS}"
