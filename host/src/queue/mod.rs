@@ -109,6 +109,8 @@ struct Statements {
     release_orphans: String,
     cancel: String,
     stop: String,
+    cancel_below: String,
+    stop_below: String,
     select_by_ids: String,
     get: String,
 }
@@ -175,6 +177,8 @@ impl Queue {
             release_orphans: schema::release_orphans(),
             cancel: schema::cancel(),
             stop: schema::stop(),
+            cancel_below: schema::cancel_below(),
+            stop_below: schema::stop_below(),
             select_by_ids: format!(
                 "SELECT {} FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
                 schema::JOB_COLUMNS
@@ -554,11 +558,20 @@ impl Queue {
                 },
             ])
             .await?;
+        let mut parents = Vec::new();
         let changed = returned
             .iter()
             .flatten()
-            .map(|row| Ok((text_at(row, 0)?, parse_status(&text_at(row, 1)?)?)))
+            .map(|row| {
+                let id = text_at(row, 0)?;
+                if matches!(row.get(2), Some(Value::Integer(1))) {
+                    parents.push(id.clone());
+                }
+                Ok((id, parse_status(&text_at(row, 1)?)?))
+            })
             .collect::<Result<Vec<_>, DbError>>()?;
+        // A run that ended takes its children with it.
+        self.end_children(&parents).await;
         self.hub.notify_terminal(
             changed
                 .iter()
@@ -615,12 +628,21 @@ impl Queue {
                     query_all(&conn, statement, (id.clone(), now), decode_job).await?;
                 if changed.is_empty() {
                     changed = query_all(&conn, &sql.get, [id], decode_job).await?;
-                    return Ok((changed.pop(), false));
+                    return Ok((changed.pop(), false, Vec::new()));
                 }
-                Ok((changed.pop(), true))
+                // The request goes down the whole tree below the job.
+                let below = if cancel {
+                    &sql.cancel_below
+                } else {
+                    &sql.stop_below
+                };
+                let ids = serde_json::json!([id]).to_string();
+                let below = query_all(&conn, below, (ids, now), decode_job).await?;
+                Ok((changed.pop(), true, below))
             })
             .await?;
-        let (job, changed) = changed;
+        let (job, changed, below) = changed;
+        self.signal(&below, cancel);
         if let (Some(job), true) = (&job, changed) {
             if job.status.is_terminal() {
                 self.hub.notify_terminal([job.id.as_str()]);
@@ -633,6 +655,57 @@ impl Queue {
             }
         }
         Ok(job)
+    }
+
+    /// Tells the pools of the jobs a request changed: those it finished are terminal, the
+    /// others (leased) are signalled.
+    fn signal(&self, jobs: &[Job], cancel: bool) {
+        self.hub.notify_terminal(
+            jobs.iter()
+                .filter(|j| j.status.is_terminal())
+                .map(|j| j.id.as_str()),
+        );
+        for job in jobs.iter().filter(|j| !j.status.is_terminal()) {
+            self.hub.send_signal(Signal {
+                job_id: job.id.clone(),
+                cancel,
+                stop: !cancel,
+            });
+        }
+    }
+
+    /// Asks every unfinished job below the jobs of `parents` to stop (a queued one is
+    /// cancelled), on whatever host it runs. Returns the jobs it changed.
+    pub async fn stop_below(&self, parents: &[String]) -> Result<Vec<Job>, QueueError> {
+        if parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = to_json(parents)?;
+        let sql = Arc::clone(&self.sql);
+        let now = now_ms();
+        let below = self
+            .db
+            .write(move |conn| async move {
+                query_all(&conn, &sql.stop_below, (ids, now), decode_job).await
+            })
+            .await?;
+        self.signal(&below, false);
+        Ok(below)
+    }
+
+    /// The children of runs that ended are stopped (see [`crate::children`]); a failure is
+    /// logged, as the outcome that ended the run is already recorded.
+    async fn end_children(&self, parents: &[String]) {
+        match self.stop_below(parents).await {
+            Ok(below) if !below.is_empty() => {
+                tracing::info!(
+                    jobs = below.len(),
+                    "asked the children of runs that ended to stop"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot stop the children of runs that ended"),
+        }
     }
 
     /// Whether a cancel was requested for a job.
@@ -701,15 +774,26 @@ impl Queue {
             .db
             .write_relaxed(move |conn| async move {
                 query_all(&conn, &sql.reclaim, params, |row| {
-                    Ok(Reclaimed {
-                        job_id: row.text(0)?,
-                        epoch: row.int(1)?,
-                        status: parse_status(&row.text(2)?)?,
-                    })
+                    Ok((
+                        Reclaimed {
+                            job_id: row.text(0)?,
+                            epoch: row.int(1)?,
+                            status: parse_status(&row.text(2)?)?,
+                        },
+                        row.int(3)? != 0,
+                    ))
                 })
                 .await
             })
             .await?;
+        // The runs whose host died take their children with them.
+        let parents: Vec<String> = reclaimed
+            .iter()
+            .filter(|(_, parent)| *parent)
+            .map(|(r, _)| r.job_id.clone())
+            .collect();
+        self.end_children(&parents).await;
+        let reclaimed: Vec<Reclaimed> = reclaimed.into_iter().map(|(r, _)| r).collect();
         self.hub.notify_terminal(
             reclaimed
                 .iter()
@@ -801,6 +885,32 @@ impl Queue {
             .db
             .run(move |conn| async move { query_all(&conn, &sql, params, decode_job).await })
             .await?)
+    }
+
+    /// How many unfinished (scheduled, queued or leased) children job `parent_job_id` has.
+    pub async fn live_children(&self, parent_job_id: &str) -> Result<i64, QueueError> {
+        let id = parent_job_id.to_string();
+        self.count(
+            "SELECT count(*) FROM jobs WHERE parent_job_id = ?1
+             AND status IN ('scheduled', 'queued', 'leased')",
+            id,
+        )
+        .await
+    }
+
+    /// How many jobs are below root `root_job_id` in its tree, finished or not.
+    pub async fn tree_size(&self, root_job_id: &str) -> Result<i64, QueueError> {
+        let id = root_job_id.to_string();
+        self.count("SELECT count(*) FROM jobs WHERE root_job_id = ?1", id)
+            .await
+    }
+
+    async fn count(&self, sql: &'static str, id: String) -> Result<i64, QueueError> {
+        let rows = self
+            .db
+            .run(move |conn| async move { query_all(&conn, sql, [id], |row| row.int(0)).await })
+            .await?;
+        Ok(rows.into_iter().next().unwrap_or(0))
     }
 
     /// How many jobs are in each status.
@@ -1226,6 +1336,6 @@ mod lineage {
             })
             .await
             .expect("flags");
-        assert_eq!(flagged, [root.id.clone()]);
+        assert_eq!(flagged, std::slice::from_ref(&root.id));
     }
 }

@@ -324,7 +324,7 @@ pub(crate) fn complete(rows: usize) -> String {
         return format!(
             "UPDATE jobs SET {}
              WHERE id = ?2 AND lease_epoch = ?3 AND status = 'leased'
-             RETURNING id, status",
+             RETURNING id, status, has_children",
             set("?4", "?5")
         );
     }
@@ -333,7 +333,7 @@ pub(crate) fn complete(rows: usize) -> String {
          UPDATE jobs SET {}
          FROM n
          WHERE jobs.id = n.id AND jobs.lease_epoch = n.epoch AND jobs.status = 'leased'
-         RETURNING jobs.id, jobs.status",
+         RETURNING jobs.id, jobs.status, jobs.has_children",
         values_list(rows, COMPLETE_COLUMNS, 2),
         set("n.run_id", "n.result_status")
     )
@@ -377,7 +377,7 @@ pub(crate) fn finish(rows: usize) -> String {
                FROM n JOIN jobs AS j ON j.id = n.id AND j.lease_epoch = n.epoch
                WHERE j.status = 'leased') AS o
          WHERE jobs.seq = o.seq
-         RETURNING jobs.id, jobs.status",
+         RETURNING jobs.id, jobs.status, jobs.has_children",
         values_list(rows, FINISH_COLUMNS, 4)
     )
 }
@@ -388,17 +388,48 @@ pub(crate) const FINISH_COLUMNS: usize = 8;
 /// Cancels job `?1` at `?2`: a queued job becomes `cancelled` at once, a leased one is flagged
 /// for its worker. Terminal jobs are left alone (no row returned).
 pub(crate) fn cancel() -> String {
+    cancel_where("id = ?1", "", "cancelled before it started")
+}
+
+/// The jobs below those of `?1` (a JSON array of ids) in their trees: their children, and
+/// theirs, down to the leaves, each found through the parent index.
+const BELOW: &str = "WITH RECURSIVE below(id) AS (
+         SELECT id FROM jobs WHERE parent_job_id IN (SELECT value FROM json_each(?1))
+         UNION
+         SELECT j.id FROM jobs AS j JOIN below ON j.parent_job_id = below.id)";
+
+/// Cancels, at `?2`, every unfinished job below those of `?1` (a JSON array of ids), as
+/// [`cancel`] cancels one.
+pub(crate) fn cancel_below() -> String {
+    cancel_where(
+        "id IN below",
+        BELOW,
+        "cancelled before it started: a job above it was cancelled",
+    )
+}
+
+/// Asks every unfinished job below those of `?1` (a JSON array of ids) to stop at `?2`, as
+/// [`stop`] asks one.
+pub(crate) fn stop_below() -> String {
+    stop_where(
+        "id IN below",
+        BELOW,
+        "stopped before it started: the run above it ended or was stopped",
+    )
+}
+
+fn cancel_where(target: &str, with: &str, message: &str) -> String {
     format!(
-        "UPDATE jobs SET
+        "{with} UPDATE jobs SET
             status = CASE WHEN status IN ('queued', 'scheduled') THEN 'cancelled' ELSE status END,
             cancel_requested = CASE WHEN status = 'leased' THEN 1 ELSE cancel_requested END,
             error_tag = CASE WHEN status IN ('queued', 'scheduled') THEN 'Cancelled'
                              ELSE error_tag END,
             error_message = CASE WHEN status IN ('queued', 'scheduled')
-                                 THEN 'cancelled before it started' ELSE error_message END,
+                                 THEN '{message}' ELSE error_message END,
             finished_at = CASE WHEN status IN ('queued', 'scheduled') THEN ?2 ELSE finished_at END,
             updated_at = ?2
-         WHERE id = ?1 AND status IN ('scheduled', 'queued', 'leased')
+         WHERE {target} AND status IN ('scheduled', 'queued', 'leased')
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -406,17 +437,21 @@ pub(crate) fn cancel() -> String {
 /// Asks job `?1` to stop gracefully at `?2`: a queued job (never started) is cancelled, a leased
 /// one is flagged for its worker.
 pub(crate) fn stop() -> String {
+    stop_where("id = ?1", "", "stopped before it started")
+}
+
+fn stop_where(target: &str, with: &str, message: &str) -> String {
     format!(
-        "UPDATE jobs SET
+        "{with} UPDATE jobs SET
             status = CASE WHEN status IN ('queued', 'scheduled') THEN 'cancelled' ELSE status END,
             stop_requested = CASE WHEN status = 'leased' THEN 1 ELSE stop_requested END,
             error_tag = CASE WHEN status IN ('queued', 'scheduled') THEN 'Stopped'
                              ELSE error_tag END,
             error_message = CASE WHEN status IN ('queued', 'scheduled')
-                                 THEN 'stopped before it started' ELSE error_message END,
+                                 THEN '{message}' ELSE error_message END,
             finished_at = CASE WHEN status IN ('queued', 'scheduled') THEN ?2 ELSE finished_at END,
             updated_at = ?2
-         WHERE id = ?1 AND status IN ('scheduled', 'queued', 'leased')
+         WHERE {target} AND status IN ('scheduled', 'queued', 'leased')
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -480,7 +515,7 @@ pub(crate) fn reclaim() -> String {
                   AND NOT (lease_owner IS ?2
                            AND id IN (SELECT value FROM json_each(coalesce(?3, '[]')))))) AS r
     WHERE jobs.seq = r.seq
-    RETURNING jobs.id, jobs.lease_epoch, jobs.status"
+    RETURNING jobs.id, jobs.lease_epoch, jobs.status, jobs.has_children"
     )
 }
 
