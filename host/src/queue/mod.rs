@@ -1338,4 +1338,34 @@ mod lineage {
             .expect("flags");
         assert_eq!(flagged, std::slice::from_ref(&root.id));
     }
+
+    #[tokio::test]
+    async fn walking_a_tree_reads_the_parent_index_not_the_table() {
+        let queue = Queue::open(":memory:", None).await.expect("queue");
+        for sql in [schema::stop_below(), schema::cancel_below()] {
+            let plan = queue
+                .db
+                .run(move |conn| async move {
+                    query_all(
+                        &conn,
+                        &format!("EXPLAIN QUERY PLAN {sql}"),
+                        (String::from("[\"a\"]"), 0),
+                        |row| row.text(3),
+                    )
+                    .await
+                })
+                .await
+                .expect("plan");
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN jobs")
+                    || step.starts_with("SCAN j ")
+                    || step == "SCAN j"),
+                "{plan:#?}"
+            );
+            assert!(
+                plan.iter().any(|step| step.contains("jobs_parent")),
+                "{plan:#?}"
+            );
+        }
+    }
 }
