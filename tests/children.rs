@@ -468,3 +468,88 @@ async fn when_the_parents_host_is_killed_its_children_are_stopped_once_its_lease
         assert!(status == "done" || status == "cancelled", "{job}");
     }
 }
+
+/// A new API token for `tenant` with `verbs`: its text and its `drover.toml` entry.
+fn new_token(name: &str, tenant: &str, verbs: &str) -> (String, String) {
+    let out = std::process::Command::new(EXE)
+        .args([
+            "tokens", "new", "--name", name, "--tenant", tenant, "--verbs", verbs,
+        ])
+        .output()
+        .expect("run drover-host");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("a token line")
+        .to_string();
+    let entry = out
+        .split_once("\n\n")
+        .map(|(_, toml)| toml.to_string())
+        .expect("a TOML entry");
+    (token, entry)
+}
+
+async fn get_as(token: &str, url: String) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_keep_their_parents_tenant_and_other_tenants_see_none_of_the_tree() {
+    let (acme, acme_entry) = new_token("acme-ci", "acme", "enqueue,read");
+    let (beta, beta_entry) = new_token("beta-ro", "beta", "read");
+    let setup = Setup::new();
+    let config = setup.data.path().join("drover.toml");
+    std::fs::write(&config, format!("{acme_entry}\n{beta_entry}")).expect("config");
+    let mut args = host_args(setup.agents.path(), setup.data.path(), "var", Some(&config));
+    args.extend(["--concurrency", "2"].map(String::from));
+    let host = HostProcess::start(EXE, &args, &[("DROVER_API_TOKEN", "root")]);
+    let url = &host.url;
+
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/jobs"))
+        .bearer_auth(&acme)
+        .json(&json!({ "agentId": "spawner", "userId": "ann", "input": {
+            "children": [{ "agentId": "echo", "input": { "n": 1 } }], "wait": true } }))
+        .send()
+        .await
+        .expect("enqueue");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.expect("json");
+    let parent = created["job"]["id"].as_str().expect("id").to_string();
+    let (status, view) = get_as(
+        &acme,
+        format!("{url}/v1/jobs/{parent}/wait?timeoutMs=30000"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["job"]["status"], "done", "{view}");
+
+    let (status, children) = get_as(&acme, format!("{url}/v1/jobs/{parent}/children")).await;
+    assert_eq!(status, StatusCode::OK, "{children}");
+    let children = children["jobs"].as_array().expect("jobs");
+    assert_eq!(children.len(), 1, "{children:?}");
+    assert_eq!(children[0]["tenantId"], "acme");
+    assert_eq!(children[0]["userId"], "ann");
+    let (_, tree) = get_as(&acme, format!("{url}/v1/jobs?rootJobId={parent}")).await;
+    assert_eq!(tree["jobs"].as_array().map(Vec::len), Some(2), "{tree}");
+
+    // Another tenant's token: the parent is not found, and its tree lists nothing.
+    let (status, _) = get_as(&beta, format!("{url}/v1/jobs/{parent}/children")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, tree) = get_as(&beta, format!("{url}/v1/jobs?rootJobId={parent}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tree["jobs"], json!([]), "{tree}");
+}
