@@ -15,7 +15,7 @@ const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
 /// The spawner's policy in these tests.
 const SPAWNER_MANIFEST: &str = r#"
 [children]
-allowed = ["echo", "spawner", "chain-worker"]
+allowed = ["echo", "spawner", "chain-worker", "ghost"]
 max-depth = 2
 max-fan-out = 3
 max-total = 4
@@ -274,7 +274,10 @@ async fn a_parent_that_waits_at_concurrency_one_gets_its_childs_output() {
     let parent = enqueue(
         url,
         "spawner",
-        json!({ "children": [{ "agentId": "echo", "input": { "n": 5 } }], "wait": true, "list": true }),
+        json!({ "children": [
+            { "agentId": "echo", "input": { "n": 5 } },
+            { "agentId": "ghost", "input": {} },
+        ], "wait": true, "list": true }),
     )
     .await;
     let view = finished(url, &parent).await;
@@ -286,6 +289,8 @@ async fn a_parent_that_waits_at_concurrency_one_gets_its_childs_output() {
         json!({ "status": "done", "output": { "received": 5, "ok": true }, "error": null }),
         "{view}"
     );
+    assert_eq!(output["spawned"][1]["tag"], "UnknownAgent", "{view}");
+    assert_eq!(output["listed"].as_array().map(Vec::len), Some(1), "{view}");
     assert_eq!(output["listed"][0]["id"], child_id, "{view}");
     assert_eq!(output["listed"][0]["agentId"], "echo", "{view}");
     let child = finished(url, child_id).await;
@@ -295,6 +300,25 @@ async fn a_parent_that_waits_at_concurrency_one_gets_its_childs_output() {
     assert_eq!(child["job"]["depth"], 1, "{child}");
     assert_eq!(view["job"]["depth"], 0, "{view}");
     assert_eq!(view["job"]["rootJobId"], parent.as_str(), "{view}");
+
+    // The policy is shown with the agent, and an allowed agent that is not loaded is a load
+    // problem.
+    let (_, templates) = get(format!("{url}/v1/templates")).await;
+    let spawner = templates["templates"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == "spawner"))
+        .expect("spawner template");
+    assert_eq!(
+        spawner["children"],
+        json!({ "allowed": ["echo", "spawner", "chain-worker", "ghost"], "maxDepth": 2,
+                "maxFanOut": 3, "maxTotal": 4 }),
+        "{spawner}"
+    );
+    let problems = templates["problems"].to_string();
+    assert!(
+        problems.contains(r#"may spawn agent \"ghost\""#),
+        "{problems}"
+    );
 
     // Another run's child is not this run's to wait for.
     let other = enqueue(url, "spawner", json!({ "waitFor": child_id })).await;

@@ -64,7 +64,7 @@ use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
 use crate::registry::dir::LoadProblem;
-use crate::registry::{AgentCode, DeclarativeAgent, Limits, Quota, Schema};
+use crate::registry::{AgentCode, ChildrenPolicy, DeclarativeAgent, Limits, Quota, Schema};
 use crate::store::{Event, Run, RunFilter, RunStatus, Usage};
 use crate::time::now_ms;
 
@@ -1148,6 +1148,8 @@ struct Template<'a> {
     /// The names of the host secrets the agent may use.
     secrets: &'a [String],
     quota: &'a Quota,
+    /// The agents it may spawn, and the bounds on its tree (`[children]`).
+    children: &'a ChildrenPolicy,
     /// A declarative agent's prompt and model.
     declarative: Option<&'a DeclarativeAgent>,
 }
@@ -1188,6 +1190,7 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
             tools: &spec.tools,
             secrets: &spec.secrets,
             quota: &spec.quota,
+            children: &spec.children,
             declarative: match &spec.code {
                 AgentCode::Declarative(agent) => Some(agent),
                 AgentCode::Native(_) | AgentCode::Wasm(_) => None,
