@@ -337,7 +337,7 @@ async fn a_parent_that_waits_at_concurrency_one_gets_its_childs_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_parent_cancels_its_tree_and_a_stopped_child_is_completed() {
+async fn cancel_and_stop_go_down_the_tree_and_a_parents_end_stops_its_children() {
     let setup = Setup::new();
     let host = setup.start("host", &[]);
     let url = &host.url;
@@ -374,6 +374,43 @@ async fn cancelling_a_parent_cancels_its_tree_and_a_stopped_child_is_completed()
     let leaf = finished(url, jobs[2]["id"].as_str().expect("id")).await;
     let status = &leaf["job"]["status"];
     assert!(status == "done" || status == "cancelled", "{leaf}");
+
+    // A stop requested of a waiting parent ends its wait early, with the child still running;
+    // the parent returns, and the stop went down its tree too: the chain is Completed.
+    let root = enqueue(
+        url,
+        "spawner",
+        json!({ "children": [chain], "wait": true, "timeoutMs": 600_000 }),
+    )
+    .await;
+    let jobs = running_tree(url, &root, 3).await;
+    let (status, _) = post(format!("{url}/v1/jobs/{root}/stop"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let view = finished(url, &root).await;
+    assert_eq!(view["job"]["status"], "done", "{view}");
+    assert_eq!(
+        view["run"]["output"]["outcomes"][0]["status"], "running",
+        "{view}"
+    );
+    for job in &jobs[1..] {
+        let view = finished(url, job["id"].as_str().expect("id")).await;
+        assert_eq!(view["job"]["status"], "done", "{view}");
+        assert_eq!(view["job"]["stopRequested"], true, "{view}");
+    }
+
+    // No orphans: a parent that returns without waiting leaves a long-lived child, which
+    // would never end on its own; its run's end stops it (Completed).
+    let root = enqueue(url, "spawner", json!({ "children": [chain] })).await;
+    let view = finished(url, &root).await;
+    assert_eq!(view["job"]["status"], "done", "{view}");
+    let child = view["run"]["output"]["spawned"][0]["id"]
+        .as_str()
+        .expect("child")
+        .to_string();
+    let view = finished(url, &child).await;
+    let status = &view["job"]["status"];
+    assert!(status == "done" || status == "cancelled", "{view}");
+    assert_eq!(view["job"]["stopRequested"], status == "done", "{view}");
 }
 
 /// Host A (`--max-agents 1`) runs the root chain worker; host B, started after, runs the rest
