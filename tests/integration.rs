@@ -6,6 +6,7 @@
 //! resident memory, which other suites' runs would disturb.
 
 mod api;
+mod children;
 mod cli;
 mod fair;
 mod faults;

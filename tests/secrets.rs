@@ -567,7 +567,10 @@ async fn a_wasm_run_sees_only_placeholders() {
         text.contains("tool \\\"http-get\\\" lists secret \\\"gone\\\", which is not configured"),
         "{text}"
     );
-    assert!(!text.contains("lists secret \\\"sample-api-a\\\""), "{text}");
+    assert!(
+        !text.contains("lists secret \\\"sample-api-a\\\""),
+        "{text}"
+    );
     for path in [
         "/v1/templates".to_string(),
         "/v1/jobs".to_string(),

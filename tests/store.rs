@@ -233,6 +233,7 @@ async fn migrations_are_applied_once_and_files_use_wal() {
             ("queue".to_string(), 3),
             ("queue".to_string(), 4),
             ("queue".to_string(), 5),
+            ("queue".to_string(), 6),
             ("store".to_string(), 1),
             ("store".to_string(), 2),
             ("store".to_string(), 3),

@@ -34,7 +34,8 @@
 //! [`heartbeat`], [`log`], read the clock with [`now_ms`], and — for long-lived agents — notice a
 //! stop request with [`stop_requested`] or an interruptible [`sleep`]. It calls models through the
 //! host with [`model::complete`] and its tools with [`tools::call`], or lets [`run_loop`] drive
-//! both to an answer. Environment variables set
+//! both to an answer. It drives other agents with [`agents::spawn`] and [`agents::wait`].
+//! Environment variables set
 //! in the agent's manifest are visible through [`std::env::var`]; nothing else of the host is.
 //!
 //! # Tools
@@ -85,6 +86,7 @@
 use std::time::Duration;
 
 mod agent_loop;
+pub mod agents;
 pub mod http;
 
 pub use agent_loop::{LoopOptions, model, run_loop, tools};

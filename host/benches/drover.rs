@@ -11,6 +11,7 @@
 //! cargo bench -p drover-host --bench drover -- --only outbound  # a guest's HTTP request vs reqwest
 //! cargo bench -p drover-host --bench drover -- --only waiting  # 10,000 runs waiting on a model
 //! cargo bench -p drover-host --bench drover -- --only fair  # claims with fair shares vs without
+//! cargo bench -p drover-host --bench drover -- --only children  # spawn + wait of a child vs enqueue + wait
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -164,6 +165,10 @@ fn main() {
     if wanted("outbound") {
         eprintln!("[12] outbound HTTP: a guest's request vs a host-side reqwest call");
         rows.extend(runtime.block_on(outbound_request(scale, dir)));
+    }
+    if wanted("children") {
+        eprintln!("[13] a parent's spawn + wait of a child vs enqueue + wait from the Rust API");
+        rows.extend(runtime.block_on(child_round_trip(scale, dir)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.
@@ -1303,6 +1308,90 @@ fn start_pool(
         },
     )
     .start()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Children
+
+/// A parent run's `spawn` and `wait` of a child (the host's side of `drover:agent/agents`: the
+/// policy's checks of depth, fan-out and tree size, the enqueue with lineage, the wait for the
+/// child's outcome and output), vs `RunApi::enqueue` and `RunApi::wait_for` of the same job,
+/// alternating, on one pool that runs a native echo.
+async fn child_round_trip(scale: Scale, work: &Path) -> Vec<Row> {
+    use drover_host::children::{Caller, Children, SpawnOptions};
+    use drover_host::registry::ChildrenPolicy;
+
+    let rounds = scale.pick(20, 1000);
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(native_echo()));
+    let dir = tempfile::tempdir_in(work).expect("dir");
+    let (queue, store) = databases(dir.path()).await;
+    let pool = start_pool(
+        &queue,
+        &store,
+        &registry,
+        Arc::new(NoneSandbox::new()),
+        4,
+        4,
+    );
+    let api = drover_host::api::RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry));
+    // The parent: a job of an agent this pool does not run, so that it stays queued.
+    let parent = queue
+        .enqueue(NewJob::new("parent", &json!(null)))
+        .await
+        .expect("parent")
+        .job;
+    let children = Children::new(queue.clone(), store.clone(), Arc::clone(&registry)).for_run(
+        ChildrenPolicy {
+            allowed: vec!["echo".into()],
+            max_total: 100_000,
+            ..ChildrenPolicy::default()
+        },
+        Caller {
+            agent_id: "parent".into(),
+            job_id: parent.id.clone(),
+            run_id: "bench-run".into(),
+        },
+    );
+    let input = json!({ "n": 1 }).to_string();
+    let mut spawned = Vec::with_capacity(rounds);
+    let mut enqueued = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let child = children
+            .spawn("echo", input.clone(), SpawnOptions::default())
+            .await
+            .expect("spawn");
+        let outcome = children
+            .wait(&child.id, Duration::from_secs(30), std::future::pending())
+            .await
+            .expect("wait");
+        spawned.push(started.elapsed().as_secs_f64());
+        assert_eq!(outcome.status, JobStatus::Done);
+        assert!(outcome.output.is_some());
+
+        let started = Instant::now();
+        let job = api
+            .enqueue(NewJob::new("echo", &json!({ "n": 1 })))
+            .await
+            .expect("enqueue")
+            .job;
+        let view = api
+            .wait_for(&job.id, Duration::from_secs(30))
+            .await
+            .expect("wait");
+        enqueued.push(started.elapsed().as_secs_f64());
+        assert_eq!(view.job.status, JobStatus::Done);
+    }
+    pool.shutdown().await;
+    let (s, e) = (percentile(&spawned, 0.5), percentile(&enqueued, 0.5));
+    vec![Row {
+        name: "Child round trip: a parent run's spawn of a native echo child and its wait for the child's output, p50; vs enqueue + wait_for of the same job from the Rust API".into(),
+        figure: millis(s),
+        baseline: millis(e),
+        ratio: s / e,
+        target: "≤ 1.5×".into(),
+        met: Some(s / e <= 1.5),
+    }]
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 //! gateway calls models on agents' behalf, on the aliases the host's [`config`] file declares.
 
 pub mod api;
+pub mod children;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -14,6 +14,8 @@ const AGENTS: &[(&str, &str)] = &[
     ("queue-worker", "queue_worker.wasm"),
     ("chaos", "chaos.wasm"),
     ("fetch", "fetch.wasm"),
+    ("chain-worker", "chain_worker.wasm"),
+    ("spawner", "spawner.wasm"),
 ];
 
 /// Tool crates (under `agents/tools/`) and the file name cargo gives their component.

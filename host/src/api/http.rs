@@ -4,7 +4,8 @@
 //! | route | does |
 //! |---|---|
 //! | `POST /v1/jobs` | enqueue (`201`; `200` with the existing job for a known id with the same agent and input, `409` with another) |
-//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `tenantId`, `limit`, `offset`) |
+//! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `tenantId`, `rootJobId`, `limit`, `offset`) |
+//! | `GET /v1/jobs/{id}/children` | summaries of the jobs the job's runs spawned, oldest first |
 //! | `GET /v1/jobs/{id}` | the job and its run, in full |
 //! | `GET /v1/jobs/{id}/wait?timeoutMs=` | the job once finished (`408` with its state on timeout) |
 //! | `POST /v1/jobs/{id}/cancel` | cancel (`202`; `409` if it has already finished) |
@@ -63,7 +64,7 @@ use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
 use crate::registry::dir::LoadProblem;
-use crate::registry::{AgentCode, DeclarativeAgent, Limits, Quota, Schema};
+use crate::registry::{AgentCode, ChildrenPolicy, DeclarativeAgent, Limits, Quota, Schema};
 use crate::store::{Event, Run, RunFilter, RunStatus, Usage};
 use crate::time::now_ms;
 
@@ -134,6 +135,7 @@ pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
     let timed = Router::new()
         .route("/v1/jobs", post(enqueue).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/children", get(job_children))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/stop", post(stop_job))
         .route("/v1/runs", get(list_runs))
@@ -783,6 +785,10 @@ struct JobSummary<'a> {
     finished_at: Option<i64>,
     tenant_id: Option<&'a str>,
     user_id: Option<&'a str>,
+    parent_job_id: Option<&'a str>,
+    parent_run_id: Option<&'a str>,
+    root_job_id: &'a str,
+    depth: i64,
 }
 
 impl<'a> From<&'a Job> for JobSummary<'a> {
@@ -813,6 +819,10 @@ impl<'a> From<&'a Job> for JobSummary<'a> {
             finished_at: job.finished_at,
             tenant_id: job.tenant_id.as_deref(),
             user_id: job.user_id.as_deref(),
+            parent_job_id: job.parent_job_id.as_deref(),
+            parent_run_id: job.parent_run_id.as_deref(),
+            root_job_id: &job.root_job_id,
+            depth: job.depth,
         }
     }
 }
@@ -966,6 +976,7 @@ struct JobQuery {
     status: Option<String>,
     agent_id: Option<String>,
     tenant_id: Option<String>,
+    root_job_id: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
 }
@@ -975,6 +986,8 @@ async fn list_jobs(Scoped(api): Scoped, Query(q): Query<JobQuery>) -> HttpResult
         status: parse_list(q.status.as_deref())?,
         agent_id: q.agent_id,
         tenant_id: tenant_query(q.tenant_id)?,
+        root_job_id: q.root_job_id,
+        parent_job_id: None,
         limit: q.limit,
         offset: q.offset,
     };
@@ -1011,6 +1024,16 @@ fn parse_list<T: std::str::FromStr<Err = String>>(text: Option<&str>) -> Result<
 
 async fn get_job(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
     ok(StatusCode::OK, api.get(&id).await?)
+}
+
+async fn job_children(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
+    let children = api.children(&id).await?;
+    page(
+        "jobs",
+        children.iter().map(JobSummary::from),
+        Cursor::None,
+        |_| 0,
+    )
 }
 
 /// Query of `GET /v1/jobs/{id}/wait`.
@@ -1125,6 +1148,8 @@ struct Template<'a> {
     /// The names of the host secrets the agent may use.
     secrets: &'a [String],
     quota: &'a Quota,
+    /// The agents it may spawn, and the bounds on its tree (`[children]`).
+    children: &'a ChildrenPolicy,
     /// A declarative agent's prompt and model.
     declarative: Option<&'a DeclarativeAgent>,
 }
@@ -1165,6 +1190,7 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
             tools: &spec.tools,
             secrets: &spec.secrets,
             quota: &spec.quota,
+            children: &spec.children,
             declarative: match &spec.code {
                 AgentCode::Declarative(agent) => Some(agent),
                 AgentCode::Native(_) | AgentCode::Wasm(_) => None,
@@ -1333,7 +1359,7 @@ async fn list_agents(
                 agent_id: Some(agent),
                 tenant_id: tenant_id.clone(),
                 limit: q.limit.or(Some(200)),
-                offset: None,
+                ..JobFilter::default()
             })
             .await?;
         views.extend(api.views(jobs).await?);

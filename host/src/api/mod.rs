@@ -75,6 +75,9 @@ pub struct RunApi {
     tenant: Option<Arc<str>>,
 }
 
+/// Most children [`RunApi::children`] lists.
+pub const MAX_CHILDREN_LISTED: u32 = 1000;
+
 /// Longest pause between polls while waiting for a job another process runs.
 const WAIT_POLL_MAX: Duration = Duration::from_millis(250);
 
@@ -380,6 +383,23 @@ impl RunApi {
         Ok(self.queue.list(&filter).await?)
     }
 
+    /// The jobs that runs of `job_id` spawned, oldest first (`NotFound` for a job not visible
+    /// here). At most [`MAX_CHILDREN_LISTED`].
+    pub async fn children(&self, job_id: &str) -> Result<Vec<Job>, ApiError> {
+        let parent = self.job(job_id).await?;
+        let mut children = self
+            .queue
+            .list(&JobFilter {
+                parent_job_id: Some(parent.id),
+                tenant_id: self.tenant.as_deref().map(str::to_string),
+                limit: Some(MAX_CHILDREN_LISTED),
+                ..JobFilter::default()
+            })
+            .await?;
+        children.reverse();
+        Ok(children)
+    }
+
     /// Runs, newest first (of this API's tenant only, as [`RunApi::list`]).
     pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, ApiError> {
         let Some(filter) = self
@@ -425,7 +445,7 @@ impl RunApi {
                         agent_id: Some(agent.clone()),
                         tenant_id: Some(tenant.to_string()),
                         limit: Some(PAGE),
-                        offset: None,
+                        ..JobFilter::default()
                     })
                     .await?;
                 let todo: Vec<&Job> = jobs.iter().filter(|j| !j.stop_requested).collect();

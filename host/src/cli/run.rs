@@ -17,6 +17,7 @@ use crate::api::RunApi;
 use crate::api::auth::Auth;
 use crate::api::http::{self, HttpConfig, HttpState};
 use crate::api::metrics::Metrics;
+use crate::children::Children;
 use crate::config::HostConfig;
 use crate::db::{Db, DbOptions, SyncMode};
 use crate::model::ModelGateway;
@@ -228,6 +229,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let trusted_env = trusted_env(&args.trusted_env);
 
     let registry_dyn: Arc<dyn Registry> = registry.clone();
+    // Agents spawn their children into the same queue.
+    caps.enable_children(Children::new(
+        queue.clone(),
+        store.clone(),
+        Arc::clone(&registry_dyn),
+    ));
     let pool = (!args.api_only).then(|| {
         WorkerPool::new(
             PoolDeps {
@@ -512,15 +519,18 @@ fn capability_problems(
     secrets: &Secrets,
 ) -> Vec<LoadProblem> {
     let known: Vec<&str> = secrets.names().collect();
-    let agents = registry.list().into_iter().flat_map(|spec| {
+    let specs = registry.list();
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let agents = specs.iter().flat_map(|spec| {
         let path = spec
             .source
             .clone()
             .unwrap_or_else(|| registry.dir().join(format!("{}.toml", spec.id)));
         let errors = caps
-            .problems_of(&spec)
+            .problems_of(spec)
             .into_iter()
-            .chain(spec.check_secrets(&known));
+            .chain(spec.check_secrets(&known))
+            .chain(spec.check_children(&ids));
         errors.map(move |error| LoadProblem {
             path: path.clone(),
             error,

@@ -185,6 +185,27 @@ pub struct Job {
     pub tenant_id: Option<String>,
     /// The user it was started for, if the caller said.
     pub user_id: Option<String>,
+    /// The job whose run spawned it (`None`: a root, enqueued by a producer).
+    pub parent_job_id: Option<String>,
+    /// The run of that job that spawned it.
+    pub parent_run_id: Option<String>,
+    /// The root of its tree: its own id for a root.
+    pub root_job_id: String,
+    /// How far below its root it is (0: a root).
+    pub depth: i64,
+}
+
+/// Where a spawned job sits in its tree (see [`NewJob::child_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The job whose run spawns it.
+    pub parent_job_id: String,
+    /// That run.
+    pub parent_run_id: String,
+    /// The root of the tree.
+    pub root_job_id: String,
+    /// Its depth: the parent's plus one.
+    pub depth: i64,
 }
 
 /// The proof of a claim. Heartbeats and outcomes are accepted only from the holder of the current
@@ -246,6 +267,10 @@ pub struct NewJob {
     /// Default: none.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// Where it sits in a tree of jobs, if a run spawned it (set by the host, never by a
+    /// producer).
+    #[serde(skip)]
+    pub lineage: Option<Lineage>,
 }
 
 /// Longest tenant id.
@@ -314,7 +339,14 @@ impl NewJob {
             max_restarts: None,
             tenant_id: None,
             user_id: None,
+            lineage: None,
         }
+    }
+
+    /// Makes the job a child in a tree of jobs.
+    pub fn child_of(mut self, lineage: Lineage) -> Self {
+        self.lineage = Some(lineage);
+        self
     }
 
     /// Sets the tenant the job belongs to.
@@ -388,6 +420,12 @@ pub struct JobFilter {
     /// Only this tenant's jobs.
     #[serde(default)]
     pub tenant_id: Option<String>,
+    /// Only the jobs of this tree (its root among them).
+    #[serde(default)]
+    pub root_job_id: Option<String>,
+    /// Only the children of this job.
+    #[serde(default)]
+    pub parent_job_id: Option<String>,
     /// At most this many (default 50, at most 1000).
     #[serde(default)]
     pub limit: Option<u32>,

@@ -26,8 +26,8 @@ pub use fair::{FairShare, KeyExpr, MAX_KEY_LEN};
 pub(crate) use hub::Hub;
 pub use job::{
     ClaimedJob, Enqueued, ErrorInfo, Finish, FinishKind, Job, JobFilter, JobStatus, Lease,
-    Lifecycle, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, NewJob, Reclaimed, Signal, validate_tenant_id,
-    validate_user_id,
+    Lifecycle, Lineage, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, NewJob, Reclaimed, Signal,
+    validate_tenant_id, validate_user_id,
 };
 
 /// Errors from queue operations.
@@ -109,9 +109,15 @@ struct Statements {
     release_orphans: String,
     cancel: String,
     stop: String,
+    cancel_below: String,
+    stop_below: String,
     select_by_ids: String,
     get: String,
 }
+
+/// Marks the jobs of `?1` (a JSON array of ids) as having spawned children.
+const MARK_PARENTS: &str = "UPDATE jobs SET has_children = 1
+    WHERE id IN (SELECT value FROM json_each(?1)) AND has_children = 0";
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,6 +175,8 @@ impl Queue {
             release_orphans: schema::release_orphans(),
             cancel: schema::cancel(),
             stop: schema::stop(),
+            cancel_below: schema::cancel_below(),
+            stop_below: schema::stop_below(),
             select_by_ids: format!(
                 "SELECT {} FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
                 schema::JOB_COLUMNS
@@ -232,9 +240,19 @@ impl Queue {
                 max_restarts: job.max_restarts,
                 tenant_id: job.tenant_id.as_deref(),
                 user_id: job.user_id.as_deref(),
+                parent_job_id: job.lineage.as_ref().map(|l| l.parent_job_id.as_str()),
+                parent_run_id: job.lineage.as_ref().map(|l| l.parent_run_id.as_str()),
+                root_job_id: job.lineage.as_ref().map(|l| l.root_job_id.as_str()),
+                depth: job.lineage.as_ref().map_or(0, |l| l.depth),
                 concurrency_key,
             });
         }
+        let mut parents: Vec<&str> = rows.iter().filter_map(|r| r.parent_job_id).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let parents = (!parents.is_empty())
+            .then(|| to_json(&parents))
+            .transpose()?;
         let batch = to_json(&rows)?;
         let ids_json = to_json(&ids)?;
         let wanted = ids.len();
@@ -242,6 +260,10 @@ impl Queue {
         let (created, existing) = self
             .db
             .write_or_shed(move |conn| async move {
+                // Parents first: a child is never in the table unseen by its parent's end.
+                if let Some(parents) = parents {
+                    conn.execute(MARK_PARENTS, [parents]).await?;
+                }
                 let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
                 let existing = if created.len() < wanted {
                     query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
@@ -534,11 +556,20 @@ impl Queue {
                 },
             ])
             .await?;
+        let mut parents = Vec::new();
         let changed = returned
             .iter()
             .flatten()
-            .map(|row| Ok((text_at(row, 0)?, parse_status(&text_at(row, 1)?)?)))
+            .map(|row| {
+                let id = text_at(row, 0)?;
+                if matches!(row.get(2), Some(Value::Integer(1))) {
+                    parents.push(id.clone());
+                }
+                Ok((id, parse_status(&text_at(row, 1)?)?))
+            })
             .collect::<Result<Vec<_>, DbError>>()?;
+        // A run that ended takes its children with it.
+        self.end_children(&parents).await;
         self.hub.notify_terminal(
             changed
                 .iter()
@@ -595,12 +626,21 @@ impl Queue {
                     query_all(&conn, statement, (id.clone(), now), decode_job).await?;
                 if changed.is_empty() {
                     changed = query_all(&conn, &sql.get, [id], decode_job).await?;
-                    return Ok((changed.pop(), false));
+                    return Ok((changed.pop(), false, Vec::new()));
                 }
-                Ok((changed.pop(), true))
+                // The request goes down the whole tree below the job.
+                let below = if cancel {
+                    &sql.cancel_below
+                } else {
+                    &sql.stop_below
+                };
+                let ids = serde_json::json!([id]).to_string();
+                let below = query_all(&conn, below, (ids, now), decode_job).await?;
+                Ok((changed.pop(), true, below))
             })
             .await?;
-        let (job, changed) = changed;
+        let (job, changed, below) = changed;
+        self.signal(&below, cancel);
         if let (Some(job), true) = (&job, changed) {
             if job.status.is_terminal() {
                 self.hub.notify_terminal([job.id.as_str()]);
@@ -613,6 +653,57 @@ impl Queue {
             }
         }
         Ok(job)
+    }
+
+    /// Tells the pools of the jobs a request changed: those it finished are terminal, the
+    /// others (leased) are signalled.
+    fn signal(&self, jobs: &[Job], cancel: bool) {
+        self.hub.notify_terminal(
+            jobs.iter()
+                .filter(|j| j.status.is_terminal())
+                .map(|j| j.id.as_str()),
+        );
+        for job in jobs.iter().filter(|j| !j.status.is_terminal()) {
+            self.hub.send_signal(Signal {
+                job_id: job.id.clone(),
+                cancel,
+                stop: !cancel,
+            });
+        }
+    }
+
+    /// Asks every unfinished job below the jobs of `parents` to stop (a queued one is
+    /// cancelled), on whatever host it runs. Returns the jobs it changed.
+    pub async fn stop_below(&self, parents: &[String]) -> Result<Vec<Job>, QueueError> {
+        if parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = to_json(parents)?;
+        let sql = Arc::clone(&self.sql);
+        let now = now_ms();
+        let below = self
+            .db
+            .write(move |conn| async move {
+                query_all(&conn, &sql.stop_below, (ids, now), decode_job).await
+            })
+            .await?;
+        self.signal(&below, false);
+        Ok(below)
+    }
+
+    /// The children of runs that ended are stopped (see [`crate::children`]); a failure is
+    /// logged, as the outcome that ended the run is already recorded.
+    async fn end_children(&self, parents: &[String]) {
+        match self.stop_below(parents).await {
+            Ok(below) if !below.is_empty() => {
+                tracing::info!(
+                    jobs = below.len(),
+                    "asked the children of runs that ended to stop"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot stop the children of runs that ended"),
+        }
     }
 
     /// Whether a cancel was requested for a job.
@@ -681,15 +772,26 @@ impl Queue {
             .db
             .write_relaxed(move |conn| async move {
                 query_all(&conn, &sql.reclaim, params, |row| {
-                    Ok(Reclaimed {
-                        job_id: row.text(0)?,
-                        epoch: row.int(1)?,
-                        status: parse_status(&row.text(2)?)?,
-                    })
+                    Ok((
+                        Reclaimed {
+                            job_id: row.text(0)?,
+                            epoch: row.int(1)?,
+                            status: parse_status(&row.text(2)?)?,
+                        },
+                        row.int(3)? != 0,
+                    ))
                 })
                 .await
             })
             .await?;
+        // The runs whose host died take their children with them.
+        let parents: Vec<String> = reclaimed
+            .iter()
+            .filter(|(_, parent)| *parent)
+            .map(|(r, _)| r.job_id.clone())
+            .collect();
+        self.end_children(&parents).await;
+        let reclaimed: Vec<Reclaimed> = reclaimed.into_iter().map(|(r, _)| r).collect();
         self.hub.notify_terminal(
             reclaimed
                 .iter()
@@ -760,6 +862,15 @@ impl Queue {
             params.push(Value::Text(tenant.clone()));
             sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
         }
+        if let Some(root) = &filter.root_job_id {
+            params.push(Value::Text(root.clone()));
+            let n = params.len();
+            sql.push_str(&format!(" AND (root_job_id = ?{n} OR id = ?{n})"));
+        }
+        if let Some(parent) = &filter.parent_job_id {
+            params.push(Value::Text(parent.clone()));
+            sql.push_str(&format!(" AND parent_job_id = ?{}", params.len()));
+        }
         let limit = filter.limit.unwrap_or(50).min(MAX_LIST_LIMIT);
         params.push(Value::Integer(i64::from(limit)));
         params.push(Value::Integer(i64::from(filter.offset.unwrap_or(0))));
@@ -772,6 +883,32 @@ impl Queue {
             .db
             .run(move |conn| async move { query_all(&conn, &sql, params, decode_job).await })
             .await?)
+    }
+
+    /// How many unfinished (scheduled, queued or leased) children job `parent_job_id` has.
+    pub async fn live_children(&self, parent_job_id: &str) -> Result<i64, QueueError> {
+        let id = parent_job_id.to_string();
+        self.count(
+            "SELECT count(*) FROM jobs WHERE parent_job_id = ?1
+             AND status IN ('scheduled', 'queued', 'leased')",
+            id,
+        )
+        .await
+    }
+
+    /// How many jobs are below root `root_job_id` in its tree, finished or not.
+    pub async fn tree_size(&self, root_job_id: &str) -> Result<i64, QueueError> {
+        let id = root_job_id.to_string();
+        self.count("SELECT count(*) FROM jobs WHERE root_job_id = ?1", id)
+            .await
+    }
+
+    async fn count(&self, sql: &'static str, id: String) -> Result<i64, QueueError> {
+        let rows = self
+            .db
+            .run(move |conn| async move { query_all(&conn, sql, [id], |row| row.int(0)).await })
+            .await?;
+        Ok(rows.into_iter().next().unwrap_or(0))
     }
 
     /// How many jobs are in each status.
@@ -895,6 +1032,13 @@ fn decode_job(row: &libsql::Row) -> Result<Job, DbError> {
         seq: row.int(24)?,
         tenant_id: row.opt_text(25)?,
         user_id: row.opt_text(26)?,
+        parent_job_id: row.opt_text(27)?,
+        parent_run_id: row.opt_text(28)?,
+        root_job_id: match row.opt_text(29)? {
+            Some(root) => root,
+            None => row.text(0)?,
+        },
+        depth: row.int(30)?,
     })
 }
 
@@ -913,6 +1057,10 @@ struct InsertRow<'a> {
     max_restarts: Option<i64>,
     tenant_id: Option<&'a str>,
     user_id: Option<&'a str>,
+    parent_job_id: Option<&'a str>,
+    parent_run_id: Option<&'a str>,
+    root_job_id: Option<&'a str>,
+    depth: i64,
     /// With fair shares only.
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrency_key: Option<String>,
@@ -1126,5 +1274,115 @@ mod query_plans {
         assert_no_scan_of_jobs("finishing", &finish);
         let signals = plan(&queue, schema::SIGNALS.to_string(), vec![text("w")]).await;
         assert_no_scan_of_jobs("polling signals", &signals);
+    }
+}
+
+#[cfg(test)]
+mod lineage {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_knows_its_parent_and_root_and_a_tree_lists_together() {
+        let queue = Queue::open(":memory:", None).await.expect("queue");
+        let root = queue
+            .enqueue(NewJob::new("a", &serde_json::json!(1)).tenant("acme"))
+            .await
+            .expect("root")
+            .job;
+        assert_eq!(
+            (
+                root.parent_job_id.as_deref(),
+                root.root_job_id.as_str(),
+                root.depth
+            ),
+            (None, root.id.as_str(), 0)
+        );
+        let child = queue
+            .enqueue(
+                NewJob::new("b", &serde_json::json!(2))
+                    .tenant("acme")
+                    .child_of(Lineage {
+                        parent_job_id: root.id.clone(),
+                        parent_run_id: "run-1".into(),
+                        root_job_id: root.id.clone(),
+                        depth: 1,
+                    }),
+            )
+            .await
+            .expect("child")
+            .job;
+        assert_eq!(child.parent_job_id.as_deref(), Some(root.id.as_str()));
+        assert_eq!(child.parent_run_id.as_deref(), Some("run-1"));
+        assert_eq!(
+            (child.root_job_id.as_str(), child.depth),
+            (root.id.as_str(), 1)
+        );
+        queue
+            .enqueue(NewJob::new("a", &serde_json::json!(3)))
+            .await
+            .expect("another root");
+
+        let tree = queue
+            .list(&JobFilter {
+                root_job_id: Some(root.id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("tree");
+        let ids: Vec<&str> = tree.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, [child.id.as_str(), root.id.as_str()]);
+        let children = queue
+            .list(&JobFilter {
+                parent_job_id: Some(root.id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("children");
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].id, child.id);
+        let flagged: Vec<String> = queue
+            .db
+            .run(|conn| async move {
+                query_all(
+                    &conn,
+                    "SELECT id FROM jobs WHERE has_children = 1",
+                    (),
+                    |row| row.text(0),
+                )
+                .await
+            })
+            .await
+            .expect("flags");
+        assert_eq!(flagged, std::slice::from_ref(&root.id));
+    }
+
+    #[tokio::test]
+    async fn walking_a_tree_reads_the_parent_index_not_the_table() {
+        let queue = Queue::open(":memory:", None).await.expect("queue");
+        for sql in [schema::stop_below(), schema::cancel_below()] {
+            let plan = queue
+                .db
+                .run(move |conn| async move {
+                    query_all(
+                        &conn,
+                        &format!("EXPLAIN QUERY PLAN {sql}"),
+                        (String::from("[\"a\"]"), 0),
+                        |row| row.text(3),
+                    )
+                    .await
+                })
+                .await
+                .expect("plan");
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN jobs")
+                    || step.starts_with("SCAN j ")
+                    || step == "SCAN j"),
+                "{plan:#?}"
+            );
+            assert!(
+                plan.iter().any(|step| step.contains("jobs_parent")),
+                "{plan:#?}"
+            );
+        }
     }
 }

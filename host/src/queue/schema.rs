@@ -142,18 +142,38 @@ BEGIN
 END;
 "#,
     },
+    Migration {
+        version: 6,
+        name: "lineage",
+        sql: r#"
+-- The job (and the run of it) that spawned a job, the root of its tree (NULL for a root, which
+-- is its own), and how deep in the tree it is (0: a root). has_children is set once a job
+-- spawns, so that ending a run looks for children only where there can be some. Nullable or
+-- defaulted columns added in place: existing jobs are roots, and no row is rewritten.
+ALTER TABLE jobs ADD COLUMN parent_job_id TEXT;
+ALTER TABLE jobs ADD COLUMN parent_run_id TEXT;
+ALTER TABLE jobs ADD COLUMN root_job_id TEXT;
+ALTER TABLE jobs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN has_children INTEGER NOT NULL DEFAULT 0;
+-- A job's children (and, walked down, its descendants); a tree's jobs. Roots are in neither.
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_job_id, seq) WHERE parent_job_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_root ON jobs (root_job_id, seq) WHERE root_job_id IS NOT NULL;
+"#,
+    },
 ];
 
 /// The columns of a job, in the order [`super::decode_job`] reads them.
 pub(crate) const JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
     created_at, updated_at, attempts, max_attempts, lease_epoch, lease_owner, lease_expires_at, \
     cancel_requested, stop_requested, long_lived, restarts, max_restarts, run_id, result_status, \
-    error_tag, error_message, finished_at, seq, tenant_id, user_id";
+    error_tag, error_message, finished_at, seq, tenant_id, user_id, parent_job_id, parent_run_id, \
+    root_job_id, depth";
 
 /// The columns a new job is inserted with, and the values read for them from its JSON object
 /// `v`, as [`insert_jobs`] writes them.
 const NEW_JOB_COLUMNS: &str = "id, agent_id, input, meta, priority, status, scheduled_for, \
-    created_at, updated_at, max_attempts, long_lived, max_restarts, tenant_id, user_id";
+    created_at, updated_at, max_attempts, long_lived, max_restarts, tenant_id, user_id, \
+    parent_job_id, parent_run_id, root_job_id, depth";
 
 fn new_job_values(v: &str) -> String {
     format!(
@@ -161,7 +181,8 @@ fn new_job_values(v: &str) -> String {
          CASE WHEN {v}->>'scheduledFor' > {DB_NOW} THEN 'scheduled' ELSE 'queued' END,
          coalesce({v}->>'scheduledFor', {DB_NOW}), ?2, ?2,
          {v}->>'maxAttempts', {v}->>'longLived', {v}->>'maxRestarts',
-         {v}->>'tenantId', {v}->>'userId'"
+         {v}->>'tenantId', {v}->>'userId', {v}->>'parentJobId', {v}->>'parentRunId',
+         {v}->>'rootJobId', coalesce({v}->>'depth', 0)"
     )
 }
 
@@ -440,7 +461,7 @@ pub(crate) fn complete(rows: usize) -> String {
         return format!(
             "UPDATE jobs SET {}
              WHERE id = ?2 AND lease_epoch = ?3 AND status = 'leased'
-             RETURNING id, status",
+             RETURNING id, status, has_children",
             set("?4", "?5")
         );
     }
@@ -449,7 +470,7 @@ pub(crate) fn complete(rows: usize) -> String {
          UPDATE jobs SET {}
          FROM n
          WHERE jobs.id = n.id AND jobs.lease_epoch = n.epoch AND jobs.status = 'leased'
-         RETURNING jobs.id, jobs.status",
+         RETURNING jobs.id, jobs.status, jobs.has_children",
         values_list(rows, COMPLETE_COLUMNS, 2),
         set("n.run_id", "n.result_status")
     )
@@ -493,7 +514,7 @@ pub(crate) fn finish(rows: usize) -> String {
                FROM n JOIN jobs AS j ON j.id = n.id AND j.lease_epoch = n.epoch
                WHERE j.status = 'leased') AS o
          WHERE jobs.seq = o.seq
-         RETURNING jobs.id, jobs.status",
+         RETURNING jobs.id, jobs.status, jobs.has_children",
         values_list(rows, FINISH_COLUMNS, 4)
     )
 }
@@ -504,17 +525,48 @@ pub(crate) const FINISH_COLUMNS: usize = 8;
 /// Cancels job `?1` at `?2`: a queued job becomes `cancelled` at once, a leased one is flagged
 /// for its worker. Terminal jobs are left alone (no row returned).
 pub(crate) fn cancel() -> String {
+    cancel_where("id = ?1", "", "cancelled before it started")
+}
+
+/// The jobs below those of `?1` (a JSON array of ids) in their trees: their children, and
+/// theirs, down to the leaves, each found through the parent index.
+const BELOW: &str = "WITH RECURSIVE below(id) AS (
+         SELECT id FROM jobs WHERE parent_job_id IN (SELECT value FROM json_each(?1))
+         UNION
+         SELECT j.id FROM jobs AS j JOIN below ON j.parent_job_id = below.id)";
+
+/// Cancels, at `?2`, every unfinished job below those of `?1` (a JSON array of ids), as
+/// [`cancel`] cancels one.
+pub(crate) fn cancel_below() -> String {
+    cancel_where(
+        "id IN below",
+        BELOW,
+        "cancelled before it started: a job above it was cancelled",
+    )
+}
+
+/// Asks every unfinished job below those of `?1` (a JSON array of ids) to stop at `?2`, as
+/// [`stop`] asks one.
+pub(crate) fn stop_below() -> String {
+    stop_where(
+        "id IN below",
+        BELOW,
+        "stopped before it started: the run above it ended or was stopped",
+    )
+}
+
+fn cancel_where(target: &str, with: &str, message: &str) -> String {
     format!(
-        "UPDATE jobs SET
+        "{with} UPDATE jobs SET
             status = CASE WHEN status IN ('queued', 'scheduled') THEN 'cancelled' ELSE status END,
             cancel_requested = CASE WHEN status = 'leased' THEN 1 ELSE cancel_requested END,
             error_tag = CASE WHEN status IN ('queued', 'scheduled') THEN 'Cancelled'
                              ELSE error_tag END,
             error_message = CASE WHEN status IN ('queued', 'scheduled')
-                                 THEN 'cancelled before it started' ELSE error_message END,
+                                 THEN '{message}' ELSE error_message END,
             finished_at = CASE WHEN status IN ('queued', 'scheduled') THEN ?2 ELSE finished_at END,
             updated_at = ?2
-         WHERE id = ?1 AND status IN ('scheduled', 'queued', 'leased')
+         WHERE {target} AND status IN ('scheduled', 'queued', 'leased')
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -522,17 +574,21 @@ pub(crate) fn cancel() -> String {
 /// Asks job `?1` to stop gracefully at `?2`: a queued job (never started) is cancelled, a leased
 /// one is flagged for its worker.
 pub(crate) fn stop() -> String {
+    stop_where("id = ?1", "", "stopped before it started")
+}
+
+fn stop_where(target: &str, with: &str, message: &str) -> String {
     format!(
-        "UPDATE jobs SET
+        "{with} UPDATE jobs SET
             status = CASE WHEN status IN ('queued', 'scheduled') THEN 'cancelled' ELSE status END,
             stop_requested = CASE WHEN status = 'leased' THEN 1 ELSE stop_requested END,
             error_tag = CASE WHEN status IN ('queued', 'scheduled') THEN 'Stopped'
                              ELSE error_tag END,
             error_message = CASE WHEN status IN ('queued', 'scheduled')
-                                 THEN 'stopped before it started' ELSE error_message END,
+                                 THEN '{message}' ELSE error_message END,
             finished_at = CASE WHEN status IN ('queued', 'scheduled') THEN ?2 ELSE finished_at END,
             updated_at = ?2
-         WHERE id = ?1 AND status IN ('scheduled', 'queued', 'leased')
+         WHERE {target} AND status IN ('scheduled', 'queued', 'leased')
          RETURNING {JOB_COLUMNS}"
     )
 }
@@ -596,7 +652,7 @@ pub(crate) fn reclaim() -> String {
                   AND NOT (lease_owner IS ?2
                            AND id IN (SELECT value FROM json_each(coalesce(?3, '[]')))))) AS r
     WHERE jobs.seq = r.seq
-    RETURNING jobs.id, jobs.lease_epoch, jobs.status"
+    RETURNING jobs.id, jobs.lease_epoch, jobs.status, jobs.has_children"
     )
 }
 

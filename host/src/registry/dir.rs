@@ -365,6 +365,7 @@ impl DirRegistry {
         spec.tools = manifest.tools;
         spec.secrets = manifest.secrets;
         spec.quota = manifest.quota;
+        spec.children = manifest.children.unwrap_or_default();
         spec.outbound = AllowList::parse(&manifest.allowed_outbound_hosts)
             .map_err(|e| manifest_error(format!("allowed-outbound-hosts: {e}")))?;
         spec.source = Some(path.to_path_buf());
@@ -579,6 +580,7 @@ fn load_declarative(path: &Path) -> Result<AgentSpec, String> {
         tools: manifest.tools,
         secrets: Vec::new(),
         quota: manifest.quota,
+        children: Default::default(),
         outbound: AllowList::default(),
         source: Some(path.to_path_buf()),
         code: AgentCode::Declarative(Arc::new(DeclarativeAgent {

@@ -20,6 +20,12 @@
 //! max-cost-usd = 0.05            # at the alias's prices
 //! max-tool-calls = 16
 //!
+//! [children]                     # agents its runs may spawn (see `crate::children`)
+//! allowed = ["chain-worker"]     # agent ids (default: none)
+//! max-depth = 2                  # deepest a child may be below its root (a root is 0)
+//! max-fan-out = 3                # live children of one job at once
+//! max-total = 100                # jobs below the root, in all
+//!
 //! [limits]
 //! fuel = 5_000_000_000           # or "unlimited"
 //! memory = "64MiB"               # at most the engine's max_memory_bytes (1 GiB by default)
@@ -78,7 +84,7 @@
 //! ```
 //!
 //! Declarative agents are jobs: `lifecycle = "long-lived"`, `scratch-dir`, `stop-grace-ms`,
-//! `max-restarts`, `[env]` and `secrets` have no meaning for them and are refused.
+//! `max-restarts`, `[env]`, `secrets` and `[children]` have no meaning for them and are refused.
 //!
 //! `[env]` names starting with `DROVER_SECRET_` are refused: that prefix is where the
 //! placeholders of the agent's `secrets` are.
@@ -89,7 +95,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ByteRate, EventRate, Limits, Quota};
+use super::{ByteRate, ChildrenPolicy, EventRate, Limits, Quota};
 use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 
@@ -141,6 +147,10 @@ pub struct Manifest {
     /// Per-run budgets.
     #[serde(default)]
     pub quota: Quota,
+    /// The agents its runs may spawn (`[children]`; none by default), and the bounds on its
+    /// tree; `None` when the manifest has no such section.
+    #[serde(default)]
+    pub children: Option<ChildrenPolicy>,
     /// A declarative agent's system prompt.
     pub system_prompt: Option<String>,
     /// A declarative agent's model alias.
@@ -320,6 +330,10 @@ impl Manifest {
             validate_name("model", model)?;
         }
         manifest.quota.validate()?;
+        if let Some(children) = &manifest.children {
+            check_names("children: allowed", &children.allowed)?;
+            children.validate()?;
+        }
         if let Some(t) = manifest.temperature
             && !(t.is_finite() && (0.0..=2.0).contains(&t))
         {
@@ -367,6 +381,7 @@ impl Manifest {
                 !self.allowed_outbound_hosts.is_empty(),
             ),
             ("secrets", !self.secrets.is_empty()),
+            ("[children]", self.children.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -491,6 +506,27 @@ fn check_names(list: &str, names: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_default_to_none_allowed_and_are_bounded() {
+        let m = Manifest::parse("[children]\nallowed = [\"chain-worker\"]\nmax-depth = 4\n")
+            .expect("parses");
+        let children = m.children.expect("a [children] section");
+        assert_eq!(children.allowed, ["chain-worker"]);
+        assert_eq!(
+            (children.max_depth, children.max_fan_out, children.max_total),
+            (4, 3, 100)
+        );
+        assert!(Manifest::parse("").expect("parses").children.is_none());
+        let zero = Manifest::parse("[children]\nmax-fan-out = 0\n").expect_err("refused");
+        assert!(zero.contains("max-fan-out must be from 1"), "{zero}");
+        let deep = Manifest::parse("[children]\nmax-depth = 65\n").expect_err("refused");
+        assert!(deep.contains("max-depth must be from 1 to 64"), "{deep}");
+        let twice = Manifest::parse("[children]\nallowed = [\"a\", \"a\"]\n").expect_err("refused");
+        assert!(twice.contains("lists \"a\" twice"), "{twice}");
+        let unknown = Manifest::parse("[children]\nmax-width = 2\n").expect_err("refused");
+        assert!(unknown.contains("unknown field"), "{unknown}");
+    }
 
     #[test]
     fn parses_a_full_manifest() {

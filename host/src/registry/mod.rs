@@ -119,6 +119,80 @@ impl Quota {
     }
 }
 
+/// Which agents an agent's runs may spawn, and how far its tree may grow: its manifest's
+/// `[children]`. Enforced by the host at every spawn (see [`crate::children`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all(serialize = "camelCase", deserialize = "kebab-case"),
+    deny_unknown_fields
+)]
+pub struct ChildrenPolicy {
+    /// The agent ids its runs may spawn (default: none, so it spawns nothing).
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// The deepest a child it spawns may be below the root (a root is at depth 0).
+    #[serde(default = "ChildrenPolicy::default_max_depth")]
+    pub max_depth: u32,
+    /// Most live (unfinished) children of one of its jobs at once.
+    #[serde(default = "ChildrenPolicy::default_max_fan_out")]
+    pub max_fan_out: u32,
+    /// Most jobs below the root of its tree, spawned by anyone in it, finished or not.
+    #[serde(default = "ChildrenPolicy::default_max_total")]
+    pub max_total: u32,
+}
+
+impl Default for ChildrenPolicy {
+    fn default() -> Self {
+        Self {
+            allowed: Vec::new(),
+            max_depth: Self::default_max_depth(),
+            max_fan_out: Self::default_max_fan_out(),
+            max_total: Self::default_max_total(),
+        }
+    }
+}
+
+/// Highest `max-depth` a manifest may set.
+pub const MAX_CHILD_DEPTH: u32 = 64;
+/// Highest `max-fan-out` and `max-total` a manifest may set.
+pub const MAX_CHILD_COUNT: u32 = 100_000;
+
+impl ChildrenPolicy {
+    fn default_max_depth() -> u32 {
+        2
+    }
+
+    fn default_max_fan_out() -> u32 {
+        3
+    }
+
+    fn default_max_total() -> u32 {
+        100
+    }
+
+    /// Checks the bounds: `max-depth` from 1 to [`MAX_CHILD_DEPTH`], `max-fan-out` and
+    /// `max-total` from 1 to [`MAX_CHILD_COUNT`].
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_CHILD_DEPTH).contains(&self.max_depth) {
+            return Err(format!(
+                "children: max-depth must be from 1 to {MAX_CHILD_DEPTH}, not {}",
+                self.max_depth
+            ));
+        }
+        for (name, value) in [
+            ("max-fan-out", self.max_fan_out),
+            ("max-total", self.max_total),
+        ] {
+            if !(1..=MAX_CHILD_COUNT).contains(&value) {
+                return Err(format!(
+                    "children: {name} must be from 1 to {MAX_CHILD_COUNT}, not {value}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything the host knows about one agent type.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -154,6 +228,8 @@ pub struct AgentSpec {
     pub secrets: Vec<String>,
     /// Per-run budgets.
     pub quota: Quota,
+    /// The agents its runs may spawn, and the bounds on its tree.
+    pub children: ChildrenPolicy,
     /// Hosts its runs may send HTTP requests to (its manifest's `allowed-outbound-hosts`).
     #[serde(skip)]
     pub outbound: AllowList,
@@ -190,6 +266,7 @@ impl AgentSpec {
             tools: Vec::new(),
             secrets: Vec::new(),
             quota: Quota::default(),
+            children: ChildrenPolicy::default(),
             outbound: AllowList::default(),
             source: None,
             code: AgentCode::Native(Arc::new(agent)),
@@ -217,6 +294,7 @@ impl AgentSpec {
             tools: Vec::new(),
             secrets: Vec::new(),
             quota: Quota::default(),
+            children: ChildrenPolicy::default(),
             outbound: AllowList::default(),
             source: None,
             code: AgentCode::Wasm(Arc::new(agent)),
@@ -281,6 +359,30 @@ impl AgentSpec {
     pub fn quota(mut self, quota: Quota) -> Self {
         self.quota = quota;
         self
+    }
+
+    /// Sets the agents its runs may spawn, and the bounds on its tree.
+    pub fn children(mut self, children: ChildrenPolicy) -> Self {
+        self.children = children;
+        self
+    }
+
+    /// The agents its `[children]` allows that are not among `agents` (the loaded ones), one
+    /// problem each. Such an agent loads; a spawn of a missing agent fails with `UnknownAgent`.
+    pub fn check_children(&self, agents: &[String]) -> Vec<String> {
+        self.children
+            .allowed
+            .iter()
+            .filter(|a| !agents.contains(a))
+            .map(|a| {
+                format!(
+                    "agent {:?} may spawn agent {a:?} ([children] allowed), which is not loaded \
+                     (loaded: {})",
+                    self.id,
+                    agents.join(", ")
+                )
+            })
+            .collect()
     }
 
     /// Whether the agent is declarative (run by the host's built-in agent loop).

@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 
 use super::wasm::{ToolNetwork, ToolOutcome, WasmRuntime};
 use super::{Failure, RunContext};
+use crate::children::{Caller, Children, RunChildren};
 use crate::model::{ChatRequest, ChatResponse, Message, ModelGateway};
 use crate::outbound::Outbound;
 use crate::registry::{AgentSpec, Quota, ToolRegistry, ToolSpec};
@@ -43,6 +44,8 @@ pub struct Capabilities {
     outbound: Outbound,
     /// The secrets their requests may carry.
     secrets: Secrets,
+    /// Where agents' children go (none: agents cannot spawn).
+    children: std::sync::OnceLock<Children>,
 }
 
 /// Tool calls of one agent to one tool, since the host started.
@@ -77,6 +80,7 @@ impl Capabilities {
             tool_counts: Mutex::default(),
             outbound: Outbound::default(),
             secrets: Secrets::empty(),
+            children: std::sync::OnceLock::new(),
         })
     }
 
@@ -105,6 +109,27 @@ impl Capabilities {
             tool_counts: Mutex::default(),
             outbound,
             secrets,
+            children: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Lets agents spawn children through `children` (the first call counts; later ones are
+    /// ignored). Without it, every `drover:agent/agents` call fails with `ChildrenUnavailable`.
+    pub fn enable_children(&self, children: Children) {
+        let _ = self.children.set(children);
+    }
+
+    /// One run's children, for a run of `spec`, if this host lets agents spawn.
+    pub fn children_for_run(&self, spec: &AgentSpec, ctx: &RunContext) -> Option<RunChildren> {
+        self.children.get().map(|children| {
+            children.for_run(
+                spec.children.clone(),
+                Caller {
+                    agent_id: spec.id.clone(),
+                    job_id: ctx.job_id().to_string(),
+                    run_id: ctx.run_id().to_string(),
+                },
+            )
         })
     }
 

@@ -20,6 +20,10 @@ pub const QUEUE_WORKER: &str = env!("DROVER_AGENT_QUEUE_WORKER");
 pub const CHAOS: &str = env!("DROVER_AGENT_CHAOS");
 /// The `fetch` component (sends the HTTP requests its input describes).
 pub const FETCH: &str = env!("DROVER_AGENT_FETCH");
+/// The `chain-worker` component (long-lived; spawns one child of its own type).
+pub const CHAIN_WORKER: &str = env!("DROVER_AGENT_CHAIN_WORKER");
+/// The `spawner` component (spawns, waits for, stops and lists the children its input says).
+pub const SPAWNER: &str = env!("DROVER_AGENT_SPAWNER");
 
 /// The `calc` tool component (`agents/tools/calc`).
 pub const TOOL_CALC: &str = env!("DROVER_TOOL_CALC");

@@ -23,6 +23,7 @@
 
 mod budget;
 mod calls;
+mod children;
 mod compat;
 mod engine;
 mod http;
@@ -73,6 +74,10 @@ pub(crate) mod bindings {
             "drover:agent/model.complete": async | trappable,
             "drover:agent/tools.call": async | trappable,
             "drover:agent/tools.call-many": async | trappable,
+            "drover:agent/agents.spawn": async | trappable,
+            "drover:agent/agents.wait": async | trappable,
+            "drover:agent/agents.stop": async | trappable,
+            "drover:agent/agents.list-children": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -239,6 +244,10 @@ impl WasmRuntime {
                 &mut linker,
                 |state| state,
             ),
+            bindings::drover::agent::agents::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |state| state,
+            ),
             bindings_v0_1::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
                 &mut linker,
                 |state| state,
@@ -351,6 +360,7 @@ impl WasmRuntime {
             scratch_quota: None,
             tool_control: None,
             caps: None,
+            children: None,
             http: http::HttpState::none(),
         };
         let mut store = self
@@ -491,6 +501,7 @@ impl WasmRuntime {
                 }),
             tool_control: None,
             caps: Some(caps.for_run(spec, ctx.clone())),
+            children: caps.children_for_run(spec, &ctx),
             http: http::HttpState::new(
                 Some(caps.outbound().for_run(spec.outbound.clone(), &limits.http)),
                 Some(ctx.clone()),

@@ -474,6 +474,7 @@ fn tool_state(
         scratch_quota: None,
         tool_control: Some(control),
         caps: None,
+        children: None,
         http,
     }
 }
