@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod inbox;
 pub mod model;
 pub mod outbound;
 pub mod pool;
