@@ -14,6 +14,7 @@ use super::http::HttpState;
 use super::human_bytes;
 use super::scratch::ScratchQuota;
 use super::stdio::Capture;
+use crate::inbox::RunInbox;
 use crate::queue::ErrorInfo;
 use crate::registry::{EventRate, Limits};
 use crate::sandbox::caps::RunCapabilities;
@@ -55,6 +56,9 @@ pub(crate) struct HostState {
     pub(crate) caps: Option<RunCapabilities>,
     /// Its outbound HTTP requests (`wasi:http/outgoing-handler`).
     pub(crate) http: HttpState,
+    /// Its job's messages (`drover:agent/inbox`; none while describing, in a tool, or on a
+    /// host without inboxes).
+    pub(crate) inbox: Option<RunInbox>,
 }
 
 impl WasiView for HostState {
@@ -218,7 +222,7 @@ impl EventGate {
 }
 
 impl HostState {
-    fn run_ctx(&self) -> wasmtime::Result<&RunContext> {
+    pub(crate) fn run_ctx(&self) -> wasmtime::Result<&RunContext> {
         self.ctx.as_ref().ok_or_else(|| {
             wasmtime::format_err!(
                 "host functions are not available while the agent describes itself"
@@ -227,7 +231,7 @@ impl HostState {
     }
 
     /// Ends the run with `error` (the guest traps; the error is what gets recorded).
-    fn fail(&mut self, error: ErrorInfo) -> wasmtime::Error {
+    pub(crate) fn fail(&mut self, error: ErrorInfo) -> wasmtime::Error {
         let message = error.to_string();
         self.host_error = Some(error);
         wasmtime::format_err!(message)

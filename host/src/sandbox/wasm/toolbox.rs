@@ -475,6 +475,7 @@ fn tool_state(
         tool_control: Some(control),
         caps: None,
         http,
+        inbox: None,
     }
 }
 
