@@ -14,6 +14,7 @@ const AGENTS: &[(&str, &str)] = &[
     ("queue-worker", "queue_worker.wasm"),
     ("chaos", "chaos.wasm"),
     ("fetch", "fetch.wasm"),
+    ("chat", "chat.wasm"),
 ];
 
 /// Tool crates (under `agents/tools/`) and the file name cargo gives their component.

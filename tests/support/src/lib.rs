@@ -20,6 +20,8 @@ pub const QUEUE_WORKER: &str = env!("DROVER_AGENT_QUEUE_WORKER");
 pub const CHAOS: &str = env!("DROVER_AGENT_CHAOS");
 /// The `fetch` component (sends the HTTP requests its input describes).
 pub const FETCH: &str = env!("DROVER_AGENT_FETCH");
+/// The `chat` component (a long-lived agent that answers the messages posted to it).
+pub const CHAT: &str = env!("DROVER_AGENT_CHAT");
 
 /// The `calc` tool component (`agents/tools/calc`).
 pub const TOOL_CALC: &str = env!("DROVER_TOOL_CALC");
