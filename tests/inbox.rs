@@ -505,3 +505,18 @@ async fn messages_survive_their_agents_host_being_killed() {
         "{agent}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_and_its_reply_cross_hosts_through_the_database() {
+    // The API on one host, the agent on another: neither hears of the other in-process, and
+    // each finds what the other wrote by polling the shared database.
+    let setup = Setup::new(CHAT_MANIFEST);
+    let api = setup.start("var-api", None, &["--api-only"]);
+    let _worker = setup.start("var-worker", None, &["--worker-only"]);
+    let id = spawn(&api.url, "chat", Value::Null, None).await;
+    for n in 1..=3 {
+        let (status, body) = post(&api.url, &id, "?waitMs=30000", json!({ "n": n }), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["reply"], json!({ "echo": { "n": n }, "count": n }));
+    }
+}

@@ -505,12 +505,14 @@ impl RunApi {
     /// the message as it is then.
     pub async fn wait_reply(&self, id: &str, timeout: Duration) -> Result<Message, ApiError> {
         let inbox = self.inbox()?;
-        let message = inbox
-            .wait_reply(id, timeout)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("message {id}")))?;
-        self.job(&message.job_id).await?;
-        Ok(message)
+        let not_found = || ApiError::NotFound(format!("message {id}"));
+        // Another tenant's message is not found, and not waited for.
+        let message = inbox.get(id).await?.ok_or_else(not_found)?;
+        self.job(&message.job_id).await.map_err(|_| not_found())?;
+        if message.reply.is_some() {
+            return Ok(message);
+        }
+        inbox.wait_reply(id, timeout).await?.ok_or_else(not_found)
     }
 
     /// One run, with its input (which the run store keeps only for runs without a job: a job's
