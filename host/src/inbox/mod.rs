@@ -349,6 +349,33 @@ impl Inbox {
         }
     }
 
+    /// Deletes the messages of jobs that are gone (pruned by retention), at most `batch` per
+    /// statement; returns how many went. The messages of a job go with it, never before.
+    pub async fn prune_orphans(&self, batch: usize) -> Result<u64, InboxError> {
+        let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+        let mut removed = 0;
+        loop {
+            let deleted = self
+                .db
+                .write(move |conn| async move {
+                    Ok(conn
+                        .execute(
+                            "DELETE FROM inbox_messages WHERE seq IN (
+                                 SELECT m.seq FROM inbox_messages m
+                                 WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = m.job_id)
+                                 ORDER BY m.seq LIMIT ?1)",
+                            [batch],
+                        )
+                        .await?)
+                })
+                .await?;
+            removed += deleted;
+            if deleted < batch.unsigned_abs() {
+                return Ok(removed);
+            }
+        }
+    }
+
     /// Acknowledges the messages delivered to `run_id` of `job_id` and not yet acknowledged.
     async fn ack_delivered(&self, job_id: &str, run_id: &str) -> Result<(), InboxError> {
         let params = vec![
@@ -685,6 +712,28 @@ mod tests {
         assert_eq!(got.id, again.id, "still unacknowledged");
         assert_eq!(got.deliveries, 3);
         drop(third);
+    }
+
+    #[tokio::test]
+    async fn the_messages_of_a_job_that_is_gone_are_pruned_with_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("file:{}", dir.path().join("queue.db").display());
+        let queue = Queue::open(&url, None).await.expect("queue");
+        let inbox = Inbox::open(&queue, InboxConfig::default())
+            .await
+            .expect("inbox");
+        queue
+            .enqueue(crate::queue::NewJob::new("chat", &serde_json::Value::Null).id("alive"))
+            .await
+            .expect("enqueue");
+        for _ in 0..3 {
+            inbox.post("alive", &raw("1")).await.expect("post");
+            inbox.post("gone", &raw("2")).await.expect("post");
+        }
+        assert_eq!(inbox.prune_orphans(2).await.expect("prune"), 3);
+        assert_eq!(inbox.list("alive", 10).await.expect("list").len(), 3);
+        assert!(inbox.list("gone", 10).await.expect("list").is_empty());
+        assert_eq!(inbox.prune_orphans(2).await.expect("prune"), 0);
     }
 
     #[tokio::test]
