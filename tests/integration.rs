@@ -11,6 +11,7 @@ mod cli;
 mod fair;
 mod faults;
 mod http;
+mod inbox;
 mod llm;
 mod model;
 mod pool;

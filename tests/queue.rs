@@ -1015,7 +1015,7 @@ async fn a_key_that_was_idle_starts_from_the_turn_being_served() {
     let t = fair_queue(FairShare::new(KeyExpr::Tenant)).await;
     enqueue_tenant(&t.queue, "a", 100).await;
     // a runs alone for a while: 50 of its jobs, one claim and one finish at a time.
-    let mut take = async |n: usize| {
+    let take = async |n: usize| {
         let mut taken = Vec::new();
         for _ in 0..n {
             let claimed = t.queue.claim("w", LEASE, 1).await.expect("claim");

@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, WAIT};
+use drover_test_support::{AgentDir, CHAOS, CHAT, ECHO, HostProcess, QUEUE_WORKER, WAIT};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::{Value, json};
@@ -826,4 +826,115 @@ fn the_viewer_with_a_tenants_token_shows_only_that_tenant() {
     assert!(!text.contains(&beta_job), "{text}");
     assert!(!text.contains("Forbidden"), "{text}");
     drop(host);
+}
+
+/// A long-lived agent's run page has a chat panel: messages posted to the agent and its replies,
+/// and a form that posts one and shows the reply; what either side wrote is shown as text.
+#[test]
+fn the_viewer_chats_with_a_long_lived_agent() {
+    let Some(chrome) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is required under CI (install Debian's `chromium` package)"
+        );
+        eprintln!("skipping the viewer test: no Chromium at /usr/bin/chromium (set CHROME)");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let agents = AgentDir::new();
+    agents.add("chat", CHAT, Some("lifecycle = \"long-lived\"\n"));
+    let data = tempfile::tempdir().expect("temp dir");
+    let args = drover_test_support::host_args(agents.path(), data.path(), "var", None);
+    let host = HostProcess::start(EXE, &args, &[("DROVER_API_TOKEN", TOKEN)]);
+    let url = host.url.clone();
+    let api = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let url = format!("{url}{path}");
+        runtime.block_on(async move {
+            let mut request = reqwest::Client::new()
+                .request(method, url)
+                .bearer_auth(TOKEN);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.expect("request");
+            response.json::<Value>().await.expect("json")
+        })
+    };
+    let spawned = api(
+        reqwest::Method::POST,
+        "/spawn",
+        Some(json!({ "agentType": "chat" })),
+    );
+    let id = spawned["workloadName"].as_str().expect("name").to_string();
+    let first = api(
+        reqwest::Method::POST,
+        &format!("/v1/agents/{id}/messages?waitMs=30000"),
+        Some(json!({ "message": { "text": "from the API" } })),
+    );
+    assert_eq!(first["reply"]["count"], 1, "{first}");
+    let agent = api(reqwest::Method::GET, &format!("/v1/agents/{id}"), None);
+    let run = agent["agent"]["run"]["id"]
+        .as_str()
+        .expect("run")
+        .to_string();
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = launch(chrome, &profile);
+    let tab = browser.new_tab().expect("tab");
+    tab.set_default_timeout(WAIT);
+    tab.navigate_to(&format!("{url}/?token={TOKEN}#/runs/{run}"))
+        .expect("open the agent's run");
+    wait_for_js(
+        &tab,
+        "document.querySelectorAll('[data-testid=chat-message]').length === 1 \
+         && document.querySelector('[data-testid=chat-reply]').innerText.includes('from the API')",
+    );
+    // Send one from the page: markup in it stays text, on the way out and in the reply.
+    tab.evaluate(
+        &format!(
+            "document.querySelector('[data-testid=chat-input]').value = {}",
+            serde_json::to_string(HOSTILE).expect("json")
+        ),
+        false,
+    )
+    .expect("type");
+    tab.find_element("[data-testid=chat-send]")
+        .expect("send button")
+        .click()
+        .expect("send");
+    wait_for_js(
+        &tab,
+        "document.querySelectorAll('[data-testid=chat-reply]').length === 2 \
+         && document.querySelectorAll('[data-testid=chat-reply]')[1].innerText.includes('\"count\": 2')",
+    );
+    let replies = eval(
+        &tab,
+        "[...document.querySelectorAll('[data-testid=chat-reply]')].map(r => r.innerText)",
+    );
+    assert!(
+        replies[1].as_str().is_some_and(|r| r.contains("onerror")),
+        "{replies}"
+    );
+    assert_eq!(eval(&tab, "window.__pwned ?? null"), Value::Null);
+    assert_eq!(
+        eval(
+            &tab,
+            "document.querySelectorAll('#chat img, #chat script, #chat b').length"
+        ),
+        json!(0)
+    );
+    // The timeline shows each message received and replied.
+    wait_for_js(
+        &tab,
+        "[...document.querySelectorAll('[data-testid=event]')].filter(e => e.dataset.kind === 'message_replied').length === 2",
+    );
+    let listed = api(
+        reqwest::Method::GET,
+        &format!("/v1/agents/{id}/messages"),
+        None,
+    );
+    assert_eq!(listed["messages"][1]["body"], HOSTILE, "{listed}");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    shot(&tab, &shots, "chat");
 }

@@ -34,8 +34,9 @@
 //! [`heartbeat`], [`log`], read the clock with [`now_ms`], and — for long-lived agents — notice a
 //! stop request with [`stop_requested`] or an interruptible [`sleep`]. It calls models through the
 //! host with [`model::complete`] and its tools with [`tools::call`], or lets [`run_loop`] drive
-//! both to an answer. It drives other agents with [`agents::spawn`] and [`agents::wait`].
-//! Environment variables set
+//! both to an answer. It drives other agents with [`agents::spawn`] and [`agents::wait`]. A
+//! long-lived agent takes messages posted to it with [`inbox::receive`] and answers them with
+//! [`inbox::reply`] (or [`inbox::serve`]). Environment variables set
 //! in the agent's manifest are visible through [`std::env::var`]; nothing else of the host is.
 //!
 //! # Tools
@@ -88,6 +89,7 @@ use std::time::Duration;
 mod agent_loop;
 pub mod agents;
 pub mod http;
+pub mod inbox;
 
 pub use agent_loop::{LoopOptions, model, run_loop, tools};
 

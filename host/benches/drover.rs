@@ -12,6 +12,7 @@
 //! cargo bench -p drover-host --bench drover -- --only waiting  # 10,000 runs waiting on a model
 //! cargo bench -p drover-host --bench drover -- --only fair  # claims with fair shares vs without
 //! cargo bench -p drover-host --bench drover -- --only children  # spawn + wait of a child vs enqueue + wait
+//! cargo bench -p drover-host --bench drover -- --only inbox  # a message round trip to a long-lived agent
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -169,6 +170,10 @@ fn main() {
     if wanted("children") {
         eprintln!("[13] a parent's spawn + wait of a child vs enqueue + wait from the Rust API");
         rows.extend(runtime.block_on(child_round_trip(scale, dir)));
+    }
+    if wanted("inbox") {
+        eprintln!("[14] a message round trip to a long-lived agent vs a GET of its job");
+        rows.extend(runtime.block_on(inbox_round_trip(scale, dir)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.
@@ -1903,6 +1908,111 @@ async fn outbound_request(scale: Scale, work: &Path) -> Vec<Row> {
             figure: micros(g99),
             baseline: micros(s99),
             ratio: g99 / s99,
+            target: String::new(),
+            met: None,
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. A message round trip to a long-lived agent
+
+/// `POST /v1/agents/{id}/messages?waitMs=` to the `chat` agent running in a pool of the same
+/// process (the post is stored, wakes the agent blocked in `receive`, whose reply is stored and
+/// wakes the request), vs a plain `GET /v1/jobs/{id}` of the same job over the same HTTP stack,
+/// alternating in rounds.
+async fn inbox_round_trip(scale: Scale, work: &Path) -> Vec<Row> {
+    use drover_host::api::RunApi;
+    use drover_host::api::auth::Auth;
+    use drover_host::api::http::{self, HttpState};
+    use drover_host::api::metrics::Metrics;
+    use drover_host::inbox::{Inbox, InboxConfig};
+
+    let iterations = scale.pick(100, 5_000);
+    let dir = work.join("inbox");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (queue, store) = databases(&dir).await;
+    let inbox = Inbox::open(&queue, InboxConfig::default())
+        .await
+        .expect("inbox");
+    let runtime = wasm_runtime(work, 16, Metering::ON);
+    let spec = component_spec(&runtime, "chat", drover_test_support::CHAT).await;
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(spec));
+    let sandbox: Arc<dyn Sandbox> =
+        Arc::new(WasmSandbox::new(Arc::clone(&runtime)).with_inbox(inbox.clone()));
+    let pool = start_pool(&queue, &store, &registry, sandbox, 2, 4);
+    let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry)).with_inbox(inbox);
+    let job = api
+        .enqueue(NewJob::new("chat", &serde_json::Value::Null).id("chat-bench"))
+        .await
+        .expect("spawn chat")
+        .job;
+    let state = HttpState {
+        api,
+        problems: Arc::new(Vec::new),
+        metrics: Arc::new(Metrics::new(None)),
+        auth: Auth::none(),
+        stale_after: Duration::from_secs(90),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let app = http::router(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("http://{address}");
+    let client = reqwest::Client::new();
+    let post_url = format!("{base}/v1/agents/{}/messages?waitMs=10000", job.id);
+    let get_url = format!("{base}/v1/jobs/{}", job.id);
+    let round_trip = |n: usize| {
+        let (client, url) = (client.clone(), post_url.clone());
+        async move {
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .json(&json!({ "message": { "n": n } }))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), reqwest::StatusCode::OK);
+            let body: serde_json::Value = response.json().await.expect("json");
+            assert_eq!(body["reply"]["echo"]["n"], n);
+            started.elapsed().as_secs_f64()
+        }
+    };
+    // The first message waits for the agent to start.
+    round_trip(0).await;
+    let (mut messages, mut gets) = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        for i in 0..iterations / 10 {
+            messages.push(round_trip(1 + round * iterations + i).await);
+            let started = Instant::now();
+            let response = client.get(&get_url).send().await.expect("get");
+            assert_eq!(response.status(), reqwest::StatusCode::OK);
+            let _: serde_json::Value = response.json().await.expect("json");
+            gets.push(started.elapsed().as_secs_f64());
+        }
+    }
+    queue.stop(&job.id).await.expect("stop chat");
+    pool.shutdown().await;
+    let (m50, m99) = (percentile(&messages, 0.50), percentile(&messages, 0.99));
+    let (g50, g99) = (percentile(&gets, 0.50), percentile(&gets, 0.99));
+    vec![
+        Row {
+            name: format!(
+                "Message round trip to a long-lived agent, p50 ({iterations} messages): `POST /v1/agents/{{id}}/messages?waitMs=` to `chat` in the same host (message stored, agent woken in `receive`, reply stored, request woken) vs `GET /v1/jobs/{{id}}` over the same HTTP"
+            ),
+            figure: micros(m50),
+            baseline: micros(g50),
+            ratio: m50 / g50,
+            target: "≤ 2 ms".into(),
+            met: Some(m50 <= 2e-3),
+        },
+        Row {
+            name: "Message round trip to a long-lived agent, p99".into(),
+            figure: micros(m99),
+            baseline: micros(g99),
+            ratio: m99 / g99,
             target: String::new(),
             met: None,
         },

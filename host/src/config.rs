@@ -23,6 +23,10 @@
 //! [fair-share]
 //! key = "tenant"
 //! max-running = 20
+//!
+//! [inbox]
+//! max-message-bytes = 65536
+//! max-queued-messages = 1000
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::ApiTokenConfig;
+use crate::inbox::InboxConfig;
 use crate::model::ModelsConfig;
 use crate::outbound::OutboundConfig;
 use crate::queue::FairShare;
@@ -56,6 +61,9 @@ pub struct HostConfig {
     /// priority order alone.
     #[serde(default)]
     pub fair_share: Option<FairShare>,
+    /// Messages to long-lived agents (`[inbox]`); see [`crate::inbox`].
+    #[serde(default)]
+    pub inbox: InboxConfig,
 }
 
 /// A configuration file that cannot be used.
@@ -102,6 +110,7 @@ impl HostConfig {
         if let Some(fair_share) = &config.fair_share {
             fair_share.validate()?;
         }
+        config.inbox.validate()?;
         Ok(config)
     }
 }

@@ -10,6 +10,7 @@ pub mod children;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod inbox;
 pub mod model;
 pub mod outbound;
 pub mod pool;

@@ -16,6 +16,7 @@ const AGENTS: &[(&str, &str)] = &[
     ("fetch", "fetch.wasm"),
     ("chain-worker", "chain_worker.wasm"),
     ("spawner", "spawner.wasm"),
+    ("chat", "chat.wasm"),
 ];
 
 /// Tool crates (under `agents/tools/`) and the file name cargo gives their component.

@@ -13,7 +13,8 @@
 //! stop-agents-on-revoke = true # optional: revoking it stops acme's long-lived agents
 //! ```
 //!
-//! `read` is every `GET`; `enqueue` is `POST /v1/jobs` and `POST /spawn`; `cancel` is cancel,
+//! `read` is every `GET`; `enqueue` is `POST /v1/jobs`, `POST /spawn` and posting a message to
+//! a long-lived agent (`POST /v1/agents/{id}/messages`); `cancel` is cancel,
 //! stop and `DELETE /v1/agents/{id}`; `admin` is all of them and the host-wide routes
 //! (`/metrics`, `/v1/stats`, token revocation). `DROVER_API_TOKEN`, if set, is an admin token
 //! of every tenant. `/healthz` needs no token.
@@ -44,7 +45,7 @@ use crate::time::now_ms;
 pub enum Verb {
     /// Every `GET` (jobs, runs, events, agents, templates).
     Read,
-    /// `POST /v1/jobs`, `POST /spawn`.
+    /// `POST /v1/jobs`, `POST /spawn`, `POST /v1/agents/{id}/messages`.
     Enqueue,
     /// Cancel and stop jobs, stop agents.
     Cancel,

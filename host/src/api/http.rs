@@ -18,6 +18,8 @@
 //! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances (`status`, `tenantId`, `limit`) |
 //! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
+//! | `POST /v1/agents/{id}/messages?waitMs=` | post `{"message": <json>}` to a long-lived agent's inbox (`202 {messageId}`; with `waitMs`, `200 {messageId, reply}` once it replies) |
+//! | `GET /v1/agents/{id}/messages?limit=` | its latest messages, oldest first, with their replies |
 //! | `GET /v1/stats` | jobs and runs counted by status (admin) |
 //! | `POST /v1/tokens/{name}/revoke` | revoke a configured API token on every host (admin) |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
@@ -62,6 +64,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth::{Auth, Principal, Refusal, Verb};
 use super::metrics::Metrics;
 use super::{ApiError, JobView, RunApi};
+use crate::inbox::{InboxError, Message};
 use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob};
 use crate::registry::dir::LoadProblem;
 use crate::registry::{AgentCode, ChildrenPolicy, DeclarativeAgent, Limits, Quota, Schema};
@@ -157,6 +160,10 @@ pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
         ));
     let waits = Router::new()
         .route("/v1/jobs/{id}/wait", get(wait_job))
+        .route(
+            "/v1/agents/{id}/messages",
+            post(post_message).get(list_messages),
+        )
         .route_layer(middleware::from_fn_with_state(
             Cap::new(config.max_waiters, "wait requests"),
             shed,
@@ -562,7 +569,8 @@ impl IntoResponse for HttpError {
 fn db_error(error: &ApiError) -> Option<&crate::db::DbError> {
     match error {
         ApiError::Queue(crate::queue::QueueError::Db(e))
-        | ApiError::Store(crate::store::StoreError::Db(e)) => Some(e),
+        | ApiError::Store(crate::store::StoreError::Db(e))
+        | ApiError::Inbox(InboxError::Db(e)) => Some(e),
         _ => None,
     }
 }
@@ -597,6 +605,15 @@ impl From<ApiError> for HttpError {
                      try again shortly",
                 )
             }
+            ApiError::Inbox(InboxError::TooLarge { .. }) => HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MessageTooLarge",
+                e.to_string(),
+            ),
+            ApiError::Inbox(InboxError::Full { .. }) => HttpError {
+                retry_after: Some(1),
+                ..HttpError::new(StatusCode::TOO_MANY_REQUESTS, "InboxFull", e.to_string())
+            },
             ApiError::WaitTimeout(view) => HttpError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "Timeout",
@@ -631,6 +648,9 @@ fn verb_for(method: &Method, path: &str) -> Verb {
     match *method {
         Method::GET | Method::HEAD => Verb::Read,
         Method::POST if path == "/v1/jobs" || path == "/spawn" => Verb::Enqueue,
+        Method::POST if path.starts_with("/v1/agents/") && path.ends_with("/messages") => {
+            Verb::Enqueue
+        }
         Method::POST if path.ends_with("/cancel") || path.ends_with("/stop") => Verb::Cancel,
         Method::DELETE => Verb::Cancel,
         _ => Verb::Admin,
@@ -1412,6 +1432,69 @@ async fn agent_events(
 
 async fn delete_agent(Scoped(api): Scoped, Path(id): Path<String>) -> HttpResult {
     ok(StatusCode::ACCEPTED, One("job", &api.stop(&id).await?))
+}
+
+/// Body of `POST /v1/agents/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageRequest {
+    /// The message: any JSON.
+    message: Box<RawValue>,
+}
+
+/// Query of the message routes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageQuery {
+    /// `POST`: how long to wait for the reply (none: do not wait; at most [`MAX_WAIT`]).
+    wait_ms: Option<u64>,
+    /// `GET`: how many of the latest messages (default 100).
+    limit: Option<u32>,
+}
+
+/// Body of the answers to `POST /v1/agents/{id}/messages`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Posted<'a> {
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<&'a RawValue>,
+    message: &'a Message,
+}
+
+async fn post_message(
+    Scoped(api): Scoped,
+    Path(id): Path<String>,
+    Query(q): Query<MessageQuery>,
+    Body(bytes): Body,
+) -> HttpResult {
+    let request: MessageRequest = body(&bytes)?;
+    let mut message = api.post_message(&id, &request.message).await?;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    if !wait.is_zero() {
+        message = api.wait_reply(&message.id, wait).await?;
+    }
+    let status = match message.reply {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::ACCEPTED,
+    };
+    ok(
+        status,
+        Posted {
+            message_id: &message.id,
+            reply: message.reply.as_deref(),
+            message: &message,
+        },
+    )
+}
+
+async fn list_messages(
+    Scoped(api): Scoped,
+    Path(id): Path<String>,
+    Query(q): Query<MessageQuery>,
+) -> HttpResult {
+    let messages = api.messages(&id, q.limit.unwrap_or(100)).await?;
+    page("messages", messages.iter(), Cursor::None, |_| 0)
 }
 
 /// Body of `/v1/stats`.

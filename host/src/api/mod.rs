@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, NewJob, Queue, QueueError};
+use crate::inbox::{Inbox, InboxError, Message};
+use crate::queue::{ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, NewJob, Queue, QueueError};
 use crate::registry::{AgentSpec, Registry};
 use crate::store::{Event, Run, RunFilter, RunStore, StoreError};
 
@@ -40,6 +41,9 @@ pub enum ApiError {
     /// The run store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An agent's inbox refused a message (too large, too many waiting) or failed.
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
 }
 
 impl From<QueueError> for ApiError {
@@ -73,6 +77,7 @@ pub struct RunApi {
     store: RunStore,
     registry: Arc<dyn Registry>,
     tenant: Option<Arc<str>>,
+    inbox: Option<Inbox>,
 }
 
 /// Most children [`RunApi::children`] lists.
@@ -89,7 +94,14 @@ impl RunApi {
             store,
             registry,
             tenant: None,
+            inbox: None,
         }
+    }
+
+    /// The same API, with messages to long-lived agents kept in `inbox`.
+    pub fn with_inbox(mut self, inbox: Inbox) -> Self {
+        self.inbox = Some(inbox);
+        self
     }
 
     /// The same API, seeing only `tenant`'s work (`None`: every tenant's).
@@ -461,6 +473,66 @@ impl RunApi {
             }
         }
         Ok(stopped)
+    }
+
+    /// The inbox, or a `400 InboxUnavailable` on a host without one.
+    fn inbox(&self) -> Result<&Inbox, ApiError> {
+        self.inbox.as_ref().ok_or_else(|| {
+            bad(
+                "InboxUnavailable",
+                "this host keeps no inboxes for long-lived agents".into(),
+            )
+        })
+    }
+
+    /// Appends `body` to the inbox of the long-lived agent `job_id`. Another tenant's agent is
+    /// not found, as an unknown one; a run-to-completion job is a `400 NotLongLived`, an agent
+    /// that has ended a `409 AgentEnded`.
+    pub async fn post_message(
+        &self,
+        job_id: &str,
+        body: &serde_json::value::RawValue,
+    ) -> Result<Message, ApiError> {
+        let inbox = self.inbox()?;
+        let job = self.job(job_id).await?;
+        if job.lifecycle != Lifecycle::LongLived {
+            return Err(bad(
+                "NotLongLived",
+                format!("job {job_id} runs to completion; only long-lived agents take messages"),
+            ));
+        }
+        if job.status.is_terminal() {
+            return Err(ApiError::Conflict(ErrorInfo::new(
+                "AgentEnded",
+                format!(
+                    "agent {job_id} has ended ({}); it takes no more messages",
+                    job.status
+                ),
+            )));
+        }
+        Ok(inbox.post(job_id, body).await?)
+    }
+
+    /// The latest `limit` messages of the agent `job_id` (visible here), oldest first, with
+    /// their replies.
+    pub async fn messages(&self, job_id: &str, limit: u32) -> Result<Vec<Message>, ApiError> {
+        let inbox = self.inbox()?;
+        self.job(job_id).await?;
+        Ok(inbox.list(job_id, limit).await?)
+    }
+
+    /// Waits up to `timeout` for the reply to message `id` (of an agent visible here); returns
+    /// the message as it is then.
+    pub async fn wait_reply(&self, id: &str, timeout: Duration) -> Result<Message, ApiError> {
+        let inbox = self.inbox()?;
+        let not_found = || ApiError::NotFound(format!("message {id}"));
+        // Another tenant's message is not found, and not waited for.
+        let message = inbox.get(id).await?.ok_or_else(not_found)?;
+        self.job(&message.job_id).await.map_err(|_| not_found())?;
+        if message.reply.is_some() {
+            return Ok(message);
+        }
+        inbox.wait_reply(id, timeout).await?.ok_or_else(not_found)
     }
 
     /// One run, with its input (which the run store keeps only for runs without a job: a job's

@@ -80,10 +80,11 @@ pub fn summary(pruned: &Pruned) -> String {
 }
 
 /// Prunes every `interval` until `stop` is cancelled, first at once; failures are logged and
-/// tried again next time.
+/// tried again next time. The messages of pruned long-lived agents go from `inbox` too.
 pub async fn prune_in_background(
     queue: Queue,
     store: RunStore,
+    inbox: Option<crate::inbox::Inbox>,
     older_than: Duration,
     interval: Duration,
     stop: tokio_util::sync::CancellationToken,
@@ -109,6 +110,16 @@ pub async fn prune_in_background(
             }
             Ok(_) => tracing::debug!("retention: nothing to remove"),
             Err(e) => tracing::warn!(error = %e, "retention: pruning failed"),
+        }
+        if let Some(inbox) = &inbox {
+            match inbox.prune_orphans(PRUNE_BATCH).await {
+                Ok(0) => {}
+                Ok(messages) => tracing::info!(
+                    messages,
+                    "retention: removed the messages of removed agents"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention: pruning messages failed"),
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -20,6 +20,7 @@ use crate::api::metrics::Metrics;
 use crate::children::Children;
 use crate::config::HostConfig;
 use crate::db::{Db, DbOptions, SyncMode};
+use crate::inbox::Inbox;
 use crate::model::ModelGateway;
 use crate::outbound::Outbound;
 use crate::pool::{DEFAULT_MAX_WAITING_RUNS, PoolConfig, PoolDeps, WorkerPool};
@@ -178,6 +179,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(secrets = %secrets.names().collect::<Vec<_>>().join(", "), "secrets loaded");
     }
     let (queue, store) = open_databases(&args, &config).await?;
+    let inbox = Inbox::open(&queue, config.inbox.clone())
+        .await
+        .context("cannot prepare the inboxes of long-lived agents")?;
 
     let runtime = WasmRuntime::new(
         &EngineConfig {
@@ -241,7 +245,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 queue: queue.clone(),
                 store: store.clone(),
                 registry: Arc::clone(&registry_dyn),
-                sandbox_for: sandbox_for(&runtime, &caps, trusted.clone(), trusted_env.clone()),
+                sandbox_for: sandbox_for(
+                    &runtime,
+                    &caps,
+                    &inbox,
+                    trusted.clone(),
+                    trusted_env.clone(),
+                ),
             },
             PoolConfig {
                 concurrency: args.concurrency,
@@ -267,6 +277,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(super::prune::prune_in_background(
             queue.clone(),
             store.clone(),
+            Some(inbox.clone()),
             older_than,
             PRUNE_INTERVAL,
             stop_pruning.clone(),
@@ -278,7 +289,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let server = if args.worker_only {
         None
     } else {
-        let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn));
+        let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn))
+            .with_inbox(inbox.clone());
         let auth = Auth::open(
             args.api_token.as_deref(),
             &config.api_tokens,
@@ -568,13 +580,19 @@ fn secrets_client() -> anyhow::Result<reqwest::Client> {
 fn sandbox_for(
     runtime: &Arc<WasmRuntime>,
     caps: &Arc<Capabilities>,
+    inbox: &Inbox,
     trusted: TrustPins,
     env: Arc<Vec<(String, String)>>,
 ) -> SandboxFor {
-    let wasm: Arc<dyn Sandbox> =
-        Arc::new(WasmSandbox::new(Arc::clone(runtime)).with_capabilities(Arc::clone(caps)));
+    let wasm: Arc<dyn Sandbox> = Arc::new(
+        WasmSandbox::new(Arc::clone(runtime))
+            .with_capabilities(Arc::clone(caps))
+            .with_inbox(inbox.clone()),
+    );
     let none: Arc<dyn Sandbox> = Arc::new(TrustedSandbox {
-        inner: NoneSandbox::with_wasm(Arc::clone(runtime)).with_capabilities(Arc::clone(caps)),
+        inner: NoneSandbox::with_wasm(Arc::clone(runtime))
+            .with_capabilities(Arc::clone(caps))
+            .with_inbox(inbox.clone()),
         env,
     });
     Arc::new(move |_job, spec| {

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use super::caps::Capabilities;
 use super::wasm::WasmRuntime;
 use super::{Failure, RunContext, RunOutcome, Sandbox, bounded_error};
+use crate::inbox::Inbox;
 use crate::registry::{AgentCode, AgentSpec};
 
 /// Runs native agents directly on the host's async runtime, and WebAssembly agents without
@@ -17,6 +18,7 @@ use crate::registry::{AgentCode, AgentSpec};
 pub struct NoneSandbox {
     wasm: Option<Arc<WasmRuntime>>,
     caps: Arc<Capabilities>,
+    inbox: Option<Inbox>,
 }
 
 impl Default for NoneSandbox {
@@ -24,6 +26,7 @@ impl Default for NoneSandbox {
         Self {
             wasm: None,
             caps: Capabilities::none(),
+            inbox: None,
         }
     }
 }
@@ -46,6 +49,12 @@ impl NoneSandbox {
     /// still run in sandboxes of their own).
     pub fn with_capabilities(mut self, caps: Arc<Capabilities>) -> Self {
         self.caps = caps;
+        self
+    }
+
+    /// Gives its WebAssembly agents' runs their job's messages (`drover:agent/inbox`).
+    pub fn with_inbox(mut self, inbox: Inbox) -> Self {
+        self.inbox = Some(inbox);
         self
     }
 }
@@ -71,8 +80,16 @@ impl Sandbox for NoneSandbox {
                 AgentCode::Wasm(agent) => {
                     return match &self.wasm {
                         Some(runtime) => {
-                            super::wasm::run_trusted(runtime, agent, spec, &input, ctx, &self.caps)
-                                .await
+                            super::wasm::run_trusted(
+                                runtime,
+                                agent,
+                                spec,
+                                &input,
+                                ctx,
+                                &self.caps,
+                                self.inbox.as_ref(),
+                            )
+                            .await
                         }
                         None => RunOutcome::from_result(Err(Failure::permanent(
                             "SandboxMismatch",

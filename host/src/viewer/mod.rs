@@ -1,8 +1,9 @@
 //! The run viewer: one page, served by the host itself at `/`, that shows runs and their event
 //! timelines (a model-backed run's as its conversation, with tokens and cost per model call),
-//! live long-lived agents, the loaded agent types and the queue, and can enqueue, cancel and
-//! stop. Its three files are compiled into the binary; it needs nothing else. Whatever a run
-//! recorded is put into the page as text, never as markup.
+//! live long-lived agents (with a chat panel on a long-lived agent's run page: the messages
+//! posted to it, its replies, and a form to post one), the loaded agent types and the queue, and
+//! can enqueue, cancel and stop. Its three files are compiled into the binary; it needs nothing
+//! else. Whatever a run recorded is put into the page as text, never as markup.
 //!
 //! The page holds no data of its own: everything comes from the HTTP API, which enforces
 //! `DROVER_API_TOKEN` and the `[[api-tokens]]` (the page asks for the token, or takes it once

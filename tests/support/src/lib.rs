@@ -24,6 +24,8 @@ pub const FETCH: &str = env!("DROVER_AGENT_FETCH");
 pub const CHAIN_WORKER: &str = env!("DROVER_AGENT_CHAIN_WORKER");
 /// The `spawner` component (spawns, waits for, stops and lists the children its input says).
 pub const SPAWNER: &str = env!("DROVER_AGENT_SPAWNER");
+/// The `chat` component (a long-lived agent that answers the messages posted to it).
+pub const CHAT: &str = env!("DROVER_AGENT_CHAT");
 
 /// The `calc` tool component (`agents/tools/calc`).
 pub const TOOL_CALC: &str = env!("DROVER_TOOL_CALC");

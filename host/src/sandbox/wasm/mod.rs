@@ -27,6 +27,7 @@ mod children;
 mod compat;
 mod engine;
 mod http;
+mod inbox;
 mod scratch;
 mod state;
 mod stdio;
@@ -49,6 +50,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::caps::{Capabilities, RunCapabilities};
 use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
+use crate::inbox::Inbox;
 use crate::queue::Lifecycle;
 use crate::registry::{AgentCode, AgentSpec, Limits};
 use crate::secrets;
@@ -78,6 +80,8 @@ pub(crate) mod bindings {
             "drover:agent/agents.wait": async | trappable,
             "drover:agent/agents.stop": async | trappable,
             "drover:agent/agents.list-children": async | trappable,
+            "drover:agent/inbox.receive": async | trappable,
+            "drover:agent/inbox.reply": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -248,6 +252,10 @@ impl WasmRuntime {
                 &mut linker,
                 |state| state,
             ),
+            bindings::drover::agent::inbox::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |state| state,
+            ),
             bindings_v0_1::drover::agent::host::add_to_linker::<HostState, HasSelf<HostState>>(
                 &mut linker,
                 |state| state,
@@ -362,6 +370,7 @@ impl WasmRuntime {
             caps: None,
             children: None,
             http: http::HttpState::none(),
+            inbox: None,
         };
         let mut store = self
             .store(state, Some(DESCRIBE_FUEL), DESCRIBE_RESULT_BYTES)
@@ -442,6 +451,8 @@ impl WasmRuntime {
     }
 
     /// Runs `agent` on `input` for one job.
+    // One argument per thing a run is given; a struct of them would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         agent: &WasmAgent,
@@ -450,6 +461,7 @@ impl WasmRuntime {
         ctx: RunContext,
         isolation: Isolation,
         caps: &Arc<Capabilities>,
+        inbox: Option<&Inbox>,
     ) -> RunOutcome {
         let limits = match isolation {
             Isolation::Sandboxed => spec.limits.clone(),
@@ -508,6 +520,7 @@ impl WasmRuntime {
                 Some(Arc::clone(ctx.control())),
             )
             .with_secrets(caps.secrets().clone(), &spec.secrets),
+            inbox: inbox.map(|inbox| inbox.for_run(ctx.job_id(), ctx.run_id())),
         };
         let mut store = match self.store(
             state,
@@ -864,6 +877,7 @@ fn hex(bytes: &[u8]) -> String {
 pub struct WasmSandbox {
     runtime: Arc<WasmRuntime>,
     caps: Arc<Capabilities>,
+    inbox: Option<Inbox>,
 }
 
 impl WasmSandbox {
@@ -872,12 +886,20 @@ impl WasmSandbox {
         Self {
             runtime,
             caps: Capabilities::none(),
+            inbox: None,
         }
     }
 
     /// Gives its runs the host's models and tools (each run: what its manifest allows).
     pub fn with_capabilities(mut self, caps: Arc<Capabilities>) -> Self {
         self.caps = caps;
+        self
+    }
+
+    /// Gives its runs their job's messages (`drover:agent/inbox`); without, a run that calls
+    /// `receive` or `reply` ends with `InboxUnavailable`.
+    pub fn with_inbox(mut self, inbox: Inbox) -> Self {
+        self.inbox = Some(inbox);
         self
     }
 }
@@ -897,7 +919,15 @@ impl Sandbox for WasmSandbox {
             match &spec.code {
                 AgentCode::Wasm(agent) => {
                     self.runtime
-                        .run(agent, spec, &input, ctx, Isolation::Sandboxed, &self.caps)
+                        .run(
+                            agent,
+                            spec,
+                            &input,
+                            ctx,
+                            Isolation::Sandboxed,
+                            &self.caps,
+                            self.inbox.as_ref(),
+                        )
                         .await
                 }
                 AgentCode::Declarative(agent) => {
@@ -924,8 +954,9 @@ pub(crate) async fn run_trusted(
     input: &RawValue,
     ctx: RunContext,
     caps: &Arc<Capabilities>,
+    inbox: Option<&Inbox>,
 ) -> RunOutcome {
     runtime
-        .run(agent, spec, input, ctx, Isolation::Trusted, caps)
+        .run(agent, spec, input, ctx, Isolation::Trusted, caps, inbox)
         .await
 }

@@ -15,6 +15,7 @@ use super::human_bytes;
 use super::scratch::ScratchQuota;
 use super::stdio::Capture;
 use crate::children::RunChildren;
+use crate::inbox::RunInbox;
 use crate::queue::ErrorInfo;
 use crate::registry::{EventRate, Limits};
 use crate::sandbox::caps::RunCapabilities;
@@ -59,6 +60,9 @@ pub(crate) struct HostState {
     /// The children it spawns (`drover:agent/agents`; none while a component describes itself,
     /// in a tool, or on a host without children).
     pub(crate) children: Option<RunChildren>,
+    /// Its job's messages (`drover:agent/inbox`; none while describing, in a tool, or on a
+    /// host without inboxes).
+    pub(crate) inbox: Option<RunInbox>,
 }
 
 impl WasiView for HostState {
@@ -222,7 +226,7 @@ impl EventGate {
 }
 
 impl HostState {
-    pub(super) fn run_ctx(&self) -> wasmtime::Result<&RunContext> {
+    pub(crate) fn run_ctx(&self) -> wasmtime::Result<&RunContext> {
         self.ctx.as_ref().ok_or_else(|| {
             wasmtime::format_err!(
                 "host functions are not available while the agent describes itself"
@@ -231,7 +235,7 @@ impl HostState {
     }
 
     /// Ends the run with `error` (the guest traps; the error is what gets recorded).
-    pub(super) fn fail(&mut self, error: ErrorInfo) -> wasmtime::Error {
+    pub(crate) fn fail(&mut self, error: ErrorInfo) -> wasmtime::Error {
         let message = error.to_string();
         self.host_error = Some(error);
         wasmtime::format_err!(message)

@@ -476,6 +476,7 @@ fn tool_state(
         caps: None,
         children: None,
         http,
+        inbox: None,
     }
 }
 

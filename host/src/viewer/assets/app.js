@@ -249,6 +249,13 @@ async function viewRun(main, { id }) {
       <div class="panel"><h2>Input</h2><pre class="json" data-testid="run-input">${pretty(run.input)}</pre></div>
       <div class="panel" id="result"></div>
     </div>
+    <div class="panel flush" id="chat-panel" data-testid="chat-panel" hidden>
+      <div class="panel-head"><h2>Chat</h2><span class="muted" id="chat-summary"></span></div>
+      <div class="conversation" id="chat" data-testid="chat"></div>
+      <form id="chat-form" class="toolbar chat-form">
+        <input id="chat-input" class="wide" data-testid="chat-input" placeholder="a message: JSON, or plain text" autocomplete="off">
+        <button class="primary" data-testid="chat-send">Send</button></form>
+    </div>
     <div class="panel flush" id="conversation-panel" hidden>
       <div class="panel-head"><h2>Conversation</h2><span class="muted" id="conversation-summary"></span></div>
       <div class="conversation" id="conversation" data-testid="conversation"></div>
@@ -349,6 +356,75 @@ async function viewRun(main, { id }) {
   renderEvents();
   await load();
   every(load, 1000);
+  if (run.lifecycle === "long-lived" && run.jobId) {
+    const chat = chatPanel(main, run.jobId, load);
+    await chat();
+    every(chat, 1000);
+  }
+}
+
+// ---- chatting with a long-lived agent -------------------------------------------------------
+
+// The messages posted to a long-lived agent's inbox and its replies, oldest first, and a form
+// to post one (JSON, or else the text as a JSON string) and wait a while for the reply. Returns
+// the function that refreshes it.
+function chatPanel(main, jobId, reloadEvents) {
+  main.querySelector("#chat-panel").hidden = false;
+  const root = main.querySelector("#chat");
+  const shownMessages = new Map();
+  const show = (value) => (typeof value === "string" ? value : JSON.stringify(value, null, 2));
+  const bubble = (role, label, value) => {
+    const node = el("div", `msg role-${role}`);
+    node.append(el("div", "role", label), textBlock(show(value)));
+    return node;
+  };
+  const load = async () => {
+    const { messages } = await api(`/v1/agents/${encodeURIComponent(jobId)}/messages?limit=100`);
+    for (const m of messages) {
+      let seen = shownMessages.get(m.id);
+      if (!seen) {
+        const sent = bubble("user", "message", m.body);
+        sent.dataset.testid = "chat-message";
+        const answer = el("div", "msg pending", "no reply yet");
+        answer.dataset.testid = "chat-pending";
+        root.append(sent, answer);
+        seen = { answer, replied: false };
+        shownMessages.set(m.id, seen);
+      }
+      if (m.reply != null && !seen.replied) {
+        const reply = bubble("assistant", "reply", m.reply);
+        reply.dataset.testid = "chat-reply";
+        seen.answer.replaceWith(reply);
+        seen.answer = reply;
+        seen.replied = true;
+      }
+    }
+    const replied = messages.filter((m) => m.reply != null).length;
+    main.querySelector("#chat-summary").textContent = messages.length
+      ? `${messages.length} message${messages.length === 1 ? "" : "s"} · ${replied} replied`
+      : "No messages yet.";
+  };
+  const form = main.querySelector("#chat-form");
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const input = main.querySelector("#chat-input");
+    const text = input.value.trim();
+    if (!text) return;
+    let message;
+    try { message = JSON.parse(text); } catch { message = text; }
+    const send = form.querySelector("button");
+    send.disabled = true;
+    try {
+      const posted = api(`/v1/agents/${encodeURIComponent(jobId)}/messages?waitMs=10000`,
+        { method: "POST", body: JSON.stringify({ message }) });
+      input.value = "";
+      await load().catch(() => {});
+      await posted;
+      await load();
+      await reloadEvents();
+    } catch (err) { showError(err); } finally { send.disabled = false; }
+  };
+  return load;
 }
 
 // ---- a run's conversation -------------------------------------------------------------------
