@@ -614,3 +614,117 @@ async fn children_keep_their_parents_tenant_and_other_tenants_see_none_of_the_tr
     assert_eq!(status, StatusCode::OK);
     assert_eq!(tree["jobs"], json!([]), "{tree}");
 }
+
+/// A spawner whose tree is given `quota`, with the declarative `echo-llm` (one model call per
+/// run) as the child it may spawn.
+fn budgeted_spawner(quota: &str) -> String {
+    format!("[children]\nallowed = [\"echo-llm\"]\nmax-fan-out = 3\n\n[quota]\n{quota}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trees_model_calls_count_against_its_roots_budget() {
+    use drover_test_support::model_server::{ModelServer, Reply};
+
+    let server = ModelServer::start(vec![Reply::text(r#"{"received": 1, "ok": true}"#); 6]).await;
+    let agents = AgentDir::new();
+    agents
+        .add("turns", SPAWNER, Some(&budgeted_spawner("max-turns = 2")))
+        .add(
+            "tokens",
+            SPAWNER,
+            Some(&budgeted_spawner("max-tokens = 20")),
+        );
+    std::fs::write(
+        agents.path().join("echo-llm.toml"),
+        include_str!("../agents/echo-llm.toml"),
+    )
+    .expect("echo-llm");
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = data.path().join("drover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.cheap]\nprovider = \"openai\"\nbase-url = \"{}\"\nmodel = \"m\"\n\
+             api-key-env = \"DROVER_TEST_MODEL_KEY\"\n",
+            server.base_url()
+        ),
+    )
+    .expect("config");
+    let args = host_args(agents.path(), data.path(), "host", Some(&config));
+    let host = HostProcess::start(EXE, &args, &[("DROVER_TEST_MODEL_KEY", "sk-test")]);
+    let url = &host.url;
+    let three = json!({
+        "children": (1..=3)
+            .map(|n| json!({ "agentId": "echo-llm", "input": { "n": n } }))
+            .collect::<Vec<_>>(),
+        "oneByOne": true,
+    });
+    let outcomes = |view: &Value| -> Vec<(String, String)> {
+        view["run"]["output"]["outcomes"]
+            .as_array()
+            .expect("outcomes")
+            .iter()
+            .map(|o| {
+                (
+                    o["status"].as_str().unwrap_or("").to_string(),
+                    o["error"]["tag"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+
+    // Each child may make two model calls of its own; the tree may make two in all.
+    let root = enqueue(url, "turns", three.clone()).await;
+    let view = finished(url, &root).await;
+    assert_eq!(view["job"]["status"], "done", "{view}");
+    let done = ("done".to_string(), String::new());
+    let over = |tag: &str| ("failed".to_string(), tag.to_string());
+    assert_eq!(
+        outcomes(&view),
+        [done.clone(), done.clone(), over("MaxTurns")],
+        "{view}"
+    );
+    assert_eq!(
+        server.served(),
+        2,
+        "the third child's call never reached the model"
+    );
+    let children = tree(url, &root).await;
+    let third = children
+        .iter()
+        .find(|j| j["depth"] == 1 && j["status"] == "failed")
+        .expect("the refused child");
+    let third_run = finished(url, third["id"].as_str().expect("id")).await;
+    assert_eq!(third_run["run"]["status"], "quota", "{third_run}");
+    assert!(
+        third_run["run"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&root) && m.contains("max-turns")),
+        "{third_run}"
+    );
+
+    // 15 tokens a call: the second child may write only the 5 the tree has left, its answer
+    // takes the tree past 20, and the third child is refused before it calls.
+    let root = enqueue(url, "tokens", three.clone()).await;
+    let view = finished(url, &root).await;
+    assert_eq!(
+        outcomes(&view),
+        [done.clone(), over("MaxTokens"), over("MaxTokens")],
+        "{view}"
+    );
+    let requests = server.requests();
+    let asked: Vec<&Value> = requests.iter().map(|r| &r.body["max_tokens"]).collect();
+    assert_eq!(server.served(), 4, "{asked:?}");
+    assert_eq!(asked[3], 5, "held to the tree's tokens left: {asked:?}");
+
+    // Three children calling at once still make two calls in all: a turn is reserved in the
+    // database before the call.
+    let mut at_once = three;
+    at_once["oneByOne"] = json!(false);
+    at_once["wait"] = json!(true);
+    let root = enqueue(url, "turns", at_once).await;
+    let mut got = outcomes(&finished(url, &root).await);
+    got.sort();
+    assert_eq!(got, [done.clone(), done, over("MaxTurns")]);
+    assert_eq!(server.served(), 6);
+}

@@ -1561,6 +1561,7 @@ async fn a_native_agents_huge_failure_is_cut_to_size_too() {
             attempt: 1,
             tenant_id: None,
             user_id: None,
+            root_job_id: None,
         },
         None,
     );

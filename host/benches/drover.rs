@@ -256,6 +256,7 @@ async fn time_runs(
                 attempt: 1,
                 tenant_id: None,
                 user_id: None,
+                root_job_id: None,
             },
             None,
         );
@@ -1324,7 +1325,7 @@ fn start_pool(
 /// alternating, on one pool that runs a native echo.
 async fn child_round_trip(scale: Scale, work: &Path) -> Vec<Row> {
     use drover_host::children::{Caller, Children, SpawnOptions};
-    use drover_host::registry::ChildrenPolicy;
+    use drover_host::registry::{ChildrenPolicy, Quota};
 
     let rounds = scale.pick(20, 1000);
     let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(native_echo()));
@@ -1345,18 +1346,22 @@ async fn child_round_trip(scale: Scale, work: &Path) -> Vec<Row> {
         .await
         .expect("parent")
         .job;
-    let children = Children::new(queue.clone(), store.clone(), Arc::clone(&registry)).for_run(
-        ChildrenPolicy {
-            allowed: vec!["echo".into()],
-            max_total: 100_000,
-            ..ChildrenPolicy::default()
-        },
-        Caller {
-            agent_id: "parent".into(),
-            job_id: parent.id.clone(),
-            run_id: "bench-run".into(),
-        },
-    );
+    let children = Children::open(queue.clone(), store.clone(), Arc::clone(&registry))
+        .await
+        .expect("children")
+        .for_run(
+            ChildrenPolicy {
+                allowed: vec!["echo".into()],
+                max_total: 100_000,
+                ..ChildrenPolicy::default()
+            },
+            Quota::default(),
+            Caller {
+                agent_id: "parent".into(),
+                job_id: parent.id.clone(),
+                run_id: "bench-run".into(),
+            },
+        );
     let input = json!({ "n": 1 }).to_string();
     let mut spawned = Vec::with_capacity(rounds);
     let mut enqueued = Vec::with_capacity(rounds);

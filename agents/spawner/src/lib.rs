@@ -3,7 +3,8 @@
 //! use it.
 //!
 //! Input: `{"children": [{"agentId", "input"}], "wait": bool, "timeoutMs": n, "stop": bool
-//! (stop each child once it runs),
+//! (stop each child once it runs), "oneByOne": bool (spawn each child once the one before has
+//! finished, and wait for each),
 //! "list": bool, "waitFor": "<job id>"}`. Output: `{"spawned": [{"id"} | {"tag", "message"}],
 //! "outcomes": [{"status", "output", "error"}], "listed": [{"id", "agentId", "status"}],
 //! "foreign": {"tag"}}` (`foreign`: what a wait for `waitFor`, not a child of this run, said).
@@ -31,6 +32,7 @@ struct Input {
     wait: bool,
     timeout_ms: Option<u64>,
     stop: bool,
+    one_by_one: bool,
     list: bool,
     wait_for: Option<String>,
 }
@@ -78,10 +80,17 @@ impl Agent for Spawner {
         let timeout = Duration::from_millis(input.timeout_ms.unwrap_or(60_000));
         let mut ids = Vec::new();
         let mut spawned = Vec::new();
+        let mut outcomes = Vec::new();
         for child in &input.children {
             match agents::spawn(&child.agent_id, &child.input, SpawnOptions::default()) {
                 Ok(id) => {
                     spawned.push(json!({ "id": id }));
+                    if input.one_by_one {
+                        match agents::wait(&id, timeout) {
+                            Ok(o) => outcomes.push(outcome(&o)),
+                            Err(e) => outcomes.push(refusal(&e)),
+                        }
+                    }
                     ids.push(id);
                 }
                 Err(e) => spawned.push(refusal(&e)),
@@ -112,8 +121,7 @@ impl Agent for Spawner {
                 agents::stop(id)?;
             }
         }
-        let mut outcomes = Vec::new();
-        if input.wait {
+        if input.wait && !input.one_by_one {
             for id in &ids {
                 match agents::wait(id, timeout) {
                     Ok(o) => outcomes.push(outcome(&o)),

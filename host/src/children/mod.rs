@@ -27,17 +27,22 @@
 //! (see [`Queue::stop`], [`Queue::cancel`] and [`Queue::finish`]), so it reaches children
 //! running on any host.
 
+mod budget;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+use crate::db::DbError;
 use crate::queue::{
     ErrorInfo, Job, JobFilter, JobStatus, Lifecycle, Lineage, NewJob, Queue, QueueError,
 };
-use crate::registry::{ChildrenPolicy, Registry};
+use crate::registry::{ChildrenPolicy, Quota, Registry};
 use crate::store::RunStore;
+
+pub use budget::{Exceeded, TreeBudget, TreeBudgetError};
 
 /// Longest a single `wait` may wait (a run's own time limit still applies).
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -101,25 +106,56 @@ pub struct RunChildren {
     host: Children,
     policy: ChildrenPolicy,
     caller: Caller,
+    /// The caller's own `[quota]`: when it is a root, what its tree is given.
+    quota: Quota,
 }
 
 impl Children {
     /// Children enqueued in `queue`, their outputs read from `store`, of the agents in
-    /// `registry`.
-    pub fn new(queue: Queue, store: RunStore, registry: Arc<dyn Registry>) -> Self {
-        Self {
+    /// `registry`; creates (or migrates) the ledger of tree budgets in `queue`'s database.
+    pub async fn open(
+        queue: Queue,
+        store: RunStore,
+        registry: Arc<dyn Registry>,
+    ) -> Result<Self, DbError> {
+        queue.db().migrate("children", budget::MIGRATIONS).await?;
+        Ok(Self {
             queue,
             store,
             registry,
-        }
+        })
     }
 
-    /// The children of one run of an agent with `policy`.
-    pub fn for_run(&self, policy: ChildrenPolicy, caller: Caller) -> RunChildren {
+    /// The children of one run of an agent with `policy` and `quota`.
+    pub fn for_run(&self, policy: ChildrenPolicy, quota: Quota, caller: Caller) -> RunChildren {
         RunChildren {
             host: self.clone(),
             policy,
             caller,
+            quota,
+        }
+    }
+
+    /// The account of the tree a run is in, if its runs share one: a child's (`root_job_id`:
+    /// its root), charged if its root keeps one; or a root's, if its agent may spawn (`policy`)
+    /// and has a `quota`. See [`budget`](self::budget).
+    pub fn tree_budget(
+        &self,
+        policy: &ChildrenPolicy,
+        quota: Quota,
+        caller: &Caller,
+        root_job_id: Option<&str>,
+    ) -> Option<TreeBudget> {
+        let db = self.queue.db().clone();
+        match root_job_id {
+            Some(root) => Some(TreeBudget::member(db, root.to_string())),
+            None if policy.allowed.is_empty() || quota.is_unlimited() => None,
+            None => Some(TreeBudget::root(
+                db,
+                caller.job_id.clone(),
+                caller.run_id.clone(),
+                quota,
+            )),
         }
     }
 }
@@ -242,6 +278,16 @@ impl RunChildren {
                     parent.root_job_id, self.caller.agent_id, policy.max_total
                 ),
             ));
+        }
+        if parent.parent_job_id.is_none()
+            && let Some(tree) = self
+                .host
+                .tree_budget(&self.policy, self.quota, &self.caller, None)
+        {
+            // A root's tree is given its quota before its first child can use any of it.
+            tree.open()
+                .await
+                .map_err(|e| unavailable(QueueError::from(e)))?;
         }
         let mut job = NewJob {
             input: Arc::from(input),

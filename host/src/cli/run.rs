@@ -234,11 +234,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let registry_dyn: Arc<dyn Registry> = registry.clone();
     // Agents spawn their children into the same queue.
-    caps.enable_children(Children::new(
-        queue.clone(),
-        store.clone(),
-        Arc::clone(&registry_dyn),
-    ));
+    caps.enable_children(
+        Children::open(queue.clone(), store.clone(), Arc::clone(&registry_dyn))
+            .await
+            .context("opening the ledger of tree budgets")?,
+    );
     let pool = (!args.api_only).then(|| {
         WorkerPool::new(
             PoolDeps {

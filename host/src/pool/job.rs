@@ -151,7 +151,7 @@ async fn execute(
         job_id: Some(job.id.clone()),
         agent_id: job.agent_id.clone(),
         attempt: lease.epoch,
-        parent_run_id: None,
+        parent_run_id: job.parent_run_id.clone(),
         status: RunStatus::Running,
         sandbox: sandbox.as_ref().map(|s| s.name()),
         long_lived: spec.as_ref().map_or(job.lifecycle, |s| s.lifecycle) == Lifecycle::LongLived,
@@ -176,6 +176,7 @@ async fn execute(
         attempt: lease.epoch,
         tenant_id: job.tenant_id.clone(),
         user_id: job.user_id.clone(),
+        root_job_id: job.parent_job_id.as_ref().map(|_| job.root_job_id.clone()),
     };
     let ctx = RunContext::new(
         identity,

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use super::wasm::{ToolNetwork, ToolOutcome, WasmRuntime};
 use super::{Failure, RunContext};
-use crate::children::{Caller, Children, RunChildren};
+use crate::children::{Caller, Children, RunChildren, TreeBudget, TreeBudgetError};
 use crate::model::{ChatRequest, ChatResponse, Message, ModelGateway};
 use crate::outbound::Outbound;
 use crate::registry::{AgentSpec, Quota, ToolRegistry, ToolSpec};
@@ -121,16 +121,9 @@ impl Capabilities {
 
     /// One run's children, for a run of `spec`, if this host lets agents spawn.
     pub fn children_for_run(&self, spec: &AgentSpec, ctx: &RunContext) -> Option<RunChildren> {
-        self.children.get().map(|children| {
-            children.for_run(
-                spec.children.clone(),
-                Caller {
-                    agent_id: spec.id.clone(),
-                    job_id: ctx.job_id().to_string(),
-                    run_id: ctx.run_id().to_string(),
-                },
-            )
-        })
+        self.children
+            .get()
+            .map(|children| children.for_run(spec.children.clone(), spec.quota, caller(spec, ctx)))
     }
 
     /// The host's outbound HTTP.
@@ -196,9 +189,25 @@ impl Capabilities {
             tools: spec.tools.clone(),
             secrets: spec.secrets.clone(),
             quota: spec.quota,
+            tree: self.children.get().and_then(|children| {
+                children.tree_budget(
+                    &spec.children,
+                    spec.quota,
+                    &caller(spec, &ctx),
+                    ctx.root_job_id(),
+                )
+            }),
             ctx,
             state: Mutex::new(RunState::default()),
         }
+    }
+}
+
+fn caller(spec: &AgentSpec, ctx: &RunContext) -> Caller {
+    Caller {
+        agent_id: spec.id.clone(),
+        job_id: ctx.job_id().to_string(),
+        run_id: ctx.run_id().to_string(),
     }
 }
 
@@ -251,6 +260,9 @@ pub struct RunCapabilities {
     /// manifest lists).
     secrets: Vec<String>,
     quota: Quota,
+    /// The account of the tree the run is in, if its root keeps one: its calls count there as
+    /// well as against `quota`.
+    tree: Option<TreeBudget>,
     ctx: RunContext,
     state: Mutex<RunState>,
 }
@@ -280,6 +292,22 @@ pub struct ToolView {
 
 fn quota_end(tag: &str, message: String) -> CallError {
     CallError::End(Failure::permanent(tag, message).with_status(RunStatus::Quota))
+}
+
+/// A tree budget's refusal: the run ends as if its own budget were spent; a database failure
+/// is one the run may try again.
+fn tree_error(error: TreeBudgetError) -> CallError {
+    match &error {
+        TreeBudgetError::Exceeded { exceeded, .. } => quota_end(exceeded.tag(), error.to_string()),
+        TreeBudgetError::Db(e) => {
+            tracing::warn!(error = %e, "a tree budget could not be checked");
+            CallError::Failed {
+                tag: "Unavailable".into(),
+                message: "the host could not check the budget of the run's tree; try again".into(),
+                retryable: true,
+            }
+        }
+    }
 }
 
 impl RunCapabilities {
@@ -349,6 +377,15 @@ impl RunCapabilities {
                 message: format!("model alias {alias:?} is not configured on this host"),
                 retryable: true,
             });
+        }
+        if let Some(tree) = &self.tree {
+            // The tree's turn is reserved first, atomically; the run's own budget is checked
+            // next (a run refused there ends, and the turn it reserved is never needed).
+            if let Some(left) = tree.reserve(1, 0).await.map_err(tree_error)? {
+                let left = u32::try_from(left).unwrap_or(u32::MAX);
+                request.max_output_tokens =
+                    Some(request.max_output_tokens.map_or(left, |m| m.min(left)));
+            }
         }
         let (turn, new_messages, first_message) = {
             let mut state = self.state();
@@ -447,6 +484,12 @@ impl RunCapabilities {
                     }),
                 )
                 .await;
+                if let Some(tree) = &self.tree {
+                    let tokens = response.usage.input_tokens + response.usage.output_tokens;
+                    tree.charge(tokens, response.cost_usd)
+                        .await
+                        .map_err(tree_error)?;
+                }
                 let tokens = usage.input_tokens + usage.output_tokens;
                 if let Some(max) = self.quota.max_tokens
                     && tokens > max
@@ -499,7 +542,7 @@ impl RunCapabilities {
         name: &str,
         input: &str,
     ) -> Result<String, CallError> {
-        self.charge_tool_calls(1)?;
+        self.charge_tool_calls(1).await?;
         self.run_tool(id, name, input).await
     }
 
@@ -509,15 +552,18 @@ impl RunCapabilities {
         &self,
         calls: &[(Option<String>, String, String)],
     ) -> Result<Vec<Result<String, CallError>>, CallError> {
-        self.charge_tool_calls(calls.len())?;
+        self.charge_tool_calls(calls.len()).await?;
         let runs = calls
             .iter()
             .map(|(id, name, input)| self.run_tool(id.as_deref(), name, input));
         Ok(futures::future::join_all(runs).await)
     }
 
-    fn charge_tool_calls(&self, calls: usize) -> Result<(), CallError> {
+    async fn charge_tool_calls(&self, calls: usize) -> Result<(), CallError> {
         let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+        if let Some(tree) = &self.tree {
+            tree.reserve(0, calls).await.map_err(tree_error)?;
+        }
         let mut state = self.state();
         if let Some(max) = self.quota.max_tool_calls
             && state.usage.tool_calls.saturating_add(calls) > max

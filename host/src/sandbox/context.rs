@@ -176,6 +176,7 @@ struct Inner {
     attempt: i64,
     tenant_id: Option<String>,
     user_id: Option<String>,
+    root_job_id: Option<String>,
     control: Arc<Control>,
     recorder: RecorderHandle,
     next_seq: AtomicU64,
@@ -264,6 +265,8 @@ pub struct RunIdentity {
     pub tenant_id: Option<String>,
     /// The user the job was started for, if any.
     pub user_id: Option<String>,
+    /// The root of the job's tree, if the job is a child (spawned by another job's run).
+    pub root_job_id: Option<String>,
 }
 
 impl RunContext {
@@ -286,6 +289,7 @@ impl RunContext {
                 attempt: identity.attempt,
                 tenant_id: identity.tenant_id,
                 user_id: identity.user_id,
+                root_job_id: identity.root_job_id,
                 control,
                 recorder,
                 next_seq: AtomicU64::new(first_seq),
@@ -338,6 +342,11 @@ impl RunContext {
     /// The user the run's job was started for, if any.
     pub fn user_id(&self) -> Option<&str> {
         self.inner.user_id.as_deref()
+    }
+
+    /// The root of the job's tree, if the job is a child of another.
+    pub fn root_job_id(&self) -> Option<&str> {
+        self.inner.root_job_id.as_deref()
     }
 
     /// Which claim of the job this run is (1 for the first).
