@@ -1,7 +1,7 @@
 //! The run viewer in a real headless Chromium against a real `drover-host run`: the runs list,
 //! a run's detail and timeline, live agents (stopping one from the page), agent types (enqueueing
 //! from the page) and the queue, with a screenshot of each view; and a model-backed run's
-//! conversation, hostile content in it included.
+//! conversation, hostile content in it included; a long-lived agent's chat; a tree of runs.
 //!
 //! Needs Chromium (`/usr/bin/chromium`, or `CHROME=/path`). Without it the test says so and
 //! passes, except under CI (`CI` set), where `.ci/run` installs it and a missing browser fails.
@@ -10,7 +10,9 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use drover_test_support::{AgentDir, CHAOS, CHAT, ECHO, HostProcess, QUEUE_WORKER, WAIT};
+use drover_test_support::{
+    AgentDir, CHAIN_WORKER, CHAOS, CHAT, ECHO, HostProcess, QUEUE_WORKER, WAIT,
+};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::{Value, json};
@@ -937,4 +939,119 @@ fn the_viewer_chats_with_a_long_lived_agent() {
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     shot(&tab, &shots, "chat");
+}
+
+/// A run in a tree shows the tree (its root, its parents and children, each a link to the
+/// job's latest run) and a link to its parent run.
+#[test]
+fn the_viewer_shows_a_runs_tree_and_links_parents_and_children() {
+    let Some(chrome) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is required under CI (install Debian's `chromium` package)"
+        );
+        eprintln!("skipping the viewer test: no Chromium at /usr/bin/chromium (set CHROME)");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let agents = AgentDir::new();
+    agents.add(
+        "chain-worker",
+        CHAIN_WORKER,
+        Some(include_str!("../agents/chain-worker.toml")),
+    );
+    let data = tempfile::tempdir().expect("temp dir");
+    let args = drover_test_support::host_args(agents.path(), data.path(), "var", None);
+    let host = HostProcess::start(EXE, &args, &[("DROVER_API_TOKEN", TOKEN)]);
+    let url = host.url.clone();
+    let api = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let url = format!("{url}{path}");
+        runtime.block_on(async move {
+            let mut request = reqwest::Client::new()
+                .request(method, url)
+                .bearer_auth(TOKEN);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.expect("request");
+            response.json::<Value>().await.unwrap_or(Value::Null)
+        })
+    };
+    let created = api(
+        reqwest::Method::POST,
+        "/v1/jobs",
+        Some(json!({ "agentId": "chain-worker", "input": { "intervalMs": 200 } })),
+    );
+    let root = created["job"]["id"].as_str().expect("root").to_string();
+    // The chain grows to its depth: a root, a child and a grandchild, all running.
+    let deadline = Instant::now() + WAIT;
+    let root_run = loop {
+        let tree = api(
+            reqwest::Method::GET,
+            &format!("/v1/jobs?rootJobId={root}"),
+            None,
+        );
+        let jobs = tree["jobs"].as_array().cloned().unwrap_or_default();
+        if jobs.len() == 3 && jobs.iter().all(|j| j["status"] == "leased") {
+            let view = api(reqwest::Method::GET, &format!("/v1/jobs/{root}"), None);
+            if let Some(run) = view["run"]["id"].as_str() {
+                break run.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "the chain never grew: {tree}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = launch(chrome, &profile);
+    let tab = browser.new_tab().expect("tab");
+    tab.set_default_timeout(WAIT);
+    tab.navigate_to(&format!("{url}/?token={TOKEN}#/runs/{root_run}"))
+        .expect("open the root's run");
+    wait_for_js(
+        &tab,
+        "document.querySelectorAll('[data-testid=tree-node]').length === 3 \
+         && !document.querySelector('[data-testid=tree-panel]').hidden",
+    );
+    // Nested: the grandchild is inside the child, inside the root (the page's own job).
+    assert_eq!(
+        eval(
+            &tab,
+            "[...document.querySelectorAll('[data-testid=tree-node]')].map(n => \
+             [n.dataset.depth, n.classList.contains('current'), \
+              n.parentElement.closest('[data-testid=tree-node]')?.dataset.depth ?? null])"
+        ),
+        json!([["0", true, null], ["1", false, "0"], ["2", false, "1"]])
+    );
+    // The grandchild's link opens its run, whose parent is the child's run.
+    tab.evaluate(
+        "document.querySelector('[data-testid=tree-node][data-depth=\"2\"] [data-testid=tree-link]').click()",
+        false,
+    )
+    .expect("click the grandchild");
+    wait_for_js(
+        &tab,
+        "location.hash.startsWith('#/runs/') \
+         && document.querySelector('[data-testid=tree-node].current')?.dataset.depth === '2' \
+         && !!document.querySelector('[data-testid=parent-run]')",
+    );
+    let child = api(
+        reqwest::Method::GET,
+        &format!("/v1/jobs/{root}/children"),
+        None,
+    );
+    let child_id = child["jobs"][0]["id"].as_str().expect("child").to_string();
+    let child_view = api(reqwest::Method::GET, &format!("/v1/jobs/{child_id}"), None);
+    let child_run = child_view["run"]["id"].as_str().expect("child's run");
+    assert_eq!(
+        eval(
+            &tab,
+            "document.querySelector('[data-testid=parent-run]').getAttribute('href')"
+        ),
+        json!(format!("#/runs/{child_run}"))
+    );
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    shot(&tab, &shots, "tree");
+    api(reqwest::Method::DELETE, &format!("/v1/agents/{root}"), None);
 }

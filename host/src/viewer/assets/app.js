@@ -105,6 +105,7 @@ function toast(message, bad = false) {
 const views = {
   runs: viewRuns,
   run: viewRun,
+  job: viewJob,
   agents: viewAgents,
   templates: viewTemplates,
   queue: viewQueue,
@@ -113,6 +114,7 @@ const views = {
 function route() {
   const [name, id] = location.hash.replace(/^#\/?/, "").split("/");
   if (name === "runs" && id) return { view: "run", id: decodeURIComponent(id) };
+  if (name === "jobs" && id) return { view: "job", id: decodeURIComponent(id) };
   return { view: views[name] ? name : "runs" };
 }
 
@@ -129,7 +131,7 @@ async function render() {
   state.timers = [];
   const r = route();
   document.querySelectorAll("[data-nav]").forEach((a) =>
-    a.classList.toggle("active", a.dataset.nav === (r.view === "run" ? "runs" : r.view)));
+    a.classList.toggle("active", a.dataset.nav === (r.view === "run" || r.view === "job" ? "runs" : r.view)));
   const main = document.getElementById("main");
   main.dataset.view = r.view;
   try {
@@ -232,6 +234,65 @@ async function viewRuns(main) {
   every(load);
 }
 
+// ---- one job: its latest run -----------------------------------------------------------------
+
+// A job's page is its latest run's; a job that has not run yet says so (and opens its run once
+// it has one).
+async function viewJob(main, { id }) {
+  const latest = async () => {
+    const { runs } = await api(`/v1/runs?jobId=${encodeURIComponent(id)}&limit=1`);
+    if (runs.length) location.replace(`#/runs/${encodeURIComponent(runs[0].id)}`);
+    return runs.length > 0;
+  };
+  if (await latest()) return;
+  const { job } = await api(`/v1/jobs/${encodeURIComponent(id)}`);
+  main.innerHTML = `
+    <p class="sub"><a href="#/queue">← Queue</a></p>
+    <div class="title-row"><h1>Job <span class="mono">${esc(short(job.id))}</span></h1>${badge(job.status)}</div>
+    <p class="sub mono">${esc(job.id)}</p>
+    <div class="panel"><p class="muted" data-testid="job-not-run">${esc(job.agentId)} has not run this job yet.</p></div>`;
+  every(latest, 1000);
+}
+
+// ---- a job's tree: the jobs its root's runs spawned, and theirs -------------------------------
+
+// Renders the jobs of one tree (each with `parentJobId`) as nested lists, oldest first under
+// each parent; `currentId`'s job is marked and not linked.
+function treeHtml(jobs, currentId) {
+  jobs = [...jobs].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+  const ids = new Set(jobs.map((j) => j.id));
+  const below = new Map();
+  jobs.forEach((j) => {
+    const parent = j.parentJobId && ids.has(j.parentJobId) ? j.parentJobId : "";
+    if (!below.has(parent)) below.set(parent, []);
+    below.get(parent).push(j);
+  });
+  const node = (j) => {
+    const name = j.id === currentId
+      ? `<strong>${esc(j.agentId)}</strong>`
+      : `<a href="#/jobs/${encodeURIComponent(j.id)}" data-testid="tree-link">${esc(j.agentId)}</a>`;
+    const children = (below.get(j.id) || []).map(node).join("");
+    return `<li data-testid="tree-node" data-job="${esc(j.id)}" data-depth="${Number(j.depth)}"${j.id === currentId ? ' class="current"' : ""}>
+      <span class="node">${name} ${badge(j.status)} <span class="mono muted">${esc(short(j.id))}</span></span>
+      ${children ? `<ul>${children}</ul>` : ""}</li>`;
+  };
+  return (below.get("") || []).map(node).join("");
+}
+
+// The tree panel of a run's page: shown when the run's job has a parent or children.
+function treePanel(main, job) {
+  const panel = main.querySelector("#tree-panel");
+  return async () => {
+    if (!job) return;
+    const { jobs } = await api(`/v1/jobs?rootJobId=${encodeURIComponent(job.rootJobId)}&limit=500`);
+    panel.hidden = jobs.length < 2;
+    if (panel.hidden) return;
+    main.querySelector("#tree-summary").textContent =
+      `${jobs.length} jobs${jobs.length === 500 ? " (the first 500)" : ""}, root ${short(job.rootJobId)}`;
+    main.querySelector("#tree").innerHTML = treeHtml(jobs, job.id);
+  };
+}
+
 // ---- one run --------------------------------------------------------------------------------
 
 async function viewRun(main, { id }) {
@@ -245,6 +306,9 @@ async function viewRun(main, { id }) {
       <span id="run-actions"></span></div>
     <p class="sub mono">${esc(run.id)}</p>
     <div class="panel"><div class="facts" id="facts"></div></div>
+    <div class="panel flush" id="tree-panel" data-testid="tree-panel" hidden>
+      <div class="panel-head"><h2>Tree</h2><span class="muted" id="tree-summary"></span></div>
+      <ul class="tree" id="tree" data-testid="tree"></ul></div>
     <div class="two">
       <div class="panel"><h2>Input</h2><pre class="json" data-testid="run-input">${pretty(run.input)}</pre></div>
       <div class="panel" id="result"></div>
@@ -297,7 +361,7 @@ async function viewRun(main, { id }) {
         fact("Tool calls", number(run.usage.toolCalls)),
       ] : []),
       fact("Last heartbeat", !run.heartbeatAt ? "—" : run.status === "running" ? ago(run.heartbeatAt) : esc(stamp(run.heartbeatAt))),
-      fact("Parent run", run.parentRunId ? `<a href="#/runs/${encodeURIComponent(run.parentRunId)}">${esc(short(run.parentRunId))}</a>` : "—"),
+      fact("Parent run", run.parentRunId ? `<a href="#/runs/${encodeURIComponent(run.parentRunId)}" data-testid="parent-run">${esc(short(run.parentRunId))}</a>` : "—"),
       fact("Worker", `<span class="mono">${esc(run.workerId || "—")}</span>`),
     ].join("");
     main.querySelector("#result").innerHTML = run.error
@@ -356,6 +420,9 @@ async function viewRun(main, { id }) {
   renderEvents();
   await load();
   every(load, 1000);
+  const tree = treePanel(main, job);
+  await tree();
+  every(tree, 2000);
   if (run.lifecycle === "long-lived" && run.jobId) {
     const chat = chatPanel(main, run.jobId, load);
     await chat();
