@@ -520,3 +520,80 @@ async fn a_message_and_its_reply_cross_hosts_through_the_database() {
         assert_eq!(body["reply"], json!({ "echo": { "n": n }, "count": n }));
     }
 }
+
+/// With a model alias in its input the chat agent is model-backed: each message is answered by
+/// the model, which sees the whole conversation of the run so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_backed_chat_keeps_its_conversation() {
+    use drover_test_support::model_server::{ModelServer, Reply};
+
+    let server = ModelServer::start(vec![
+        Reply::text("Hello! How can I help?"),
+        Reply::text("Two plus two is four."),
+    ])
+    .await;
+    let setup = Setup::new(include_str!("../agents/chat.toml"));
+    let config = setup.data.path().join("drover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.cheap]\nprovider = \"openai\"\nbase-url = \"{}\"\nmodel = \"m\"\n\
+             api-key-env = \"DROVER_TEST_MODEL_KEY\"\n",
+            server.base_url()
+        ),
+    )
+    .expect("config");
+    let args = host_args(setup.agents.path(), setup.data.path(), "var", Some(&config));
+    let host = HostProcess::start(EXE, &args, &[("DROVER_TEST_MODEL_KEY", "sk-chat-test")]);
+    let url = &host.url;
+    let id = spawn(
+        url,
+        "chat",
+        json!({ "model": "cheap", "systemPrompt": "Be brief." }),
+        None,
+    )
+    .await;
+
+    let (status, first) = post(url, &id, "?waitMs=30000", json!("hi"), None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        first["reply"],
+        json!({ "reply": "Hello! How can I help?", "count": 1 })
+    );
+    let (status, second) = post(
+        url,
+        &id,
+        "?waitMs=30000",
+        json!({ "question": "2 + 2" }),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(
+        second["reply"],
+        json!({ "reply": "Two plus two is four.", "count": 2 })
+    );
+    // The second request carried the whole conversation, the first answer included.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    let said: Vec<(Value, Value)> = requests[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (m["role"].clone(), m["content"].clone()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (json!("system"), json!("Be brief.")),
+            (json!("user"), json!("hi")),
+            (json!("assistant"), json!("Hello! How can I help?")),
+            (json!("user"), json!(r#"{"question":"2 + 2"}"#)),
+        ]
+    );
+    // The host, not the guest, holds the key: it went with the request.
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some("Bearer sk-chat-test")
+    );
+}
