@@ -816,6 +816,17 @@ async fn prune_and_retention_remove_old_finished_work() {
     let day = 86_400_000;
     write_run("old", now - 40 * day).await;
     write_run("recent", now - day).await;
+    // A message left behind by a job that is gone goes too.
+    {
+        let queue = drover_host::queue::Queue::open(&queue_url, None)
+            .await
+            .expect("queue");
+        let inbox = drover_host::inbox::Inbox::open(&queue, Default::default())
+            .await
+            .expect("inbox");
+        let body = serde_json::value::RawValue::from_string("\"hi\"".into()).expect("json");
+        inbox.post("a-pruned-job", &body).await.expect("post");
+    }
 
     let prune = |extra: &[&str]| {
         let out = std::process::Command::new(EXE)
@@ -839,7 +850,7 @@ async fn prune_and_retention_remove_old_finished_work() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "removed 0 job(s), 1 run(s) and 2 event(s) older than 30days"
+        "removed 0 job(s), 1 run(s), 2 event(s), 1 message(s) and 0 tree budget(s) older than 30days"
     );
     assert!(store.get_run("old").await.expect("get").is_none());
     assert!(store.get_run("recent").await.expect("get").is_some());

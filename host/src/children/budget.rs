@@ -379,6 +379,32 @@ impl TreeBudget {
     }
 }
 
+/// Deletes the accounts of roots that are gone (pruned by retention), at most `batch` per
+/// statement; returns how many went.
+pub(super) async fn prune_orphans(db: &Db, batch: usize) -> Result<u64, DbError> {
+    let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+    let mut removed = 0;
+    loop {
+        let deleted = db
+            .write(move |conn| async move {
+                Ok(conn
+                    .execute(
+                        "DELETE FROM tree_budgets WHERE root_job_id IN (
+                             SELECT b.root_job_id FROM tree_budgets b
+                             WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = b.root_job_id)
+                             LIMIT ?1)",
+                        [batch],
+                    )
+                    .await?)
+            })
+            .await?;
+        removed += deleted;
+        if deleted < batch.unsigned_abs() {
+            return Ok(removed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +434,64 @@ mod tests {
         assert_eq!(a.overspent(), None, "using all of it is within it");
         a.tokens = 101;
         assert_eq!(a.overspent(), Some(Exceeded::Tokens(101, 100)));
+    }
+
+    #[tokio::test]
+    async fn a_trees_account_is_shared_kept_to_its_run_and_pruned_with_its_root() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("file:{}", dir.path().join("queue.db").display());
+        let queue = crate::queue::Queue::open(&url, None).await.expect("queue");
+        let db = queue.db().clone();
+        db.migrate("children", MIGRATIONS).await.expect("migrate");
+        queue
+            .enqueue(crate::queue::NewJob::new("root", &serde_json::Value::Null).id("root"))
+            .await
+            .expect("enqueue");
+        let quota = Quota {
+            max_turns: Some(3),
+            ..Quota::default()
+        };
+        let root = TreeBudget::root(db.clone(), "root".into(), "run-1".into(), quota);
+        let child = TreeBudget::member(db.clone(), "root".into());
+        root.reserve(1, 0).await.expect("root's turn");
+        child.reserve(2, 0).await.expect("the child's turns");
+        let refused = child
+            .reserve(1, 0)
+            .await
+            .expect_err("the tree's turns are spent");
+        assert!(
+            matches!(
+                &refused,
+                TreeBudgetError::Exceeded {
+                    exceeded: Exceeded::Turns(3),
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("tree of job root"),
+            "{refused}"
+        );
+        // A child of a root that keeps no account has its own budget only.
+        let stray = TreeBudget::member(db.clone(), "nobody".into());
+        assert_eq!(stray.reserve(1, 1).await.expect("no account"), None);
+        // A new run of the root starts the account again.
+        let again = TreeBudget::root(db.clone(), "root".into(), "run-2".into(), quota);
+        again.reserve(3, 0).await.expect("a new run's turns");
+
+        assert_eq!(
+            prune_orphans(&db, 10).await.expect("prune"),
+            0,
+            "the root is alive"
+        );
+        db.write(|conn| async move {
+            conn.execute("DELETE FROM jobs WHERE id = 'root'", ())
+                .await?;
+            Ok(())
+        })
+        .await
+        .expect("delete the root, as retention does");
+        assert_eq!(prune_orphans(&db, 10).await.expect("prune"), 1);
     }
 }

@@ -160,6 +160,13 @@ impl Children {
     }
 }
 
+/// Deletes the tree budgets of roots that are gone from `queue` (pruned by retention), at most
+/// `batch` per statement, creating their table first if no host has yet; returns how many went.
+pub async fn prune_budgets(queue: &Queue, batch: usize) -> Result<u64, DbError> {
+    queue.db().migrate("children", budget::MIGRATIONS).await?;
+    budget::prune_orphans(queue.db(), batch).await
+}
+
 fn failure(tag: &str, message: impl Into<String>) -> ErrorInfo {
     ErrorInfo::new(tag, message)
 }

@@ -1,12 +1,16 @@
 //! `drover-host prune`: deletes finished jobs, runs and events older than a given age, once,
-//! and says what it removed. `drover-host run --retention` does the same in the background.
+//! with the inbox messages and tree budgets of the jobs it deletes, and says what it removed.
+//! `drover-host run --retention` does the same in the background.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
+use serde::Serialize;
+
 use super::run::DatabaseArgs;
+use crate::inbox::{Inbox, InboxConfig};
 use crate::queue::Queue;
 use crate::store::RunStore;
 use crate::store::retention::{self, PRUNE_BATCH, Pruned};
@@ -47,79 +51,105 @@ pub fn parse_retention(text: &str) -> Result<Retention, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention(pub Option<Duration>);
 
+/// What one pass of pruning removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    /// Jobs, runs and events.
+    #[serde(flatten)]
+    pub pruned: Pruned,
+    /// Inbox messages of the jobs removed.
+    pub messages: u64,
+    /// Tree budgets of the roots removed.
+    pub tree_budgets: u64,
+}
+
+impl PruneReport {
+    /// Whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        let p = &self.pruned;
+        p.jobs + p.runs + p.events + self.messages + self.tree_budgets == 0
+    }
+}
+
+/// One pass: finished work that ended longer ago than `older_than`, then what belonged to the
+/// jobs removed (now or by an earlier pass).
+pub async fn prune_once(
+    queue: &Queue,
+    store: &RunStore,
+    inbox: &Inbox,
+    older_than: Duration,
+) -> anyhow::Result<PruneReport> {
+    let pruned = retention::prune(queue, store, older_than, crate::time::now_ms(), PRUNE_BATCH)
+        .await
+        .context("pruning jobs and runs failed")?;
+    let messages = inbox
+        .prune_orphans(PRUNE_BATCH)
+        .await
+        .context("pruning inbox messages failed")?;
+    let tree_budgets = crate::children::prune_budgets(queue, PRUNE_BATCH)
+        .await
+        .context("pruning tree budgets failed")?;
+    Ok(PruneReport {
+        pruned,
+        messages,
+        tree_budgets,
+    })
+}
+
 /// Prunes both databases once and prints what went.
 pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
     let (queue, store) = args.db.open().await?;
-    let pruned = retention::prune(
-        &queue,
-        &store,
-        args.older_than,
-        crate::time::now_ms(),
-        PRUNE_BATCH,
-    )
-    .await
-    .context("pruning failed")?;
+    let inbox = Inbox::open(&queue, InboxConfig::default())
+        .await
+        .context("opening the inboxes")?;
+    let report = prune_once(&queue, &store, &inbox, args.older_than).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&pruned)?);
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "{} older than {}",
-            summary(&pruned),
+            summary(&report),
             humantime::format_duration(args.older_than)
         );
     }
     Ok(())
 }
 
-/// `removed 3 jobs, 4 runs and 20 events`.
-pub fn summary(pruned: &Pruned) -> String {
+/// `removed 3 job(s), 4 run(s), 20 event(s), 2 message(s) and 0 tree budget(s)`.
+pub fn summary(report: &PruneReport) -> String {
+    let p = &report.pruned;
     format!(
-        "removed {} job(s), {} run(s) and {} event(s)",
-        pruned.jobs, pruned.runs, pruned.events
+        "removed {} job(s), {} run(s), {} event(s), {} message(s) and {} tree budget(s)",
+        p.jobs, p.runs, p.events, report.messages, report.tree_budgets
     )
 }
 
-/// Prunes every `interval` until `stop` is cancelled, first at once; failures are logged and
-/// tried again next time. The messages of pruned long-lived agents go from `inbox` too.
+/// Prunes every `interval` until `stop` is cancelled, first at once (see [`prune_once`]);
+/// failures are logged and tried again next time.
 pub async fn prune_in_background(
     queue: Queue,
     store: RunStore,
-    inbox: Option<crate::inbox::Inbox>,
+    inbox: Inbox,
     older_than: Duration,
     interval: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        match retention::prune(
-            &queue,
-            &store,
-            older_than,
-            crate::time::now_ms(),
-            PRUNE_BATCH,
-        )
-        .await
-        {
-            Ok(pruned) if pruned.jobs + pruned.runs + pruned.events > 0 => {
+        match prune_once(&queue, &store, &inbox, older_than).await {
+            Ok(report) if !report.is_empty() => {
                 tracing::info!(
-                    jobs = pruned.jobs,
-                    runs = pruned.runs,
-                    events = pruned.events,
+                    jobs = report.pruned.jobs,
+                    runs = report.pruned.runs,
+                    events = report.pruned.events,
+                    messages = report.messages,
+                    tree_budgets = report.tree_budgets,
                     "retention: {}",
-                    summary(&pruned)
+                    summary(&report)
                 );
             }
             Ok(_) => tracing::debug!("retention: nothing to remove"),
-            Err(e) => tracing::warn!(error = %e, "retention: pruning failed"),
-        }
-        if let Some(inbox) = &inbox {
-            match inbox.prune_orphans(PRUNE_BATCH).await {
-                Ok(0) => {}
-                Ok(messages) => tracing::info!(
-                    messages,
-                    "retention: removed the messages of removed agents"
-                ),
-                Err(e) => tracing::warn!(error = %e, "retention: pruning messages failed"),
-            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "retention: pruning failed"),
         }
         tokio::select! {
             () = stop.cancelled() => return,

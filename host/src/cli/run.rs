@@ -277,7 +277,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(super::prune::prune_in_background(
             queue.clone(),
             store.clone(),
-            Some(inbox.clone()),
+            inbox.clone(),
             older_than,
             PRUNE_INTERVAL,
             stop_pruning.clone(),
