@@ -129,10 +129,13 @@ impl Agent for Spawner {
                 }
             }
         }
-        let foreign = input.wait_for.as_deref().map(|id| match agents::wait(id, timeout) {
-            Ok(o) => outcome(&o),
-            Err(e) => refusal(&e),
-        });
+        let foreign = input
+            .wait_for
+            .as_deref()
+            .map(|id| match agents::wait(id, timeout) {
+                Ok(o) => outcome(&o),
+                Err(e) => refusal(&e),
+            });
         Ok(Output {
             spawned,
             outcomes,
