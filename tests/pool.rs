@@ -761,6 +761,9 @@ async fn shutdown_hands_unfinished_jobs_back_without_failing_them() {
 /// Environment variable that turns [`child_pool`] into a worker process of
 /// [`two_processes_share_one_database`].
 const CHILD_DIR: &str = "DROVER_TEST_CHILD_DIR";
+/// The databases the children of [`two_processes_share_one_database`] share.
+const CHILD_QUEUE_URL: &str = "DROVER_TEST_CHILD_QUEUE_URL";
+const CHILD_STORE_URL: &str = "DROVER_TEST_CHILD_STORE_URL";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_database() {
@@ -777,6 +780,8 @@ async fn two_processes_share_one_database() {
             std::process::Command::new(&exe)
                 .args(["--exact", "pool::child_pool", "--ignored", "--nocapture"])
                 .env(CHILD_DIR, env.db.dir.path())
+                .env(CHILD_QUEUE_URL, env.db.queue_url())
+                .env(CHILD_STORE_URL, env.db.store_url())
                 .env("DROVER_TEST_WORKER", format!("child-{i}"))
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -867,8 +872,8 @@ async fn child_pool() {
     let dir = std::env::var(CHILD_DIR).expect("started by two_processes_share_one_database");
     let worker = std::env::var("DROVER_TEST_WORKER").expect("worker id");
     let dir = std::path::PathBuf::from(dir);
-    let queue_url = format!("file:{}", dir.join("queue.db").display());
-    let store_url = format!("file:{}", dir.join("runs.db").display());
+    let queue_url = std::env::var(CHILD_QUEUE_URL).expect("the queue's URL");
+    let store_url = std::env::var(CHILD_STORE_URL).expect("the store's URL");
     let queue = Queue::with_db(
         drover_test_support::open_db(&queue_url).await,
         Default::default(),
@@ -923,10 +928,10 @@ async fn child_pool() {
 }
 
 #[test]
-fn every_pool_test_passes_with_multi_row_statements() {
-    drover_test_support::rerun_with_multi_row_statements(
+fn every_pool_test_passes_on_multi_row_statements_and_sqld() {
+    drover_test_support::rerun_on_other_databases(
         module_path!(),
-        "every_pool_test_passes_with_multi_row_statements",
+        "every_pool_test_passes_on_multi_row_statements_and_sqld",
     );
 }
 

@@ -14,15 +14,14 @@ const LEASE: Duration = Duration::from_secs(30);
 
 struct TestQueue {
     queue: Queue,
-    _dir: tempfile::TempDir,
+    _dbs: drover_test_support::DbDir,
 }
 
 async fn queue_with(options: QueueOptions) -> TestQueue {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("file:{}", dir.path().join("queue.db").display());
-    let db = drover_test_support::open_db(&url).await;
+    let dbs = drover_test_support::DbDir::new();
+    let db = drover_test_support::open_db(&dbs.url("queue.db")).await;
     let queue = Queue::with_db(db, options).await.expect("open queue");
-    TestQueue { queue, _dir: dir }
+    TestQueue { queue, _dbs: dbs }
 }
 
 async fn queue() -> TestQueue {
@@ -772,8 +771,8 @@ async fn memory_and_shared_file_databases_work() {
     assert_eq!(q.claim("w", LEASE, 5).await.expect("claim").len(), 1);
 
     // Two queue handles on one file see each other's writes (as two processes would).
-    let dir = tempfile::tempdir().expect("dir");
-    let url = format!("file:{}", dir.path().join("shared.db").display());
+    let dbs = drover_test_support::DbDir::new();
+    let url = dbs.url("shared.db");
     let a = Queue::open(&url, None).await.expect("a");
     let b = Queue::open(&url, None).await.expect("b");
     a.enqueue(echo(1).id("x")).await.expect("enqueue");
@@ -782,10 +781,10 @@ async fn memory_and_shared_file_databases_work() {
 }
 
 #[test]
-fn every_queue_test_passes_with_multi_row_statements() {
-    drover_test_support::rerun_with_multi_row_statements(
+fn every_queue_test_passes_on_multi_row_statements_and_sqld() {
+    drover_test_support::rerun_on_other_databases(
         module_path!(),
-        "every_queue_test_passes_with_multi_row_statements",
+        "every_queue_test_passes_on_multi_row_statements_and_sqld",
     );
 }
 
@@ -1155,8 +1154,8 @@ async fn a_meta_path_can_be_the_key() {
 
 #[tokio::test]
 async fn jobs_enqueued_without_fair_shares_are_claimed_once_they_are_on() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("file:{}", dir.path().join("queue.db").display());
+    let dbs = drover_test_support::DbDir::new();
+    let url = dbs.url("queue.db");
     let plain = Queue::with_db(
         drover_test_support::open_db(&url).await,
         QueueOptions::default(),

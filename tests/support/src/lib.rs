@@ -5,6 +5,7 @@
 pub mod model_server;
 pub mod oauth_server;
 pub mod sample_api;
+pub mod sqld;
 
 use std::path::{Path, PathBuf};
 
@@ -129,66 +130,148 @@ use drover_host::store::{Run, RunStatus, RunStore};
 /// How long the helpers wait for something before failing the test.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A queue and a run store on fresh database files, with retries backing off by milliseconds.
+/// A queue and a run store on fresh databases (files, or a fresh `sqld` when the suites run
+/// on one: see [`db_mode`]), with retries backing off by milliseconds.
 pub struct TestDb {
-    /// The directory holding the files.
+    /// A directory of the test's own (holding the files, in the file modes).
     pub dir: tempfile::TempDir,
     /// The queue (`queue.db`).
     pub queue: Queue,
     /// The run store (`runs.db`).
     pub store: RunStore,
+    sqld: Option<sqld::Sqld>,
 }
 
-/// Set (to anything) in a test process whose databases send multi-row statements, as remote
-/// ones do: see [`open_db`] and [`rerun_with_multi_row_statements`].
-pub const MULTI_ROW_ENV: &str = "DROVER_TEST_MULTI_ROW";
+/// Names the databases the suites of a test process run on (see [`DbMode`]); set in the child
+/// processes [`rerun_on_other_databases`] starts.
+pub const DB_MODE_ENV: &str = "DROVER_TEST_DB";
 
-/// Opens a database for a test, sending multi-row statements when [`MULTI_ROW_ENV`] is set.
+/// The databases the suites of a test process run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbMode {
+    /// Files, with the statements the host sends to files.
+    File,
+    /// Files, with the multi-row statements the host sends to remote servers.
+    MultiRow,
+    /// A real libsql server (`sqld`), one per test.
+    Sqld,
+}
+
+impl DbMode {
+    fn name(self) -> &'static str {
+        match self {
+            DbMode::File => "file",
+            DbMode::MultiRow => "multi-row",
+            DbMode::Sqld => "sqld",
+        }
+    }
+}
+
+/// This process's [`DbMode`].
+pub fn db_mode() -> DbMode {
+    match std::env::var(DB_MODE_ENV).as_deref() {
+        Ok("multi-row") => DbMode::MultiRow,
+        Ok("sqld") => DbMode::Sqld,
+        _ => DbMode::File,
+    }
+}
+
+/// A place for a test's databases: a directory, and in [`DbMode::Sqld`] a server of its own.
+pub struct DbDir {
+    dir: tempfile::TempDir,
+    sqld: Option<sqld::Sqld>,
+}
+
+impl DbDir {
+    /// A fresh one.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            sqld: (db_mode() == DbMode::Sqld).then(sqld::Sqld::start),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The URL of database `file`: that file in the directory, or the test's server (where
+    /// every name is the one database, as when a host is given one URL for both).
+    pub fn url(&self, file: &str) -> String {
+        match &self.sqld {
+            Some(server) => server.url(),
+            None => format!("file:{}", self.dir.path().join(file).display()),
+        }
+    }
+
+    /// The test's server, in [`DbMode::Sqld`].
+    pub fn sqld(&self) -> Option<&sqld::Sqld> {
+        self.sqld.as_ref()
+    }
+}
+
+impl Default for DbDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Opens a database for a test, sending multi-row statements in [`DbMode::MultiRow`] (a remote
+/// server's get them anyway).
 pub async fn open_db(url: &str) -> Db {
     let db = Db::open(url, None).await.expect("open database");
-    if std::env::var_os(MULTI_ROW_ENV).is_some() {
+    if db_mode() == DbMode::MultiRow {
         db.with_multi_row_statements()
     } else {
         db
     }
 }
 
-/// Runs every test of the calling suite except `this_test` once more, in a child process
-/// whose databases send multi-row statements (the SQL a remote libsql server gets), and fails if
-/// any of them does. Does nothing in that child. `suite` is the calling module's path
+/// Runs every test of the calling suite except `this_test` again in child processes on the
+/// other databases — files with multi-row statements (the SQL a remote server gets), then a
+/// real `sqld` (skipped, saying why, where none is installed; required under `CI`) — and fails
+/// if any test does. Does nothing in those children. `suite` is the calling module's path
 /// (`module_path!()`): the suites are modules of one test binary, and their tests are named
 /// after the module's last part.
-pub fn rerun_with_multi_row_statements(suite: &str, this_test: &str) {
-    if std::env::var_os(MULTI_ROW_ENV).is_some() {
+pub fn rerun_on_other_databases(suite: &str, this_test: &str) {
+    if db_mode() != DbMode::File {
         return;
     }
     let prefix = format!("{}::", suite.rsplit("::").next().unwrap_or(suite));
-    let exe = std::env::current_exe().expect("test binary");
-    let output = std::process::Command::new(exe)
-        .arg(&prefix)
-        .args([
-            "--skip",
-            &format!("{prefix}{this_test}"),
-            "--test-threads",
-            "2",
-        ])
-        .env(MULTI_ROW_ENV, "1")
-        .output()
-        .expect("run the test binary");
-    assert!(
-        output.status.success(),
-        "with multi-row statements, some tests failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for mode in [DbMode::MultiRow, DbMode::Sqld] {
+        if mode == DbMode::Sqld && sqld::available(&format!("the {prefix} tests on sqld")).is_none()
+        {
+            continue;
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let output = std::process::Command::new(exe)
+            .arg(&prefix)
+            .args([
+                "--skip",
+                &format!("{prefix}{this_test}"),
+                "--test-threads",
+                "2",
+            ])
+            .env(DB_MODE_ENV, mode.name())
+            .output()
+            .expect("run the test binary");
+        assert!(
+            output.status.success(),
+            "on {} databases, some tests failed:\n{}\n{}",
+            mode.name(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 impl TestDb {
     /// Fresh databases.
     pub async fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dbs = DbDir::new();
         let queue = Queue::with_db(
-            open_db(&Self::queue_url_in(dir.path())).await,
+            open_db(&dbs.url("queue.db")).await,
             QueueOptions {
                 backoff_base: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(5),
@@ -197,28 +280,32 @@ impl TestDb {
         )
         .await
         .expect("queue");
-        let store = RunStore::with_db(open_db(&Self::store_url_in(dir.path())).await)
+        let store = RunStore::with_db(open_db(&dbs.url("runs.db")).await)
             .await
             .expect("store");
-        Self { dir, queue, store }
+        Self {
+            dir: dbs.dir,
+            queue,
+            store,
+            sqld: dbs.sqld,
+        }
     }
 
     /// The queue database's URL.
     pub fn queue_url(&self) -> String {
-        Self::queue_url_in(self.dir.path())
+        self.url("queue.db")
     }
 
     /// The run store's URL.
     pub fn store_url(&self) -> String {
-        Self::store_url_in(self.dir.path())
+        self.url("runs.db")
     }
 
-    fn queue_url_in(dir: &Path) -> String {
-        format!("file:{}", dir.join("queue.db").display())
-    }
-
-    fn store_url_in(dir: &Path) -> String {
-        format!("file:{}", dir.join("runs.db").display())
+    fn url(&self, file: &str) -> String {
+        match &self.sqld {
+            Some(server) => server.url(),
+            None => format!("file:{}", self.dir.path().join(file).display()),
+        }
     }
 }
 
