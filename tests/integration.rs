@@ -16,6 +16,7 @@ mod llm;
 mod model;
 mod pool;
 mod queue;
+mod remote;
 mod secrets;
 mod store;
 mod tenants;

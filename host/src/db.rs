@@ -316,6 +316,12 @@ struct DbInner {
     shared: Option<Mutex<Conn>>,
     /// When a database file is synced.
     sync: SyncMode,
+    /// A remote database's writes, one at a time: a server takes one writer at a time, and
+    /// writes of one host racing each other over several streams would only fail each other
+    /// with `SQLITE_BUSY`.
+    remote_writes: tokio::sync::Semaphore,
+    /// Writes waiting for `remote_writes`.
+    remote_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Db {
@@ -393,6 +399,8 @@ impl Db {
                 idle: Mutex::new(Vec::new()),
                 shared,
                 sync: options.sync,
+                remote_writes: tokio::sync::Semaphore::new(1),
+                remote_waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         // Touch the database now so that a bad path or an unreachable server fails at start-up.
@@ -502,6 +510,35 @@ impl Db {
         self.write_with(op, Mode::Shed).await
     }
 
+    /// Like [`Db::write_or_shed`] for an operation that is idempotent (applied twice, it leaves
+    /// what applying it once does): on a remote database, a passing failure (the server busy,
+    /// a query interrupted, a stream expired, the connection lost) is tried again with a
+    /// doubling backoff for up to [`REMOTE_RETRY_FOR`], so that a producer rarely hears of it.
+    pub async fn write_or_shed_idempotent<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: Fn(Conn) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        let deadline = Instant::now() + REMOTE_RETRY_FOR;
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match self.write_with(op.clone(), Mode::Shed).await {
+                Err(e)
+                    if self.inner.location.is_remote()
+                        && e.is_transient()
+                        && !matches!(e, DbError::Overloaded { .. })
+                        && Instant::now() + delay < deadline =>
+                {
+                    tracing::debug!(error = %e, "a remote write failed for now; trying it again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn write_with<T, F, Fut>(&self, op: F, mode: Mode) -> Result<T, DbError>
     where
         F: FnOnce(Conn) -> Fut + Send + 'static,
@@ -509,6 +546,22 @@ impl Db {
         T: Send + 'static,
     {
         let Some(writer) = &self.inner.writer else {
+            if !self.inner.location.is_remote() {
+                return self.run(op).await;
+            }
+            use std::sync::atomic::Ordering;
+            let waiting = &self.inner.remote_waiting;
+            // A write from outside waits its turn in the lane (each is one round trip), unless
+            // many are waiting already.
+            if mode == Mode::Shed && waiting.load(Ordering::Relaxed) >= MAX_REMOTE_WRITES_WAITING {
+                return Err(DbError::Overloaded {
+                    pending: waiting.load(Ordering::Relaxed),
+                });
+            }
+            waiting.fetch_add(1, Ordering::Relaxed);
+            let permit = self.inner.remote_writes.acquire().await;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            let _permit = permit.map_err(|_| DbError::WriterStopped)?;
             return self.run(op).await;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -755,6 +808,10 @@ impl DbInner {
 
 /// Connections kept open between operations.
 const MAX_IDLE_CONNECTIONS: usize = 8;
+/// How long an idempotent remote write is tried again after passing failures.
+pub const REMOTE_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Most writes from outside that wait for a remote database's lane before more are shed.
+const MAX_REMOTE_WRITES_WAITING: usize = 4096;
 /// Longest a remote connection is kept idle: under the time a server keeps an idle stream
 /// (sqld's HTTP streams expire after 10 s unused), so that a connection taken from the idle
 /// list has a live stream.

@@ -257,20 +257,30 @@ impl Queue {
         let ids_json = to_json(&ids)?;
         let wanted = ids.len();
         let sql = Arc::clone(&self.sql);
+        // Idempotent by id (a job that exists is found, not made again), so a passing failure
+        // of a remote database is tried again.
         let (created, existing) = self
             .db
-            .write_or_shed(move |conn| async move {
-                // Parents first: a child is never in the table unseen by its parent's end.
-                if let Some(parents) = parents {
-                    conn.execute(MARK_PARENTS, [parents]).await?;
+            .write_or_shed_idempotent(move |conn| {
+                let (sql, parents, batch, ids_json) = (
+                    Arc::clone(&sql),
+                    parents.clone(),
+                    batch.clone(),
+                    ids_json.clone(),
+                );
+                async move {
+                    // Parents first: a child is never in the table unseen by its parent's end.
+                    if let Some(parents) = parents {
+                        conn.execute(MARK_PARENTS, [parents]).await?;
+                    }
+                    let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
+                    let existing = if created.len() < wanted {
+                        query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((created, existing))
                 }
-                let created = query_all(&conn, &sql.insert, (batch, now), decode_job).await?;
-                let existing = if created.len() < wanted {
-                    query_all(&conn, &sql.select_by_ids, [ids_json], decode_job).await?
-                } else {
-                    Vec::new()
-                };
-                Ok((created, existing))
             })
             .await?;
         let created_ids: HashSet<String> = created.iter().map(|j| j.id.clone()).collect();

