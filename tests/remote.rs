@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_host::db::{Db, RowExt, query_all};
-use drover_test_support::sqld::{self, Sqld};
+use drover_test_support::sqld::{self, JwtKey, Sqld};
 use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, cache_dir};
 use serde_json::json;
 
@@ -259,4 +259,83 @@ async fn a_killed_host_and_a_paused_one_still_leave_every_job_done_exactly_once(
     assert!(cont.success());
     all_done(&server, ids.len(), &[&a, &b]).await;
     exactly_once(&server, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_protected_server_takes_its_token_and_a_wrong_one_fails_at_start_up() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let key = JwtKey::new();
+    let key_file = key.key_file().display().to_string();
+    let server = Sqld::start_with(&["--auth-jwt-key-file", &key_file]);
+    let agents = AgentDir::new();
+    agents.add("echo", ECHO, None);
+    let data = tempfile::tempdir().expect("data");
+    let args = |name: &str| -> Vec<String> {
+        [
+            "--agents",
+            &agents.path().display().to_string(),
+            "--data-dir",
+            &data.path().join(name).display().to_string(),
+            "--cache-dir",
+            &cache_dir().display().to_string(),
+            "--queue-url",
+            &server.url(),
+            "--storage-url",
+            &server.url(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    // With the server's token, the host works.
+    let token = key.token();
+    let good = HostProcess::start(
+        EXE,
+        &args("good"),
+        &[
+            ("DROVER_QUEUE_AUTH_TOKEN", &token),
+            ("DROVER_STORAGE_AUTH_TOKEN", &token),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{}/v1/jobs", good.url))
+        .json(&json!({ "agentId": "echo", "input": { "n": 7 } }))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let id = created["job"]["id"].as_str().expect("id");
+    let done: serde_json::Value = client
+        .get(format!("{}/v1/jobs/{id}/wait?timeoutMs=30000", good.url))
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(done["run"]["output"]["received"], 7, "{done}");
+
+    // A token signed by another key: the host says so once, and exits.
+    let wrong = JwtKey::new().token();
+    let output = std::process::Command::new(EXE)
+        .arg("run")
+        .args(args("wrong"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DROVER_QUEUE_AUTH_TOKEN", &wrong)
+        .env("DROVER_STORAGE_AUTH_TOKEN", &wrong)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run drover-host");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open database") && stderr.contains(&server.url()),
+        "{stderr}"
+    );
 }

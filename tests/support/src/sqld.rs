@@ -131,6 +131,57 @@ fn wait_until_up(child: &mut Child, address: SocketAddr) -> bool {
     false
 }
 
+/// An Ed25519 key pair for a JWT-protected server, as Turso issues tokens: the public key file
+/// `sqld` takes with `--auth-jwt-key-file`, and tokens signed with the private key.
+pub struct JwtKey {
+    key_file: PathBuf,
+    pair: ring::signature::Ed25519KeyPair,
+    _dir: tempfile::TempDir,
+}
+
+impl JwtKey {
+    /// A fresh key pair.
+    pub fn new() -> Self {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("a key pair");
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+        let dir = tempfile::tempdir().expect("key dir");
+        let key_file = dir.path().join("jwt.key");
+        let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key());
+        std::fs::write(&key_file, public).expect("key file");
+        Self {
+            key_file,
+            pair,
+            _dir: dir,
+        }
+    }
+
+    /// The public key's file.
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// A token granting full access, signed with the private key.
+    pub fn token(&self) -> String {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = b64(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let claims = b64(br#"{"a":"rw"}"#);
+        let signed = format!("{header}.{claims}");
+        let signature = self.pair.sign(signed.as_bytes());
+        format!("{signed}.{}", b64(signature.as_ref()))
+    }
+}
+
+impl Default for JwtKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
