@@ -1003,3 +1003,61 @@ async fn runs_carry_the_usage_their_sandbox_reports() {
     assert_eq!(listed("quiet"), Some(Value::Null), "{page}");
     server.stop().await;
 }
+
+/// `POST /v1/jobs/batch` enqueues up to 1000 jobs at once, idempotent by id; an invalid job
+/// enqueues none of the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_enqueues_its_jobs_at_once_or_none_of_them() {
+    let server = Server::start(
+        StaticRegistry::new().with(echo()),
+        HttpConfig::default(),
+        true,
+    )
+    .await;
+    let batch = |ids: &[&str]| {
+        json!({ "jobs": ids
+            .iter()
+            .map(|id| json!({ "id": id, "agentId": "echo", "input": { "n": 1 } }))
+            .collect::<Vec<_>>() })
+    };
+    let (status, answer) = server
+        .post("/v1/jobs/batch", batch(&["b1", "b2", "b3"]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let jobs = answer["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j["created"] == true), "{answer}");
+    assert_eq!(jobs[1]["job"]["id"], "b2");
+    // Again, with one new: the known ones are found, not made twice.
+    let (status, answer) = server.post("/v1/jobs/batch", batch(&["b1", "b4"])).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["jobs"][0]["created"], false);
+    assert_eq!(answer["jobs"][1]["created"], true);
+    for id in ["b1", "b2", "b3", "b4"] {
+        assert_eq!(wait_done(&server, id).await["job"]["status"], "done");
+    }
+
+    // Empty, too big, or one job invalid: 400, and nothing of it is enqueued.
+    let (status, error) = server.post("/v1/jobs/batch", json!({ "jobs": [] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let many: Vec<String> = (0..1001).map(|n| format!("m{n}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (status, error) = server.post("/v1/jobs/batch", batch(&many)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1001")),
+        "{error}"
+    );
+    let mut bad = batch(&["c1", "c2"]);
+    bad["jobs"][1]["maxAttempts"] = json!(0);
+    let (status, error) = server.post("/v1/jobs/batch", bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (status, _) = server.get("/v1/jobs/c1").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the valid job of a refused batch is not enqueued"
+    );
+}

@@ -13,7 +13,7 @@
 //! stop-agents-on-revoke = true # optional: revoking it stops acme's long-lived agents
 //! ```
 //!
-//! `read` is every `GET`; `enqueue` is `POST /v1/jobs`, `POST /spawn` and posting a message to
+//! `read` is every `GET`; `enqueue` is `POST /v1/jobs`, `POST /v1/jobs/batch`, `POST /spawn` and posting a message to
 //! a long-lived agent (`POST /v1/agents/{id}/messages`); `cancel` is cancel,
 //! stop and `DELETE /v1/agents/{id}`; `admin` is all of them and the host-wide routes
 //! (`/metrics`, `/v1/stats`, token revocation). `DROVER_API_TOKEN`, if set, is an admin token

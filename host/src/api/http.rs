@@ -4,6 +4,7 @@
 //! | route | does |
 //! |---|---|
 //! | `POST /v1/jobs` | enqueue (`201`; `200` with the existing job for a known id with the same agent and input, `409` with another) |
+//! | `POST /v1/jobs/batch` | enqueue `{"jobs": [...]}`, 1 to 1000 jobs, in one statement (`200` with each job and whether it was created; `400` if any is invalid, and then none is enqueued) |
 //! | `GET /v1/jobs` | list summaries (`status`, `agentId`, `tenantId`, `rootJobId`, `limit`, `offset`) |
 //! | `GET /v1/jobs/{id}/children` | summaries of the jobs the job's runs spawned, oldest first |
 //! | `GET /v1/jobs/{id}` | the job and its run, in full |
@@ -137,6 +138,7 @@ pub fn router(state: HttpState) -> Router {
 pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
     let timed = Router::new()
         .route("/v1/jobs", post(enqueue).get(list_jobs))
+        .route("/v1/jobs/batch", post(enqueue_batch))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/children", get(job_children))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
@@ -647,7 +649,9 @@ fn verb_for(method: &Method, path: &str) -> Verb {
     }
     match *method {
         Method::GET | Method::HEAD => Verb::Read,
-        Method::POST if path == "/v1/jobs" || path == "/spawn" => Verb::Enqueue,
+        Method::POST if path == "/v1/jobs" || path == "/v1/jobs/batch" || path == "/spawn" => {
+            Verb::Enqueue
+        }
         Method::POST if path.starts_with("/v1/agents/") && path.ends_with("/messages") => {
             Verb::Enqueue
         }
@@ -987,6 +991,46 @@ async fn enqueue(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
         StatusCode::OK
     };
     ok(status, One("job", &enqueued.job))
+}
+
+/// Most jobs one `POST /v1/jobs/batch` may carry.
+pub const MAX_BATCH_JOBS: usize = 1000;
+
+/// Body of `POST /v1/jobs/batch`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    jobs: Vec<NewJob>,
+}
+
+/// One job of a batch's answer.
+#[derive(Serialize)]
+struct BatchItem<'a> {
+    job: JobSummary<'a>,
+    created: bool,
+}
+
+async fn enqueue_batch(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
+    let batch: BatchBody = body(&bytes)?;
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH_JOBS {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            format!(
+                "a batch holds 1 to {MAX_BATCH_JOBS} jobs, not {}",
+                batch.jobs.len()
+            ),
+        ));
+    }
+    let enqueued = api.enqueue_batch(batch.jobs).await?;
+    let items: Vec<BatchItem<'_>> = enqueued
+        .iter()
+        .map(|e| BatchItem {
+            job: JobSummary::from(&e.job),
+            created: e.created,
+        })
+        .collect();
+    ok(StatusCode::OK, One("jobs", &items))
 }
 
 /// Query of `GET /v1/jobs`.
