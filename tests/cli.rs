@@ -1047,3 +1047,51 @@ async fn trust_follows_the_component_digest_and_brings_only_allowed_variables() 
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("sha256:{chaos_digest}")), "{text}");
 }
+
+/// `enqueue --batch FILE` posts a file of JSON lines in batches of 1000, idempotent by id, and
+/// names a bad line before it sends anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_batch_posts_a_file_of_jobs() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let file = setup.data.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..1500)
+        .map(|n| {
+            json!({ "id": format!("batch-{n}"), "agentId": "echo", "input": { "n": n } })
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).expect("jobs file");
+    let path = file.display().to_string();
+    let (code, out, err) = cli(&host.url, &["enqueue", "--batch", &path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "queued 1500, existing 0");
+    let (code, out, err) = cli(&host.url, &["enqueue", "--batch", &path, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({ "queued": 0, "existing": 1500 })
+    );
+    let (status, done) = get(format!(
+        "{}/v1/jobs/batch-1499/wait?timeoutMs=30000",
+        host.url
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["run"]["output"]["received"], 1499);
+
+    std::fs::write(
+        &file,
+        "{\"agentId\": \"echo\", \"id\": \"never\"}\nnot json\n",
+    )
+    .expect("bad file");
+    let (code, _, err) = cli(&host.url, &["enqueue", "--batch", &path]);
+    assert_ne!(code, 0);
+    assert!(err.contains("line 2"), "{err}");
+    let (status, _) = get(format!("{}/v1/jobs/never", host.url)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "nothing of a bad file is sent"
+    );
+}

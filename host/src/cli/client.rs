@@ -106,6 +106,63 @@ impl Client {
     }
 }
 
+/// Jobs one batch request carries (the API's most).
+const BATCH: usize = 1000;
+
+/// `enqueue --batch FILE`: posts the jobs of `file` (JSON lines; `-` is standard input) to
+/// `POST /v1/jobs/batch`, [`BATCH`] at a time, and says how many were queued and how many
+/// existed. A bad line is reported with its number before anything is sent.
+async fn enqueue_batch(c: &Client, file: &std::path::Path, json: bool) -> Result<u8, Failure> {
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
+    let jobs = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    Failure(format!(
+                        "{} line {}: not a JSON object",
+                        file.display(),
+                        n + 1
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut queued, mut existing) = (0usize, 0usize);
+    for chunk in jobs.chunks(BATCH) {
+        let body = json!({ "jobs": chunk });
+        let (_, answer) = c
+            .call(
+                Method::POST,
+                &["v1", "jobs", "batch"],
+                &[],
+                Some(&body),
+                &[],
+            )
+            .await?;
+        for item in answer["jobs"].as_array().into_iter().flatten() {
+            match item["created"].as_bool() {
+                Some(true) => queued += 1,
+                _ => existing += 1,
+            }
+        }
+    }
+    if json {
+        print_json(&json!({ "queued": queued, "existing": existing }));
+    } else {
+        println!("queued {queued}, existing {existing}");
+    }
+    Ok(OK)
+}
+
 /// Runs a client subcommand and returns its exit code.
 pub(super) async fn execute(command: Command) -> u8 {
     match dispatch(command).await {
@@ -129,9 +186,14 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             tenant,
             user,
             wait,
+            batch,
             timeout_ms,
             client,
         } => {
+            if let Some(file) = batch {
+                return enqueue_batch(&Client::new(&client), &file, client.json).await;
+            }
+            let agent = agent.unwrap_or_default();
             let input: Value = serde_json::from_str(&input)
                 .map_err(|e| Failure(format!("the input is not JSON: {e}")))?;
             let c = Client::new(&client);

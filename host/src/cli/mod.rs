@@ -42,10 +42,12 @@ pub enum Command {
     /// API tokens: make one (`new`), hash one (`hash`), revoke one (`revoke`).
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Enqueue a job: `drover-host enqueue echo '{"n": 42}' --wait`.
+    /// Enqueue a job: `drover-host enqueue echo '{"n": 42}' --wait`; or many from a file of
+    /// JSON lines, each a `POST /v1/jobs` body: `drover-host enqueue --batch jobs.jsonl`.
     Enqueue {
         /// Agent id.
-        agent: String,
+        #[arg(required_unless_present = "batch")]
+        agent: Option<String>,
         /// Input (JSON).
         #[arg(default_value = "null")]
         input: String,
@@ -65,8 +67,12 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
         /// Wait for the job to finish and print its outcome.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "batch")]
         wait: bool,
+        /// Enqueue the jobs of this file (`-`: standard input), one JSON object a line, in
+        /// batches of 1000.
+        #[arg(long, value_name = "FILE")]
+        batch: Option<std::path::PathBuf>,
         /// How long to wait, in milliseconds.
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
