@@ -339,3 +339,138 @@ async fn a_jwt_protected_server_takes_its_token_and_a_wrong_one_fails_at_start_u
         "{stderr}"
     );
 }
+
+/// GETs `url` and parses the answer.
+async fn get_json(url: String) -> serde_json::Value {
+    reqwest::get(url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Polls `check` until it yields a value.
+async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "condition never held");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_agents_stop_down_their_tree_and_move_between_hosts_on_sqld() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let server = Sqld::start();
+    let agents = AgentDir::new();
+    agents
+        .add(
+            "chain-worker",
+            drover_test_support::CHAIN_WORKER,
+            Some(include_str!("../agents/chain-worker.toml")),
+        )
+        .add(
+            "queue-worker",
+            drover_test_support::QUEUE_WORKER,
+            Some("lifecycle = \"long-lived\"\n[env]\nPOLL_INTERVAL_MS = \"50\"\n"),
+        );
+    let data = tempfile::tempdir().expect("data");
+    let fast = ["--lease-ms", "1000", "--reclaim-interval-ms", "200"];
+    // Host A runs one long-lived agent at most: a chain's root, whose children go to host B.
+    let a = host(
+        &agents,
+        data.path(),
+        &server,
+        "host-a",
+        &[&fast[..], &["--max-agents", "1"]].concat(),
+    );
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{}/v1/jobs", a.url))
+        .json(&json!({ "id": "chain", "agentId": "chain-worker", "input": { "intervalMs": 50 } }))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(created["job"]["id"], "chain", "{created}");
+    wait_for(|| async {
+        let view = get_json(format!("{}/v1/jobs/chain", a.url)).await;
+        (view["job"]["leaseOwner"] == "host-a").then_some(())
+    })
+    .await;
+    let b = host(&agents, data.path(), &server, "host-b", &fast);
+    let jobs = wait_for(|| async {
+        let tree = get_json(format!("{}/v1/jobs?rootJobId=chain", b.url)).await;
+        let mut jobs = tree["jobs"].as_array().cloned().unwrap_or_default();
+        jobs.sort_by_key(|j| j["depth"].as_i64());
+        (jobs.len() == 3 && jobs.iter().all(|j| j["status"] == "leased")).then_some(jobs)
+    })
+    .await;
+    let owners: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j["leaseOwner"].as_str())
+        .collect();
+    assert_eq!(owners, ["host-a", "host-b", "host-b"], "{jobs:?}");
+    // Deleting the root on A stops the chain on both hosts; each agent is Completed.
+    let deleted = client
+        .delete(format!("{}/v1/agents/chain", a.url))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), reqwest::StatusCode::ACCEPTED);
+    for job in &jobs {
+        let id = job["id"].as_str().expect("id");
+        let view = get_json(format!("{}/v1/jobs/{id}/wait?timeoutMs=30000", b.url)).await;
+        assert_eq!(view["job"]["status"], "done", "{view}");
+        assert_eq!(view["run"]["status"], "success", "{view}");
+    }
+
+    // A long-lived agent on A moves to B when A is killed: a new run of the same job.
+    let spawned: serde_json::Value = client
+        .post(format!("{}/spawn", a.url))
+        .json(&json!({ "agentType": "queue-worker" }))
+        .send()
+        .await
+        .expect("spawn")
+        .json()
+        .await
+        .expect("json");
+    let agent = spawned["workloadName"].as_str().expect("name").to_string();
+    wait_for(|| async {
+        let view = get_json(format!("{}/v1/agents/{agent}", a.url)).await;
+        (view["agent"]["job"]["leaseOwner"] == "host-a").then_some(())
+    })
+    .await;
+    assert!(!a.signal("KILL").success());
+    let view = wait_for(|| async {
+        let view = get_json(format!("{}/v1/agents/{agent}", b.url)).await;
+        (view["agent"]["phase"] == "Running"
+            && view["agent"]["job"]["leaseOwner"] == "host-b"
+            && view["agent"]["lastHeartbeatAt"].is_i64())
+        .then_some(view)
+    })
+    .await;
+    assert_eq!(view["agent"]["job"]["restarts"], 1, "{view}");
+    assert_eq!(view["agent"]["run"]["workerId"], "host-b", "{view}");
+    let deleted = client
+        .delete(format!("{}/v1/agents/{agent}", b.url))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), reqwest::StatusCode::ACCEPTED);
+    let done = get_json(format!("{}/v1/jobs/{agent}/wait?timeoutMs=30000", b.url)).await;
+    assert_eq!(done["job"]["status"], "done", "{done}");
+    assert_eq!(done["run"]["status"], "success", "{done}");
+}

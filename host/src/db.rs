@@ -454,15 +454,22 @@ impl Db {
             .await
             .map_err(|_| DbError::WriterStopped)?;
         if self.inner.location.is_remote() {
-            let conn = self.inner.checkout()?;
-            let result = op(conn.clone()).await;
-            // A remote connection that failed for a passing reason (its stream expired, the
-            // server restarted, the network dropped) is not used again: the next operation
-            // gets a new one rather than the same failure.
-            if !matches!(&result, Err(e) if e.is_transient()) {
-                self.inner.checkin(conn);
-            }
-            return result;
+            // On a task of its own: the caller may be a guest's host call, running on a fiber
+            // whose small stack the network client's deep futures would overflow.
+            let inner = Arc::clone(&self.inner);
+            return tokio::spawn(async move {
+                let conn = inner.checkout()?;
+                let result = op(conn.clone()).await;
+                // A remote connection that failed for a passing reason (its stream expired,
+                // the server restarted, the network dropped) is not used again: the next
+                // operation gets a new one rather than the same failure.
+                if !matches!(&result, Err(e) if e.is_transient()) {
+                    inner.checkin(conn);
+                }
+                result
+            })
+            .await
+            .map_err(|e| DbError::Panicked(e.to_string()))?;
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.run_blocking(op))
