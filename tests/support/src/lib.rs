@@ -176,6 +176,14 @@ pub fn db_mode() -> DbMode {
     }
 }
 
+/// The URL of database `file` of a test: that file in `dir`, or `sqld` if the test has one.
+fn db_url(dir: &Path, sqld: Option<&sqld::Sqld>, file: &str) -> String {
+    match sqld {
+        Some(server) => server.url(),
+        None => format!("file:{}", dir.join(file).display()),
+    }
+}
+
 /// A place for a test's databases: a directory, and in [`DbMode::Sqld`] a server of its own.
 pub struct DbDir {
     dir: tempfile::TempDir,
@@ -199,10 +207,7 @@ impl DbDir {
     /// The URL of database `file`: that file in the directory, or the test's server (where
     /// every name is the one database, as when a host is given one URL for both).
     pub fn url(&self, file: &str) -> String {
-        match &self.sqld {
-            Some(server) => server.url(),
-            None => format!("file:{}", self.dir.path().join(file).display()),
-        }
+        db_url(self.dir.path(), self.sqld.as_ref(), file)
     }
 
     /// The test's server, in [`DbMode::Sqld`].
@@ -302,10 +307,7 @@ impl TestDb {
     }
 
     fn url(&self, file: &str) -> String {
-        match &self.sqld {
-            Some(server) => server.url(),
-            None => format!("file:{}", self.dir.path().join(file).display()),
-        }
+        db_url(self.dir.path(), self.sqld.as_ref(), file)
     }
 }
 
