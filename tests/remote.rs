@@ -63,6 +63,67 @@ async fn a_connection_idle_past_the_servers_stream_expiry_is_renewed() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_of_one_process_on_one_server_share_its_write_lane() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let server = Sqld::start();
+    // As the queue and the run store do: two handles on one server, writing at once.
+    let first = Db::open(&server.url(), None).await.expect("open");
+    let second = Db::open(&server.url(), None).await.expect("open");
+    first
+        .write(|conn| async move {
+            conn.execute("CREATE TABLE t (db INTEGER, n INTEGER)", ())
+                .await?;
+            Ok(())
+        })
+        .await
+        .expect("create");
+    // One handle writes large statements (as retention's deletes are), the other small ones
+    // (as a cancel is) in between.
+    let writes: Vec<_> = (0..200)
+        .map(|n: i64| {
+            let (db, rows) = if n % 2 == 0 {
+                (first.clone(), 20_000)
+            } else {
+                (second.clone(), 1)
+            };
+            tokio::spawn(async move {
+                db.write(move |conn| async move {
+                    conn.execute(
+                        "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < ?2)
+                         INSERT INTO t (db, n) SELECT ?1, i FROM r",
+                        [n % 2, rows],
+                    )
+                    .await?;
+                    Ok(())
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for write in writes {
+        if let Err(e) = write.await.expect("task") {
+            failed.push(e.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} writes failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let rows = first
+        .run(|conn| async move {
+            query_all(&conn, "SELECT count(*) FROM t", (), |row| row.int(0)).await
+        })
+        .await
+        .expect("count");
+    assert_eq!(rows, [100 * 20_000 + 100]);
+}
+
 /// Per job, how many of its runs succeeded; and the jobs by status.
 async fn outcomes(server: &Sqld) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
     let db = Db::open(&server.url(), None).await.expect("open");

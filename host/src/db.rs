@@ -316,12 +316,41 @@ struct DbInner {
     shared: Option<Mutex<Conn>>,
     /// When a database file is synced.
     sync: SyncMode,
-    /// A remote database's writes, one at a time: a server takes one writer at a time, and
-    /// writes of one host racing each other over several streams would only fail each other
-    /// with `SQLITE_BUSY`.
-    remote_writes: tokio::sync::Semaphore,
-    /// Writes waiting for `remote_writes`.
-    remote_waiting: std::sync::atomic::AtomicUsize,
+    /// The lane a remote database's writes take (see [`WriteLane`]).
+    lane: Option<Arc<WriteLane>>,
+}
+
+/// A remote server's writes from this process, one at a time: a server takes one writer at a
+/// time, and writes of one process racing each other over several streams would only fail each
+/// other with `SQLITE_BUSY`. Every [`Db`] opened on the same server URL (the queue, the run store,
+/// each capability's tables) shares one lane.
+#[derive(Debug)]
+struct WriteLane {
+    /// One permit: the write on the wire.
+    permit: tokio::sync::Semaphore,
+    /// Writes waiting for the permit.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl WriteLane {
+    /// The lane of the server at `url`, shared with every other [`Db`] of this process on it.
+    fn for_url(url: &str) -> Arc<Self> {
+        static LANES: Mutex<Option<HashMap<String, std::sync::Weak<WriteLane>>>> = Mutex::new(None);
+        let mut lanes = LANES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lanes = lanes.get_or_insert_with(HashMap::new);
+        lanes.retain(|_, lane| lane.strong_count() > 0);
+        if let Some(lane) = lanes.get(url).and_then(std::sync::Weak::upgrade) {
+            return lane;
+        }
+        let lane = Arc::new(WriteLane {
+            permit: tokio::sync::Semaphore::new(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        });
+        lanes.insert(url.to_string(), Arc::downgrade(&lane));
+        lane
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -388,6 +417,10 @@ impl Db {
             }
             _ => None,
         };
+        let lane = match &location {
+            DbLocation::Remote { url } => Some(WriteLane::for_url(url)),
+            _ => None,
+        };
         let db = Self {
             multi_row: location.is_remote(),
             inner: Arc::new(DbInner {
@@ -399,8 +432,7 @@ impl Db {
                 idle: Mutex::new(Vec::new()),
                 shared,
                 sync: options.sync,
-                remote_writes: tokio::sync::Semaphore::new(1),
-                remote_waiting: std::sync::atomic::AtomicUsize::new(0),
+                lane,
             }),
         };
         // Touch the database now so that a bad path or an unreachable server fails at start-up.
@@ -517,11 +549,32 @@ impl Db {
         self.write_with(op, Mode::Shed).await
     }
 
-    /// Like [`Db::write_or_shed`] for an operation that is idempotent (applied twice, it leaves
-    /// what applying it once does): on a remote database, a passing failure (the server busy,
-    /// a query interrupted, a stream expired, the connection lost) is tried again with a
-    /// doubling backoff for up to [`REMOTE_RETRY_FOR`], so that a producer rarely hears of it.
+    /// Like [`Db::write`] for an operation that is idempotent (applied twice, it leaves what
+    /// applying it once does): on a remote database, a passing failure (the server busy, a query
+    /// interrupted, a stream expired, the connection lost) is tried again with a doubling backoff
+    /// for up to [`REMOTE_RETRY_FOR`], so that the caller rarely hears of it. An operation whose
+    /// response was lost may have applied, so only one that can be applied again goes here.
+    pub async fn write_idempotent<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: Fn(Conn) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        self.retrying(op, Mode::Wait).await
+    }
+
+    /// [`Db::write_idempotent`] that sheds load as [`Db::write_or_shed`] does: for idempotent
+    /// writes from outside (an enqueue with its id).
     pub async fn write_or_shed_idempotent<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: Fn(Conn) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        self.retrying(op, Mode::Shed).await
+    }
+
+    async fn retrying<T, F, Fut>(&self, op: F, mode: Mode) -> Result<T, DbError>
     where
         F: Fn(Conn) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Result<T, DbError>> + Send,
@@ -530,7 +583,7 @@ impl Db {
         let deadline = Instant::now() + REMOTE_RETRY_FOR;
         let mut delay = Duration::from_millis(5);
         loop {
-            match self.write_with(op.clone(), Mode::Shed).await {
+            match self.write_with(op.clone(), mode).await {
                 Err(e)
                     if self.inner.location.is_remote()
                         && e.is_transient()
@@ -553,11 +606,11 @@ impl Db {
         T: Send + 'static,
     {
         let Some(writer) = &self.inner.writer else {
-            if !self.inner.location.is_remote() {
+            let Some(lane) = &self.inner.lane else {
                 return self.run(op).await;
-            }
+            };
             use std::sync::atomic::Ordering;
-            let waiting = &self.inner.remote_waiting;
+            let waiting = &lane.waiting;
             // A write from outside waits its turn in the lane (each is one round trip), unless
             // many are waiting already.
             if mode == Mode::Shed && waiting.load(Ordering::Relaxed) >= MAX_REMOTE_WRITES_WAITING {
@@ -566,7 +619,7 @@ impl Db {
                 });
             }
             waiting.fetch_add(1, Ordering::Relaxed);
-            let permit = self.inner.remote_writes.acquire().await;
+            let permit = lane.permit.acquire().await;
             waiting.fetch_sub(1, Ordering::Relaxed);
             let _permit = permit.map_err(|_| DbError::WriterStopped)?;
             return self.run(op).await;

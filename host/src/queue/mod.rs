@@ -628,33 +628,40 @@ impl Queue {
         let id = job_id.to_string();
         let sql = Arc::clone(&self.sql);
         let now = now_ms();
+        // Idempotent: a request applied twice flags the same job, and one applied before its
+        // response was lost finds the job already changed.
         let changed = self
             .db
-            .write(move |conn| async move {
-                let statement = if cancel { &sql.cancel } else { &sql.stop };
-                let mut changed =
-                    query_all(&conn, statement, (id.clone(), now), decode_job).await?;
-                if changed.is_empty() {
-                    changed = query_all(&conn, &sql.get, [id], decode_job).await?;
-                    return Ok((changed.pop(), false, Vec::new()));
+            .write_idempotent(move |conn| {
+                let (sql, id) = (Arc::clone(&sql), id.clone());
+                async move {
+                    let statement = if cancel { &sql.cancel } else { &sql.stop };
+                    let mut changed =
+                        query_all(&conn, statement, (id.clone(), now), decode_job).await?;
+                    if changed.is_empty() {
+                        changed = query_all(&conn, &sql.get, [id], decode_job).await?;
+                        return Ok((changed.pop(), false, Vec::new()));
+                    }
+                    // The request goes down the whole tree below the job.
+                    let below = if cancel {
+                        &sql.cancel_below
+                    } else {
+                        &sql.stop_below
+                    };
+                    let ids = serde_json::json!([id]).to_string();
+                    let below = query_all(&conn, below, (ids, now), decode_job).await?;
+                    Ok((changed.pop(), true, below))
                 }
-                // The request goes down the whole tree below the job.
-                let below = if cancel {
-                    &sql.cancel_below
-                } else {
-                    &sql.stop_below
-                };
-                let ids = serde_json::json!([id]).to_string();
-                let below = query_all(&conn, below, (ids, now), decode_job).await?;
-                Ok((changed.pop(), true, below))
             })
             .await?;
         let (job, changed, below) = changed;
         self.signal(&below, cancel);
-        if let (Some(job), true) = (&job, changed) {
+        if let Some(job) = &job {
+            // Terminal (now, or by an earlier try of this request whose response was lost):
+            // waiters are woken either way.
             if job.status.is_terminal() {
                 self.hub.notify_terminal([job.id.as_str()]);
-            } else {
+            } else if changed {
                 self.hub.send_signal(Signal {
                     job_id: job.id.clone(),
                     cancel,
@@ -693,8 +700,9 @@ impl Queue {
         let now = now_ms();
         let below = self
             .db
-            .write(move |conn| async move {
-                query_all(&conn, &sql.stop_below, (ids, now), decode_job).await
+            .write_idempotent(move |conn| {
+                let (sql, ids) = (Arc::clone(&sql), ids.clone());
+                async move { query_all(&conn, &sql.stop_below, (ids, now), decode_job).await }
             })
             .await?;
         self.signal(&below, false);
