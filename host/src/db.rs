@@ -88,6 +88,13 @@ pub enum DbError {
     /// The database's writer thread is gone; nothing more can be written.
     #[error("the database's writer thread stopped")]
     WriterStopped,
+    /// A remote server did not answer in time (the network lost the request or the response,
+    /// or the server hangs). A write that timed out may or may not have applied.
+    #[error("the database server did not answer within {}s", .after.as_secs())]
+    TimedOut {
+        /// How long the operation waited.
+        after: Duration,
+    },
 }
 
 /// What a failed database operation says about trying it again.
@@ -130,9 +137,10 @@ impl DbError {
     /// Whether trying the operation again could succeed.
     pub fn retry(&self) -> Retry {
         match self {
-            DbError::Open { .. } | DbError::Overloaded { .. } | DbError::WriterStopped => {
-                Retry::Transient
-            }
+            DbError::Open { .. }
+            | DbError::Overloaded { .. }
+            | DbError::WriterStopped
+            | DbError::TimedOut { .. } => Retry::Transient,
             DbError::Sql(e) => classify_libsql(e),
             DbError::InvalidUrl { .. }
             | DbError::Decode(_)
@@ -491,7 +499,13 @@ impl Db {
             let inner = Arc::clone(&self.inner);
             return tokio::spawn(async move {
                 let conn = inner.checkout()?;
-                let result = op(conn.clone()).await;
+                // The network client has no deadline of its own: a request lost on the way
+                // (a dead link, a black-holed route) would be waited for forever.
+                let result = tokio::time::timeout(REMOTE_OP_TIMEOUT, op(conn.clone()))
+                    .await
+                    .unwrap_or(Err(DbError::TimedOut {
+                        after: REMOTE_OP_TIMEOUT,
+                    }));
                 // A remote connection that failed for a passing reason (its stream expired,
                 // the server restarted, the network dropped) is not used again: the next
                 // operation gets a new one rather than the same failure.
@@ -870,6 +884,10 @@ impl DbInner {
 const MAX_IDLE_CONNECTIONS: usize = 8;
 /// How long an idempotent remote write is tried again after passing failures.
 pub const REMOTE_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Longest a remote operation waits for the server before it fails with
+/// [`DbError::TimedOut`] (and its connection is dropped): far above any statement's time on a
+/// healthy server, short enough that a host behind a dead link notices within a lease.
+pub const REMOTE_OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most writes from outside that wait for a remote database's lane before more are shed.
 const MAX_REMOTE_WRITES_WAITING: usize = 4096;
 /// Longest a remote connection is kept idle: under the time a server keeps an idle stream

@@ -4,6 +4,7 @@
 
 pub mod model_server;
 pub mod oauth_server;
+pub mod proxy;
 pub mod sample_api;
 pub mod sqld;
 
