@@ -727,13 +727,15 @@ impl Db {
     /// Each migration runs as one transactional batch that starts with its bookkeeping row, so a
     /// crash cannot leave it half-applied; and when two processes start at once, the one that
     /// loses the race fails on that row (its primary key) before any of the migration's
-    /// statements run, and takes the migration as applied. Migrations need not be idempotent.
+    /// statements run, and takes the migration as applied. Migrations need not be idempotent:
+    /// that makes applying them so, and on a remote server (where hosts starting together
+    /// contend for its lock) a passing failure is tried again.
     pub async fn migrate(
         &self,
         component: &'static str,
         migrations: &'static [Migration],
     ) -> Result<(), DbError> {
-        self.write(move |conn| async move {
+        self.write_idempotent(move |conn| async move {
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS drover_migrations (
                     component TEXT NOT NULL,
@@ -778,8 +780,10 @@ impl Db {
         component: &'static str,
         migration: &'static Migration,
     ) -> Result<bool, DbError> {
-        self.write(move |conn| async move { apply_migration(&conn, component, migration).await })
-            .await
+        self.write_idempotent(
+            move |conn| async move { apply_migration(&conn, component, migration).await },
+        )
+        .await
     }
 }
 
