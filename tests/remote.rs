@@ -279,7 +279,7 @@ async fn three_hosts_on_one_sqld_run_every_job_exactly_once_under_many_producers
     let ids = produce(
         &urls,
         16,
-        200,
+        1250,
         json!({ "agentId": "echo", "input": { "n": 1 } }),
         &hosts.iter().collect::<Vec<_>>(),
     )
@@ -301,33 +301,51 @@ async fn a_killed_host_and_a_paused_one_still_leave_every_job_done_exactly_once(
     let a = host(&agents, data.path(), &server.url(), "a", &fast);
     let b = host(&agents, data.path(), &server.url(), "b", &fast);
     let c = host(&agents, data.path(), &server.url(), "c", &fast);
-    let urls = vec![a.url.clone()];
-    // Jobs of 50 ms each, with attempts to spare for the runs the faults cut short.
-    let ids = produce(
-        &urls,
-        8,
-        100,
-        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 50 }, "maxAttempts": 5 }),
-        &[&a, &b, &c],
-    )
-    .await;
-    // Once every host is busy, kill one and pause another for three leases.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!c.signal("KILL").success());
-    let paused = b.pid().to_string();
-    let stop = std::process::Command::new("kill")
-        .args(["-STOP", &paused])
-        .status()
-        .expect("kill -STOP");
-    assert!(stop.success());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let cont = std::process::Command::new("kill")
-        .args(["-CONT", &paused])
-        .status()
-        .expect("kill -CONT");
-    assert!(cont.success());
+    // 20,000 jobs of 100 ms (more than one host keeps up with) posted to A while C is killed
+    // and B paused for three leases; attempts to spare for the runs the faults cut short.
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!c.signal("KILL").success());
+        let paused = b.pid().to_string();
+        let stop = std::process::Command::new("kill")
+            .args(["-STOP", &paused])
+            .status()
+            .expect("kill -STOP");
+        assert!(stop.success());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cont = std::process::Command::new("kill")
+            .args(["-CONT", &paused])
+            .status()
+            .expect("kill -CONT");
+        assert!(cont.success());
+    };
+    let survivor = [&a];
+    let producing = produce(
+        std::slice::from_ref(&a.url),
+        16,
+        1250,
+        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 100 }, "maxAttempts": 5 }),
+        &survivor,
+    );
+    let (ids, ()) = tokio::join!(producing, faults);
     all_done(&server, ids.len(), &[&a, &b]).await;
     exactly_once(&server, &ids).await;
+    // The faults hit work in flight: C's and B's leased jobs were taken over (a reclaim
+    // counts an attempt; a success does not).
+    let db = Db::open(&server.url(), None).await.expect("open");
+    let retried = db
+        .run(|conn| async move {
+            query_all(
+                &conn,
+                "SELECT count(*) FROM jobs WHERE attempts > 0",
+                (),
+                |row| row.int(0),
+            )
+            .await
+        })
+        .await
+        .expect("count");
+    assert!(retried[0] > 0, "no job was taken over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

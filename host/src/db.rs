@@ -780,9 +780,9 @@ impl Db {
         component: &'static str,
         migration: &'static Migration,
     ) -> Result<bool, DbError> {
-        self.write_idempotent(
-            move |conn| async move { apply_migration(&conn, component, migration).await },
-        )
+        self.write_idempotent(move |conn| async move {
+            apply_migration(&conn, component, migration).await
+        })
         .await
     }
 }
