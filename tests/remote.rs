@@ -648,3 +648,22 @@ async fn connections_dropped_again_and_again_cost_producers_nothing_and_run_jobs
     exactly_once(&server, &ids).await;
     assert!(proxy.connections() > 20, "the cuts made new connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_connection_the_network_dropped_is_tried_again() {
+    if sqld::available("the remote-database tests").is_none() {
+        return;
+    }
+    let server = Sqld::start();
+    let proxy = FaultProxy::start(server.address()).await;
+    let db = Db::open(&proxy.url(), None).await.expect("open");
+    for round in 0..20 {
+        let one = db
+            .query("SELECT 1", (), |row| row.int(0))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(one, [1]);
+        // The pooled connection dies between two reads, as when a link or a proxy restarts.
+        proxy.drop_connections();
+    }
+}

@@ -594,23 +594,68 @@ impl Db {
         Fut: Future<Output = Result<T, DbError>> + Send,
         T: Send + 'static,
     {
+        self.again_while_passing(|| self.write_with(op.clone(), mode))
+            .await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or (on a remote database) has failed
+    /// for passing reasons for [`REMOTE_RETRY_FOR`]; an embedded database is tried once (its
+    /// own busy handling waits for locks). A write shed for overload is not tried again.
+    async fn again_while_passing<T, A, Fut>(&self, mut attempt: A) -> Result<T, DbError>
+    where
+        A: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
         let deadline = Instant::now() + REMOTE_RETRY_FOR;
         let mut delay = Duration::from_millis(5);
         loop {
-            match self.write_with(op.clone(), mode).await {
+            match attempt().await {
                 Err(e)
                     if self.inner.location.is_remote()
                         && e.is_transient()
                         && !matches!(e, DbError::Overloaded { .. })
                         && Instant::now() + delay < deadline =>
                 {
-                    tracing::debug!(error = %e, "a remote write failed for now; trying it again");
+                    tracing::debug!(error = %e, "a remote operation failed for now; trying it again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Runs `op`, which only reads, as [`Db::run`] does; on a remote database a passing failure
+    /// (a query interrupted, a stream expired, the connection lost) is tried again as
+    /// [`Db::write_idempotent`] does, since reading twice is harmless.
+    pub async fn read<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: Fn(Conn) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<T, DbError>> + Send,
+        T: Send + 'static,
+    {
+        self.again_while_passing(|| self.run(op.clone())).await
+    }
+
+    /// The rows `sql` selects with `params`, each decoded by `decode`: [`query_all`] as a
+    /// [`Db::read`].
+    pub async fn query<T, P, D>(
+        &self,
+        sql: impl Into<Arc<str>>,
+        params: P,
+        decode: D,
+    ) -> Result<Vec<T>, DbError>
+    where
+        P: libsql::params::IntoParams + Clone + Send + 'static,
+        D: Fn(&libsql::Row) -> Result<T, DbError> + Clone + Send + 'static,
+        T: Send + 'static,
+    {
+        let sql: Arc<str> = sql.into();
+        self.read(move |conn| {
+            let (sql, params, decode) = (Arc::clone(&sql), params.clone(), decode.clone());
+            async move { query_all(&conn, &sql, params, decode).await }
+        })
+        .await
     }
 
     async fn write_with<T, F, Fut>(&self, op: F, mode: Mode) -> Result<T, DbError>

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::{Db, DbError, Migration, RowExt, query_all};
+use crate::db::{Db, DbError, Migration, RowExt};
 use crate::queue::validate_tenant_id;
 use crate::time::now_ms;
 
@@ -498,14 +498,8 @@ impl Auth {
         let read_at = Instant::now();
         let rows = revocations
             .db
-            .run(|conn| async move {
-                query_all(
-                    &conn,
-                    "SELECT sha256 FROM api_token_revocations",
-                    (),
-                    |row| row.text(0),
-                )
-                .await
+            .query("SELECT sha256 FROM api_token_revocations", (), |row| {
+                row.text(0)
             })
             .await?;
         let hashes = rows.iter().filter_map(|h| parse_hash(h)).collect();

@@ -298,10 +298,7 @@ impl Inbox {
     pub async fn get(&self, id: &str) -> Result<Option<Message>, InboxError> {
         let id = id.to_string();
         let sql = format!("SELECT {COLUMNS} FROM inbox_messages WHERE id = ?1");
-        let mut rows = self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, [id], decode).await })
-            .await?;
+        let mut rows = self.db.query(sql, [id], decode).await?;
         Ok(rows.pop())
     }
 
@@ -315,10 +312,7 @@ impl Inbox {
             "SELECT {COLUMNS} FROM (SELECT * FROM inbox_messages WHERE job_id = ?1
                                     ORDER BY seq DESC LIMIT ?2) ORDER BY seq"
         );
-        Ok(self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, params, decode).await })
-            .await?)
+        Ok(self.db.query(sql, params, decode).await?)
     }
 
     /// Waits up to `timeout` for message `id` to have a reply; returns the message as it is
@@ -405,16 +399,12 @@ impl Inbox {
         ];
         let rows = self
             .db
-            .run(move |conn| async move {
-                query_all(
-                    &conn,
-                    "SELECT 1 FROM inbox_messages WHERE job_id = ?1 AND acked_at IS NULL
+            .query(
+                "SELECT 1 FROM inbox_messages WHERE job_id = ?1 AND acked_at IS NULL
                        AND (delivered_run_id IS NULL OR delivered_run_id <> ?2) LIMIT 1",
-                    params,
-                    |row| row.int(0),
-                )
-                .await
-            })
+                params,
+                |row| row.int(0),
+            )
             .await?;
         Ok(!rows.is_empty())
     }

@@ -604,9 +604,7 @@ impl Queue {
         let pairs = to_json(pairs)?;
         let ids = self
             .db
-            .run(move |conn| async move {
-                query_all(&conn, schema::RECORDED_RUNS, [pairs], |row| row.text(0)).await
-            })
+            .query(schema::RECORDED_RUNS, [pairs], |row| row.text(0))
             .await?;
         Ok(ids.into_iter().collect())
     }
@@ -734,15 +732,12 @@ impl Queue {
         let worker = worker_id.to_string();
         Ok(self
             .db
-            .run(move |conn| async move {
-                query_all(&conn, schema::SIGNALS, [worker], |row| {
-                    Ok(Signal {
-                        job_id: row.text(0)?,
-                        cancel: row.int(1)? != 0,
-                        stop: row.int(2)? != 0,
-                    })
+            .query(schema::SIGNALS, [worker], |row| {
+                Ok(Signal {
+                    job_id: row.text(0)?,
+                    cancel: row.int(1)? != 0,
+                    stop: row.int(2)? != 0,
                 })
-                .await
             })
             .await?)
     }
@@ -853,10 +848,7 @@ impl Queue {
     pub async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
         let id = job_id.to_string();
         let sql = Arc::clone(&self.sql);
-        let mut jobs = self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql.get, [id], decode_job).await })
-            .await?;
+        let mut jobs = self.db.query(sql.get.as_str(), [id], decode_job).await?;
         Ok(jobs.pop())
     }
 
@@ -897,10 +889,7 @@ impl Queue {
             params.len() - 1,
             params.len()
         ));
-        Ok(self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, params, decode_job).await })
-            .await?)
+        Ok(self.db.query(sql, params, decode_job).await?)
     }
 
     /// How many unfinished (scheduled, queued or leased) children job `parent_job_id` has.
@@ -922,10 +911,7 @@ impl Queue {
     }
 
     async fn count(&self, sql: &'static str, id: String) -> Result<i64, QueueError> {
-        let rows = self
-            .db
-            .run(move |conn| async move { query_all(&conn, sql, [id], |row| row.int(0)).await })
-            .await?;
+        let rows = self.db.query(sql, [id], |row| row.int(0)).await?;
         Ok(rows.into_iter().next().unwrap_or(0))
     }
 
@@ -933,11 +919,8 @@ impl Queue {
     pub async fn counts(&self) -> Result<HashMap<JobStatus, i64>, QueueError> {
         let rows = self
             .db
-            .run(|conn| async move {
-                query_all(&conn, schema::COUNTS, (), |row| {
-                    Ok((parse_status(&row.text(0)?)?, row.int(1)?))
-                })
-                .await
+            .query(schema::COUNTS, (), |row| {
+                Ok((parse_status(&row.text(0)?)?, row.int(1)?))
             })
             .await?;
         Ok(rows.into_iter().collect())
@@ -947,9 +930,7 @@ impl Queue {
     pub async fn next_due(&self) -> Result<Option<i64>, QueueError> {
         let rows = self
             .db
-            .run(|conn| async move {
-                query_all(&conn, schema::NEXT_DUE, (), |row| row.opt_int(0)).await
-            })
+            .query(schema::NEXT_DUE, (), |row| row.opt_int(0))
             .await?;
         Ok(rows.into_iter().next().flatten())
     }
@@ -1128,11 +1109,8 @@ mod query_plans {
     async fn plan(queue: &Queue, sql: String, params: Vec<Value>) -> Vec<String> {
         queue
             .db
-            .run(move |conn| async move {
-                query_all(&conn, &format!("EXPLAIN QUERY PLAN {sql}"), params, |row| {
-                    row.text(3)
-                })
-                .await
+            .query(format!("EXPLAIN QUERY PLAN {sql}"), params, |row| {
+                row.text(3)
             })
             .await
             .expect("plan")
@@ -1360,14 +1338,8 @@ mod lineage {
         assert_eq!(children[0].id, child.id);
         let flagged: Vec<String> = queue
             .db
-            .run(|conn| async move {
-                query_all(
-                    &conn,
-                    "SELECT id FROM jobs WHERE has_children = 1",
-                    (),
-                    |row| row.text(0),
-                )
-                .await
+            .query("SELECT id FROM jobs WHERE has_children = 1", (), |row| {
+                row.text(0)
             })
             .await
             .expect("flags");
@@ -1380,15 +1352,11 @@ mod lineage {
         for sql in [schema::stop_below(), schema::cancel_below()] {
             let plan = queue
                 .db
-                .run(move |conn| async move {
-                    query_all(
-                        &conn,
-                        &format!("EXPLAIN QUERY PLAN {sql}"),
-                        (String::from("[\"a\"]"), 0),
-                        |row| row.text(3),
-                    )
-                    .await
-                })
+                .query(
+                    format!("EXPLAIN QUERY PLAN {sql}"),
+                    (String::from("[\"a\"]"), 0),
+                    |row| row.text(3),
+                )
                 .await
                 .expect("plan");
             assert!(

@@ -16,7 +16,7 @@ use libsql::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::db::{Bulk, Db, DbError, Migration, RowExt, query_all, values_list};
+use crate::db::{Bulk, Db, DbError, Migration, RowExt, values_list};
 use crate::queue::{ErrorInfo, Lifecycle};
 
 pub use run::{Event, Run, RunFilter, RunStatus, Usage};
@@ -383,10 +383,7 @@ impl RunStore {
     pub async fn get_run(&self, run_id: &str) -> Result<Option<Run>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
         let id = run_id.to_string();
-        let mut runs = self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, [id], decode_run).await })
-            .await?;
+        let mut runs = self.db.query(sql, [id], decode_run).await?;
         Ok(runs.pop())
     }
 
@@ -396,10 +393,7 @@ impl RunStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ?1 ORDER BY attempt DESC, seq DESC LIMIT 1"
         );
         let id = job_id.to_string();
-        let mut runs = self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, [id], decode_run).await })
-            .await?;
+        let mut runs = self.db.query(sql, [id], decode_run).await?;
         Ok(runs.pop())
     }
 
@@ -411,10 +405,7 @@ impl RunStore {
         let ids = encode(run_ids)?;
         let sql =
             format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?1))");
-        Ok(self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, [ids], decode_run).await })
-            .await?)
+        Ok(self.db.query(sql, [ids], decode_run).await?)
     }
 
     /// The latest run of each of these jobs (jobs without runs are skipped), as
@@ -431,10 +422,7 @@ impl RunStore {
                  FROM runs WHERE job_id IN (SELECT value FROM json_each(?1)))
              WHERE latest = 1"
         );
-        Ok(self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, [ids], decode_run).await })
-            .await?)
+        Ok(self.db.query(sql, [ids], decode_run).await?)
     }
 
     /// Runs matching `filter`, newest first.
@@ -474,10 +462,7 @@ impl RunStore {
             params.len() - 1,
             params.len()
         ));
-        Ok(self
-            .db
-            .run(move |conn| async move { query_all(&conn, &sql, params, decode_run).await })
-            .await?)
+        Ok(self.db.query(sql, params, decode_run).await?)
     }
 
     /// Up to `limit` events of a run with `seq > after`, in order.
@@ -491,24 +476,20 @@ impl RunStore {
         let limit = i64::from(limit.clamp(1, 10_000));
         Ok(self
             .db
-            .run(move |conn| async move {
-                query_all(
-                    &conn,
-                    "SELECT run_id, seq, ts, kind, payload FROM events
+            .query(
+                "SELECT run_id, seq, ts, kind, payload FROM events
                      WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                    (id, after, limit),
-                    |row| {
-                        Ok(Event {
-                            run_id: row.text(0)?,
-                            seq: row.int(1)?,
-                            ts: row.int(2)?,
-                            kind: row.text(3)?,
-                            payload: parse_raw(row.text(4)?)?,
-                        })
-                    },
-                )
-                .await
-            })
+                (id, after, limit),
+                |row| {
+                    Ok(Event {
+                        run_id: row.text(0)?,
+                        seq: row.int(1)?,
+                        ts: row.int(2)?,
+                        kind: row.text(3)?,
+                        payload: parse_raw(row.text(4)?)?,
+                    })
+                },
+            )
             .await?)
     }
 
@@ -516,15 +497,11 @@ impl RunStore {
     pub async fn counts(&self) -> Result<HashMap<RunStatus, i64>, StoreError> {
         let rows = self
             .db
-            .run(|conn| async move {
-                query_all(
-                    &conn,
-                    "SELECT status, count(*) FROM runs GROUP BY status",
-                    (),
-                    |row| Ok((parse_status(&row.text(0)?)?, row.int(1)?)),
-                )
-                .await
-            })
+            .query(
+                "SELECT status, count(*) FROM runs GROUP BY status",
+                (),
+                |row| Ok((parse_status(&row.text(0)?)?, row.int(1)?)),
+            )
             .await?;
         Ok(rows.into_iter().collect())
     }

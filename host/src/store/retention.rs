@@ -12,7 +12,7 @@ use libsql::Value;
 use serde::Serialize;
 
 use super::{RunStore, StoreError};
-use crate::db::{Db, DbError, RowExt, query_all};
+use crate::db::{Db, DbError, RowExt};
 use crate::queue::Queue;
 
 /// Rows one statement deletes at most.
@@ -96,17 +96,13 @@ async fn prune_runs(
     let per_pass = RUNS_PER_PASS.min(batch);
     loop {
         let ids = db
-            .run(move |conn| async move {
-                query_all(
-                    &conn,
-                    "SELECT id FROM runs
+            .query(
+                "SELECT id FROM runs
                      WHERE status <> 'running' AND coalesce(ended_at, started_at) < ?1
                      ORDER BY seq LIMIT ?2",
-                    vec![Value::Integer(cutoff), limit(per_pass)],
-                    |row| row.text(0),
-                )
-                .await
-            })
+                vec![Value::Integer(cutoff), limit(per_pass)],
+                |row| row.text(0),
+            )
             .await?;
         if ids.is_empty() {
             return Ok(());
