@@ -13,6 +13,7 @@
 //! cargo bench -p drover-host --bench drover -- --only fair  # claims with fair shares vs without
 //! cargo bench -p drover-host --bench drover -- --only children  # spawn + wait of a child vs enqueue + wait
 //! cargo bench -p drover-host --bench drover -- --only inbox  # a message round trip to a long-lived agent
+//! cargo bench -p drover-host --bench drover -- --only remote  # hosts on sqld, a slow link, cancels across hosts
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -33,6 +34,9 @@ use drover_host::sandbox::{NoneSandbox, RunContext, RunIdentity, Sandbox, Sandbo
 use drover_host::store::{RunStatus, RunStore};
 use serde_json::json;
 use serde_json::value::RawValue;
+
+#[path = "drover/remote.rs"]
+mod remote;
 
 /// The same allocator as the `drover-host` binary.
 #[global_allocator]
@@ -174,6 +178,10 @@ fn main() {
     if wanted("inbox") {
         eprintln!("[14] a message round trip to a long-lived agent vs a GET of its job");
         rows.extend(runtime.block_on(inbox_round_trip(scale, dir)));
+    }
+    if wanted("remote") {
+        eprintln!("[15] several hosts on one libsql server (sqld)");
+        rows.extend(runtime.block_on(remote::remote_hosts(scale, dir)));
     }
     if only.is_some() {
         // A partial run is for investigating; it does not replace the report.

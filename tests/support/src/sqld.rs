@@ -100,6 +100,11 @@ impl Sqld {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends it `signal` (`STOP`, `CONT`, `KILL`).
     pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
