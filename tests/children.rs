@@ -4,9 +4,9 @@
 //! a parent that waits at `--concurrency 1`, the cascades of cancel and stop, and two hosts on
 //! one database, one of which is killed under a parent.
 
-use std::time::{Duration, Instant};
-
-use drover_test_support::{AgentDir, CHAIN_WORKER, ECHO, HostProcess, SPAWNER, WAIT, host_args};
+use drover_test_support::{
+    AgentDir, CHAIN_WORKER, ECHO, HostProcess, SPAWNER, host_args, wait_for,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -114,22 +114,6 @@ async fn events(url: &str, run_id: &str) -> Vec<(String, Value)> {
             )
         })
         .collect()
-}
-
-/// Polls `check` until it yields a value.
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "condition never held");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Waits until the tree of `root` has `n` jobs, all of them running; returns them by depth.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, WAIT};
+use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, WAIT, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -736,22 +736,6 @@ where
         async move { fut.await.then_some(()) }
     })
     .await;
-}
-
-/// Polls `check` until it yields a value.
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "condition never held");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// `prune` deletes old finished runs (and their events) from the files `run` uses and says what

@@ -435,6 +435,22 @@ impl Fleet {
         }
     }
 
+    /// Whether another process could take the queue file's write lock now.
+    async fn write_lock_is_free(&self) -> bool {
+        let db = libsql::Builder::new_local(self.data.path().join("queue.db"))
+            .build()
+            .await
+            .expect("open");
+        let conn = db.connect().expect("connect");
+        conn.busy_timeout(Duration::from_millis(200))
+            .expect("timeout");
+        let free = conn.execute("BEGIN IMMEDIATE", ()).await.is_ok();
+        if free {
+            conn.execute("ROLLBACK", ()).await.expect("release");
+        }
+        free
+    }
+
     fn host(&self, worker_id: &str, envs: &[(&str, &str)]) -> HostProcess {
         let dir = self.data.path();
         let args: Vec<String> = [
@@ -515,7 +531,17 @@ async fn a_host_paused_past_its_lease_stops_its_run_and_nothing_completes_twice(
     wait_until("running on host A", || job_on(&a.url, "long", "host-a")).await;
     let b = fleet.host("host-b", &[]);
     // Host A freezes (a VM pause, a laptop lid) for twice its lease; host B takes the job over.
-    signal(a.pid(), "STOP");
+    // A process frozen inside a write transaction would hold the file's write lock, and no
+    // other process on the file could write until it woke (a limit of sharing a file, which is
+    // why hosts on several machines share a server instead): freeze it between two writes.
+    loop {
+        signal(a.pid(), "STOP");
+        if fleet.write_lock_is_free().await {
+            break;
+        }
+        signal(a.pid(), "CONT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     wait_until("taken over by host B", || job_on(&b.url, "long", "host-b")).await;
     signal(a.pid(), "CONT");
     let (status, done) = http(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use drover_host::db::{Db, RowExt, query_all};
 use drover_test_support::proxy::FaultProxy;
 use drover_test_support::sqld::{self, JwtKey, Sqld};
-use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, cache_dir};
+use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, cache_dir, wait_for};
 use serde_json::json;
 
 const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
@@ -419,22 +419,6 @@ async fn get_json(url: String) -> serde_json::Value {
         .json()
         .await
         .unwrap_or(serde_json::Value::Null)
-}
-
-/// Polls `check` until it yields a value.
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "condition never held");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

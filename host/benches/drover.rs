@@ -1266,7 +1266,7 @@ async fn component_spec(runtime: &WasmRuntime, id: &str, path: &str) -> AgentSpe
         .load_file(Path::new(path))
         .await
         .expect("load component");
-    AgentSpec::from_component(id, agent).expect("spec")
+    AgentSpec::from_component(id, Arc::new(agent)).expect("spec")
 }
 
 fn native_echo() -> AgentSpec {

@@ -21,10 +21,12 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::tools::{ToolRegistry, ToolShelf, ToolSpec};
-use super::{AgentCode, AgentSpec, DeclarativeAgent, Manifest, Registry, Schema};
+use super::{
+    AgentCode, AgentSpec, ComponentCompiler, DeclarativeAgent, Manifest, Registry, Schema,
+    human_bytes,
+};
 use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
-use crate::sandbox::wasm::{WasmRuntime, human_bytes};
 
 /// How long file events settle before a rescan.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -59,7 +61,7 @@ pub struct ScanReport {
 /// Agents loaded from a directory.
 pub struct DirRegistry {
     dir: PathBuf,
-    runtime: Arc<WasmRuntime>,
+    runtime: Arc<dyn ComponentCompiler>,
     agents: RwLock<BTreeMap<String, Arc<AgentSpec>>>,
     files: Mutex<HashMap<PathBuf, LoadedFile>>,
     /// Files currently failing to load, with why.
@@ -98,11 +100,13 @@ impl std::fmt::Debug for DirRegistry {
 }
 
 impl DirRegistry {
-    /// Loads every agent in `dir` (created if missing).
-    pub async fn open(
+    /// Loads every agent in `dir` (created if missing), compiling components with `runtime`
+    /// (the wasm sandbox's `WasmRuntime` is one).
+    pub async fn open<R: ComponentCompiler + 'static>(
         dir: impl Into<PathBuf>,
-        runtime: Arc<WasmRuntime>,
+        runtime: Arc<R>,
     ) -> std::io::Result<Arc<Self>> {
+        let runtime: Arc<dyn ComponentCompiler> = runtime;
         let dir = dir.into();
         tokio::fs::create_dir_all(&dir).await?;
         let registry = Arc::new(Self {
@@ -153,7 +157,7 @@ impl DirRegistry {
         let _scan = self.scan_lock.lock().await;
         let mut report = self.rescan_agents().await;
         self.tools
-            .rescan(&self.dir, &self.runtime, &mut report)
+            .rescan(&self.dir, &*self.runtime, &mut report)
             .await;
         report
     }
@@ -325,11 +329,7 @@ impl DirRegistry {
             .ok_or_else(|| "the file name is not valid UTF-8".to_string())?;
         let id = manifest.id.clone().unwrap_or_else(|| stem.to_string());
         validate_id(&id)?;
-        let agent = self
-            .runtime
-            .load_file(path)
-            .await
-            .map_err(|e| e.to_string())?;
+        let agent = self.runtime.compile_agent(path).await?;
         let mut spec =
             AgentSpec::from_component(id, agent).map_err(|e| format!("the agent's schema: {e}"))?;
         spec.lifecycle = manifest.lifecycle.unwrap_or(spec.lifecycle);

@@ -9,6 +9,7 @@
 //! `toolbox` world); a [`ToolRegistry`] looks tools up by name, and [`DirRegistry`] loads
 //! `agents/tools/*.wasm`.
 
+mod component;
 pub mod dir;
 mod limits;
 mod manifest;
@@ -25,8 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
-use crate::sandbox::wasm::WasmAgent;
 
+pub use component::{
+    CompiledAgent, CompiledToolbox, Compiling, ComponentCompiler, Description, ToolDescription,
+    human_bytes,
+};
 pub use dir::DirRegistry;
 pub use limits::{
     ByteRate, DEFAULT_LONG_LIVED_EVENT_BYTE_RATE, DEFAULT_LONG_LIVED_EVENT_RATE,
@@ -43,7 +47,7 @@ pub enum AgentCode {
     /// In-process Rust code, trusted (runs only in the none sandbox).
     Native(Arc<dyn NativeAgent>),
     /// A WebAssembly component.
-    Wasm(Arc<WasmAgent>),
+    Wasm(Arc<dyn CompiledAgent>),
     /// No code: a system prompt and a model, run by the host's built-in agent loop.
     Declarative(Arc<DeclarativeAgent>),
 }
@@ -275,7 +279,10 @@ impl AgentSpec {
 
     /// A spec for a loaded component, from what it says about itself and the default limits of
     /// its lifecycle. Fails if its schemas are not valid JSON Schemas.
-    pub fn from_component(id: impl Into<String>, agent: WasmAgent) -> Result<Self, SchemaError> {
+    pub fn from_component(
+        id: impl Into<String>,
+        agent: Arc<dyn CompiledAgent>,
+    ) -> Result<Self, SchemaError> {
         let described = agent.description().clone();
         let schema = |text: &Option<String>| text.as_deref().map(Schema::parse).transpose();
         Ok(Self {
@@ -297,7 +304,7 @@ impl AgentSpec {
             children: ChildrenPolicy::default(),
             outbound: AllowList::default(),
             source: None,
-            code: AgentCode::Wasm(Arc::new(agent)),
+            code: AgentCode::Wasm(agent),
         })
     }
 

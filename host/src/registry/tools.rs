@@ -38,9 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use super::dir::{LoadProblem, ScanReport};
 use super::manifest::{Quantity, apply_call_limits};
-use super::{Limits, Schema};
+use super::{CompiledToolbox, ComponentCompiler, Limits, Schema, human_bytes};
 use crate::outbound::AllowList;
-use crate::sandbox::wasm::{WasmRuntime, WasmToolbox, human_bytes};
 
 /// Default fuel of one tool call.
 pub const DEFAULT_TOOL_FUEL: u64 = 1_000_000_000;
@@ -81,7 +80,7 @@ pub struct ToolSpec {
     pub source: Option<PathBuf>,
     /// The code.
     #[serde(skip)]
-    pub code: Arc<WasmToolbox>,
+    pub code: Arc<dyn CompiledToolbox>,
 }
 
 impl ToolSpec {
@@ -115,7 +114,10 @@ impl ToolSpec {
 
     /// A spec for every tool a loaded toolbox offers, with the default limits; `component` names
     /// the toolbox (its file stem). Fails on an invalid tool name or schema.
-    pub fn from_toolbox(component: &str, code: Arc<WasmToolbox>) -> Result<Vec<Self>, String> {
+    pub fn from_toolbox(
+        component: &str,
+        code: Arc<dyn CompiledToolbox>,
+    ) -> Result<Vec<Self>, String> {
         code.tools()
             .iter()
             .map(|tool| {
@@ -370,7 +372,7 @@ impl ToolShelf {
     pub(crate) async fn rescan(
         &self,
         agents_dir: &Path,
-        runtime: &WasmRuntime,
+        runtime: &dyn ComponentCompiler,
         report: &mut ScanReport,
     ) {
         let dir = agents_dir.join("tools");
@@ -516,7 +518,7 @@ impl ToolShelf {
 }
 
 /// Reads a toolbox component and its manifest into specs (not yet registered).
-async fn load(path: &Path, runtime: &WasmRuntime) -> Result<Vec<ToolSpec>, String> {
+async fn load(path: &Path, runtime: &dyn ComponentCompiler) -> Result<Vec<ToolSpec>, String> {
     let manifest_path = path.with_extension("toml");
     let manifest_error =
         |message: String| format!("manifest {}: {message}", manifest_path.display());
@@ -539,11 +541,8 @@ async fn load(path: &Path, runtime: &WasmRuntime) -> Result<Vec<ToolSpec>, Strin
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or_else(|| "the file name is not valid UTF-8".to_string())?;
-    let code = runtime
-        .load_toolbox_file(path)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut specs = ToolSpec::from_toolbox(stem, Arc::new(code))?;
+    let code = runtime.compile_toolbox(path).await?;
+    let mut specs = ToolSpec::from_toolbox(stem, code)?;
     if let Some(description) = &manifest.description {
         let [spec] = specs.as_mut_slice() else {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();

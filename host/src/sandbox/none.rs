@@ -82,7 +82,7 @@ impl Sandbox for NoneSandbox {
                         Some(runtime) => {
                             super::wasm::run_trusted(
                                 runtime,
-                                agent,
+                                agent.as_ref(),
                                 spec,
                                 &input,
                                 ctx,

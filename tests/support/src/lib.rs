@@ -346,6 +346,22 @@ pub async fn wait_for_run_status(store: &RunStore, job_id: &str, status: RunStat
     }
 }
 
+/// Polls `check` every 25 ms until it yields a value, failing the test after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "condition never held");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// A `drover-host run` process on its own databases and agent directory, killed when dropped.
 pub struct HostProcess {
     child: std::process::Child,

@@ -52,7 +52,11 @@ use super::caps::{Capabilities, RunCapabilities};
 use super::{AbortReason, Failure, RunContext, RunOutcome, Sandbox, bounded_error};
 use crate::inbox::Inbox;
 use crate::queue::Lifecycle;
-use crate::registry::{AgentCode, AgentSpec, Limits};
+pub(crate) use crate::registry::human_bytes;
+use crate::registry::{
+    AgentCode, AgentSpec, CompiledAgent, CompiledToolbox, Compiling, ComponentCompiler, Limits,
+};
+pub use crate::registry::{Description, ToolDescription};
 use crate::secrets;
 use crate::store::RunStatus;
 
@@ -61,7 +65,7 @@ pub use engine::{EngineConfig, Metering};
 use scratch::{ScratchArea, ScratchDir, ScratchQuota};
 use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
 use stdio::Capture;
-pub use toolbox::{ToolDescription, ToolFailure, ToolNetwork, ToolOutcome, WasmToolbox};
+pub use toolbox::{ToolFailure, ToolNetwork, ToolOutcome, WasmToolbox};
 
 /// Bindings for the `drover:agent@0.2.0` world (from `wit/`).
 pub(crate) mod bindings {
@@ -138,26 +142,6 @@ pub enum WasmError {
     },
 }
 
-/// What an agent says about itself through its `describe` export.
-#[derive(Debug, Clone)]
-pub struct Description {
-    /// Id.
-    pub id: String,
-    /// Version.
-    pub version: String,
-    /// Description.
-    pub description: String,
-    /// Lifecycle.
-    pub lifecycle: Lifecycle,
-    /// Input JSON Schema (text).
-    pub input_schema: Option<String>,
-    /// Output JSON Schema (text).
-    pub output_schema: Option<String>,
-    /// The interfaces the component imports (WASI and `drover:agent`), which is everything it
-    /// could ask the host for.
-    pub imports: Vec<String>,
-}
-
 /// A loaded, linked component, ready to be instantiated per run.
 pub struct WasmAgent {
     pre: bindings::AgentPre<HostState>,
@@ -165,16 +149,52 @@ pub struct WasmAgent {
     description: Description,
 }
 
-impl WasmAgent {
-    /// SHA-256 of the component's bytes (hex).
-    pub fn digest(&self) -> &str {
+impl CompiledAgent for WasmAgent {
+    fn digest(&self) -> &str {
         &self.digest
     }
 
-    /// What the component said about itself.
-    pub fn description(&self) -> &Description {
+    fn description(&self) -> &Description {
         &self.description
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl ComponentCompiler for WasmRuntime {
+    fn max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
+    }
+
+    fn compile_agent<'a>(&'a self, path: &'a Path) -> Compiling<'a, Arc<dyn CompiledAgent>> {
+        Box::pin(async move {
+            let agent = self.load_file(path).await.map_err(|e| e.to_string())?;
+            Ok(Arc::new(agent) as Arc<dyn CompiledAgent>)
+        })
+    }
+
+    fn compile_toolbox<'a>(&'a self, path: &'a Path) -> Compiling<'a, Arc<dyn CompiledToolbox>> {
+        Box::pin(async move {
+            let toolbox = self
+                .load_toolbox_file(path)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(toolbox) as Arc<dyn CompiledToolbox>)
+        })
+    }
+}
+
+/// The wasm code behind a compiled agent, or why it cannot run here (it was compiled by
+/// another kind of runtime).
+fn wasm_code(agent: &dyn CompiledAgent) -> Result<&WasmAgent, Failure> {
+    agent.as_any().downcast_ref().ok_or_else(|| {
+        Failure::permanent(
+            "SandboxMismatch",
+            "the agent's component was not compiled by this host's WebAssembly runtime",
+        )
+    })
 }
 
 /// Whether a run is isolated and limited.
@@ -455,7 +475,7 @@ impl WasmRuntime {
     #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
-        agent: &WasmAgent,
+        agent: &dyn CompiledAgent,
         spec: &AgentSpec,
         input: &RawValue,
         ctx: RunContext,
@@ -463,6 +483,10 @@ impl WasmRuntime {
         caps: &Arc<Capabilities>,
         inbox: Option<&Inbox>,
     ) -> RunOutcome {
+        let agent = match wasm_code(agent) {
+            Ok(agent) => agent,
+            Err(failure) => return RunOutcome::from_result(Err(failure)),
+        };
         let limits = match isolation {
             Isolation::Sandboxed => spec.limits.clone(),
             Isolation::Trusted => Limits::unlimited(spec.limits.max_log_bytes),
@@ -855,19 +879,6 @@ fn with_stderr(mut message: String, capture: &Capture) -> String {
     message
 }
 
-/// `64 MiB`, `4 KiB`, `1000 bytes`.
-pub(crate) fn human_bytes(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} bytes")
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -920,7 +931,7 @@ impl Sandbox for WasmSandbox {
                 AgentCode::Wasm(agent) => {
                     self.runtime
                         .run(
-                            agent,
+                            agent.as_ref(),
                             spec,
                             &input,
                             ctx,
@@ -949,7 +960,7 @@ impl Sandbox for WasmSandbox {
 /// Runs a wasm agent without isolation or limits (for the none sandbox).
 pub(crate) async fn run_trusted(
     runtime: &WasmRuntime,
-    agent: &WasmAgent,
+    agent: &dyn CompiledAgent,
     spec: &AgentSpec,
     input: &RawValue,
     ctx: RunContext,

@@ -27,7 +27,7 @@ use super::{
     bounded_wasi, human_bytes, trap, with_stderr,
 };
 use crate::outbound::Outbound;
-use crate::registry::ToolSpec;
+use crate::registry::{CompiledToolbox, ToolDescription, ToolSpec};
 use crate::sandbox::{Control, RunContext, bounded_error};
 use crate::secrets::Secrets;
 
@@ -89,19 +89,6 @@ const MAX_TOOL_NAME: usize = 64;
 /// Log budget of a call: its output is dropped, but stderr lines are kept for trap messages.
 const TOOL_LOG_BYTES: u64 = 64 << 10;
 
-/// One tool, as its component describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolDescription {
-    /// Name.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// JSON Schema of its input (text).
-    pub input_schema: Option<String>,
-    /// JSON Schema of its output (text).
-    pub output_schema: Option<String>,
-}
-
 /// A loaded, linked toolbox component, ready to be instantiated per call.
 pub struct WasmToolbox {
     pre: bindings::ToolboxPre<HostState>,
@@ -109,15 +96,17 @@ pub struct WasmToolbox {
     tools: Vec<ToolDescription>,
 }
 
-impl WasmToolbox {
-    /// SHA-256 of the component's bytes (hex).
-    pub fn digest(&self) -> &str {
+impl CompiledToolbox for WasmToolbox {
+    fn digest(&self) -> &str {
         &self.digest
     }
 
-    /// The tools the component offers, as it described them.
-    pub fn tools(&self) -> &[ToolDescription] {
+    fn tools(&self) -> &[ToolDescription] {
         &self.tools
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -339,6 +328,16 @@ impl WasmRuntime {
         network: Option<ToolNetwork<'_>>,
     ) -> ToolOutcome {
         let started = Instant::now();
+        let Some(code) = tool.code.as_any().downcast_ref::<WasmToolbox>() else {
+            return ToolOutcome::refused(
+                started,
+                ToolFailure::new(
+                    tags::UNAVAILABLE,
+                    "the tool's component was not compiled by this host's WebAssembly runtime",
+                    false,
+                ),
+            );
+        };
         if let Some(reason) = control.aborted() {
             return ToolOutcome::refused(started, cancelled(reason));
         }
@@ -387,7 +386,7 @@ impl WasmRuntime {
         let input = input.to_string();
         let result = {
             let call = async {
-                let toolbox = tool.code.pre.instantiate_async(&mut store).await?;
+                let toolbox = code.pre.instantiate_async(&mut store).await?;
                 toolbox
                     .drover_agent_tool_provider()
                     .call_call(&mut store, &tool.name, &input)
