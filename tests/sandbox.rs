@@ -1544,7 +1544,7 @@ async fn a_guests_huge_failure_is_stored_cut_to_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_agents_huge_failure_is_cut_to_size_too() {
     use drover_host::queue::ErrorInfo;
-    use drover_host::registry::native_agent;
+    use drover_host::sandbox::native_agent;
     use drover_host::sandbox::{RunContext, RunIdentity};
 
     let spec = AgentSpec::native(

@@ -28,7 +28,8 @@ use drover_host::pool::{PoolConfig, PoolDeps, PoolHandle, WorkerPool};
 use drover_host::queue::{
     FairShare, Finish, FinishKind, JobStatus, KeyExpr, Lifecycle, NewJob, Queue, QueueOptions,
 };
-use drover_host::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
+use drover_host::registry::{AgentSpec, Registry, StaticRegistry};
+use drover_host::sandbox::native_agent;
 use drover_host::sandbox::wasm::{EngineConfig, Metering, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, RunContext, RunIdentity, Sandbox, SandboxFor};
 use drover_host::store::{RunStatus, RunStore};

@@ -17,8 +17,9 @@ use drover_host::api::metrics::Metrics;
 use drover_host::pool::{PoolConfig, PoolDeps, WorkerPool};
 use drover_host::queue::{NewJob, Queue};
 use drover_host::registry::{
-    AgentSpec, ChainRegistry, DirRegistry, Registry, Schema, StaticRegistry, native_agent,
+    AgentSpec, ChainRegistry, DirRegistry, Registry, Schema, StaticRegistry,
 };
+use drover_host::sandbox::native_agent;
 use drover_host::sandbox::wasm::{EngineConfig, WasmRuntime, WasmSandbox};
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
 use drover_host::store::RunStore;

@@ -1657,7 +1657,8 @@ mod tests {
     use super::*;
     use crate::db::Db;
     use crate::queue::{Queue, QueueOptions};
-    use crate::registry::{AgentSpec, Registry, StaticRegistry, native_agent};
+    use crate::registry::{AgentSpec, Registry, StaticRegistry};
+    use crate::sandbox::native_agent;
     use crate::store::RunStore;
 
     #[tokio::test]

@@ -67,6 +67,13 @@ pub trait CompiledToolbox: std::fmt::Debug + Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// Trusted Rust code linked into the host, as the registry holds it. The none sandbox, which
+/// runs it, made it (`AgentSpec::native`) and takes it back out.
+pub trait NativeCode: Send + Sync + 'static {
+    /// The code itself, for the sandbox that runs it to take back.
+    fn as_any(&self) -> &dyn Any;
+}
+
 /// A compilation under way: the compiled component, or why there is none (for the load
 /// report).
 pub type Compiling<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;

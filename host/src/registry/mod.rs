@@ -13,7 +13,6 @@ mod component;
 pub mod dir;
 mod limits;
 mod manifest;
-mod native;
 mod schema;
 pub mod tools;
 
@@ -28,8 +27,8 @@ use crate::outbound::AllowList;
 use crate::queue::Lifecycle;
 
 pub use component::{
-    CompiledAgent, CompiledToolbox, Compiling, ComponentCompiler, Description, ToolDescription,
-    human_bytes,
+    CompiledAgent, CompiledToolbox, Compiling, ComponentCompiler, Description, NativeCode,
+    ToolDescription, human_bytes,
 };
 pub use dir::DirRegistry;
 pub use limits::{
@@ -37,7 +36,6 @@ pub use limits::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENT_TOTAL_BYTES, EventRate, Limits, MIN_EVENT_CHARGE,
 };
 pub use manifest::{Manifest, ManifestError};
-pub use native::{NativeAgent, native_agent};
 pub use schema::{Schema, SchemaError};
 pub use tools::{StaticToolRegistry, ToolManifest, ToolRegistry, ToolSpec, validate_tool_name};
 
@@ -45,7 +43,7 @@ pub use tools::{StaticToolRegistry, ToolManifest, ToolRegistry, ToolSpec, valida
 #[derive(Clone)]
 pub enum AgentCode {
     /// In-process Rust code, trusted (runs only in the none sandbox).
-    Native(Arc<dyn NativeAgent>),
+    Native(Arc<dyn NativeCode>),
     /// A WebAssembly component.
     Wasm(Arc<dyn CompiledAgent>),
     /// No code: a system prompt and a model, run by the host's built-in agent loop.
@@ -252,8 +250,9 @@ fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 
 impl AgentSpec {
-    /// A spec for a native agent, with default limits for a job.
-    pub fn native(id: impl Into<String>, agent: impl NativeAgent) -> Self {
+    /// A spec for native code, with default limits for a job (`AgentSpec::native`, beside the
+    /// none sandbox that runs it, makes one from a Rust agent).
+    pub fn from_native(id: impl Into<String>, code: Arc<dyn NativeCode>) -> Self {
         Self {
             id: id.into(),
             version: "0.0.0".into(),
@@ -273,7 +272,7 @@ impl AgentSpec {
             children: ChildrenPolicy::default(),
             outbound: AllowList::default(),
             source: None,
-            code: AgentCode::Native(Arc::new(agent)),
+            code: AgentCode::Native(code),
         }
     }
 
@@ -537,14 +536,20 @@ impl Registry for ChainRegistry {
 mod tests {
     use super::*;
 
+    /// Native code that is never run.
+    struct Idle;
+
+    impl NativeCode for Idle {
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
     #[test]
     fn capabilities_the_host_lacks_are_named() {
-        let spec = AgentSpec::native(
-            "a",
-            native_agent(|_, _| async { Ok(serde_json::Value::Null) }),
-        )
-        .models(["cheap", "big"])
-        .tools(["calc", "json-query"]);
+        let spec = AgentSpec::from_native("a", Arc::new(Idle))
+            .models(["cheap", "big"])
+            .tools(["calc", "json-query"]);
         let aliases = vec!["cheap".to_string()];
         let tools = vec!["calc".to_string(), "other".to_string()];
         let problems = spec.check_capabilities(&aliases, &tools);

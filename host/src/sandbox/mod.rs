@@ -12,6 +12,7 @@
 pub mod caps;
 mod context;
 mod declarative;
+pub mod native;
 mod none;
 pub mod wasm;
 
@@ -27,6 +28,7 @@ use crate::store::{RunStatus, Usage};
 pub use context::{
     AbortReason, Control, EventBudget, MIN_LOG_EVENT_BYTES, RunContext, RunIdentity, WaitAdmission,
 };
+pub use native::{NativeAgent, native_agent};
 pub use none::NoneSandbox;
 
 /// Runs agents.

@@ -76,7 +76,15 @@ impl Sandbox for NoneSandbox {
     ) -> BoxFuture<'a, RunOutcome> {
         async move {
             let agent = match &spec.code {
-                AgentCode::Native(agent) => agent,
+                AgentCode::Native(code) => match super::native::agent_of(code.as_ref()) {
+                    Some(agent) => agent,
+                    None => {
+                        return RunOutcome::from_result(Err(Failure::permanent(
+                            "SandboxMismatch",
+                            "the agent's native code was not made for this host's none sandbox",
+                        )));
+                    }
+                },
                 AgentCode::Wasm(agent) => {
                     return match &self.wasm {
                         Some(runtime) => {

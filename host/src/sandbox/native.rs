@@ -1,11 +1,14 @@
 //! Native agents: trusted Rust code that runs in-process, in the none sandbox.
 
+use std::any::Any;
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::queue::ErrorInfo;
+use crate::registry::{AgentSpec, NativeCode};
 use crate::sandbox::RunContext;
 
 /// An agent written in Rust and linked into the host.
@@ -18,7 +21,8 @@ pub trait NativeAgent: Send + Sync + 'static {
 /// A native agent from an async closure.
 ///
 /// ```
-/// use drover_host::registry::{AgentSpec, native_agent};
+/// use drover_host::registry::AgentSpec;
+/// use drover_host::sandbox::native_agent;
 /// use serde_json::json;
 ///
 /// let echo = AgentSpec::native(
@@ -47,4 +51,27 @@ where
     fn run(&self, input: Value, ctx: RunContext) -> BoxFuture<'static, Result<Value, ErrorInfo>> {
         Box::pin((self.0)(input, ctx))
     }
+}
+
+/// A native agent as the registry holds it.
+struct Native(Arc<dyn NativeAgent>);
+
+impl NativeCode for Native {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl AgentSpec {
+    /// A spec for a native agent, with default limits for a job.
+    pub fn native(id: impl Into<String>, agent: impl NativeAgent) -> Self {
+        Self::from_native(id, Arc::new(Native(Arc::new(agent))))
+    }
+}
+
+/// The Rust agent behind native code, if this kind of sandbox made it.
+pub(super) fn agent_of(code: &dyn NativeCode) -> Option<&Arc<dyn NativeAgent>> {
+    code.as_any()
+        .downcast_ref::<Native>()
+        .map(|native| &native.0)
 }
