@@ -112,7 +112,8 @@ struct Statements {
     cancel_below: String,
     stop_below: String,
     select_by_ids: String,
-    get: String,
+    /// Shared, so that each lookup hands the database a reference rather than a copy.
+    get: Arc<str>,
 }
 
 /// Marks the jobs of `?1` (a JSON array of ids) as having spawned children.
@@ -181,7 +182,7 @@ impl Queue {
                 "SELECT {} FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
                 schema::JOB_COLUMNS
             ),
-            get: format!("SELECT {} FROM jobs WHERE id = ?1", schema::JOB_COLUMNS),
+            get: format!("SELECT {} FROM jobs WHERE id = ?1", schema::JOB_COLUMNS).into(),
         };
         Ok(Self {
             db,
@@ -847,8 +848,10 @@ impl Queue {
     /// One job by id.
     pub async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
         let id = job_id.to_string();
-        let sql = Arc::clone(&self.sql);
-        let mut jobs = self.db.query(sql.get.as_str(), [id], decode_job).await?;
+        let mut jobs = self
+            .db
+            .query(Arc::clone(&self.sql.get), [id], decode_job)
+            .await?;
         Ok(jobs.pop())
     }
 
