@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use drover_host::db::{Db, RowExt, query_all};
 use drover_test_support::proxy::FaultProxy;
 use drover_test_support::sqld::{self, JwtKey, Sqld};
-use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, cache_dir, wait_for};
+use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, host_args_on, wait_for};
 use serde_json::json;
 
 const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
@@ -19,23 +19,9 @@ const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
 /// The `drover-host run` arguments of a host named `name` whose queue and runs are both on the
 /// server at `url`.
 fn host_args(agents: &AgentDir, data: &std::path::Path, url: &str, name: &str) -> Vec<String> {
-    [
-        "--agents",
-        &agents.path().display().to_string(),
-        "--data-dir",
-        &data.join(name).display().to_string(),
-        "--cache-dir",
-        &cache_dir().display().to_string(),
-        "--queue-url",
-        url,
-        "--storage-url",
-        url,
-        "--worker-id",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut args = host_args_on(agents.path(), &data.join(name), url, url);
+    args.extend(["--worker-id".to_string(), name.to_string()]);
+    args
 }
 
 /// A host named `name` on the server at `url`, with `extra` arguments.
@@ -246,6 +232,18 @@ async fn all_done(server: &Sqld, expected: usize, hosts: &[&HostProcess]) {
     }
 }
 
+/// How many jobs `owner` holds leased now.
+async fn leased_by(server: &Sqld, owner: &'static str) -> i64 {
+    let db = Db::open(&server.url(), None).await.expect("open");
+    db.query(
+        "SELECT count(*) FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
+        [owner],
+        |row| row.int(0),
+    )
+    .await
+    .expect("count")[0]
+}
+
 /// Every job of `ids` has exactly one successful run.
 async fn exactly_once(server: &Sqld, ids: &[String]) {
     let (runs, jobs) = outcomes(server).await;
@@ -302,10 +300,13 @@ async fn a_killed_host_and_a_paused_one_still_leave_every_job_done_exactly_once(
     let b = host(&agents, data.path(), &server.url(), "b", &fast);
     let c = host(&agents, data.path(), &server.url(), "c", &fast);
     // 20,000 jobs of 100 ms (more than one host keeps up with) posted to A while C is killed
-    // and B paused for three leases; attempts to spare for the runs the faults cut short.
+    // and B paused for three leases, each while it holds jobs; attempts to spare for the runs
+    // the faults cut short.
     let faults = async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        wait_for(|| async { (leased_by(&server, "c").await > 0).then_some(()) }).await;
         assert!(!c.signal("KILL").success());
+        wait_for(|| async { (leased_by(&server, "b").await > 0).then_some(()) }).await;
         let paused = b.pid().to_string();
         let stop = std::process::Command::new("kill")
             .args(["-STOP", &paused])
@@ -371,25 +372,7 @@ async fn a_jwt_protected_server_takes_its_token_and_a_wrong_one_fails_at_start_u
             ("DROVER_STORAGE_AUTH_TOKEN", &token),
         ],
     );
-    let client = reqwest::Client::new();
-    let created: serde_json::Value = client
-        .post(format!("{}/v1/jobs", good.url))
-        .json(&json!({ "agentId": "echo", "input": { "n": 7 } }))
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
-    let id = created["job"]["id"].as_str().expect("id");
-    let done: serde_json::Value = client
-        .get(format!("{}/v1/jobs/{id}/wait?timeoutMs=30000", good.url))
-        .send()
-        .await
-        .expect("wait")
-        .json()
-        .await
-        .expect("json");
+    let done = one_job(&good.url, json!({ "agentId": "echo", "input": { "n": 7 } })).await;
     assert_eq!(done["run"]["output"]["received"], 7, "{done}");
 
     // A token signed by another key: the host says so once, and exits.
@@ -536,12 +519,12 @@ async fn done(server: &Sqld) -> i64 {
     outcomes(server).await.1.get("done").copied().unwrap_or(0)
 }
 
-/// Posts one job to `url` and waits for its outcome.
-async fn one_job(url: &str) -> serde_json::Value {
+/// Posts one job (`body`) to `url` and waits for its outcome.
+async fn one_job(url: &str, body: serde_json::Value) -> serde_json::Value {
     let client = reqwest::Client::new();
     let created: serde_json::Value = client
         .post(format!("{url}/v1/jobs"))
-        .json(&json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 1 } }))
+        .json(&body)
         .send()
         .await
         .expect("post")
@@ -591,7 +574,11 @@ async fn a_ten_second_outage_between_a_host_and_its_server_loses_no_finished_out
         "{log}"
     );
     // The host recovered by itself: new work is served at once.
-    let view = one_job(&a.url).await;
+    let view = one_job(
+        &a.url,
+        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 1 } }),
+    )
+    .await;
     assert_eq!(view["run"]["status"], "success", "{view}");
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use drover_host::db::{Db, RowExt, query_all};
 use drover_test_support::proxy::FaultProxy;
 use drover_test_support::sqld::{self, Sqld};
-use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, cache_dir};
+use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, host_args_on};
 use serde_json::json;
 
 use super::{Row, Scale, millis, percentile};
@@ -215,25 +215,8 @@ fn start_host(
     queue: &str,
     storage: &str,
 ) -> HostProcess {
-    let args: Vec<String> = [
-        "--agents",
-        &agents.path().display().to_string(),
-        "--data-dir",
-        &dir.join(name).display().to_string(),
-        "--cache-dir",
-        &cache_dir().display().to_string(),
-        "--queue-url",
-        queue,
-        "--storage-url",
-        storage,
-        "--worker-id",
-        name,
-        "--concurrency",
-        CONCURRENCY,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = host_args_on(agents.path(), &dir.join(name), queue, storage);
+    args.extend(["--worker-id", name, "--concurrency", CONCURRENCY].map(String::from));
     HostProcess::start(EXE, &args, &[])
 }
 

@@ -42,22 +42,34 @@ pub const TOOL_HTTP_GET: &str = env!("DROVER_TOOL_HTTP_GET");
 /// `queue.db` and `runs.db` in `dir`, its data directory `dir/<data>`, the shared compile
 /// cache, and `config` as its `drover.toml` (if given). Callers add what else they need.
 pub fn host_args(agents: &Path, dir: &Path, data: &str, config: Option<&Path>) -> Vec<String> {
-    let mut args = vec![
-        "--agents".to_string(),
-        agents.display().to_string(),
-        "--data-dir".to_string(),
-        dir.join(data).display().to_string(),
-        "--cache-dir".to_string(),
-        cache_dir().display().to_string(),
-        "--queue-url".to_string(),
-        format!("file:{}", dir.join("queue.db").display()),
-        "--storage-url".to_string(),
-        format!("file:{}", dir.join("runs.db").display()),
-    ];
+    let mut args = host_args_on(
+        agents,
+        &dir.join(data),
+        &format!("file:{}", dir.join("queue.db").display()),
+        &format!("file:{}", dir.join("runs.db").display()),
+    );
     if let Some(config) = config {
         args.extend(["--config".to_string(), config.display().to_string()]);
     }
     args
+}
+
+/// The `drover-host run` arguments of a host with the agents in `agents`, its data directory
+/// `data`, the shared compile cache, and its queue and runs at the URLs `queue` and `storage`
+/// (files or a server). Callers add what else they need.
+pub fn host_args_on(agents: &Path, data: &Path, queue: &str, storage: &str) -> Vec<String> {
+    vec![
+        "--agents".to_string(),
+        agents.display().to_string(),
+        "--data-dir".to_string(),
+        data.display().to_string(),
+        "--cache-dir".to_string(),
+        cache_dir().display().to_string(),
+        "--queue-url".to_string(),
+        queue.to_string(),
+        "--storage-url".to_string(),
+        storage.to_string(),
+    ]
 }
 
 /// A compiled-component cache shared by every test, so each component compiles once.
