@@ -851,7 +851,13 @@ async fn prune_and_retention_remove_old_finished_work() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(store.get_run("recent").await.expect("get").is_some());
-    assert!(host.signal("TERM").success());
+    let log = std::sync::Arc::clone(&host.log);
+    let status = host.signal("TERM");
+    assert!(
+        status.success(),
+        "{status}\n{}",
+        log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    );
 }
 
 /// Runs `drover-host run` with `args` and `envs` until it exits (or is killed after a while);
