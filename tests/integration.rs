@@ -12,6 +12,7 @@ mod fair;
 mod faults;
 mod http;
 mod inbox;
+mod languages;
 mod llm;
 mod model;
 mod pool;

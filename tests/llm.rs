@@ -20,7 +20,9 @@ use drover_host::secrets::{Secrets, placeholder};
 use drover_host::store::{Run, RunStatus, Usage};
 use drover_test_support::model_server::{ModelServer, Reply};
 use drover_test_support::sample_api::SampleApi;
-use drover_test_support::{AgentDir, MATH, TOOL_BAD, TOOL_CALC, TOOL_HTTP_GET, TestDb, WAIT};
+use drover_test_support::{
+    AgentDir, MATH, TOOL_BAD, TOOL_CALC, TOOL_HTTP_GET, TOOL_TEXT_PY, TestDb, WAIT, other_languages,
+};
 use serde_json::{Value, json};
 
 /// The key the configured aliases send; it must never reach a guest, an event or the store.
@@ -310,6 +312,71 @@ async fn a_rust_agent_calls_its_tool_through_the_sdk_loop() {
     let result = first(&events, "tool_result");
     assert_eq!(result["ok"], true);
     assert!(result["fuel"].as_u64().is_some_and(|f| f > 0), "{result}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_written_in_python_answers_the_model() {
+    if !other_languages("a_tool_written_in_python_answers_the_model") {
+        return;
+    }
+    let server = ModelServer::start(vec![
+        Reply::tool_calls(vec![
+            ("call_1", "words", json!({ "text": "one two three" })),
+            ("call_2", "upper", json!({ "text": "" })),
+        ]),
+        Reply::text(r#"{"words": 3}"#),
+    ])
+    .await;
+    let agents = agents_with(|agents| {
+        add_tool(agents, "text", TOOL_TEXT_PY);
+        declare(
+            agents,
+            "counter",
+            "system-prompt = \"Count the words, then answer with {\\\"words\\\": <number>}.\"\n\
+             model = \"cheap\"\ntools = [\"words\", \"upper\"]\n",
+        );
+    });
+    let host = Host::start(&server, agents, 2).await;
+
+    let view = host
+        .run("counter", json!({ "text": "one two three" }))
+        .await;
+    assert_eq!(view.job.status, JobStatus::Done, "{:?}", view.run);
+    assert_eq!(output(&view.run.expect("run")), json!({ "words": 3 }));
+
+    // The model was offered both tools with the schemas the Python toolbox describes, and got
+    // the answer of one and the tagged failure of the other.
+    let requests = server.requests();
+    let offered: Vec<&str> = requests[0].body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert_eq!(offered, ["words", "upper"]);
+    assert_eq!(
+        requests[0].body["tools"][0]["function"]["parameters"]["required"],
+        json!(["text"])
+    );
+    let messages = requests[1].body["messages"].as_array().expect("messages");
+    let answer = |id: &str| {
+        messages
+            .iter()
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == id)
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_else(|| panic!("no answer to {id}: {messages:?}"))
+            .to_string()
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&answer("call_1")).expect("json"),
+        json!({ "words": 3, "characters": 13 })
+    );
+    assert!(
+        answer("call_2").contains("EmptyText"),
+        "{}",
+        answer("call_2")
+    );
     host.shutdown().await;
 }
 

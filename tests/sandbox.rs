@@ -1616,7 +1616,7 @@ async fn a_component_of_hundreds_of_core_instances_is_refused_at_load() {
     assert!(problems[0].path.ends_with("swarm.wasm"));
     let error = &problems[0].error;
     assert!(
-        error.contains("500 core module instances") && error.contains("maximum of 8"),
+        error.contains("500 core module instances") && error.contains("maximum of 16"),
         "{error}"
     );
     // The pool's slots are all there for the agents that did load.

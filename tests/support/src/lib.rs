@@ -38,6 +38,36 @@ pub const TOOL_BAD: &str = env!("DROVER_TOOL_BAD_TOOL");
 /// The `http-get` tool component (fetches a URL).
 pub const TOOL_HTTP_GET: &str = env!("DROVER_TOOL_HTTP_GET");
 
+/// The TypeScript `echo` agent (`agents/echo-js`), built with the JavaScript SDK's
+/// `build.mjs`; empty when it could not be built (see [`other_languages`]).
+pub const ECHO_JS: &str = env!("DROVER_AGENT_ECHO_JS");
+/// The JavaScript long-lived queue worker (`agents/queue-worker-js`).
+pub const QUEUE_WORKER_JS: &str = env!("DROVER_AGENT_QUEUE_WORKER_JS");
+/// The misbehaving JavaScript agent (`agents/chaos-js`).
+pub const CHAOS_JS: &str = env!("DROVER_AGENT_CHAOS_JS");
+/// The Python `echo` agent (`agents/echo-py`), built with the Python SDK's `drover_sdk.build`.
+pub const ECHO_PY: &str = env!("DROVER_AGENT_ECHO_PY");
+/// The misbehaving Python agent (`agents/chaos-py`).
+pub const CHAOS_PY: &str = env!("DROVER_AGENT_CHAOS_PY");
+/// The Python `text` toolbox (`agents/tools/text-py`: `words`, `upper`).
+pub const TOOL_TEXT_PY: &str = env!("DROVER_TOOL_TEXT_PY");
+
+/// Whether the JavaScript and Python components were built (the build script needs `node`,
+/// `npm` and `python3`); without them, `false` after saying why — and a failed test under
+/// `CI`, where the build must have made them.
+pub fn other_languages(what: &str) -> bool {
+    let problem = env!("DROVER_TEST_LANGUAGES_PROBLEM");
+    if problem.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the JavaScript and Python agents are required under CI ({what}): {problem}"
+    );
+    eprintln!("skipping {what}: {problem}");
+    false
+}
+
 /// The `drover-host run` arguments of a host with the agents in `agents`, its databases
 /// `queue.db` and `runs.db` in `dir`, its data directory `dir/<data>`, the shared compile
 /// cache, and `config` as its `drover.toml` (if given). Callers add what else they need.
@@ -139,6 +169,10 @@ use std::time::{Duration, Instant};
 use drover_host::db::Db;
 use drover_host::queue::{JobStatus, Queue, QueueOptions};
 use drover_host::store::{Run, RunStatus, RunStore};
+
+/// How long a host may take to start: it compiles its agents first, and a JavaScript or Python
+/// agent that is not in the compile cache yet takes a while on a busy machine.
+pub const START_WAIT: Duration = Duration::from_secs(180);
 
 /// How long the helpers wait for something before failing the test.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -427,7 +461,7 @@ impl HostProcess {
                 lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        let url = match ready_rx.recv_timeout(WAIT) {
+        let url = match ready_rx.recv_timeout(START_WAIT) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();

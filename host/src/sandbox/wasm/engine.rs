@@ -66,11 +66,13 @@ impl Default for EngineConfig {
     }
 }
 
-/// Core instances, memories and tables a Rust `wasm32-wasip2` component uses at most (its main
-/// module plus the shims that `wasm-component-ld` adds), with room to spare. These are both the
-/// pool's totals per instance slot and the caps on each component: a component needing more is
-/// refused when it is compiled, so that one agent cannot take the slots of many.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Core instances, memories and tables a component may use. A Rust `wasm32-wasip2` component
+/// has a few core instances (its main module plus the shims that `wasm-component-ld` adds), a
+/// JavaScript one (componentize-js) about as many, and a Python one (componentize-py: CPython,
+/// libc and the runtime as modules linked at load time) 14. These are both the pool's totals
+/// per instance slot and the caps on each component: a component needing more is refused when
+/// it is compiled, so that one agent cannot take the slots of many.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
 
