@@ -14,6 +14,7 @@
 //! cargo bench -p drover-host --bench drover -- --only children  # spawn + wait of a child vs enqueue + wait
 //! cargo bench -p drover-host --bench drover -- --only inbox  # a message round trip to a long-lived agent
 //! cargo bench -p drover-host --bench drover -- --only remote  # hosts on sqld, a slow link, cancels across hosts
+//! cargo bench -p drover-host --bench drover -- --only languages  # TypeScript and Python agents beside Rust
 //! ```
 //!
 //! `cargo test` runs this harness too (without `--bench`), in quick mode, so that the test suite
@@ -36,6 +37,8 @@ use drover_host::store::{RunStatus, RunStore};
 use serde_json::json;
 use serde_json::value::RawValue;
 
+#[path = "drover/languages.rs"]
+mod languages;
 #[path = "drover/remote.rs"]
 mod remote;
 
@@ -95,12 +98,16 @@ fn main() {
     let work = tempfile::tempdir().expect("temp dir");
     if let Some(i) = args.iter().position(|a| a == DENSITY_CHILD) {
         // One density measurement, alone in this process (see `density`).
-        let wasm = args.get(i + 1).is_some_and(|m| m == "wasm");
+        let mode = match args.get(i + 1).map(String::as_str) {
+            Some("wasm") => Worker::Rust,
+            Some("js") => Worker::JavaScript,
+            _ => Worker::Native,
+        };
         let n = args
             .get(i + 2)
             .and_then(|n| n.parse().ok())
             .expect("agent count");
-        let (rss, lateness) = runtime.block_on(live_agents(n, wasm, work.path()));
+        let (rss, lateness) = runtime.block_on(live_agents(n, mode, work.path()));
         println!("{rss} {lateness}");
         return;
     }
@@ -179,6 +186,11 @@ fn main() {
     if wanted("inbox") {
         eprintln!("[14] a message round trip to a long-lived agent vs a GET of its job");
         rows.extend(runtime.block_on(inbox_round_trip(scale, dir)));
+    }
+    if wanted("languages") {
+        eprintln!("[16] agents in TypeScript and Python beside Rust");
+        rows.extend(runtime.block_on(languages::languages(scale, dir)));
+        rows.extend(languages::density(scale));
     }
     if wanted("remote") {
         eprintln!("[15] several hosts on one libsql server (sqld)");
@@ -846,19 +858,32 @@ fn density_in_child(n: usize, mode: &str) -> (f64, f64) {
     (rss, lateness)
 }
 
-/// Starts `n` long-lived agents (wasm `queue-worker`s, or the same loop natively), lets them
+/// Which long-lived agent [`live_agents`] runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Worker {
+    /// The `queue-worker` component.
+    Rust,
+    /// The `queue-worker-js` component.
+    JavaScript,
+    /// The same loop as a native agent.
+    Native,
+}
+
+/// Starts `n` long-lived agents (wasm queue workers, or the same loop natively), lets them
 /// heartbeat for a few seconds, and returns the resident memory per agent and the p99
 /// heartbeat lateness.
-async fn live_agents(n: usize, wasm: bool, work: &Path) -> (f64, f64) {
+async fn live_agents(n: usize, worker: Worker, work: &Path) -> (f64, f64) {
     const INTERVAL_MS: i64 = 1000;
     let dir = tempfile::tempdir_in(work).expect("dir");
     let (queue, store) = databases(dir.path()).await;
     let runtime = wasm_runtime(work, u32::try_from(n + 16).expect("n"), Metering::ON);
-    let spec = if wasm {
+    let spec = if worker == Worker::Rust {
         let mut spec = component_spec(&runtime, "worker", drover_test_support::QUEUE_WORKER).await;
         spec.env
             .insert("POLL_INTERVAL_MS".into(), INTERVAL_MS.to_string());
         spec
+    } else if worker == Worker::JavaScript {
+        component_spec(&runtime, "worker", drover_test_support::QUEUE_WORKER_JS).await
     } else {
         AgentSpec::native(
             "worker",
@@ -883,7 +908,7 @@ async fn live_agents(n: usize, wasm: bool, work: &Path) -> (f64, f64) {
         .long_lived()
     };
     let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new().with(spec));
-    let sandbox: Arc<dyn Sandbox> = if wasm {
+    let sandbox: Arc<dyn Sandbox> = if worker != Worker::Native {
         Arc::new(WasmSandbox::new(Arc::clone(&runtime)))
     } else {
         Arc::new(NoneSandbox::new())
@@ -893,7 +918,7 @@ async fn live_agents(n: usize, wasm: bool, work: &Path) -> (f64, f64) {
     let before = rss_bytes();
     let jobs: Vec<NewJob> = (0..n)
         .map(|i| {
-            NewJob::new("worker", &json!(null))
+            NewJob::new("worker", &json!({ "intervalMs": INTERVAL_MS }))
                 .id(format!("agent-{i}"))
                 .lifecycle(drover_host::queue::Lifecycle::LongLived)
         })
