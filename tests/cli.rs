@@ -1085,3 +1085,124 @@ async fn enqueue_batch_posts_a_file_of_jobs() {
         "nothing of a bad file is sent"
     );
 }
+
+/// Runs `drover-host new` with `args`.
+fn scaffold(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(EXE)
+        .arg("new")
+        .args(args)
+        .output()
+        .expect("run drover-host new");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a build command; panics with its output when it fails.
+fn build(command: &mut std::process::Command) {
+    let out = command.output().expect("run the build");
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_scaffolds_agents_that_build_and_run() {
+    let setup = Setup::new();
+    let agents = setup.agents.path().display().to_string();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository")
+        .to_path_buf();
+
+    // Names that are not ids, directories that are not there, and Rust without a workspace
+    // are refused, saying what to do.
+    let (code, _, err) = scaffold(&["Greeter", "--agents", &agents]);
+    assert_eq!(code, 1);
+    assert!(err.contains("lowercase letters"), "{err}");
+    let (code, _, err) = scaffold(&["greeter", "--agents", "/nonexistent/agents"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--agents"), "{err}");
+    let (code, _, err) = scaffold(&["greeter-rs", "--agents", &agents]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--lang ts"), "{err}");
+    let (code, _, err) = scaffold(&["greeter", "--lang", "go", "--agents", &agents]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rust") && err.contains("py"), "{err}");
+
+    // A Rust agent joins the workspace, next to the members it had.
+    std::fs::write(
+        setup.agents.path().join("Cargo.toml"),
+        "[workspace]\nmembers = [\"echo\"]\n",
+    )
+    .expect("workspace");
+    let (code, out, err) = scaffold(&["greeter-rs", "--agents", &agents]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("--target wasm32-wasip2"), "{out}");
+    let workspace =
+        std::fs::read_to_string(setup.agents.path().join("Cargo.toml")).expect("workspace");
+    assert!(
+        workspace.contains("members = [\"echo\", \"greeter-rs\"]"),
+        "{workspace}"
+    );
+    let crate_toml =
+        std::fs::read_to_string(setup.agents.path().join("greeter-rs/Cargo.toml")).expect("crate");
+    assert!(
+        crate_toml.contains("crate-type = [\"cdylib\"]"),
+        "{crate_toml}"
+    );
+    let (code, _, err) = scaffold(&["greeter-rs", "--agents", &agents]);
+    assert_eq!(code, 1, "a second time");
+    assert!(err.contains("exists already"), "{err}");
+
+    if !drover_test_support::other_languages("new_scaffolds_agents_that_build_and_run") {
+        return;
+    }
+    // TypeScript and Python agents, built with the commands `new` prints.
+    let (code, out, err) = scaffold(&["greeter-ts", "--lang", "ts", "--agents", &agents]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("guest-sdk/js/build.mjs"), "{out}");
+    build(
+        std::process::Command::new("node")
+            .arg(drover_test_support::JS_BUILD)
+            .arg(setup.agents.path().join("greeter-ts/agent.ts"))
+            .arg("-o")
+            .arg(setup.agents.path().join("greeter-ts.wasm"))
+            .arg("--wit")
+            .arg(repo.join("wit")),
+    );
+    let (code, out, err) = scaffold(&["greeter-py", "--lang", "py", "--agents", &agents]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("drover_sdk.build"), "{out}");
+    build(
+        std::process::Command::new(drover_test_support::PYTHON)
+            .args(["-m", "drover_sdk.build"])
+            .arg(setup.agents.path().join("greeter-py/app.py"))
+            .arg("-o")
+            .arg(setup.agents.path().join("greeter-py.wasm"))
+            .arg("--wit")
+            .arg(repo.join("wit"))
+            .env("PYTHONPATH", repo.join("guest-sdk/python")),
+    );
+
+    let host = setup.start(&[]);
+    for agent in ["greeter-ts", "greeter-py"] {
+        let (code, out, err) = cli(
+            &host.url,
+            &["enqueue", agent, r#"{"name": "Ada"}"#, "--wait"],
+        );
+        assert_eq!(code, 0, "{agent}: {out}{err}\n{}", host.log_text());
+        assert!(
+            out.contains(r#"{"greeting":"Hello, Ada!"}"#),
+            "{agent}: {out}"
+        );
+        let (code, out, _) = cli(&host.url, &["enqueue", agent, r#"{"name": ""}"#, "--wait"]);
+        assert_eq!(code, 2, "{agent}: {out}");
+        assert!(out.contains("EmptyName"), "{agent}: {out}");
+    }
+}

@@ -115,6 +115,8 @@ fn main() {
             for (dir, _, _) in JS_AGENTS.iter().chain(PY_AGENTS) {
                 println!("cargo:rustc-env={}=", lang_var(dir));
             }
+            println!("cargo:rustc-env=DROVER_TEST_JS_BUILD=");
+            println!("cargo:rustc-env=DROVER_TEST_PYTHON=");
             println!("cargo:rustc-env=DROVER_TEST_LANGUAGES_PROBLEM={problem}");
         }
     }
@@ -305,6 +307,9 @@ fn build_other_languages(root: &Path, out_dir: &Path) -> Result<Vec<(String, Pat
         }
     }
     if failed.is_empty() {
+        // The SDKs' build commands, for tests that build agents of their own.
+        built.push(("DROVER_TEST_JS_BUILD".into(), js.join("build.mjs")));
+        built.push(("DROVER_TEST_PYTHON".into(), python));
         Ok(built)
     } else {
         Err(format!("building failed: {}", failed.join("; ")))

@@ -7,15 +7,39 @@ with ``ToolProvider = export_tools({...})``. Each function below wraps one funct
 ``wit/agent.wit`` (the contract with the host), in snake_case. Build with ``drover-build-py``
 (``python -m drover_sdk.build``).
 
-The host interfaces are imported where they are used, so a toolbox (whose world imports only
-``host``) can use this module too.
+A toolbox's world imports only ``host``; the functions of the other interfaces fail there.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+
+def _interface(name: str):
+    """The bindings of host interface ``name``, or ``None`` where the world has none (a
+    toolbox imports only ``host``) or outside a component build.
+
+    They are imported here, when the app imports this module at build time: componentize-py
+    keeps only the interfaces imported then, so one imported later would be missing."""
+    try:
+        return importlib.import_module(f"wit_world.imports.{name}")
+    except ImportError:
+        return None
+
+
+types = _interface("types")
+host = _interface("host")
+model = _interface("model")
+tools = _interface("tools")
+agents = _interface("agents")
+inbox = _interface("inbox")
+try:
+    from componentize_py_types import Err, Ok
+except ImportError:  # outside a component build
+    Err = Ok = None
 
 __all__ = [
     "Agent",
@@ -46,7 +70,6 @@ __all__ = [
 class AgentError(Exception):
     """A failure the host records with its ``tag``; ``retryable`` says whether another attempt
     may help."""
-
     def __init__(self, tag: str, message: str, retryable: bool = True):
         super().__init__(message)
         self.tag = tag
@@ -64,8 +87,6 @@ class AgentError(Exception):
 
 def _failure(error: BaseException):
     """Any exception, as the WIT ``failure`` record."""
-    from wit_world.imports import types
-
     if isinstance(error, AgentError):
         return types.Failure(tag=error.tag, message=error.message, retryable=error.retryable)
     message = str(error) or type(error).__name__
@@ -78,8 +99,6 @@ def _from_failure(failure) -> AgentError:
 
 def _host_call(f: Callable[[], Any]) -> Any:
     """Calls ``f``, turning the ``Err`` a WIT import raises into an :class:`AgentError`."""
-    from componentize_py_types import Err
-
     try:
         return f()
     except Err as e:
@@ -87,8 +106,7 @@ def _host_call(f: Callable[[], Any]) -> Any:
 
 
 def _fail(error: BaseException):
-    from componentize_py_types import Err
-
+    """Raises ``error`` as the ``Err`` componentize-py returns as a WIT ``result``'s error."""
     raise Err(_failure(error))
 
 
@@ -112,7 +130,6 @@ def _schema_text(schema: Any) -> Optional[str]:
 
 class Agent:
     """Subclass it, set the class attributes, and implement ``run``."""
-
     #: The id the agent suggests for itself (the host names it after its file).
     id: str = "agent"
     #: The agent's version.
@@ -142,8 +159,6 @@ def export(agent: type) -> type:
 
     class WitWorld:
         def describe(self):
-            from wit_world.imports import types
-
             return types.AgentInfo(
                 id=agent.id,
                 version=agent.version,
@@ -165,23 +180,20 @@ def export(agent: type) -> type:
 @dataclass
 class Tool:
     """One tool of a toolbox: what it does, its schemas, and the function that answers it."""
-
     call: Callable[[Any], Any]
     description: str = ""
     input_schema: Any = None
     output_schema: Any = None
 
 
-def export_tools(tools: dict) -> type:
+def export_tools(toolset: dict) -> type:
     """The ``ToolProvider`` class componentize-py exports for a toolbox: in the app module,
     ``ToolProvider = export_tools({"name": Tool(...)})``."""
-    if not tools:
+    if not toolset:
         raise ValueError("export_tools needs at least one tool")
 
     class ToolProvider:
         def describe(self):
-            from wit_world.imports import types
-
             return [
                 types.ToolInfo(
                     name=name,
@@ -189,12 +201,12 @@ def export_tools(tools: dict) -> type:
                     input_schema=_schema_text(tool.input_schema),
                     output_schema=_schema_text(tool.output_schema),
                 )
-                for name, tool in tools.items()
+                for name, tool in toolset.items()
             ]
 
         def call(self, name: str, input: str) -> str:
             try:
-                tool = tools.get(name)
+                tool = toolset.get(name)
                 if tool is None:
                     raise AgentError("NotFound", f"no tool named {name}").permanent()
                 return _output_text(tool.call(_parse_input(input)))
@@ -206,52 +218,38 @@ def export_tools(tools: dict) -> type:
 
 def emit(kind: str, payload: Any = None) -> None:
     """Appends an event ``kind`` with a JSON ``payload`` to the run's timeline."""
-    from wit_world.imports import host
-
     host.emit(kind, json.dumps({} if payload is None else payload))
 
 
 def heartbeat() -> None:
     """Marks the run as alive. Long-lived agents call this every loop."""
-    from wit_world.imports import host
-
     host.heartbeat()
 
 
 def log(level: str, message: str) -> None:
     """Writes a log line (``trace``, ``debug``, ``info``, ``warn`` or ``error``) to the run's
     timeline."""
-    from wit_world.imports import host, types
-
     host.log(types.Level[level.upper()], str(message))
 
 
 def now() -> int:
     """Wall-clock time in milliseconds since the Unix epoch."""
-    from wit_world.imports import host
-
     return host.now()
 
 
 def stop_requested() -> bool:
     """Whether the host has asked this agent to stop."""
-    from wit_world.imports import host
-
     return host.stop_requested()
 
 
 def sleep(ms: float) -> bool:
     """Sleeps up to ``ms`` milliseconds; ``True`` when it woke early because a stop was
     requested."""
-    from wit_world.imports import host
-
     return host.sleep(max(0, int(ms)))
 
 
 def model_aliases() -> list:
     """Model aliases this agent may call."""
-    from wit_world.imports import model
-
     return model.aliases()
 
 
@@ -266,8 +264,6 @@ def complete(
     """Calls a model through the host. ``messages`` are dicts ``{role, content, tool_calls?,
     tool_call_id?}``; ``tools`` are ``{name, description, parameters}`` with ``parameters`` a
     JSON Schema. Returns ``{message, finish_reason, usage, cost_usd, model}`` as dicts."""
-    from wit_world.imports import model
-
     def message(m: dict):
         return model.Message(
             role=model.Role[m["role"].upper()],
@@ -312,8 +308,6 @@ def complete(
 
 def list_tools() -> list:
     """The tools this agent may call: ``{name, description, input_schema, output_schema}``."""
-    from wit_world.imports import tools
-
     return [
         {
             "name": t.name,
@@ -327,17 +321,12 @@ def list_tools() -> list:
 
 def call_tool(name: str, input: Any) -> Any:
     """Calls tool ``name`` with ``input``; returns its output or raises its :class:`AgentError`."""
-    from wit_world.imports import tools
-
     return json.loads(_host_call(lambda: tools.call(name, json.dumps(input))))
 
 
 def call_tools(calls: list) -> list:
     """Calls several tools ``(name, input)`` at once; returns, in order, the output or the
     :class:`AgentError` of each."""
-    from componentize_py_types import Ok
-    from wit_world.imports import tools
-
     results = tools.call_many([tools.ToolRequest(name=n, input=json.dumps(i)) for n, i in calls])
     return [json.loads(r.value) if isinstance(r, Ok) else _from_failure(r.value) for r in results]
 
@@ -350,8 +339,6 @@ def spawn(
     lifecycle: Optional[str] = None,
 ) -> str:
     """Spawns a child agent with ``input``; returns its id."""
-    from wit_world.imports import agents, types
-
     options = agents.SpawnOptions(
         priority=priority,
         max_attempts=max_attempts,
@@ -362,8 +349,6 @@ def spawn(
 
 def wait_for(child_id: str, timeout_ms: int) -> dict:
     """Waits up to ``timeout_ms`` for a child: ``{status, output, error}``."""
-    from wit_world.imports import agents
-
     outcome = _host_call(lambda: agents.wait(child_id, max(0, int(timeout_ms))))
     return {
         "status": outcome.status.name.lower(),
@@ -374,28 +359,20 @@ def wait_for(child_id: str, timeout_ms: int) -> dict:
 
 def stop_child(child_id: str) -> None:
     """Asks a child to stop (a long-lived child stops gracefully; a job is cancelled)."""
-    from wit_world.imports import agents
-
     _host_call(lambda: agents.stop(child_id))
 
 
 def list_children() -> list:
     """This run's children: ``{id, agent_id, status}``."""
-    from wit_world.imports import agents
-
     return [{"id": c.id, "agent_id": c.agent_id, "status": c.status.name.lower()} for c in agents.list_children()]
 
 
 def receive(timeout_ms: int) -> Optional[dict]:
     """Waits up to ``timeout_ms`` for the next message: ``{id, body}``, or ``None``."""
-    from wit_world.imports import inbox
-
     message = inbox.receive(max(0, int(timeout_ms)))
     return None if message is None else {"id": message.id, "body": json.loads(message.body)}
 
 
 def reply(message_id: str, body: Any) -> None:
     """Answers message ``message_id`` with ``body``."""
-    from wit_world.imports import inbox
-
     _host_call(lambda: inbox.reply(message_id, json.dumps(body)))

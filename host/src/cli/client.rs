@@ -176,7 +176,7 @@ pub(super) async fn execute(command: Command) -> u8 {
 
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Run(_) | Command::Prune(_) | Command::Tokens(_) => Ok(FAILED),
+        Command::Run(_) | Command::Prune(_) | Command::Tokens(_) | Command::New(_) => Ok(FAILED),
         Command::Enqueue {
             agent,
             input,

@@ -2,6 +2,7 @@
 //! running host's HTTP API.
 
 mod client;
+mod new;
 mod prune;
 mod run;
 mod tokens;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::{self, LogFormat};
 
 pub use client::ClientArgs;
+pub use new::{Lang, NewArgs, NewLifecycle};
 pub use prune::PruneArgs;
 pub use run::RunArgs;
 pub use tokens::TokensCommand;
@@ -37,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Start the host: worker pool and HTTP API (with the run viewer) on the agent directory.
     Run(Box<RunArgs>),
+    /// Create a ready agent in the agents directory: `drover-host new greeter --lang ts`.
+    New(NewArgs),
     /// Delete finished jobs, runs and events older than an age (default 30 days), once.
     Prune(PruneArgs),
     /// API tokens: make one (`new`), hash one (`hash`), revoke one (`revoke`).
@@ -207,6 +211,13 @@ pub fn main() -> ExitCode {
                 }
             },
             Command::Tokens(command) => tokens::tokens(command).await,
+            Command::New(args) => match new::new(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
             command => client::execute(command).await,
         }
     });

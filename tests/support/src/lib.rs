@@ -52,6 +52,12 @@ pub const CHAOS_PY: &str = env!("DROVER_AGENT_CHAOS_PY");
 /// The Python `text` toolbox (`agents/tools/text-py`: `words`, `upper`).
 pub const TOOL_TEXT_PY: &str = env!("DROVER_TOOL_TEXT_PY");
 
+/// The JavaScript SDK's `build.mjs`, beside its installed tools (run it with `node`).
+pub const JS_BUILD: &str = env!("DROVER_TEST_JS_BUILD");
+/// A Python with the Python SDK's build tool installed (run `-m drover_sdk.build` with
+/// `PYTHONPATH=guest-sdk/python`).
+pub const PYTHON: &str = env!("DROVER_TEST_PYTHON");
+
 /// Whether the JavaScript and Python components were built (the build script needs `node`,
 /// `npm` and `python3`); without them, `false` after saying why — and a failed test under
 /// `CI`, where the build must have made them.
