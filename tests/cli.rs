@@ -1206,3 +1206,81 @@ async fn new_scaffolds_agents_that_build_and_run() {
         assert!(out.contains("EmptyName"), "{agent}: {out}");
     }
 }
+
+#[test]
+fn a_taken_port_and_an_empty_agent_directory_say_what_to_do() {
+    let setup = Setup::new();
+    let first = setup.start(&[]);
+    let address = first.url.trim_start_matches("http://").to_string();
+
+    // A second host on the same address stops at once, before it claims anything, and says
+    // which address and how to change it; its output is plain, with no colour codes.
+    let other = tempfile::tempdir().expect("dir");
+    let mut args = setup.args(&[]);
+    let queue = args
+        .iter()
+        .position(|a| a == "--queue-url")
+        .expect("a queue URL")
+        + 1;
+    args[queue] = format!("file:{}", other.path().join("queue.db").display());
+    args.extend(["--listen".to_string(), address.clone()]);
+    let (code, err) = run_until_exit(&args, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {address}"))
+            && err.contains("--listen")
+            && err.contains("DROVER_LISTEN"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
+    assert!(
+        !other.path().join("queue.db").exists(),
+        "it opened its queue before it knew it could serve"
+    );
+
+    // A host on an agent directory that is not there creates it and warns, with its absolute
+    // path; the databases' paths are absolute too.
+    let missing = other.path().join("no-agents-here");
+    let args = vec![
+        "--agents".to_string(),
+        missing.display().to_string(),
+        "--queue-url".to_string(),
+        "file:relative-queue.db".to_string(),
+        "--storage-url".to_string(),
+        format!("file:{}", other.path().join("runs.db").display()),
+        "--data-dir".to_string(),
+        other.path().join("var").display().to_string(),
+        "--listen".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
+    let mut command = std::process::Command::new(EXE);
+    command
+        .arg("run")
+        .args(&args)
+        .current_dir(other.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .take_while(|line| !line.contains("listening on"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = lines.join("\n");
+    assert!(
+        log.contains("holds no agents") && log.contains("it did not exist"),
+        "{log}"
+    );
+    assert!(log.contains(&missing.display().to_string()), "{log}");
+    assert!(
+        log.contains(&format!(
+            "file:{}",
+            other.path().join("relative-queue.db").display()
+        )),
+        "{log}"
+    );
+    drop(first);
+}

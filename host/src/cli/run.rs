@@ -77,7 +77,8 @@ pub struct RunArgs {
     /// The databases.
     #[command(flatten)]
     pub db: DatabaseArgs,
-    /// Where per-run scratch directories (and, by default, the compiled-component cache) live.
+    /// Where per-run scratch directories (and, by default, the compiled-component cache) live;
+    /// not the databases, which `--queue-url` and `--storage-url` place.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = "var")]
     pub data_dir: PathBuf,
     /// Where compiled components are cached (default: `<data-dir>/cache`).
@@ -167,6 +168,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
+    // The address first: a port in use stops the host before it claims any work.
+    let listener = match args.worker_only {
+        true => None,
+        false => Some(bind(args.listen).await?),
+    };
     // Reads the aliases' API keys now: a missing one stops the host here.
     let models = ModelGateway::new(&config.models).context("cannot start the model gateway")?;
     if !models.aliases().is_empty() {
@@ -203,17 +209,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.data_dir.join("scratch"),
     )
     .context("cannot start the WebAssembly engine")?;
+    let agents_existed = args.agents.is_dir();
     let registry = DirRegistry::open(&args.agents, Arc::clone(&runtime))
         .await
         .with_context(|| format!("cannot open the agent directory {}", args.agents.display()))?;
     let _watch = registry.watch();
     let ids: Vec<String> = registry.list().iter().map(|s| s.id.clone()).collect();
+    let agents_dir = std::path::absolute(&args.agents).unwrap_or_else(|_| args.agents.clone());
     tracing::info!(
-        dir = %args.agents.display(),
+        dir = %agents_dir.display(),
         agents = %ids.join(", "),
         "loaded {} agent(s)",
         ids.len()
     );
+    if ids.is_empty() && registry.problems().is_empty() {
+        tracing::warn!(
+            dir = %agents_dir.display(),
+            "{} holds no agents{}: put components (.wasm) there (they load as they appear), or \
+             pass --agents (DROVER_AGENTS_DIR) if the host was started from the wrong directory",
+            agents_dir.display(),
+            if agents_existed { "" } else { " (it did not exist, so it was created)" }
+        );
+    }
     for problem in registry.problems() {
         tracing::warn!(path = %problem.path.display(), "skipped: {}", problem.error);
     }
@@ -286,9 +303,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stop_serving = CancellationToken::new();
     let mut reloads = None;
-    let server = if args.worker_only {
-        None
-    } else {
+    let server = if let Some(listener) = listener {
         let api = RunApi::new(queue.clone(), store.clone(), Arc::clone(&registry_dyn))
             .with_inbox(inbox.clone());
         let auth = Auth::open(
@@ -325,9 +340,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             auth,
             stale_after: Duration::from_millis(args.stale_after_ms),
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().unwrap_or(args.listen);
         tracing::info!("listening on http://{address}");
         let config = HttpConfig {
@@ -347,6 +359,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         }))
+    } else {
+        None
     };
 
     shutdown_signal().await;
@@ -384,6 +398,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds the API's address, or says which one is taken and how to pick another.
+async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "another process (another drover-host?) is using it; pick another address with \
+                 --listen or DROVER_LISTEN, e.g. --listen 127.0.0.1:8081"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "no interface of this machine has that address; pick another with --listen or \
+                 DROVER_LISTEN"
+            }
+            _ => "pick another address with --listen or DROVER_LISTEN",
+        };
+        anyhow::anyhow!("cannot listen on {address}: {e}; {hint}")
+    })
+}
+
 /// Opens the queue and the run store, and says where they are.
 async fn open_databases(args: &RunArgs, config: &HostConfig) -> anyhow::Result<(Queue, RunStore)> {
     let options = QueueOptions {
@@ -400,12 +432,30 @@ async fn open_databases(args: &RunArgs, config: &HostConfig) -> anyhow::Result<(
         );
     }
     tracing::info!(
-        queue = %args.db.queue_url,
-        storage = %args.db.storage_url,
+        queue = %absolute_url(&args.db.queue_url),
+        storage = %absolute_url(&args.db.storage_url),
         sync = ?args.db.db_sync,
         "databases ready"
     );
     Ok((queue, store))
+}
+
+/// A `file:` URL with its path made absolute, so the log says which file; other URLs as they
+/// are, without a query (which may hold credentials).
+fn absolute_url(url: &str) -> String {
+    match url.strip_prefix("file:") {
+        Some(path) => {
+            let (path, query) = path.split_once('?').map_or((path, ""), |(p, q)| (p, q));
+            let absolute = std::path::absolute(path)
+                .map_or_else(|_| path.to_string(), |p| p.display().to_string());
+            if query.is_empty() {
+                format!("file:{absolute}")
+            } else {
+                format!("file:{absolute}?{query}")
+            }
+        }
+        None => url.split('?').next().unwrap_or(url).to_string(),
+    }
 }
 
 /// Where the queue and the run store are, as `run` and `prune` take them.
