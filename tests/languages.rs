@@ -364,7 +364,8 @@ async fn a_javascript_agent_is_hot_reloaded() {
 
     // Its file is replaced by another JavaScript component; new jobs run the new one.
     agents.add("greeter", CHAOS_JS, None);
-    let deadline = tokio::time::Instant::now() + WAIT;
+    // The new component compiles first (seconds, more on a busy machine).
+    let deadline = tokio::time::Instant::now() + drover_test_support::START_WAIT;
     loop {
         let view = run(&host, "greeter", json!({ "n": 1, "mode": "ok" })).await;
         if view["run"]["output"] == json!({ "ok": true }) {
