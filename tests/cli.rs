@@ -619,6 +619,21 @@ async fn sigterm_shuts_down_gracefully_and_hands_back_long_lived_agents() {
     drop(restarted);
 }
 
+/// The handlers are in place before the host says it listens, so a SIGTERM sent the moment it
+/// does is a graceful stop, never the default death by signal.
+#[test]
+fn a_sigterm_the_moment_the_host_listens_stops_it_gracefully() {
+    let setup = Setup::new();
+    for _ in 0..5 {
+        let host = setup.start(&[]);
+        let log = std::sync::Arc::clone(&host.log);
+        let status = host.signal("TERM");
+        let log = log.lock().expect("log").join("\n");
+        assert!(status.success(), "exit status {status}:\n{log}");
+        assert!(log.contains("stopped"), "{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_one_database_and_survive_a_sigkill() {
     let setup = Setup::new();

@@ -150,6 +150,10 @@ const SERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the host until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Listened for from here on: during start-up a signal ends the process at once (nothing is
+    // running that a stop would wait for); once started, the first one stops the host gracefully
+    // and a second one ends it at once.
+    let shutdown = ShutdownSignals::listen().watch();
     let config = match &args.config {
         Some(path) => HostConfig::load(path)?,
         None => HostConfig::default(),
@@ -301,6 +305,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
 
+    shutdown.started();
     let stop_serving = CancellationToken::new();
     let mut reloads = None;
     let server = if let Some(listener) = listener {
@@ -363,13 +368,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
-    shutdown_signal().await;
-    tracing::info!("shutting down (send the signal again to exit at once)");
-    tokio::spawn(async {
-        shutdown_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
+    shutdown.requested().await;
     stop_serving.cancel();
     if let Some(reloads) = reloads {
         reloads.abort();
@@ -751,27 +750,101 @@ async fn reload_on_hangup(path: PathBuf, auth: Auth, api: RunApi) {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// What the signal handler tells the host: whether start-up is over, and when to stop.
+struct Shutdown {
+    started: Arc<std::sync::atomic::AtomicBool>,
+    requested: CancellationToken,
+}
+
+impl Shutdown {
+    /// Start-up is over: from now on a signal asks for a graceful stop.
+    fn started(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Resolves when a graceful stop was asked for.
+    async fn requested(&self) {
+        self.requested.cancelled().await;
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment this is made: a signal sent as soon
+/// as the host says it is listening (or earlier) stops it gracefully rather than killing it.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers now.
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let install = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = interrupt.await;
-                    return;
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
                 }
             };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+            Self {
+                interrupt: install(SignalKind::interrupt(), "SIGINT"),
+                terminate: install(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    /// Handles the signals from now on (see [`Shutdown`]).
+    fn watch(mut self) -> Shutdown {
+        let shutdown = Shutdown {
+            started: Arc::default(),
+            requested: CancellationToken::new(),
+        };
+        let started = Arc::clone(&shutdown.started);
+        let requested = shutdown.requested.clone();
+        tokio::spawn(async move {
+            self.next().await;
+            if !started.load(std::sync::atomic::Ordering::Acquire) {
+                tracing::warn!("signal during start-up: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("shutting down (send the signal again to exit at once)");
+            requested.cancel();
+            self.next().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+        shutdown
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.interrupt) => {}
+                _ = recv(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
