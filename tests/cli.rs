@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, QUEUE_WORKER, WAIT, wait_for};
+use drover_test_support::{AgentDir, CHAOS, CHAT, ECHO, HostProcess, QUEUE_WORKER, WAIT, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_drover-host");
 
-/// An agent directory with echo, queue-worker (fast polling) and chaos, and a place for the
-/// databases.
+/// An agent directory with echo, queue-worker (fast polling), chat and chaos, and a place for
+/// the databases.
 struct Setup {
     agents: AgentDir,
     data: tempfile::TempDir,
@@ -27,6 +27,7 @@ impl Setup {
                 QUEUE_WORKER,
                 Some("lifecycle = \"long-lived\"\n[env]\nPOLL_INTERVAL_MS = \"50\"\n"),
             )
+            .add("chat", CHAT, Some("lifecycle = \"long-lived\"\n"))
             .add(
                 "chaos",
                 CHAOS,
@@ -219,12 +220,15 @@ async fn seed_one_through_the_cli() {
     let (code, out, _) = cli(&host.url, &["runs", "--agent", "echo"]);
     assert_eq!(code, 0);
     assert!(out.contains("success"), "{out}");
-    let (code, out, _) = cli(&host.url, &["agents"]);
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("queue-worker") && out.contains("long-lived"),
-        "{out}"
-    );
+    // Agent types, under their name and the walkthrough's.
+    for command in ["types", "templates"] {
+        let (code, out, _) = cli(&host.url, &[command]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("queue-worker") && out.contains("long-lived"),
+            "{command}: {out}"
+        );
+    }
 
     let (code, _, err) = cli(&host.url, &["enqueue", "nope", "{}"]);
     assert_eq!(code, 1);
@@ -325,6 +329,210 @@ async fn seed_two_spawn_heartbeat_and_delete_is_completed() {
         serde_json::from_str::<Value>(&out).expect("json")["run"]["status"],
         "success"
     );
+}
+
+/// The JSON a client command printed with `--json`.
+fn json_out(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_agents_are_spawned_listed_messaged_and_stopped_from_the_cli() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let url = &host.url;
+    let input = setup.data.path().join("chat-input.json");
+    std::fs::write(&input, r#"{"replyDelayMs": 0}"#).expect("input");
+    let (code, out, err) = cli(
+        url,
+        &[
+            "spawn",
+            "chat",
+            &format!("@{}", input.display()),
+            "--tenant",
+            "acme",
+            "--user",
+            "ann",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out
+        .trim()
+        .strip_prefix("spawned ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let (_, agent) = get(format!("{url}/v1/agents/{id}")).await;
+    assert_eq!(agent["agent"]["job"]["tenantId"], "acme", "{agent}");
+    assert_eq!(agent["agent"]["job"]["userId"], "ann", "{agent}");
+    assert_eq!(agent["agent"]["job"]["input"], json!({ "replyDelayMs": 0 }));
+
+    // A reply comes back to the shell; a bare word is told how to quote it.
+    let (code, out, err) = cli(url, &["send", &id, r#"{"text": "hi"}"#, "--wait", "30s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        json_out(&out),
+        json!({ "echo": { "text": "hi" }, "count": 1 })
+    );
+    let (code, _, err) = cli(url, &["send", &id, "hello"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(r#"'"hello"'"#), "{err}");
+    // From standard input, without waiting: the message is queued and answered later.
+    let mut child = std::process::Command::new(EXE)
+        .args(["send", &id, "-", "--json"])
+        .env("DROVER_URL", url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("send");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"\"again\"")
+        .expect("write");
+    let sent = child.wait_with_output().expect("send");
+    assert!(sent.status.success());
+    let message_id = json_out(&String::from_utf8_lossy(&sent.stdout))["messageId"]
+        .as_str()
+        .expect("messageId")
+        .to_string();
+    wait_until(|| async {
+        let (code, out, _) = cli(url, &["messages", &id, "--json"]);
+        assert_eq!(code, 0);
+        json_out(&out)["messages"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["id"] == message_id.as_str() && m["reply"]["count"] == 2)
+        })
+    })
+    .await;
+    let (code, out, _) = cli(url, &["messages", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("MESSAGE") && out.contains(r#""again""#),
+        "{out}"
+    );
+
+    // Listed with its phase; filtered by status and tenant.
+    let (code, out, _) = cli(url, &["agents"]);
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("chat") && line.contains("acme") && line.contains("Running"),
+        "{line}"
+    );
+    let (_, out, _) = cli(url, &["agents", "--status", "running", "--json"]);
+    assert!(json_out(&out)["agents"][0]["id"] == id.as_str(), "{out}");
+    let (_, out, _) = cli(url, &["agents", "--tenant", "other", "--json"]);
+    assert_eq!(json_out(&out)["agents"], json!([]));
+
+    // Stopped: it completes, and a second stop is refused.
+    let (code, out, err) = cli(url, &["stop", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cli(url, &["wait", &id, "--timeout", "30s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("done"), "{out}");
+    let (code, _, err) = cli(url, &["stop", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already finished"), "{err}");
+    let (_, out, _) = cli(url, &["agents", "--json"]);
+    assert_eq!(json_out(&out)["agents"][0]["phase"], "Completed", "{out}");
+
+    // A run-to-completion type is not spawned, and says how to run it.
+    let (code, _, err) = cli(url, &["spawn", "echo"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("NotLongLived") && err.contains("drover-host enqueue echo"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_takes_files_standard_input_delays_times_and_meta() {
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let url = &host.url;
+    let input = setup.data.path().join("input.json");
+    std::fs::write(&input, r#"{"n": 5}"#).expect("input");
+    let (code, out, err) = cli(
+        url,
+        &[
+            "enqueue",
+            "echo",
+            &format!("@{}", input.display()),
+            "--meta",
+            r#"{"batch": "b-1"}"#,
+            "--wait",
+            "--timeout",
+            "30s",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let view = json_out(&out);
+    assert_eq!(view["run"]["output"]["received"], 5, "{view}");
+    assert_eq!(view["job"]["meta"], json!({ "batch": "b-1" }), "{view}");
+
+    // A delay holds the job back: scheduled, not claimed, until its time.
+    let before = drover_host::time::now_ms();
+    let (code, out, err) = cli(
+        url,
+        &["enqueue", "echo", r#"{"n": 1}"#, "--delay", "1h", "--json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let job = &json_out(&out)["job"];
+    assert_eq!(job["status"], "scheduled", "{job}");
+    let at = job["scheduledFor"].as_i64().expect("scheduledFor");
+    assert!(
+        (before + 3_590_000..before + 3_700_000).contains(&at),
+        "{at} vs {before}"
+    );
+    let (code, out, _) = cli(
+        url,
+        &[
+            "enqueue",
+            "echo",
+            "{\"n\": 2}",
+            "--at",
+            "2999-01-01T00:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        json_out(&out)["job"]["scheduledFor"],
+        32_472_144_000_000_i64
+    );
+    let (code, _, err) = cli(url, &["enqueue", "echo", "{}", "--delay", "soon"]);
+    assert_eq!(code, 1, "bad arguments: {err}");
+    assert!(err.contains("\"30s\""), "{err}");
+    let (code, _, err) = cli(url, &["enqueue", "echo", "@/nonexistent/input.json"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read the input from /nonexistent/input.json"),
+        "{err}"
+    );
+    let (code, _, err) = cli(url, &["jobs", "--status", "sleeping"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("running"),
+        "the valid statuses are listed: {err}"
+    );
+    let (code, out, _) = cli(url, &["jobs", "--status", "scheduled"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("scheduled")).count(),
+        2,
+        "{out}"
+    );
+
+    // Client commands' help shows client options, not the server's logging.
+    let (code, out, _) = cli(url, &["enqueue", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("--delay") && !out.contains("--log-format"),
+        "{out}"
+    );
+    let (_, out, _) = cli(url, &["--help"]);
+    assert!(out.contains("Exit codes:"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,15 +654,18 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
     );
     assert!(metrics.contains("drover_runs_in_flight"), "{metrics}");
     assert!(metrics.contains("drover_runs_waiting 0"), "{metrics}");
-    let (status, templates) = get(format!("{url}/v1/templates")).await;
-    assert_eq!(status, StatusCode::OK);
-    let ids: Vec<&str> = templates["templates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .filter_map(|t| t["id"].as_str())
-        .collect();
-    assert_eq!(ids, ["chaos", "echo", "queue-worker"]);
+    // The agent types, under their name and the walkthrough's.
+    for (route, key) in [("types", "types"), ("templates", "templates")] {
+        let (status, types) = get(format!("{url}/v1/{route}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let ids: Vec<&str> = types[key]
+            .as_array()
+            .expect("types")
+            .iter()
+            .filter_map(|t| t["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["chaos", "chat", "echo", "queue-worker"], "{route}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,7 +771,7 @@ async fn sigterm_shuts_down_gracefully_and_hands_back_long_lived_agents() {
     let name = spawned["workloadName"].as_str().expect("name").to_string();
     let (_, job) = post(
         format!("{url}/v1/jobs"),
-        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 1500 } }),
+        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 3000 } }),
     )
     .await;
     let job_id = job["job"]["id"].as_str().expect("id").to_string();
@@ -575,6 +786,13 @@ async fn sigterm_shuts_down_gracefully_and_hands_back_long_lived_agents() {
     let log = log.lock().expect("log").join("\n");
     assert!(
         log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+    // While it waited it said what for, and how long it would.
+    assert!(
+        log.contains("still waiting for in-flight work to end")
+            && log.contains(&job_id)
+            && log.contains("grace_left_ms"),
         "{log}"
     );
 
@@ -854,7 +1072,7 @@ async fn prune_and_retention_remove_old_finished_work() {
     assert!(store.get_run("old").await.expect("get").is_none());
     assert!(store.get_run("recent").await.expect("get").is_some());
     let (code, _, stderr) = prune(&["--older-than", "soon"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 1, "bad arguments exit with 1");
     assert!(stderr.contains("\"soon\" is not an age"), "{stderr}");
 
     // The host prunes at start-up with its retention.
@@ -920,7 +1138,7 @@ fn a_non_loopback_listen_address_needs_a_token_or_an_explicit_opt_out() {
     let mut bad = setup.args(&[]);
     bad.extend(["--max-waiting-runs".to_string(), "lots".to_string()]);
     let (code, err) = run_until_exit(&bad, &[]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--max-waiting-runs"), "{err}");
     // With a token, or with the opt-out, it starts (and is stopped here once it listens).
     for (extra, envs) in [
@@ -1042,9 +1260,9 @@ async fn trust_follows_the_component_digest_and_brings_only_allowed_variables() 
     ] {
         assert!(env.get(hidden).is_none(), "{hidden} is visible: {env}");
     }
-    // `drover-host agents` shows the digests to pin.
+    // `drover-host types` shows the digests to pin.
     let out = std::process::Command::new(EXE)
-        .args(["agents"])
+        .args(["types"])
         .env("DROVER_URL", &host.url)
         .env("DROVER_API_TOKEN", "host-secret")
         .output()
@@ -1115,17 +1333,6 @@ fn scaffold(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Runs a build command; panics with its output when it fails.
-fn build(command: &mut std::process::Command) {
-    let out = command.output().expect("run the build");
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_scaffolds_agents_that_build_and_run() {
     let setup = Setup::new();
@@ -1178,32 +1385,32 @@ async fn new_scaffolds_agents_that_build_and_run() {
     if !drover_test_support::other_languages("new_scaffolds_agents_that_build_and_run") {
         return;
     }
-    // TypeScript and Python agents, built with the commands `new` prints.
+    // TypeScript and Python agents, built and installed with `drover-host build`.
     let (code, out, err) = scaffold(&["greeter-ts", "--lang", "ts", "--agents", &agents]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("guest-sdk/js/build.mjs"), "{out}");
-    build(
-        std::process::Command::new("node")
-            .arg(drover_test_support::JS_BUILD)
-            .arg(setup.agents.path().join("greeter-ts/agent.ts"))
-            .arg("-o")
-            .arg(setup.agents.path().join("greeter-ts.wasm"))
-            .arg("--wit")
-            .arg(repo.join("wit")),
+    assert!(
+        out.contains("drover-host build greeter-ts") && out.contains("guest-sdk/js/build.mjs"),
+        "{out}"
     );
     let (code, out, err) = scaffold(&["greeter-py", "--lang", "py", "--agents", &agents]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("drover_sdk.build"), "{out}");
-    build(
-        std::process::Command::new(drover_test_support::PYTHON)
-            .args(["-m", "drover_sdk.build"])
-            .arg(setup.agents.path().join("greeter-py/app.py"))
-            .arg("-o")
-            .arg(setup.agents.path().join("greeter-py.wasm"))
-            .arg("--wit")
-            .arg(repo.join("wit"))
-            .env("PYTHONPATH", repo.join("guest-sdk/python")),
-    );
+    let (code, out, err) = drover_build(&[
+        "greeter-ts",
+        "greeter-py",
+        "--agents",
+        &agents,
+        "--sdk",
+        &repo.join("guest-sdk").display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for (agent, language) in [("greeter-ts", "TypeScript"), ("greeter-py", "Python")] {
+        assert!(
+            out.contains(&format!("built {agent} ({language})")),
+            "{out}"
+        );
+        assert!(setup.agents.path().join(format!("{agent}.wasm")).is_file());
+    }
 
     let host = setup.start(&[]);
     for agent in ["greeter-ts", "greeter-py"] {
@@ -1220,6 +1427,130 @@ async fn new_scaffolds_agents_that_build_and_run() {
         assert_eq!(code, 2, "{agent}: {out}");
         assert!(out.contains("EmptyName"), "{agent}: {out}");
     }
+}
+
+/// Runs `drover-host build` with `args`, with the SDKs' build tools the test build installed.
+fn drover_build(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(EXE)
+        .arg("build")
+        .args(args)
+        .env("DROVER_JS_BUILD", drover_test_support::JS_BUILD)
+        .env("DROVER_PYTHON", drover_test_support::PYTHON)
+        .output()
+        .expect("run drover-host build");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A workspace of two crates with no dependencies: `plain`, a `cdylib` that becomes a
+/// component, and `no-lib`, which does not.
+fn tiny_workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |path: &str, text: &str| {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    };
+    write(
+        "Cargo.toml",
+        "[workspace]\nmembers = [\"plain\", \"no-lib\"]\nresolver = \"3\"\n",
+    );
+    write(
+        "plain/Cargo.toml",
+        "[package]\nname = \"plain\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n",
+    );
+    write(
+        "plain/src/lib.rs",
+        "#[unsafe(no_mangle)]\npub extern \"C\" fn answer() -> u32 {\n    42\n}\n",
+    );
+    write(
+        "no-lib/Cargo.toml",
+        "[package]\nname = \"no-lib\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+    );
+    write("no-lib/src/lib.rs", "pub fn answer() -> u32 {\n    42\n}\n");
+    dir
+}
+
+/// `drover-host build` compiles Rust agents for wasm32-wasip2 and installs them by renaming
+/// into place; a crate that makes no component is told what to add, and `--watch` builds again
+/// when a source changes.
+#[test]
+fn build_installs_rust_agents_and_rebuilds_them_on_change() {
+    use std::io::BufRead;
+
+    let workspace = tiny_workspace();
+    let agents = workspace.path().display().to_string();
+    let (code, out, err) = drover_build(&["no-lib", "--agents", &agents]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("crate-type = [\"cdylib\"]") && err.contains("no-lib/Cargo.toml"),
+        "{err}"
+    );
+    let (code, _, err) = drover_build(&["ghost", "--agents", &agents]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no agent \"ghost\"") && err.contains("plain"),
+        "{err}"
+    );
+
+    let (code, out, err) = drover_build(&["plain", "--agents", &agents, "--debug"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("built plain (Rust)"), "{out}");
+    let installed = workspace.path().join("plain.wasm");
+    let first = std::fs::read(&installed).expect("installed");
+    assert!(first.starts_with(b"\0asm"), "a WebAssembly file");
+    let leftovers: Vec<_> = std::fs::read_dir(workspace.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Watching: a change to the crate's source builds it again.
+    let mut watcher = std::process::Command::new(EXE)
+        .args(["build", "plain", "--debug", "--watch", "--agents", &agents])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("build --watch");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = watcher.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |what: &str| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {what:?}: {e}"),
+            }
+        }
+    };
+    wait_line("watching");
+    std::fs::write(
+        workspace.path().join("plain/src/lib.rs"),
+        "#[unsafe(no_mangle)]\npub extern \"C\" fn answer() -> u32 {\n    43\n}\n",
+    )
+    .expect("edit");
+    wait_line("changed: plain");
+    wait_line("built plain (Rust)");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let second = std::fs::read(&installed).expect("installed");
+    assert_ne!(first, second, "the new build was installed");
 }
 
 #[test]
@@ -1298,4 +1629,94 @@ fn a_taken_port_and_an_empty_agent_directory_say_what_to_do() {
         "{log}"
     );
     drop(first);
+}
+
+/// The embedding example (`host/examples/server.rs`), as `cargo test` builds it: beside a
+/// running host it opens databases of its own, runs its job, and serves the API and the viewer
+/// on its own port; Ctrl-C stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_example_runs_beside_a_running_host() {
+    use std::io::BufRead;
+
+    // target/<profile>/deps/<this test> → target/<profile>/examples/server
+    let example = std::env::current_exe()
+        .expect("this test")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the profile directory")
+        .join("examples/server");
+    if !example.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing: `cargo test --workspace` builds it",
+            example.display()
+        );
+        eprintln!(
+            "skipping: {} is not built (`cargo test --workspace` builds it)",
+            example.display()
+        );
+        return;
+    }
+    let setup = Setup::new();
+    let host = setup.start(&[]);
+    let cwd = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(cwd.path().join("agents")).expect("agents");
+    std::fs::copy(ECHO, cwd.path().join("agents/math.wasm")).expect("a wasm agent");
+    let mut child = std::process::Command::new(&example)
+        .arg("127.0.0.1:0")
+        .current_dir(cwd.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the example");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut printed = Vec::new();
+    let mut url = None;
+    for line in stdout.lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("serving the API and the viewer on ") {
+            url = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_end_matches('/').to_string());
+            break;
+        }
+        printed.push(line);
+    }
+    let url = url.unwrap_or_else(|| panic!("the example did not serve: {printed:?}"));
+    assert!(printed.contains(&"status: done".to_string()), "{printed:?}");
+    let output = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("output: "))
+        .unwrap_or_else(|| panic!("{printed:?}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(output).expect("json"),
+        json!({ "received": 42, "ok": true })
+    );
+
+    let (status, types) = get(format!("{url}/v1/types")).await;
+    assert_eq!(status, StatusCode::OK, "{types}");
+    let ids: Vec<&str> = types["types"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"echo") && ids.contains(&"math"), "{types}");
+    let page = reqwest::get(format!("{url}/")).await.expect("viewer");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.expect("html").contains("<html"));
+    assert!(cwd.path().join("var/example/queue.db").exists());
+    // The host beside it is untouched, and still works.
+    let (code, out, err) = cli(&host.url, &["enqueue", "echo", r#"{"n": 1}"#, "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, jobs) = get(format!("{}/v1/jobs", host.url)).await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
 }

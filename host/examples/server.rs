@@ -1,18 +1,26 @@
-//! Embedding drover-host in your own program, in the order of the original `server.ts`:
-//! define agents, wire the shared infrastructure, start the workers, expose the producer API.
+//! Embedding drover-host in your own program: define agents, open the queue and the run
+//! store, start the worker pool, and serve the HTTP API with the run viewer, all with the
+//! library's own types.
 //!
 //! ```sh
-//! cargo run --example server            # then: curl -s localhost:8080/v1/templates
+//! cargo run -p drover-host --example server
+//! # then: curl -s localhost:8090/v1/types, or open http://127.0.0.1:8090/ for the viewer
 //! ```
 //!
-//! It serves the HTTP API on 127.0.0.1:8080 with two agents: `echo`, native Rust code in the
-//! none sandbox, and whatever `*.wasm` agents sit in `./agents`, isolated in the wasm sandbox.
+//! It shows:
+//! - a native agent (`echo`, Rust code in the none sandbox, with an input schema) next to the
+//!   `*.wasm` agents of `./agents`, each in the wasm sandbox, in one registry that follows the
+//!   directory for changes;
+//! - a job enqueued and awaited through [`RunApi`], the same API the HTTP routes call;
+//! - the HTTP API and the viewer on 127.0.0.1:8090 (or the address given as its argument), with its databases in `./var/example`, so
+//!   it runs beside a `drover-host run` (port 8080, `./var`) without touching it;
+//! - a graceful stop on Ctrl-C: the server stops taking requests, the pool finishes its runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use drover_host::api::RunApi;
-use drover_host::api::http::{self, HttpState};
+use drover_host::api::http::{self, HttpConfig, HttpState};
 use drover_host::api::metrics::Metrics;
 use drover_host::pool::{PoolConfig, PoolDeps, WorkerPool};
 use drover_host::queue::{NewJob, Queue};
@@ -43,10 +51,11 @@ async fn main() -> anyhow::Result<()> {
         "required": ["n"]
     }))?);
 
-    // 2. Wire shared infra.
-    let queue = Queue::open("file:./var/queue.db", None).await?;
-    let storage = RunStore::open("file:./var/runs.db", None).await?;
-    let runtime = WasmRuntime::new(&EngineConfig::default(), "./var/scratch")?;
+    // 2. Open the queue and the run store (files of their own), and the wasm runtime.
+    std::fs::create_dir_all("./var/example")?;
+    let queue = Queue::open("file:./var/example/queue.db", None).await?;
+    let storage = RunStore::open("file:./var/example/runs.db", None).await?;
+    let runtime = WasmRuntime::new(&EngineConfig::default(), "./var/example/scratch")?;
     let components = DirRegistry::open("./agents", Arc::clone(&runtime)).await?;
     let _watch = components.watch();
     let registry: Arc<dyn Registry> = Arc::new(
@@ -64,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    // 3. Start workers.
+    // 3. Start the worker pool.
     let pool = WorkerPool::new(
         PoolDeps {
             queue: queue.clone(),
@@ -80,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .start();
 
-    // 4. Expose the producer API, in Rust and over HTTP.
+    // 4. Enqueue through the producer API in Rust, then serve it over HTTP with the viewer.
     let api = RunApi::new(queue, storage, registry);
     let job = api
         .enqueue(
@@ -99,15 +108,32 @@ async fn main() -> anyhow::Result<()> {
             .map_or_else(String::new, |o| o.to_string())
     );
 
-    let app = http::router(HttpState {
+    // Another address: `cargo run -p drover-host --example server -- 127.0.0.1:9000`.
+    let wanted = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8090".into());
+    let wanted: std::net::SocketAddr = wanted
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{wanted:?} is not an address like 127.0.0.1:8090: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(wanted)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {wanted}: {e}"))?;
+    let address = listener.local_addr()?;
+    let state = HttpState {
         api,
         problems: Arc::new(Vec::new),
         metrics: Arc::new(Metrics::new(Some(pool.stats()))),
         auth: drover_host::api::auth::Auth::none(),
         stale_after: Duration::from_secs(90),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-    println!("serving on http://127.0.0.1:8080 (Ctrl-C to stop)");
+    };
+    let config = HttpConfig {
+        listen: Some(address),
+        ..HttpConfig::default()
+    };
+    let app = http::protect(drover_host::viewer::router(), &config)
+        .merge(http::router_with(state, &config))
+        .fallback(http::not_found);
+    println!("serving the API and the viewer on http://{address}/ (Ctrl-C to stop)");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

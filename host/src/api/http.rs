@@ -14,8 +14,8 @@
 //! | `GET /v1/runs` | list summaries (`agentId`, `status`, `jobId`, `lifecycle`, `tenantId`, `limit`, `offset`) |
 //! | `GET /v1/runs/{id}` | one run, in full (with its `usage`: turns, tokens, cost, tool calls) |
 //! | `GET /v1/runs/{id}/events?after=` | its events |
-//! | `GET /v1/templates` | the loaded agent types (and files that failed to load) |
-//! | `POST /spawn` | start a long-lived agent (`202 {workloadName}`) |
+//! | `GET /v1/types` | the loaded agent types (and files that failed to load); `GET /v1/templates` is the same under the walkthrough's name |
+//! | `POST /spawn` | start a long-lived agent of a long-lived type: `{"agentType", "input"?, "tenantId"?, "userId"?}` (`202 {workloadName, job}`; `400 NotLongLived` for a run-to-completion type) |
 //! | `GET /v1/agents`, `GET /v1/agents/{id}` | long-lived agent instances (`status`, `tenantId`, `limit`) |
 //! | `GET /v1/agents/{id}/events` | the instance's events (paged like a run's) |
 //! | `DELETE /v1/agents/{id}` | graceful stop (or cancel if it never started) |
@@ -146,6 +146,7 @@ pub fn router_with(state: HttpState, config: &HttpConfig) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/types", get(types))
         .route("/v1/templates", get(templates))
         .route("/spawn", post(spawn))
         .route("/v1/agents", get(list_agents))
@@ -1218,14 +1219,17 @@ struct Template<'a> {
     declarative: Option<&'a DeclarativeAgent>,
 }
 
-/// Body of `/v1/templates`.
-#[derive(Serialize)]
-struct Templates<'a> {
-    templates: Vec<Template<'a>>,
-    problems: Vec<LoadProblem>,
+async fn types(State(state): State<HttpState>) -> HttpResult {
+    agent_types(&state, "types")
 }
 
 async fn templates(State(state): State<HttpState>) -> HttpResult {
+    agent_types(&state, "templates")
+}
+
+/// The loaded agent types, as `{<key>: [...], "problems": [...]}`: `types` on `/v1/types`,
+/// `templates` on the walkthrough's `/v1/templates`.
+fn agent_types(state: &HttpState, key: &str) -> HttpResult {
     let specs = state.api.registry().list();
     let templates: Vec<Template<'_>> = specs
         .iter()
@@ -1261,13 +1265,16 @@ async fn templates(State(state): State<HttpState>) -> HttpResult {
             },
         })
         .collect();
-    ok(
-        StatusCode::OK,
-        Templates {
-            templates,
-            problems: (state.problems)(),
-        },
-    )
+    let mut body = serde_json::Map::new();
+    body.insert(
+        key.to_string(),
+        serde_json::to_value(templates).map_err(|e| internal(&e))?,
+    );
+    body.insert(
+        "problems".to_string(),
+        serde_json::to_value((state.problems)()).map_err(|e| internal(&e))?,
+    );
+    ok(StatusCode::OK, body)
 }
 
 /// Body of `POST /spawn`.
@@ -1299,6 +1306,17 @@ async fn spawn(Scoped(api): Scoped, Body(bytes): Body) -> HttpResult {
         request.tenant_id = api.tenant().map(str::to_string);
     }
     let spec = api.agent(&request.agent_type)?;
+    if spec.lifecycle != Lifecycle::LongLived {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "NotLongLived",
+            format!(
+                "agent type {:?} runs to completion (lifecycle \"job\"); enqueue it as a job \
+                 (POST /v1/jobs, `drover-host enqueue {}`) — /spawn starts long-lived agents",
+                spec.id, spec.id
+            ),
+        ));
+    }
     let ids = std::iter::repeat_with(|| {
         format!(
             "{}-{}",

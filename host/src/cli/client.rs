@@ -8,6 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::Command;
+use super::args::{epoch_ms, read_json};
 
 /// Options shared by the client subcommands.
 #[derive(Debug, Clone, Args)]
@@ -176,7 +177,11 @@ pub(super) async fn execute(command: Command) -> u8 {
 
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Run(_) | Command::Prune(_) | Command::Tokens(_) | Command::New(_) => Ok(FAILED),
+        Command::Run(_)
+        | Command::Prune(_)
+        | Command::Tokens(_)
+        | Command::New(_)
+        | Command::Build(_) => Ok(FAILED),
         Command::Enqueue {
             agent,
             input,
@@ -185,23 +190,32 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             max_attempts,
             tenant,
             user,
+            meta,
+            delay,
+            at,
             wait,
             batch,
-            timeout_ms,
+            wait_for,
             client,
         } => {
             if let Some(file) = batch {
                 return enqueue_batch(&Client::new(&client), &file, client.json).await;
             }
             let agent = agent.unwrap_or_default();
-            let input: Value = serde_json::from_str(&input)
-                .map_err(|e| Failure(format!("the input is not JSON: {e}")))?;
+            let input = read_json(&input, "the input")?;
+            let meta = meta.map(|m| read_json(&m, "the meta")).transpose()?;
+            let scheduled_for = match (delay, at) {
+                (Some(delay), _) => Some(epoch_ms(std::time::SystemTime::now() + delay)?),
+                (None, at) => at,
+            };
             let c = Client::new(&client);
             let body = json!({
                 "id": id,
                 "agentId": agent,
                 "input": input,
+                "meta": meta,
                 "priority": priority,
+                "scheduledFor": scheduled_for,
                 "maxAttempts": max_attempts,
                 "tenantId": tenant,
                 "userId": user,
@@ -224,7 +238,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                 return Ok(OK);
             }
             let id = job["id"].as_str().unwrap_or_default().to_string();
-            wait_and_show(&c, &id, timeout_ms, client.json).await
+            wait_and_show(&c, &id, wait_for.duration(), client.json).await
         }
         Command::Get { id, client } => {
             let view = Client::new(&client).get(&["v1", "jobs", &id], &[]).await?;
@@ -233,9 +247,9 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
         }
         Command::Wait {
             id,
-            timeout_ms,
+            wait_for,
             client,
-        } => wait_and_show(&Client::new(&client), &id, timeout_ms, client.json).await,
+        } => wait_and_show(&Client::new(&client), &id, wait_for.duration(), client.json).await,
         Command::Cancel { id, client } => {
             act(
                 &Client::new(&client),
@@ -273,7 +287,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             } else {
                 print_table(
                     &[
-                        "ID", "AGENT", "TENANT", "STATUS", "ATTEMPTS", "PRIORITY", "CREATED",
+                        "ID", "AGENT", "TENANT", "STATUS", "ATTEMPT", "PRIORITY", "CREATED",
                     ],
                     list["jobs"].as_array().into_iter().flatten().map(|j| {
                         vec![
@@ -281,7 +295,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                             text(&j["agentId"]),
                             text(&j["tenantId"]),
                             status_with_error(j),
-                            format!("{}/{}", j["attempts"], j["maxAttempts"]),
+                            attempt(j),
                             j["priority"].to_string(),
                             age(&j["createdAt"]),
                         ]
@@ -334,8 +348,139 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             after,
             client,
         } => events(&Client::new(&client), &id, follow, after, client.json).await,
-        Command::Agents { client } => {
-            let list = Client::new(&client).get(&["v1", "templates"], &[]).await?;
+        Command::Spawn {
+            agent_type,
+            input,
+            tenant,
+            user,
+            client,
+        } => {
+            let input = read_json(&input, "the input")?;
+            let body = json!({
+                "agentType": agent_type,
+                "input": input,
+                "tenantId": tenant,
+                "userId": user,
+            });
+            let (_, spawned) = Client::new(&client)
+                .call(Method::POST, &["spawn"], &[], Some(&body), &[])
+                .await?;
+            if client.json {
+                print_json(&spawned);
+            } else {
+                println!("spawned {}", text(&spawned["workloadName"]));
+            }
+            Ok(OK)
+        }
+        Command::Agents {
+            status,
+            tenant,
+            limit,
+            client,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(status.map(|s| ("status", s)));
+            query.extend(tenant.map(|t| ("tenantId", t)));
+            let list = Client::new(&client).get(&["v1", "agents"], &query).await?;
+            if client.json {
+                print_json(&list);
+                return Ok(OK);
+            }
+            print_table(
+                &["AGENT", "TYPE", "TENANT", "PHASE", "HEARTBEAT", "CREATED"],
+                list["agents"].as_array().into_iter().flatten().map(|a| {
+                    let mut phase = text(&a["phase"]);
+                    if a["stale"] == true {
+                        phase.push_str(" (silent)");
+                    }
+                    vec![
+                        text(&a["id"]),
+                        text(&a["agentType"]),
+                        text(&a["job"]["tenantId"]),
+                        phase,
+                        age(&a["lastHeartbeatAt"]),
+                        age(&a["job"]["createdAt"]),
+                    ]
+                }),
+            );
+            Ok(OK)
+        }
+        Command::Send {
+            id,
+            message,
+            wait,
+            client,
+        } => {
+            let message = read_json(&message, "the message")?;
+            let mut query = Vec::new();
+            if let Some(wait) = wait {
+                query.push(("waitMs", wait.as_millis().to_string()));
+            }
+            let (status, posted) = Client::new(&client)
+                .call(
+                    Method::POST,
+                    &["v1", "agents", &id, "messages"],
+                    &query,
+                    Some(&json!({ "message": message })),
+                    &[],
+                )
+                .await?;
+            let replied = status == StatusCode::OK;
+            if client.json {
+                print_json(&posted);
+            } else if replied {
+                println!("{}", posted["reply"]);
+            } else {
+                println!("sent {}", text(&posted["messageId"]));
+            }
+            match wait {
+                Some(wait) if !replied => {
+                    if !client.json {
+                        eprintln!(
+                            "no reply within {}; the message stays in the inbox",
+                            humantime::format_duration(wait)
+                        );
+                    }
+                    Ok(TIMED_OUT)
+                }
+                _ => Ok(OK),
+            }
+        }
+        Command::Messages { id, limit, client } => {
+            let list = Client::new(&client)
+                .get(
+                    &["v1", "agents", &id, "messages"],
+                    &[("limit", limit.to_string())],
+                )
+                .await?;
+            if client.json {
+                print_json(&list);
+                return Ok(OK);
+            }
+            print_table(
+                &["MESSAGE", "SENT", "DELIVERED", "BODY", "REPLY"],
+                list["messages"].as_array().into_iter().flatten().map(|m| {
+                    vec![
+                        text(&m["id"]),
+                        age(&m["createdAt"]),
+                        match m["deliveries"].as_u64() {
+                            Some(0) | None => "not yet".to_string(),
+                            Some(1) => "once".to_string(),
+                            Some(n) => format!("{n} times"),
+                        },
+                        m["body"].to_string(),
+                        if m["reply"].is_null() {
+                            String::new()
+                        } else {
+                            m["reply"].to_string()
+                        },
+                    ]
+                }),
+            );
+            Ok(OK)
+        }
+        Command::Types { client } => {
+            let list = Client::new(&client).get(&["v1", "types"], &[]).await?;
             if client.json {
                 print_json(&list);
                 return Ok(OK);
@@ -349,7 +494,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
                     "DIGEST",
                     "DESCRIPTION",
                 ],
-                list["templates"].as_array().into_iter().flatten().map(|t| {
+                list["types"].as_array().into_iter().flatten().map(|t| {
                     vec![
                         text(&t["id"]),
                         text(&t["lifecycle"]),
@@ -395,7 +540,7 @@ async fn act(
     if as_json {
         print_json(&body);
     } else {
-        println!("{done}: {id} is {}", text(&body["job"]["status"]));
+        println!("{done}: {id} is {}", job_status(&body["job"]));
     }
     Ok(OK)
 }
@@ -403,9 +548,10 @@ async fn act(
 async fn wait_and_show(
     client: &Client,
     id: &str,
-    timeout_ms: u64,
+    timeout: Duration,
     as_json: bool,
 ) -> Result<u8, Failure> {
+    let timeout_ms = timeout.as_millis();
     let (status, view) = client
         .call(
             Method::GET,
@@ -419,8 +565,9 @@ async fn wait_and_show(
     if status == StatusCode::REQUEST_TIMEOUT {
         if !as_json {
             eprintln!(
-                "timed out after {timeout_ms} ms; the job is still {}",
-                text(&view["job"]["status"])
+                "timed out after {}; the job is still {}",
+                humantime::format_duration(timeout),
+                job_status(&view["job"])
             );
         }
         return Ok(TIMED_OUT);
@@ -512,12 +659,11 @@ fn show_view(view: &Value, as_json: bool) {
     }
     let job = &view["job"];
     println!(
-        "job     {}  agent {}  {}  attempts {}/{}  priority {}",
+        "job     {}  agent {}  {}  attempt {}  priority {}",
         text(&job["id"]),
         text(&job["agentId"]),
         status_with_error(job),
-        job["attempts"],
-        job["maxAttempts"],
+        attempt(job),
         job["priority"]
     );
     let run = &view["run"];
@@ -567,10 +713,32 @@ fn show_view(view: &Value, as_json: bool) {
     }
 }
 
+/// A job's status as people read it: a claimed (`leased`) job is `running`, or `stopping`
+/// once asked to stop.
+fn job_status(job: &Value) -> String {
+    match job["status"].as_str() {
+        Some("leased") if job["stopRequested"] == true => "stopping".into(),
+        Some("leased") => "running".into(),
+        _ => text(&job["status"]),
+    }
+}
+
+/// Which attempt a job is on, as `2/3`: the number of its latest run (`run.attempt`; `0` before
+/// the first), of the attempts it may make; restarts of a long-lived agent after a host died
+/// do not use up attempts and are counted apart.
+fn attempt(job: &Value) -> String {
+    let mut attempt = format!("{}/{}", job["leaseEpoch"], job["maxAttempts"]);
+    if let Some(restarts) = job["restarts"].as_i64().filter(|&r| r > 0) {
+        attempt.push_str(&format!(" ({restarts} restarts)"));
+    }
+    attempt
+}
+
+/// [`job_status`], with the tag of the error a failed job ended with.
 fn status_with_error(job: &Value) -> String {
     match job["resultError"]["tag"].as_str() {
-        Some(tag) => format!("{} ({tag})", text(&job["status"])),
-        None => text(&job["status"]),
+        Some(tag) => format!("{} ({tag})", job_status(job)),
+        None => job_status(job),
     }
 }
 

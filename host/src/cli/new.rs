@@ -128,9 +128,15 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     } else {
         format!(r#"drover-host enqueue {name} '{{"name": "Ada"}}' --wait"#)
     };
+    let agents_flag = if agents == Path::new("agents") {
+        String::new()
+    } else {
+        format!(" --agents {}", agents.display())
+    };
     println!(
-        "created {} and {}\n\nbuild it and drop it into the agents directory:\n  {build}\n\nthen, \
-         with the host running:\n  {first}",
+        "created {} and {}\n\nbuild it and install it into the agents directory (add --watch to \
+         rebuild on every change):\n  drover-host build {name}{agents_flag}\n\nwhich runs:\n  \
+         {build}\n\nthen, with the host running:\n  {first}",
         dir.display(),
         manifest.display(),
     );

@@ -27,6 +27,9 @@ pub struct PruneArgs {
     /// Print what was removed as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Logging.
+    #[command(flatten)]
+    pub log: super::LogArgs,
 }
 
 /// Parses an age such as `30d`, `12h` or `1h 30m`.

@@ -140,6 +140,9 @@ pub struct RunArgs {
     #[arg(long, env = "DROVER_RETENTION", default_value = "30d",
           value_parser = super::prune::parse_retention)]
     pub retention: super::prune::Retention,
+    /// Logging.
+    #[command(flatten)]
+    pub log: super::LogArgs,
 }
 
 /// How often the background pruner runs (and once at start-up).
@@ -545,7 +548,7 @@ fn trust_pins(entries: &[String], registry: &DirRegistry) -> anyhow::Result<Trus
                         )
                     }
                     _ => format!(
-                        "`drover-host agents` (or GET /v1/templates) lists each agent's digest; use {id}@sha256:<digest>"
+                        "`drover-host types` (or GET /v1/types) lists each agent's digest; use {id}@sha256:<digest>"
                     ),
                 };
                 anyhow::bail!(

@@ -367,10 +367,7 @@ impl PoolHandle {
                 "waiting for in-flight jobs to finish and long-lived agents to stop"
             );
         }
-        if tokio::time::timeout_at(deadline, self.jobs.wait())
-            .await
-            .is_err()
-        {
+        if !wait_saying_what_for(shared, &self.jobs, deadline).await {
             let remaining: Vec<Arc<Control>> = shared
                 .in_flight()
                 .values()
@@ -402,6 +399,46 @@ impl PoolHandle {
         drop(self.shared);
         self.recorder_task.abort();
         tracing::info!(worker_id = %self.worker_id, "worker pool stopped");
+    }
+}
+
+/// How often a shutdown says what it is still waiting for.
+const SHUTDOWN_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Waits until the pool's jobs have all ended, or `deadline`; every
+/// [`SHUTDOWN_PROGRESS_EVERY`] it logs which are still running and how much grace is left.
+/// Returns whether they ended.
+async fn wait_saying_what_for(
+    shared: &Shared,
+    jobs: &TaskTracker,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let ended = jobs.wait();
+    tokio::pin!(ended);
+    loop {
+        let next = (tokio::time::Instant::now() + SHUTDOWN_PROGRESS_EVERY).min(deadline);
+        tokio::select! {
+            () = &mut ended => return true,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        if next >= deadline {
+            return false;
+        }
+        let (count, ids) = {
+            let in_flight = shared.in_flight();
+            let mut ids: Vec<&str> = in_flight.keys().map(String::as_str).collect();
+            ids.sort_unstable();
+            let shown = ids.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            (in_flight.len(), shown)
+        };
+        tracing::info!(
+            in_flight = count,
+            jobs = %ids,
+            grace_left_ms = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64,
+            "still waiting for in-flight work to end"
+        );
     }
 }
 

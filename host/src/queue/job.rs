@@ -67,14 +67,19 @@ impl fmt::Display for JobStatus {
 impl FromStr for JobStatus {
     type Err = String;
 
+    /// Reads a status by its name; `running` is another name of `leased` (a claimed job is
+    /// running on some host).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "running" {
+            return Ok(JobStatus::Leased);
+        }
         JobStatus::ALL
             .into_iter()
             .find(|status| status.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown job status {s:?} (expected scheduled, queued, leased, done, failed or \
-                     cancelled)"
+                    "unknown job status {s:?} (expected scheduled, queued, running (or leased), \
+                     done, failed or cancelled)"
                 )
             })
     }

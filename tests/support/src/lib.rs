@@ -432,9 +432,9 @@ impl HostProcess {
         let worker_only = args.iter().any(|a| a == "--worker-only");
         let mut command = std::process::Command::new(exe);
         command
+            .arg("run")
             .arg("--log-format")
             .arg("json")
-            .arg("run")
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
