@@ -922,6 +922,8 @@ async fn corrupt_components_and_manifests_are_reported_and_skipped() {
     agents
         .add("echo", ECHO, None)
         .add_bytes("garbage", b"\0asm\x0d\0\x01\0 not really")
+        .add_bytes("core", b"\0asm\x01\0\0\0")
+        .add_bytes("notes", b"hello, I am text")
         .add_bytes("empty", b"")
         .add("badmanifest", ECHO, Some("lifecycle = \"sometimes\""))
         .add("dup", ECHO, Some("id = \"echo\""));
@@ -950,9 +952,11 @@ async fn corrupt_components_and_manifests_are_reported_and_skipped() {
         files,
         [
             "badmanifest.wasm",
+            "core.wasm",
             "dup.wasm",
             "empty.wasm",
             "garbage.wasm",
+            "notes.wasm",
             "readme.toml"
         ],
         "{problems:?}"
@@ -970,6 +974,38 @@ async fn corrupt_components_and_manifests_are_reported_and_skipped() {
         .find(|p| p.path.ends_with("badmanifest.wasm"))
         .expect("bad manifest");
     assert!(bad.error.contains("sometimes"), "{}", bad.error);
+    let error = |file: &str| {
+        problems
+            .iter()
+            .find(|p| p.path.ends_with(file))
+            .map(|p| p.error.clone())
+            .unwrap_or_default()
+    };
+    // A core module is told how to become a component; no file's bytes are dumped.
+    let core = error("core.wasm");
+    assert!(
+        core.contains("core WebAssembly module")
+            && core.contains("wasm32-wasip2")
+            && core.contains("wasm-tools component new"),
+        "{core}"
+    );
+    assert!(
+        error("notes.wasm").contains("not WebAssembly"),
+        "{}",
+        error("notes.wasm")
+    );
+    assert!(
+        error("empty.wasm").contains("empty"),
+        "{}",
+        error("empty.wasm")
+    );
+    for problem in &problems {
+        assert!(
+            !problem.error.contains("actual=[") && !problem.error.contains("0x61"),
+            "{}",
+            problem.error
+        );
+    }
     let stray = problems
         .iter()
         .find(|p| p.path.ends_with("readme.toml"))
@@ -1234,6 +1270,37 @@ async fn agents_are_hot_reloaded_and_running_jobs_keep_their_version() {
     assert_eq!(view.job.status, JobStatus::Done);
     let out = output(&view.run.expect("run"));
     assert!(out.get("itemsProcessed").is_some(), "{out}");
+
+    // A broken new version is reported, saying that the previous one keeps running; and it
+    // does.
+    host.agents.add_bytes("worker", b"\0asm\x01\0\0\0");
+    until(&host, "the broken version is reported", |registry| {
+        registry
+            .problems()
+            .iter()
+            .any(|p| p.path.ends_with("worker.wasm"))
+    })
+    .await;
+    let problem = host
+        .registry
+        .problems()
+        .into_iter()
+        .find(|p| p.path.ends_with("worker.wasm"))
+        .expect("the problem");
+    assert!(
+        problem.error.contains("core WebAssembly module")
+            && problem
+                .error
+                .contains("agent \"worker\" keeps running its previous version"),
+        "{}",
+        problem.error
+    );
+    let view = host.run("worker", json!({ "mode": "ok" })).await;
+    assert_eq!(
+        view.job.status,
+        JobStatus::Done,
+        "the previous version runs"
+    );
 
     // Removing a file removes its agent.
     std::fs::remove_file(host.agents.path().join("echo.wasm")).expect("remove");

@@ -270,7 +270,19 @@ impl DirRegistry {
                     );
                     report.loaded.push(id);
                 }
-                Err(error) => {
+                Err(mut error) => {
+                    // Say so where the problem is shown: the agent is still there.
+                    let kept = previous_id.as_deref().filter(|id| {
+                        self.agents
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains_key(*id)
+                    });
+                    if let Some(id) = kept {
+                        error.push_str(&format!(
+                            " (agent {id:?} keeps running its previous version)"
+                        ));
+                    }
                     tracing::warn!(path = %path.display(), %error, "agent not loaded");
                     self.set_problem(&path, Some(error.clone()));
                     report.problems.push(LoadProblem {

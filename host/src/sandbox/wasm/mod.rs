@@ -340,6 +340,9 @@ impl WasmRuntime {
         &self,
         bytes: Vec<u8>,
     ) -> Result<(String, Component, InstancePre<HostState>), WasmError> {
+        if let Some(reason) = not_a_component(&bytes) {
+            return Err(WasmError::Compile(reason));
+        }
         let digest = hex(&Sha256::digest(&bytes));
         let engine = self.engine.clone();
         // Compiling is CPU-bound: keep it off the async workers.
@@ -632,6 +635,32 @@ impl WasmRuntime {
 }
 
 /// Reads a component file.
+/// Why `bytes` cannot be a component, said for people (what it is instead, and how to make a
+/// component), or `None` if they may be one.
+fn not_a_component(bytes: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_VERSION: &[u8] = &[1, 0, 0, 0];
+    if bytes.is_empty() {
+        return Some("the file is empty (a copy still being written?)".into());
+    }
+    if !bytes.starts_with(MAGIC) {
+        return Some(
+            "the file is not WebAssembly: it does not start with the bytes \\0asm (a text file, \
+             or a half-written copy?)"
+                .into(),
+        );
+    }
+    if bytes.get(4..8) == Some(CORE_VERSION) {
+        return Some(
+            "it is a core WebAssembly module, and agents are components: build it for the \
+             wasm32-wasip2 target (`cargo build --target wasm32-wasip2`, or `drover-host build`), \
+             or wrap a WASI module with `wasm-tools component new`"
+                .into(),
+        );
+    }
+    None
+}
+
 async fn read_component(path: &Path) -> Result<Vec<u8>, WasmError> {
     tokio::fs::read(path).await.map_err(|e| WasmError::Read {
         path: path.to_path_buf(),
