@@ -8,6 +8,7 @@
 mod api;
 mod children;
 mod cli;
+mod docs;
 mod fair;
 mod faults;
 mod http;
