@@ -165,7 +165,8 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Ask a long-lived agent (or a job) to stop gracefully: it finishes up and ends `done`.
-    /// One that has already finished is refused (exit code 1).
+    /// One that has already finished is refused (exit code 1). `delete` is another name.
+    #[command(alias = "delete")]
     Stop {
         /// Agent or job id.
         id: String,
