@@ -372,11 +372,7 @@ impl Builder {
         if !output.status.success() {
             bail!(
                 "cargo build of {} failed ({})",
-                agents
-                    .iter()
-                    .map(|a| a.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                names(agents.iter().copied()),
                 output.status
             );
         }
@@ -473,14 +469,7 @@ impl Builder {
                 .filter(|a| changed.contains(&a.name))
                 .cloned()
                 .collect();
-            println!(
-                "changed: {}",
-                again
-                    .iter()
-                    .map(|a| a.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            println!("changed: {}", names(&again));
             self.build(&again);
         }
     }
@@ -513,6 +502,15 @@ fn touched(dir: &Path, agents: &[Agent], event: notify::Result<notify::Event>) -
                 .then_some(name)
         })
         .collect()
+}
+
+/// The agents' names, as a list for people.
+fn names<'a>(agents: impl IntoIterator<Item = &'a Agent>) -> String {
+    agents
+        .into_iter()
+        .map(|a| a.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The package name of the crate in `dir`.

@@ -277,10 +277,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             limit,
             client,
         } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(status.map(|s| ("status", s)));
-            query.extend(agent.map(|a| ("agentId", a)));
-            query.extend(tenant.map(|t| ("tenantId", t)));
+            let query = list_query(limit, status, agent, tenant);
             let list = Client::new(&client).get(&["v1", "jobs"], &query).await?;
             if client.json {
                 print_json(&list);
@@ -311,10 +308,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             limit,
             client,
         } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(status.map(|s| ("status", s)));
-            query.extend(agent.map(|a| ("agentId", a)));
-            query.extend(tenant.map(|t| ("tenantId", t)));
+            let query = list_query(limit, status, agent, tenant);
             let list = Client::new(&client).get(&["v1", "runs"], &query).await?;
             if client.json {
                 print_json(&list);
@@ -378,9 +372,7 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             limit,
             client,
         } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(status.map(|s| ("status", s)));
-            query.extend(tenant.map(|t| ("tenantId", t)));
+            let query = list_query(limit, status, None, tenant);
             let list = Client::new(&client).get(&["v1", "agents"], &query).await?;
             if client.json {
                 print_json(&list);
@@ -518,6 +510,20 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             Ok(OK)
         }
     }
+}
+
+/// The query of a list route: `limit`, and the filters given.
+fn list_query(
+    limit: u32,
+    status: Option<String>,
+    agent: Option<String>,
+    tenant: Option<String>,
+) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", limit.to_string())];
+    query.extend(status.map(|s| ("status", s)));
+    query.extend(agent.map(|a| ("agentId", a)));
+    query.extend(tenant.map(|t| ("tenantId", t)));
+    query
 }
 
 async fn act(
