@@ -1,7 +1,8 @@
 //! Agents in TypeScript, JavaScript and Python, built by the SDKs' own build commands
 //! (`guest-sdk/js/build.mjs`, `guest-sdk/python`'s `drover_sdk.build`) and run by the real
 //! binary over real HTTP, beside the Rust ones: the same answers, the same long-lived
-//! lifecycle, the same containment, the same hot reload.
+//! lifecycle, the same containment, the same hot reload, and the same host interfaces (models,
+//! tools, children, the inbox) through the SDKs' wrappers.
 
 use std::time::Duration;
 
@@ -389,4 +390,246 @@ async fn a_javascript_agent_is_hot_reloaded() {
         greeter["description"], "Misbehaves on purpose (JavaScript)",
         "{greeter}"
     );
+}
+
+/// A long-lived TypeScript agent that answers each message by calling what it names: a model,
+/// a tool, or a child agent, through the SDK's wrappers of the host's interfaces.
+const CAPS_TS: &str = r#"
+import { defineAgent, stopRequested } from 'drover-sdk';
+import { complete } from 'drover-sdk/model';
+import { callTool } from 'drover-sdk/tools';
+import { spawn, waitFor, listChildren } from 'drover-sdk/agents';
+import { receive, reply } from 'drover-sdk/inbox';
+
+function answer(ask: any): unknown {
+  switch (ask.call) {
+    case 'model': {
+      const r = complete({ model: 'cheap', messages: [{ role: 'user', content: ask.text }] });
+      return { text: r.message.content, tokens: r.usage.inputTokens + r.usage.outputTokens };
+    }
+    case 'tool':
+      return callTool(ask.tool, ask.input);
+    case 'child': {
+      const id = spawn('echo', { n: ask.n });
+      const done = waitFor(id, 30000);
+      return { status: done.status, output: done.output, children: listChildren().length };
+    }
+    default:
+      return { unknown: ask };
+  }
+}
+
+export const { describe, run } = defineAgent({
+  id: 'caps-ts',
+  lifecycle: 'long-lived',
+  run() {
+    let handled = 0;
+    while (!stopRequested()) {
+      const message = receive(1000);
+      if (message === undefined) continue;
+      let body: unknown;
+      try {
+        body = answer(message.body);
+      } catch (e: any) {
+        body = { error: { tag: e.tag ?? 'Error', message: String(e.message) } };
+      }
+      reply(message.id, body);
+      handled += 1;
+    }
+    return { handled };
+  },
+});
+"#;
+
+/// The same agent in Python.
+const CAPS_PY: &str = r#"
+from drover_sdk import (Agent, AgentError, call_tool, complete, export, list_children, receive,
+                        reply, spawn, stop_requested, wait_for)
+
+
+def answer(ask):
+    if ask["call"] == "model":
+        r = complete("cheap", [{"role": "user", "content": ask["text"]}])
+        return {"text": r["message"]["content"],
+                "tokens": r["usage"]["input_tokens"] + r["usage"]["output_tokens"]}
+    if ask["call"] == "tool":
+        return call_tool(ask["tool"], ask["input"])
+    if ask["call"] == "child":
+        done = wait_for(spawn("echo", {"n": ask["n"]}), 30000)
+        return {"status": done["status"], "output": done["output"], "children": len(list_children())}
+    return {"unknown": ask}
+
+
+class Caps(Agent):
+    id = "caps-py"
+    lifecycle = "long-lived"
+
+    def run(self, input):
+        handled = 0
+        while not stop_requested():
+            message = receive(1000)
+            if message is None:
+                continue
+            try:
+                body = answer(message["body"])
+            except AgentError as e:
+                body = {"error": {"tag": e.tag, "message": str(e)}}
+            reply(message["id"], body)
+            handled += 1
+        return {"handled": handled}
+
+
+WitWorld = export(Caps)
+"#;
+
+/// What both capability agents may use.
+const CAPS_MANIFEST: &str = r#"
+lifecycle = "long-lived"
+models = ["cheap"]
+tools = ["calc"]
+[children]
+allowed = ["echo"]
+"#;
+
+/// TypeScript and Python agents call a model (through the host, with a key they never see), a
+/// tool, and a child agent, and answer over their inbox: the SDKs' wrappers of every host
+/// interface, end to end, with the failures of each coming back as tagged errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_and_python_agents_use_models_tools_children_and_their_inbox() {
+    use drover_test_support::model_server::{ModelServer, Reply};
+
+    if !other_languages("typescript_and_python_agents_use_models_tools_children_and_their_inbox") {
+        return;
+    }
+    let agents = AgentDir::new();
+    agents.add("echo", ECHO, None);
+    std::fs::create_dir_all(agents.path().join("tools")).expect("tools");
+    std::fs::copy(
+        drover_test_support::TOOL_CALC,
+        agents.path().join("tools/calc.wasm"),
+    )
+    .expect("calc");
+    for (name, file, source) in [
+        ("caps-ts", "agent.ts", CAPS_TS),
+        ("caps-py", "app.py", CAPS_PY),
+    ] {
+        let dir = agents.path().join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(file), source).expect("source");
+        std::fs::write(agents.path().join(format!("{name}.toml")), CAPS_MANIFEST)
+            .expect("manifest");
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository");
+    let built = std::process::Command::new(EXE)
+        .args(["build", "caps-ts", "caps-py", "--agents"])
+        .arg(agents.path())
+        .arg("--sdk")
+        .arg(repo.join("guest-sdk"))
+        .env("DROVER_JS_BUILD", drover_test_support::JS_BUILD)
+        .env("DROVER_PYTHON", drover_test_support::PYTHON)
+        .output()
+        .expect("drover-host build");
+    assert!(
+        built.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let server = ModelServer::always(Reply::text("Paris.")).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("drover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.cheap]\nprovider = \"openai\"\nbase-url = \"{}\"\nmodel = \"m\"\n\
+             api-key-env = \"DROVER_TEST_MODEL_KEY\"\n",
+            server.base_url()
+        ),
+    )
+    .expect("config");
+    let key = "sk-languages-5b4a3928";
+    let host = HostProcess::start(
+        EXE,
+        &host_args(agents.path(), dir.path(), "data", Some(&config)),
+        &[("DROVER_TEST_MODEL_KEY", key)],
+    );
+    let client = reqwest::Client::new();
+    for agent in ["caps-ts", "caps-py"] {
+        let spawned: Value = client
+            .post(format!("{}/spawn", host.url))
+            .json(&json!({ "agentType": agent }))
+            .send()
+            .await
+            .expect("spawn")
+            .json()
+            .await
+            .expect("json");
+        let id = spawned["workloadName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{agent}: {spawned}\n{}", host.log_text()))
+            .to_string();
+        let ask = |message: Value| {
+            let client = client.clone();
+            let url = format!("{}/v1/agents/{id}/messages?waitMs=120000", host.url);
+            async move {
+                let answer: Value = client
+                    .post(url)
+                    .json(&json!({ "message": message }))
+                    .send()
+                    .await
+                    .expect("post")
+                    .json()
+                    .await
+                    .expect("json");
+                answer["reply"].clone()
+            }
+        };
+        assert_eq!(
+            ask(json!({ "call": "model", "text": "The capital of France?" })).await,
+            json!({ "text": "Paris.", "tokens": 15 }),
+            "{agent}: {}",
+            host.log_text()
+        );
+        // (calc answers 42.0, which JavaScript's JSON writes back as 42 and Python's as 42.0.)
+        let calc =
+            ask(json!({ "call": "tool", "tool": "calc", "input": { "expression": "6 * 7" } }))
+                .await;
+        assert_eq!(calc["value"].as_f64(), Some(42.0), "{agent}: {calc}");
+        let refused = ask(json!({ "call": "tool", "tool": "http-get", "input": {} })).await;
+        assert!(
+            refused["error"]["tag"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()),
+            "{agent}: a tool it may not call is a tagged error: {refused}"
+        );
+        assert_eq!(
+            ask(json!({ "call": "child", "n": 7 })).await,
+            json!({ "status": "done", "output": { "received": 7, "ok": true }, "children": 1 }),
+            "{agent}"
+        );
+        let status = client
+            .delete(format!("{}/v1/agents/{id}", host.url))
+            .send()
+            .await
+            .expect("delete")
+            .status();
+        assert!(status.is_success(), "{agent}: {status}");
+        let done = get(format!(
+            "{}/v1/jobs/{id}/wait?timeoutMs={}",
+            host.url,
+            WAIT.as_millis()
+        ))
+        .await;
+        assert_eq!(done["job"]["status"], "done", "{agent}: {done}");
+        assert_eq!(done["run"]["output"], json!({ "handled": 4 }), "{agent}");
+        assert!(
+            !host.log_text().contains(key),
+            "the model key never reaches a log"
+        );
+    }
+    // Every model call went to the server with the host's key.
+    assert_eq!(server.served(), 2);
 }
