@@ -46,12 +46,13 @@ fn most_at_once(intervals: &[(i64, i64)]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_running_holds_across_two_hosts_and_the_small_tenant_runs_early() {
-    let agents = AgentDir::new();
-    agents.add(
-        "chaos",
-        CHAOS,
-        Some("[limits]\nfuel = \"unlimited\"\ntimeout-ms = \"none\"\n"),
-    );
+    // Each host has its own copy of the chaos agent under its own name, and a host claims only
+    // the jobs of agents it has: so both hosts run big's jobs whatever the timing, and the cap
+    // can only hold if it holds across them.
+    let limits = "[limits]\nfuel = \"unlimited\"\ntimeout-ms = \"none\"\n";
+    let (agents_a, agents_b) = (AgentDir::new(), AgentDir::new());
+    agents_a.add("chaos-a", CHAOS, Some(limits));
+    agents_b.add("chaos-b", CHAOS, Some(limits));
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("drover.toml");
     std::fs::write(
@@ -60,11 +61,12 @@ async fn max_running_holds_across_two_hosts_and_the_small_tenant_runs_early() {
          [fair-share.max-running-for]\nsmall = 1\n",
     )
     .expect("config");
-    let a = host(&agents, dir.path(), &config, "host-a");
-    let b = host(&agents, dir.path(), &config, "host-b");
+    let a = host(&agents_a, dir.path(), &config, "host-a");
+    let b = host(&agents_b, dir.path(), &config, "host-b");
 
-    // Tenant big's backlog goes in first, then tenant small's: eight slots in all, so without
-    // fair shares big would run up to eight at once and small would wait behind it.
+    // Tenant big's backlog goes in first, then tenant small's: eight slots in all (four a host,
+    // so four of big's at once if each host kept its own count), and without fair shares small
+    // would wait behind big.
     let mut jobs = Vec::new();
     for i in 0..10 {
         jobs.push(("big", format!("big-{i}")));
@@ -72,17 +74,26 @@ async fn max_running_holds_across_two_hosts_and_the_small_tenant_runs_early() {
     for i in 0..3 {
         jobs.push(("small", format!("small-{i}")));
     }
-    // Through both hosts in turn, so that each is woken to claim.
-    for (n, (tenant, id)) in jobs.iter().enumerate() {
-        let url = if n % 2 == 0 { &a.url } else { &b.url };
+    // Half to each host's agent, in one batch per host (so that small's jobs are queued with
+    // big's, however slowly requests are answered), each through its own host so that it is
+    // woken to claim.
+    for (url, agent, parity) in [(&a.url, "chaos-a", 0), (&b.url, "chaos-b", 1)] {
+        let batch: Vec<Value> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 2 == parity)
+            .map(|(_, (tenant, id))| {
+                json!({ "id": id, "agentId": agent, "tenantId": tenant,
+                        "input": { "mode": "sleep", "ms": 300 } })
+            })
+            .collect();
         let (status, body) = http(
             reqwest::Method::POST,
-            format!("{url}/v1/jobs"),
-            Some(json!({ "id": id, "agentId": "chaos", "tenantId": tenant,
-                         "input": { "mode": "sleep", "ms": 300 } })),
+            format!("{url}/v1/jobs/batch"),
+            Some(json!({ "jobs": batch })),
         )
         .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert!(status.is_success(), "{status}: {body}");
     }
 
     let mut runs: Vec<(String, Value)> = Vec::new();
@@ -115,7 +126,7 @@ async fn max_running_holds_across_two_hosts_and_the_small_tenant_runs_early() {
         "big's cap, used and never passed: {big:?}"
     );
     assert_eq!(most_at_once(&small), 1, "small's own cap: {small:?}");
-    // Both hosts ran big's jobs: the cap held across them, not within one.
+    // Both hosts ran big's jobs (each ran its own agent's): the cap held across them.
     let hosts: std::collections::BTreeSet<&str> = runs
         .iter()
         .filter(|(t, _)| t == "big")
