@@ -527,3 +527,67 @@ async fn fifty_concurrent_calls_all_answer() {
         assert_eq!(ok(&outcome), json!({ "value": f64::from(i * 3 + 1) }));
     }
 }
+
+/// A Python toolbox whose `hoard` tool allocates until refused; CPython turns the refusal
+/// into a `MemoryError`, which the SDK returns as the tool's own error.
+const HOARD_PY: &str = r#"
+from drover_sdk import Tool, export_tools
+
+
+def hoard(_):
+    held = []
+    while True:
+        held.append(bytearray(1 << 20))
+
+
+ToolProvider = export_tools({"hoard": Tool(hoard, description="Allocates until refused")})
+"#;
+
+#[tokio::test]
+async fn a_python_tool_past_its_memory_limit_fails_as_the_limit() {
+    if !drover_test_support::other_languages("a Python tool's memory limit") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository");
+    let src = tempfile::tempdir().expect("temp dir");
+    let app = src.path().join("app.py");
+    std::fs::write(&app, HOARD_PY).expect("app.py");
+    let wasm = src.path().join("hoard.wasm");
+    let built = std::process::Command::new(drover_test_support::PYTHON)
+        .args(["-m", "drover_sdk.build"])
+        .arg(&app)
+        .arg("-o")
+        .arg(&wasm)
+        .args(["--world", "toolbox", "--wit"])
+        .arg(root.join("wit"))
+        .env("PYTHONPATH", root.join("guest-sdk/python"))
+        .output()
+        .expect("run the Python build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let agents = AgentDir::new();
+    agents.add_tool(
+        "hoard-py",
+        wasm.to_str().expect("a UTF-8 path"),
+        Some("[limits]\nmemory = \"48MiB\"\nfuel = 20_000_000_000\ntimeout-ms = 60000\n"),
+    );
+    let tools = Tools::open(&agents).await;
+    let outcome = tools.call("hoard", json!({})).await;
+    let (tag, message) = failed(&outcome);
+    // The limit ended the call, whatever the runtime made of it: a quota, not the tool's error.
+    assert_eq!(tag, "ToolQuota", "{message}");
+    assert!(
+        message.contains("hoard exceeded its memory limit of 48 MiB"),
+        "{message}"
+    );
+    assert!(
+        outcome.peak_memory.is_some_and(|peak| peak <= 48 << 20),
+        "{:?}",
+        outcome.peak_memory
+    );
+}

@@ -63,7 +63,7 @@ use crate::store::RunStatus;
 use budget::{HostWork, MAX_HANDLES, MAX_RANDOM_BYTES};
 pub use engine::{EngineConfig, Metering};
 use scratch::{ScratchArea, ScratchDir, ScratchQuota};
-use state::{EventGate, HostState, MemoryDenial, MemoryMeter};
+use state::{EventGate, HostState, MemoryMeter};
 use stdio::Capture;
 pub use toolbox::{ToolFailure, ToolNetwork, ToolOutcome, WasmToolbox};
 
@@ -592,22 +592,25 @@ impl WasmRuntime {
             Ok(Ok(output)) => accept_output(output, &limits),
             // A language runtime (JavaScript's, Python's) turns a refused allocation into an
             // error of its own and returns it: the limit is still what ended the run.
-            Ok(Err(failure)) => match &state.memory.denied {
-                Some(denial) => Err(Failure::permanent(
-                    "MemoryLimit",
-                    format!(
-                        "{}; the agent then failed with {}: {}",
-                        memory_denied(denial, state, &limits, self.max_memory_bytes),
-                        failure.tag,
-                        failure.message
-                    ),
-                )),
-                None => Err(Failure {
-                    status: RunStatus::Error,
-                    error: bounded_error(failure.tag, failure.message),
-                    retry: failure.retryable,
-                }),
-            },
+            Ok(Err(failure)) => {
+                match state
+                    .memory
+                    .denial("the agent", limits.memory_bytes, self.max_memory_bytes)
+                {
+                    Some(what) => Err(Failure::permanent(
+                        "MemoryLimit",
+                        format!(
+                            "{what}; the agent then failed with {}: {}",
+                            failure.tag, failure.message
+                        ),
+                    )),
+                    None => Err(Failure {
+                        status: RunStatus::Error,
+                        error: bounded_error(failure.tag, failure.message),
+                        retry: failure.retryable,
+                    }),
+                }
+            }
             Err(error) => Err(classify(
                 &error,
                 state,
@@ -788,28 +791,6 @@ fn accept_output(output: String, limits: &Limits) -> Result<Arc<RawValue>, Failu
         .map_err(|e| Failure::permanent("InvalidOutput", format!("the output is not JSON: {e}")))
 }
 
-/// What a refused memory growth says: the agent's limit, or the engine's cap.
-fn memory_denied(
-    denial: &MemoryDenial,
-    state: &HostState,
-    limits: &Limits,
-    engine_max_memory: u64,
-) -> String {
-    match denial {
-        MemoryDenial::Limit { desired } => format!(
-            "the agent exceeded its memory limit of {} (it asked for {} in all)",
-            human_bytes(limits.memory_bytes),
-            human_bytes(*desired)
-        ),
-        MemoryDenial::Engine { reason } => format!(
-            "the agent ran out of memory at {}: this host grants an instance at most {} \
-             ({reason})",
-            human_bytes(state.memory.used),
-            human_bytes(engine_max_memory)
-        ),
-    }
-}
-
 /// Turns a trap (or a host-side error) into the run's failure.
 fn classify(
     error: &wasmtime::Error,
@@ -842,8 +823,10 @@ fn classify(
         )
         .with_status(RunStatus::Quota);
     }
-    if let Some(denial) = &state.memory.denied {
-        let what = memory_denied(denial, state, limits, engine_max_memory);
+    if let Some(what) = state
+        .memory
+        .denial("the agent", limits.memory_bytes, engine_max_memory)
+    {
         return Failure::permanent(
             "MemoryLimit",
             with_stderr(format!("{what}; then: {}", trap::describe(error)), capture),

@@ -97,6 +97,24 @@ impl MemoryMeter {
             ..Self::default()
         }
     }
+
+    /// What a refused growth says, if one was refused: `who` ("the agent", a tool's name)
+    /// passed its `limit`, or the engine's cap of `engine_max` bytes an instance refused it.
+    pub(crate) fn denial(&self, who: &str, limit: u64, engine_max: u64) -> Option<String> {
+        self.denied.as_ref().map(|denial| match denial {
+            MemoryDenial::Limit { desired } => format!(
+                "{who} exceeded its memory limit of {} (it asked for {} in all)",
+                human_bytes(limit),
+                human_bytes(*desired)
+            ),
+            MemoryDenial::Engine { reason } => format!(
+                "{who} ran out of memory at {}: this host grants an instance at most {} \
+                 ({reason})",
+                human_bytes(self.used),
+                human_bytes(engine_max)
+            ),
+        })
+    }
 }
 
 /// Why a memory growth was refused.

@@ -20,7 +20,7 @@ use wasmtime::Trap;
 
 use super::budget::{self, HostWork};
 use super::http::HttpState;
-use super::state::{EventGate, HostState, MemoryDenial, MemoryMeter};
+use super::state::{EventGate, HostState, MemoryMeter};
 use super::stdio::Capture;
 use super::{
     DESCRIBE_FUEL, DESCRIBE_MEMORY, DESCRIBE_TIMEOUT, WasmError, WasmRuntime, bounded_table,
@@ -421,11 +421,24 @@ impl WasmRuntime {
             Err(Interrupted::Cancelled(reason)) => Err(cancelled(reason)),
             Err(Interrupted::TimedOut) => Err(timeout(tool)),
             Ok(Ok(Ok(output))) => check_output(tool, output),
-            Ok(Ok(Err(failure))) => Err(ToolFailure::new(
-                failure.tag,
-                failure.message,
-                failure.retryable,
-            )),
+            // A language runtime (JavaScript's, Python's) turns a refused allocation into an
+            // error of its own and returns it: the limit is still what ended the call.
+            Ok(Ok(Err(failure))) => Err(
+                match state
+                    .memory
+                    .denial(&tool.name, limits.memory_bytes, self.max_memory_bytes)
+                {
+                    Some(what) => ToolFailure::new(
+                        tags::QUOTA,
+                        format!(
+                            "{what}; the tool then failed with {}: {}",
+                            failure.tag, failure.message
+                        ),
+                        false,
+                    ),
+                    None => ToolFailure::new(failure.tag, failure.message, failure.retryable),
+                },
+            ),
             Ok(Err(error)) => Err(classify(
                 &error,
                 tool,
@@ -590,20 +603,10 @@ fn classify(
             false,
         );
     }
-    if let Some(denial) = &state.memory.denied {
-        let what = match denial {
-            MemoryDenial::Limit { desired } => format!(
-                "{name} exceeded its memory limit of {} (it asked for {} in all; memory)",
-                human_bytes(tool.limits.memory_bytes),
-                human_bytes(*desired)
-            ),
-            MemoryDenial::Engine { reason } => format!(
-                "{name} ran out of memory at {}: this host grants an instance at most {} \
-                 ({reason})",
-                human_bytes(state.memory.used),
-                human_bytes(engine_max_memory)
-            ),
-        };
+    if let Some(what) = state
+        .memory
+        .denial(name, tool.limits.memory_bytes, engine_max_memory)
+    {
         return ToolFailure::new(
             tags::QUOTA,
             with_stderr(format!("{what}; then: {}", trap::describe(error)), capture),
