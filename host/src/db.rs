@@ -10,7 +10,7 @@
 //! * `libsql://…`, `http://…`, `https://…`: a remote libsql server (sqld, Turso), with an optional
 //!   auth token.
 //!
-//! Everything above this module is written as single statements (multi-row `VALUES` lists,
+//! Everything above this module is written as single statements (rows in one JSON parameter,
 //! `UPDATE … RETURNING`), never as interactive transactions, so the remote mode costs one round trip
 //! per statement.
 
@@ -738,9 +738,10 @@ impl Db {
 
     /// Applies statements to many rows each, in order, returning the rows each statement
     /// returned (for `RETURNING`). An embedded database does it all in one transaction, with each
-    /// statement prepared once and stepped per row; a remote one gets each statement as a
-    /// multi-row `VALUES` statement (a few thousand rows per round trip) and no interactive
-    /// transaction, so every statement stands on its own there.
+    /// statement prepared once and stepped per row; a remote one gets each statement once with
+    /// all its rows in one JSON parameter (a few thousand rows, or a few MiB, per round trip:
+    /// see [`Rows::Json`]) and no interactive transaction, so every statement stands on its own
+    /// there.
     pub async fn bulk(&self, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<Value>>>, DbError> {
         self.bulk_with(statements, Mode::Wait).await
     }
@@ -1114,9 +1115,9 @@ impl Deref for Conn {
 /// One statement applied to many rows: see [`Db::bulk`].
 #[derive(Debug)]
 pub struct Bulk {
-    /// The statement for `n` rows, whose values follow the fixed parameters (built with
-    /// [`values_list`]).
-    pub sql: fn(usize) -> String,
+    /// The statement, taking its rows as [`Rows`] says (its source built with
+    /// [`Rows::source`]) after the fixed parameters.
+    pub sql: fn(Rows) -> String,
     /// Parameters `?1…?k` shared by every row.
     pub fixed: Vec<Value>,
     /// Values per row.
@@ -1140,7 +1141,7 @@ async fn bulk_prepared(conn: Conn, statements: Vec<Bulk>) -> Result<Vec<Vec<Vec<
             let mut returned = Vec::new();
             let rows = bulk.rows();
             if rows > 0 {
-                let sql = (bulk.sql)(1);
+                let sql = (bulk.sql)(Rows::One);
                 let statement = conn.prepare_cached(&sql).await?;
                 let Bulk {
                     fixed,
@@ -1194,18 +1195,84 @@ async fn bulk_multi_row(
     let mut results = Vec::with_capacity(statements.len());
     for bulk in statements {
         let mut returned = Vec::new();
-        let per_statement = rows_per_statement(bulk.cols, bulk.fixed.len());
-        let cols = bulk.cols.max(1);
-        for chunk in bulk.values.chunks(per_statement * cols) {
-            let params: Vec<Value> = bulk.fixed.iter().chain(chunk).cloned().collect();
-            let mut rows = conn.query(&(bulk.sql)(chunk.len() / cols), params).await?;
-            while let Some(row) = rows.next().await? {
-                returned.push(row_values(&row)?);
+        if bulk.rows() > 0 {
+            let sql = (bulk.sql)(Rows::Json);
+            for rows in json_rows(&bulk.values, bulk.cols)? {
+                let params: Vec<Value> = bulk
+                    .fixed
+                    .iter()
+                    .cloned()
+                    .chain([Value::Text(rows)])
+                    .collect();
+                let mut rows = conn.query(&sql, params).await?;
+                while let Some(row) = rows.next().await? {
+                    returned.push(row_values(&row)?);
+                }
             }
         }
         results.push(returned);
     }
     Ok(results)
+}
+
+/// Most rows one [`Rows::Json`] statement carries.
+const MAX_JSON_ROWS: usize = 4096;
+
+/// Bytes of JSON past which a [`Rows::Json`] statement takes no more rows (it may pass this by
+/// one row).
+const MAX_JSON_BYTES: usize = 4 << 20;
+
+/// `values`, `cols` a row, as JSON arrays of rows (`[[1,"a"],[2,"b"]]`), as many as keep each
+/// within [`MAX_JSON_ROWS`] and [`MAX_JSON_BYTES`]. A real that JSON cannot hold (an infinity,
+/// NaN) goes as null; a blob cannot go at all.
+fn json_rows(values: &[Value], cols: usize) -> Result<Vec<String>, DbError> {
+    use std::fmt::Write as _;
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut rows = 0;
+    for row in values.chunks(cols.max(1)) {
+        text.push(if rows == 0 { '[' } else { ',' });
+        text.push('[');
+        for (i, value) in row.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            match value {
+                Value::Null => text.push_str("null"),
+                Value::Integer(n) => {
+                    let _ = write!(text, "{n}");
+                }
+                Value::Real(x) => match serde_json::Number::from_f64(*x) {
+                    Some(number) => {
+                        let _ = write!(text, "{number}");
+                    }
+                    None => text.push_str("null"),
+                },
+                Value::Text(t) => {
+                    let quoted = serde_json::to_string(t)
+                        .map_err(|e| DbError::Decode(format!("cannot quote a text value: {e}")))?;
+                    text.push_str(&quoted);
+                }
+                Value::Blob(_) => {
+                    return Err(DbError::Decode(
+                        "a bulk statement cannot carry a blob to a remote database".into(),
+                    ));
+                }
+            }
+        }
+        text.push(']');
+        rows += 1;
+        if rows == MAX_JSON_ROWS || text.len() >= MAX_JSON_BYTES {
+            text.push(']');
+            out.push(std::mem::take(&mut text));
+            rows = 0;
+        }
+    }
+    if rows > 0 {
+        text.push(']');
+        out.push(text);
+    }
+    Ok(out)
 }
 
 /// The text in column `idx` of a row returned by [`Db::bulk`].
@@ -1308,35 +1375,39 @@ pub async fn query_all<T>(
     Ok(out)
 }
 
-/// Most parameters one statement may bind (SQLite's limit is 32766).
-const MAX_PARAMS: usize = 32_000;
-
-/// Rows of `cols` values each that fit in one statement besides `fixed` other parameters.
-pub fn rows_per_statement(cols: usize, fixed: usize) -> usize {
-    ((MAX_PARAMS - fixed) / cols.max(1)).max(1)
+/// How a [`Bulk`] statement takes its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// One row of numbered parameters: an embedded database prepares the statement once and
+    /// steps it once per row.
+    One,
+    /// Every row in one parameter, a JSON array of rows: a remote server gets one short
+    /// statement however many rows it carries, instead of a `VALUES` list of a parameter per
+    /// value (which the server parses, plans and binds at a cost that grows faster than the
+    /// rows).
+    Json,
 }
 
-/// `(?3, ?4), (?5, ?6)`: a multi-row `VALUES` list of `rows` rows of `cols` numbered
-/// placeholders, starting at `?first`.
-pub fn values_list(rows: usize, cols: usize, first: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 7);
-    let mut n = first;
-    for row in 0..rows {
-        if row > 0 {
-            out.push(',');
-        }
-        out.push('(');
-        for col in 0..cols {
-            if col > 0 {
-                out.push(',');
+impl Rows {
+    /// The rows as a query, `cols` values a row from parameter `?first`: `VALUES (?2,?3)`, or
+    /// `SELECT value->>0, value->>1 FROM json_each(?2) WHERE true`. Either is the body of a
+    /// `WITH` table or the source of an `INSERT` (the `WHERE true` lets an upsert clause follow).
+    pub fn source(self, cols: usize, first: usize) -> String {
+        let columns = 0..cols.max(1);
+        match self {
+            Rows::One => {
+                let params: Vec<String> = columns.map(|c| format!("?{}", first + c)).collect();
+                format!("VALUES ({})", params.join(","))
             }
-            out.push('?');
-            out.push_str(&n.to_string());
-            n += 1;
+            Rows::Json => {
+                let values: Vec<String> = columns.map(|c| format!("value->>{c}")).collect();
+                format!(
+                    "SELECT {} FROM json_each(?{first}) WHERE true",
+                    values.join(",")
+                )
+            }
         }
-        out.push(')');
     }
-    out
 }
 
 #[cfg(test)]
@@ -1362,9 +1433,34 @@ mod tests {
     }
 
     #[test]
-    fn builds_values_lists() {
-        assert_eq!(values_list(2, 3, 2), "(?2,?3,?4),(?5,?6,?7)");
-        assert_eq!(values_list(1, 1, 1), "(?1)");
-        assert_eq!(rows_per_statement(8, 3), 3999);
+    fn builds_row_sources() {
+        assert_eq!(Rows::One.source(3, 2), "VALUES (?2,?3,?4)");
+        assert_eq!(
+            Rows::Json.source(2, 4),
+            "SELECT value->>0,value->>1 FROM json_each(?4) WHERE true"
+        );
+    }
+
+    #[test]
+    fn json_rows_carry_every_value_and_split_long_lists() {
+        let values = vec![
+            Value::Integer(-7),
+            Value::Text("a \"quote\" and a \u{0} nul".into()),
+            Value::Null,
+            Value::Real(0.5),
+            Value::Real(f64::NAN),
+            Value::Text("é".into()),
+        ];
+        assert_eq!(
+            json_rows(&values, 3).ok(),
+            Some(vec![
+                r#"[[-7,"a \"quote\" and a \u0000 nul",null],[0.5,null,"é"]]"#.to_string()
+            ])
+        );
+        let many = vec![Value::Integer(1); MAX_JSON_ROWS + 1];
+        let split = json_rows(&many, 1).unwrap_or_default();
+        assert_eq!(split.len(), 2);
+        assert_eq!(split[1], "[[1]]");
+        assert!(json_rows(&[Value::Blob(vec![1])], 1).is_err());
     }
 }

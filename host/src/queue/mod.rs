@@ -1106,6 +1106,7 @@ mod query_plans {
     //! same engine.)
 
     use super::*;
+    use crate::db::Rows;
     use crate::queue::schema::FairCaps;
 
     /// SQLite's plan for `sql`, one line per step.
@@ -1234,20 +1235,24 @@ mod query_plans {
         assert_no_scan_of_jobs("releasing orphans", &orphans);
         let renew = plan(
             &queue,
-            schema::renew(2),
-            vec![
-                Value::Integer(1000),
-                text("a"),
-                Value::Integer(1),
-                text("b"),
-                Value::Integer(1),
-            ],
+            schema::renew(Rows::Json),
+            vec![Value::Integer(1000), text(r#"[["a",1],["b",1]]"#)],
         )
         .await;
         assert_no_scan_of_jobs("renewing", &renew);
+        let complete_many = plan(
+            &queue,
+            schema::complete(Rows::Json),
+            vec![
+                Value::Integer(0),
+                text(r#"[["a",1,null,null],["b",1,null,null]]"#),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("completing jobs", &complete_many);
         let complete = plan(
             &queue,
-            schema::complete(1),
+            schema::complete(Rows::One),
             vec![
                 Value::Integer(0),
                 text("a"),
@@ -1269,8 +1274,20 @@ mod query_plans {
             text("m"),
             Value::Integer(1),
         ]);
-        let finish = plan(&queue, schema::finish(1), finish_params).await;
+        let finish = plan(&queue, schema::finish(Rows::One), finish_params).await;
         assert_no_scan_of_jobs("finishing", &finish);
+        let finish_many = plan(
+            &queue,
+            schema::finish(Rows::Json),
+            vec![
+                Value::Integer(0),
+                Value::Integer(1),
+                Value::Integer(2),
+                text(r#"[["a",1,"fail",null,null,"T","m",1],["b",1,"release",null,null,null,null,0]]"#),
+            ],
+        )
+        .await;
+        assert_no_scan_of_jobs("finishing jobs", &finish_many);
         let signals = plan(&queue, schema::SIGNALS.to_string(), vec![text("w")]).await;
         assert_no_scan_of_jobs("polling signals", &signals);
     }

@@ -1,12 +1,13 @@
 //! The queue's tables and the SQL that moves jobs between statuses.
 //!
 //! Every operation is a single statement, and fencing (`lease_epoch`) is part of each `WHERE`
-//! clause. Batches of outcomes and lease renewals travel as multi-row `VALUES` lists of bound
-//! parameters; a batch of new jobs as one JSON array parameter read with `json_each`, so that
-//! any number of jobs is one statement (one transaction). No interactive transaction is ever
+//! clause. Batches of new jobs, outcomes and lease renewals each travel as one JSON array
+//! parameter read with `json_each` (an embedded database steps an outcome or renewal statement
+//! once per row instead; see [`Rows`]), so that any number of them is one statement (one
+//! transaction). No interactive transaction is ever
 //! held, so a remote libsql server sees one round trip per operation.
 
-use crate::db::{Migration, values_list};
+use crate::db::{Migration, Rows};
 
 /// The database's clock, in Unix epoch milliseconds. Lease deadlines, due times and reclaims
 /// are computed with it, never with a host's own clock: hosts sharing a database then agree on
@@ -424,14 +425,14 @@ pub(crate) fn promote(fair: bool) -> String {
 
 /// Extends `rows` leases to `?1` ms from now (by the database's clock); then `(id, epoch)`
 /// pairs from `?2`. Returns the ids whose lease is still held.
-pub(crate) fn renew(rows: usize) -> String {
+pub(crate) fn renew(rows: Rows) -> String {
     format!(
-        "WITH l(id, epoch) AS (VALUES {})
+        "WITH l(id, epoch) AS ({})
          UPDATE jobs SET lease_expires_at = {DB_NOW} + ?1, updated_at = {DB_NOW}
          FROM l
          WHERE jobs.id = l.id AND jobs.lease_epoch = l.epoch AND jobs.status = 'leased'
          RETURNING jobs.id",
-        values_list(rows, RENEW_COLUMNS, 2)
+        rows.source(RENEW_COLUMNS, 2)
     )
 }
 
@@ -441,7 +442,7 @@ pub(crate) const RENEW_COLUMNS: usize = 2;
 /// Completes `rows` jobs `(id, epoch, run_id, result_status)`, from `?2`, whose lease is still
 /// current; `?1` is now. The common outcome, so it has a statement of its own, far cheaper than
 /// the general [`finish`]. Returns the ids and new statuses of the jobs it changed.
-pub(crate) fn complete(rows: usize) -> String {
+pub(crate) fn complete(rows: Rows) -> String {
     let set = |run_id: &str, result_status: &str| {
         format!(
             "status = 'done',
@@ -455,7 +456,7 @@ pub(crate) fn complete(rows: usize) -> String {
              finished_at = ?1"
         )
     };
-    if rows == 1 {
+    if rows == Rows::One {
         // The same for one job (an embedded database steps it once per job), as a plain update
         // by id, which SQLite runs faster than a join with a one-row VALUES list.
         return format!(
@@ -466,12 +467,12 @@ pub(crate) fn complete(rows: usize) -> String {
         );
     }
     format!(
-        "WITH n(id, epoch, run_id, result_status) AS (VALUES {})
+        "WITH n(id, epoch, run_id, result_status) AS ({})
          UPDATE jobs SET {}
          FROM n
          WHERE jobs.id = n.id AND jobs.lease_epoch = n.epoch AND jobs.status = 'leased'
          RETURNING jobs.id, jobs.status, jobs.has_children",
-        values_list(rows, COMPLETE_COLUMNS, 2),
+        rows.source(COMPLETE_COLUMNS, 2),
         set("n.run_id", "n.result_status")
     )
 }
@@ -483,9 +484,9 @@ pub(crate) const COMPLETE_COLUMNS: usize = 4;
 /// from `?4`, to the jobs whose lease is still current. `?1` is now, `?2` the backoff base (ms),
 /// `?3` the backoff cap (ms); due times follow the database's clock. A job whose cancel was
 /// requested is not retried. Returns the ids and new statuses of the jobs it changed.
-pub(crate) fn finish(rows: usize) -> String {
+pub(crate) fn finish(rows: Rows) -> String {
     format!(
-        "WITH n(id, epoch, kind, run_id, result_status, tag, message, retry) AS (VALUES {})
+        "WITH n(id, epoch, kind, run_id, result_status, tag, message, retry) AS ({})
          UPDATE jobs SET
             status = CASE WHEN o.next = 'queued' AND o.delay > 0 THEN 'scheduled' ELSE o.next END,
             attempts = jobs.attempts + (o.kind = 'fail'),
@@ -515,7 +516,7 @@ pub(crate) fn finish(rows: usize) -> String {
                WHERE j.status = 'leased') AS o
          WHERE jobs.seq = o.seq
          RETURNING jobs.id, jobs.status, jobs.has_children",
-        values_list(rows, FINISH_COLUMNS, 4)
+        rows.source(FINISH_COLUMNS, 4)
     )
 }
 

@@ -16,7 +16,7 @@ use libsql::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::db::{Bulk, Db, DbError, Migration, RowExt, values_list};
+use crate::db::{Bulk, Db, DbError, Migration, RowExt, Rows};
 use crate::queue::{ErrorInfo, Lifecycle};
 
 pub use run::{Event, Run, RunFilter, RunStatus, Usage};
@@ -107,14 +107,14 @@ const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status,
 /// Inserts or updates `rows` runs (the values of [`run_params`], from `?1`). A run's identity,
 /// input and start never change; its outcome fields are overwritten, and its heartbeat only
 /// moves forward.
-fn upsert_runs(rows: usize) -> String {
+fn upsert_runs(rows: Rows) -> String {
     format!(
         "INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox,
                            long_lived, input, output, error_tag, error_message, started_at,
                            ended_at, heartbeat_at, fuel_used, peak_memory, worker_id, turns,
                            input_tokens, output_tokens, cost_usd, tool_calls, tenant_id,
                            user_id)
-         VALUES {}
+         {}
          ON CONFLICT (id) DO UPDATE SET
             status = excluded.status,
             output = excluded.output,
@@ -130,7 +130,7 @@ fn upsert_runs(rows: usize) -> String {
             output_tokens = excluded.output_tokens,
             cost_usd = excluded.cost_usd,
             tool_calls = excluded.tool_calls",
-        values_list(rows, RUN_VALUES, 1)
+        rows.source(RUN_VALUES, 1)
     )
 }
 
@@ -138,10 +138,10 @@ fn upsert_runs(rows: usize) -> String {
 const RUN_VALUES: usize = 25;
 
 /// Appends `rows` events `(run_id, seq, ts, kind, payload)`.
-fn insert_events(rows: usize) -> String {
+fn insert_events(rows: Rows) -> String {
     format!(
-        "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, payload) VALUES {}",
-        values_list(rows, EVENT_VALUES, 1)
+        "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, payload) {}",
+        rows.source(EVENT_VALUES, 1)
     )
 }
 
@@ -149,38 +149,38 @@ fn insert_events(rows: usize) -> String {
 const EVENT_VALUES: usize = 5;
 
 /// Moves the heartbeat of `rows` runs `(id, ts)` forward.
-fn heartbeats(rows: usize) -> String {
+fn heartbeats(rows: Rows) -> String {
     format!(
-        "WITH h(id, ts) AS (VALUES {})
+        "WITH h(id, ts) AS ({})
          UPDATE runs SET heartbeat_at = max(coalesce(runs.heartbeat_at, 0), h.ts)
          FROM h WHERE runs.id = h.id",
-        values_list(rows, 2, 1)
+        rows.source(2, 1)
     )
 }
 
 /// Marks `rows` runs, by id, as lost with error `?1`/`?2` at `?3`: those still running, and
 /// those recorded as a success whose outcome never reached the queue. A run that failed keeps
 /// its own error.
-fn mark_runs_lost(rows: usize) -> String {
+fn mark_runs_lost(rows: Rows) -> String {
     format!(
-        "WITH l(id) AS (VALUES {})
+        "WITH l(id) AS ({})
          UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
                          ended_at = coalesce(runs.ended_at, ?3)
          FROM l WHERE runs.id = l.id AND runs.status IN ('running', 'success')",
-        values_list(rows, 1, 4)
+        rows.source(1, 4)
     )
 }
 
 /// Marks the runs of `rows` job attempts `(job_id, attempt)` as lost with error `?1`/`?2` at
 /// `?3`, under the same rule as [`mark_runs_lost`].
-fn mark_attempts_lost(rows: usize) -> String {
+fn mark_attempts_lost(rows: Rows) -> String {
     format!(
-        "WITH l(job_id, attempt) AS (VALUES {})
+        "WITH l(job_id, attempt) AS ({})
          UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
                          ended_at = coalesce(runs.ended_at, ?3)
          FROM l WHERE runs.job_id = l.job_id AND runs.attempt = l.attempt
                   AND runs.status IN ('running', 'success')",
-        values_list(rows, 2, 4)
+        rows.source(2, 4)
     )
 }
 
@@ -313,7 +313,7 @@ impl RunStore {
         for (id, ts) in &batch.heartbeats {
             beats.extend([Value::Text(id.to_string()), Value::Integer(*ts)]);
         }
-        let bulk = |sql: fn(usize) -> String, cols, values| Bulk {
+        let bulk = |sql: fn(Rows) -> String, cols, values| Bulk {
             sql,
             fixed: Vec::new(),
             cols,
@@ -358,7 +358,7 @@ impl RunStore {
 
     async fn mark_lost(
         &self,
-        sql: fn(usize) -> String,
+        sql: fn(Rows) -> String,
         cols: usize,
         values: Vec<Value>,
         error: &ErrorInfo,
