@@ -19,7 +19,7 @@ use libsql::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::db::{Bulk, Db, DbError, RowExt, query_all, text_at};
+use crate::db::{Bulk, Db, DbError, RowExt, query_all, text_at, transaction_batch};
 use crate::time::now_ms;
 
 pub use fair::{FairShare, KeyExpr, MAX_KEY_LEN};
@@ -371,28 +371,35 @@ impl Queue {
             .db
             .write_relaxed(move |conn| async move {
                 // Scheduled jobs that are due join the queue first (an index probe when none
-                // are), in the same transaction as the claim where there are transactions.
-                let transaction = !multi_row;
-                if transaction {
-                    conn.execute("BEGIN IMMEDIATE", ()).await?;
+                // are), in the same transaction as the claim.
+                let claim = if long_lived.is_some() {
+                    &sql.claim_lane
+                } else {
+                    &sql.claim
+                };
+                let mut params = vec![
+                    Value::Text(worker),
+                    Value::Integer(lease),
+                    Value::Integer(max),
+                    long_lived.map_or(Value::Null, Value::Integer),
+                    agents,
+                ];
+                params.extend(sql.claim_caps.iter().cloned());
+                if multi_row {
+                    // One request to a remote server: the promotion and the claim together.
+                    let mut rows = transaction_batch(
+                        &conn,
+                        &[(sql.promote.as_str(), &[]), (claim.as_str(), &params)],
+                    )
+                    .await?;
+                    let claimed = rows.pop().unwrap_or_default();
+                    return claimed.iter().map(decode_job).collect();
                 }
+                conn.execute("BEGIN IMMEDIATE", ()).await?;
                 let claimed = async {
                     let promote = conn.prepare_cached(&sql.promote).await?;
                     promote.execute(()).await?;
                     conn.keep(&sql.promote, promote);
-                    let claim = if long_lived.is_some() {
-                        &sql.claim_lane
-                    } else {
-                        &sql.claim
-                    };
-                    let mut params = vec![
-                        Value::Text(worker),
-                        Value::Integer(lease),
-                        Value::Integer(max),
-                        long_lived.map_or(Value::Null, Value::Integer),
-                        agents,
-                    ];
-                    params.extend(sql.claim_caps.iter().cloned());
                     query_all(
                         &conn,
                         claim,
@@ -402,14 +409,12 @@ impl Queue {
                     .await
                 }
                 .await;
-                if transaction {
-                    let end = if claimed.is_ok() {
-                        "COMMIT"
-                    } else {
-                        "ROLLBACK"
-                    };
-                    conn.execute(end, ()).await?;
-                }
+                let end = if claimed.is_ok() {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                conn.execute(end, ()).await?;
                 claimed
             })
             .await?;
