@@ -12,7 +12,9 @@
 //!
 //! Everything above this module is written as single statements (rows in one JSON parameter,
 //! `UPDATE … RETURNING`), never as interactive transactions, so the remote mode costs one round trip
-//! per statement.
+//! per statement; statements that belong together (a claim and the promotion before it, the
+//! statements of a bulk write) go to a remote server as one transaction in one round trip
+//! ([`transaction_batch`]).
 
 use std::collections::HashMap;
 use std::future::Future;
