@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use drover_test_support::http::{self, get_json};
 use drover_test_support::{
     AgentDir, CHAOS_JS, CHAOS_PY, ECHO, ECHO_JS, ECHO_PY, HostProcess, QUEUE_WORKER_JS, WAIT,
     host_args, other_languages,
@@ -33,12 +34,6 @@ fn start(agents: &AgentDir, dir: &tempfile::TempDir) -> HostProcess {
     )
 }
 
-async fn get(url: String) -> Value {
-    let response = reqwest::get(&url).await.expect("get");
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
-}
-
 /// Posts a job and waits for it to finish; the `{job, run}` view.
 async fn run(host: &HostProcess, agent: &str, input: Value) -> Value {
     post_and_wait(host, json!({ "agentId": agent, "input": input })).await
@@ -46,29 +41,11 @@ async fn run(host: &HostProcess, agent: &str, input: Value) -> Value {
 
 /// Posts the job `body` and waits for it to finish; the `{job, run}` view.
 async fn post_and_wait(host: &HostProcess, body: Value) -> Value {
-    let agent = body["agentId"].clone();
-    let posted: Value = reqwest::Client::new()
-        .post(format!("{}/v1/jobs", host.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
-    let id = posted["job"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not enqueued: {posted}"))
-        .to_string();
-    let view = get(format!(
-        "{}/v1/jobs/{id}/wait?timeoutMs={}",
-        host.url,
-        WAIT.as_millis()
-    ))
-    .await;
+    let view = http::post_and_wait(&host.url, &body).await;
     assert!(
         matches!(view["job"]["status"].as_str(), Some("done" | "failed")),
-        "{agent} did not finish: {view}"
+        "{} did not finish: {view}",
+        body["agentId"]
     );
     view
 }
@@ -128,7 +105,7 @@ async fn rust_typescript_and_python_echo_answer_alike() {
         let body: Value = refused.json().await.expect("json");
         assert_eq!(body["error"]["tag"], "InvalidInput", "{body}");
     }
-    let templates = get(format!("{}/v1/templates", host.url)).await;
+    let templates = get_json(format!("{}/v1/templates", host.url)).await;
     let described = |id: &str| {
         templates["templates"]
             .as_array()
@@ -158,28 +135,20 @@ async fn the_javascript_queue_worker_heartbeats_until_deleted_and_completes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = start(&agents, &dir);
 
-    let spawned: Value = reqwest::Client::new()
-        .post(format!("{}/spawn", host.url))
-        .json(&json!({
+    let name = http::spawn(
+        &host.url,
+        &json!({
             "agentType": "queue-worker-js",
             "tenantId": "tenant-a",
             "input": { "intervalMs": 25, "itemsPerBatch": 2 },
-        }))
-        .send()
-        .await
-        .expect("spawn")
-        .json()
-        .await
-        .expect("json");
-    let name = spawned["workloadName"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no workloadName in {spawned}"))
-        .to_string();
+        }),
+    )
+    .await;
 
     // It heartbeats and processes items while it runs.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let events = get(format!("{}/v1/agents/{name}/events", host.url)).await;
+        let events = get_json(format!("{}/v1/agents/{name}/events", host.url)).await;
         let count = |kind: &str| {
             events["events"]
                 .as_array()
@@ -197,7 +166,7 @@ async fn the_javascript_queue_worker_heartbeats_until_deleted_and_completes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let view = get(format!("{}/v1/agents/{name}", host.url)).await;
+    let view = get_json(format!("{}/v1/agents/{name}", host.url)).await;
     assert_eq!(view["agent"]["phase"], "Running", "{view}");
 
     // DELETE asks it to stop; it finishes its item and returns: Completed, not Failed.
@@ -209,7 +178,7 @@ async fn the_javascript_queue_worker_heartbeats_until_deleted_and_completes() {
     assert_eq!(deleted.status(), 202);
     let deadline = tokio::time::Instant::now() + WAIT;
     let view = loop {
-        let view = get(format!("{}/v1/agents/{name}", host.url)).await;
+        let view = get_json(format!("{}/v1/agents/{name}", host.url)).await;
         if view["agent"]["phase"] != "Running" && view["agent"]["phase"] != "Pending" {
             break view;
         }
@@ -220,7 +189,7 @@ async fn the_javascript_queue_worker_heartbeats_until_deleted_and_completes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(view["agent"]["phase"], "Completed", "{view}");
-    let events = get(format!("{}/v1/agents/{name}/events", host.url)).await;
+    let events = get_json(format!("{}/v1/agents/{name}/events", host.url)).await;
     let kinds: Vec<&str> = events["events"]
         .as_array()
         .into_iter()
@@ -378,7 +347,7 @@ async fn a_javascript_agent_is_hot_reloaded() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let templates = get(format!("{}/v1/templates", host.url)).await;
+    let templates = get_json(format!("{}/v1/templates", host.url)).await;
     let greeter = templates["templates"]
         .as_array()
         .into_iter()
@@ -617,7 +586,7 @@ async fn typescript_and_python_agents_use_models_tools_children_and_their_inbox(
             .expect("delete")
             .status();
         assert!(status.is_success(), "{agent}: {status}");
-        let done = get(format!(
+        let done = get_json(format!(
             "{}/v1/jobs/{id}/wait?timeoutMs={}",
             host.url,
             WAIT.as_millis()

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_host::db::{Db, RowExt, query_all};
+use drover_test_support::http::{get_json, post_and_wait};
 use drover_test_support::proxy::FaultProxy;
 use drover_test_support::sqld::{self, JwtKey, Sqld};
 use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, host_args_on, wait_for};
@@ -372,7 +373,11 @@ async fn a_jwt_protected_server_takes_its_token_and_a_wrong_one_fails_at_start_u
             ("DROVER_STORAGE_AUTH_TOKEN", &token),
         ],
     );
-    let done = one_job(&good.url, json!({ "agentId": "echo", "input": { "n": 7 } })).await;
+    let done = post_and_wait(
+        &good.url,
+        &json!({ "agentId": "echo", "input": { "n": 7 } }),
+    )
+    .await;
     assert_eq!(done["run"]["output"]["received"], 7, "{done}");
 
     // A token signed by another key: the host says so once, and exits.
@@ -392,16 +397,6 @@ async fn a_jwt_protected_server_takes_its_token_and_a_wrong_one_fails_at_start_u
         stderr.contains("cannot open database") && stderr.contains(&server.url()),
         "{stderr}"
     );
-}
-
-/// GETs `url` and parses the answer.
-async fn get_json(url: String) -> serde_json::Value {
-    reqwest::get(url)
-        .await
-        .expect("get")
-        .json()
-        .await
-        .unwrap_or(serde_json::Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,22 +514,6 @@ async fn done(server: &Sqld) -> i64 {
     outcomes(server).await.1.get("done").copied().unwrap_or(0)
 }
 
-/// Posts one job (`body`) to `url` and waits for its outcome.
-async fn one_job(url: &str, body: serde_json::Value) -> serde_json::Value {
-    let client = reqwest::Client::new();
-    let created: serde_json::Value = client
-        .post(format!("{url}/v1/jobs"))
-        .json(&body)
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
-    let id = created["job"]["id"].as_str().expect("id");
-    get_json(format!("{url}/v1/jobs/{id}/wait?timeoutMs=30000")).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_second_outage_between_a_host_and_its_server_loses_no_finished_outcome() {
     if sqld::available("the remote-database tests").is_none() {
@@ -574,9 +553,9 @@ async fn a_ten_second_outage_between_a_host_and_its_server_loses_no_finished_out
         "{log}"
     );
     // The host recovered by itself: new work is served at once.
-    let view = one_job(
+    let view = post_and_wait(
         &a.url,
-        json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 1 } }),
+        &json!({ "agentId": "chaos", "input": { "mode": "sleep", "ms": 1 } }),
     )
     .await;
     assert_eq!(view["run"]["status"], "success", "{view}");

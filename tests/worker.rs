@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use drover_test_support::http::{self, get_json};
 use drover_test_support::oauth_server::OAuthServer;
 use drover_test_support::sample_api::SampleApi;
 use drover_test_support::{AgentDir, HostProcess, QUEUE_WORKER};
@@ -15,40 +16,22 @@ const CLIENT_ID: &str = "queue-worker-client";
 const CLIENT_SECRET: &str = "cs-worker-41d9e6b2";
 const SCOPE: &str = "sample-api-a:write";
 
-async fn get(url: String) -> Value {
-    let text = reqwest::get(&url)
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("body");
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
-}
-
 async fn spawn(url: &str, agent: &str, tenant: &str) -> String {
-    let spawned: Value = reqwest::Client::new()
-        .post(format!("{url}/spawn"))
-        .json(&json!({
+    http::spawn(
+        url,
+        &json!({
             "agentType": agent, "tenantId": tenant, "userId": "user-1",
             "input": { "itemsPerBatch": 2 },
-        }))
-        .send()
-        .await
-        .expect("spawn")
-        .json()
-        .await
-        .expect("json");
-    spawned["workloadName"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no workloadName in {spawned}"))
-        .to_string()
+        }),
+    )
+    .await
 }
 
 /// The agent's events of `kind`, once there are at least `count` of them.
 async fn events_of(url: &str, agent: &str, kind: &str, count: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let events = get(format!("{url}/v1/agents/{agent}/events")).await;
+        let events = get_json(format!("{url}/v1/agents/{agent}/events")).await;
         let found: Vec<Value> = events["events"]
             .as_array()
             .into_iter()
@@ -77,7 +60,7 @@ async fn stop(url: &str, agent: &str) -> Value {
     assert_eq!(status, 202);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let view = get(format!("{url}/v1/agents/{agent}")).await;
+        let view = get_json(format!("{url}/v1/agents/{agent}")).await;
         if view["agent"]["phase"] == "Completed" {
             return view;
         }
@@ -183,7 +166,7 @@ async fn the_queue_worker_posts_each_item_with_a_scoped_token_and_its_tenant() {
         "/v1/runs".to_string(),
         "/v1/templates".to_string(),
     ] {
-        served.push(get(format!("{url}{path}")).await.to_string());
+        served.push(get_json(format!("{url}{path}")).await.to_string());
     }
     let everything = format!("{}\n{}", served.join("\n"), host.log_text());
     assert!(everything.contains("sample-api-a"));

@@ -2,6 +2,7 @@
 //! script, and agent directories made from them; a scripted model server ([`model_server`]);
 //! and an OAuth2 token endpoint ([`oauth_server`]).
 
+pub mod http;
 pub mod model_server;
 pub mod oauth_server;
 pub mod proxy;

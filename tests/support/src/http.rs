@@ -1,0 +1,56 @@
+//! The HTTP calls to a running host that many tests make.
+
+use serde_json::Value;
+
+use crate::WAIT;
+
+/// `GET url`: the body as JSON, or as a JSON string when it is not JSON.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    let text = reqwest::get(url)
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// Posts the job `body` to the host at `url` and waits up to [`WAIT`] for it to finish; the
+/// `{job, run}` view (the job still unfinished if it did not).
+pub async fn post_and_wait(url: &str, body: &Value) -> Value {
+    let posted: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/jobs"))
+        .json(body)
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let id = posted["job"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not enqueued: {posted}"));
+    get_json(format!(
+        "{url}/v1/jobs/{id}/wait?timeoutMs={}",
+        WAIT.as_millis()
+    ))
+    .await
+}
+
+/// Starts a long-lived agent with `POST /spawn` and the seed's body `body` on the host at
+/// `url`; its workload name.
+pub async fn spawn(url: &str, body: &Value) -> String {
+    let spawned: Value = reqwest::Client::new()
+        .post(format!("{url}/spawn"))
+        .json(body)
+        .send()
+        .await
+        .expect("spawn")
+        .json()
+        .await
+        .expect("json");
+    spawned["workloadName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no workloadName in {spawned}"))
+        .to_string()
+}
