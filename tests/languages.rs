@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use drover_test_support::http::{self, get_json};
+use drover_test_support::http::{self, get_json, post_json};
 use drover_test_support::{
     AgentDir, CHAOS_JS, CHAOS_PY, ECHO, ECHO_JS, ECHO_PY, HostProcess, QUEUE_WORKER_JS, WAIT,
     host_args, other_languages,
@@ -527,34 +527,18 @@ async fn typescript_and_python_agents_use_models_tools_children_and_their_inbox(
     );
     let client = reqwest::Client::new();
     for agent in ["caps-ts", "caps-py"] {
-        let spawned: Value = client
-            .post(format!("{}/spawn", host.url))
-            .json(&json!({ "agentType": agent }))
-            .send()
-            .await
-            .expect("spawn")
-            .json()
-            .await
-            .expect("json");
+        let spawned = post_json(
+            format!("{}/spawn", host.url),
+            &json!({ "agentType": agent }),
+        )
+        .await;
         let id = spawned["workloadName"]
             .as_str()
             .unwrap_or_else(|| panic!("{agent}: {spawned}\n{}", host.log_text()))
             .to_string();
         let ask = |message: Value| {
-            let client = client.clone();
             let url = format!("{}/v1/agents/{id}/messages?waitMs=120000", host.url);
-            async move {
-                let answer: Value = client
-                    .post(url)
-                    .json(&json!({ "message": message }))
-                    .send()
-                    .await
-                    .expect("post")
-                    .json()
-                    .await
-                    .expect("json");
-                answer["reply"].clone()
-            }
+            async move { post_json(url, &json!({ "message": message })).await["reply"].clone() }
         };
         assert_eq!(
             ask(json!({ "call": "model", "text": "The capital of France?" })).await,

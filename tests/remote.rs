@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_host::db::{Db, RowExt, query_all};
-use drover_test_support::http::{get_json, post_and_wait};
+use drover_test_support::http::{self, get_json, post_and_wait, post_json};
 use drover_test_support::proxy::FaultProxy;
 use drover_test_support::sqld::{self, JwtKey, Sqld};
 use drover_test_support::{AgentDir, CHAOS, ECHO, HostProcess, WAIT, host_args_on, wait_for};
@@ -428,15 +428,11 @@ async fn long_lived_agents_stop_down_their_tree_and_move_between_hosts_on_sqld()
         &[&fast[..], &["--max-agents", "1"]].concat(),
     );
     let client = reqwest::Client::new();
-    let created: serde_json::Value = client
-        .post(format!("{}/v1/jobs", a.url))
-        .json(&json!({ "id": "chain", "agentId": "chain-worker", "input": { "intervalMs": 50 } }))
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
+    let created = post_json(
+        format!("{}/v1/jobs", a.url),
+        &json!({ "id": "chain", "agentId": "chain-worker", "input": { "intervalMs": 50 } }),
+    )
+    .await;
     assert_eq!(created["job"]["id"], "chain", "{created}");
     wait_for(|| async {
         let view = get_json(format!("{}/v1/jobs/chain", a.url)).await;
@@ -471,16 +467,7 @@ async fn long_lived_agents_stop_down_their_tree_and_move_between_hosts_on_sqld()
     }
 
     // A long-lived agent on A moves to B when A is killed: a new run of the same job.
-    let spawned: serde_json::Value = client
-        .post(format!("{}/spawn", a.url))
-        .json(&json!({ "agentType": "queue-worker" }))
-        .send()
-        .await
-        .expect("spawn")
-        .json()
-        .await
-        .expect("json");
-    let agent = spawned["workloadName"].as_str().expect("name").to_string();
+    let agent = http::spawn(&a.url, &json!({ "agentType": "queue-worker" })).await;
     wait_for(|| async {
         let view = get_json(format!("{}/v1/agents/{agent}", a.url)).await;
         (view["agent"]["job"]["leaseOwner"] == "host-a").then_some(())

@@ -4,8 +4,8 @@
 //! clause. Batches of new jobs, outcomes and lease renewals each travel as one JSON array
 //! parameter read with `json_each` (an embedded database steps an outcome or renewal statement
 //! once per row instead; see [`Rows`]), so that any number of them is one statement (one
-//! transaction). No interactive transaction is ever
-//! held, so a remote libsql server sees one round trip per operation.
+//! transaction). No interactive transaction is ever held, so a remote libsql server sees one
+//! round trip per operation.
 
 use crate::db::{Migration, Rows};
 

@@ -15,18 +15,23 @@ pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
-/// Posts the job `body` to the host at `url` and waits up to [`WAIT`] for it to finish; the
-/// `{job, run}` view (the job still unfinished if it did not).
-pub async fn post_and_wait(url: &str, body: &Value) -> Value {
-    let posted: Value = reqwest::Client::new()
-        .post(format!("{url}/v1/jobs"))
+/// `POST url` with the JSON `body`: the answer's JSON.
+pub async fn post_json(url: impl reqwest::IntoUrl, body: &Value) -> Value {
+    reqwest::Client::new()
+        .post(url)
         .json(body)
         .send()
         .await
         .expect("post")
         .json()
         .await
-        .expect("json");
+        .expect("json")
+}
+
+/// Posts the job `body` to the host at `url` and waits up to [`WAIT`] for it to finish; the
+/// `{job, run}` view (the job still unfinished if it did not).
+pub async fn post_and_wait(url: &str, body: &Value) -> Value {
+    let posted = post_json(format!("{url}/v1/jobs"), body).await;
     let id = posted["job"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("not enqueued: {posted}"));
@@ -40,15 +45,7 @@ pub async fn post_and_wait(url: &str, body: &Value) -> Value {
 /// Starts a long-lived agent with `POST /spawn` and the seed's body `body` on the host at
 /// `url`; its workload name.
 pub async fn spawn(url: &str, body: &Value) -> String {
-    let spawned: Value = reqwest::Client::new()
-        .post(format!("{url}/spawn"))
-        .json(body)
-        .send()
-        .await
-        .expect("spawn")
-        .json()
-        .await
-        .expect("json");
+    let spawned = post_json(format!("{url}/spawn"), body).await;
     spawned["workloadName"]
         .as_str()
         .unwrap_or_else(|| panic!("no workloadName in {spawned}"))
