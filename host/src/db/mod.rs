@@ -605,24 +605,31 @@ impl Db {
             .await
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or (on a remote database) has failed
-    /// for passing reasons for [`REMOTE_RETRY_FOR`]; an embedded database is tried once (its
-    /// own busy handling waits for locks). A write shed for overload is not tried again.
+    /// Runs `attempt` until it succeeds, fails for good, or (on a remote database) has gone on
+    /// failing for passing reasons for [`REMOTE_RETRY_FOR`] since its first failure; an
+    /// embedded database is tried once (its own busy handling waits for locks). A write shed
+    /// for overload is not tried again, nor one that timed out (it waited longer than the window
+    /// already). The window opens at the first failure, not at the call: time spent waiting for
+    /// the write lane behind this process's other writes is not failure.
     async fn again_while_passing<T, A, Fut>(&self, mut attempt: A) -> Result<T, DbError>
     where
         A: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        let deadline = Instant::now() + REMOTE_RETRY_FOR;
+        let mut deadline = None;
         let mut delay = Duration::from_millis(5);
         loop {
             match attempt().await {
                 Err(e)
                     if self.inner.location.is_remote()
                         && e.is_transient()
-                        && !matches!(e, DbError::Overloaded { .. })
-                        && Instant::now() + delay < deadline =>
+                        && !matches!(e, DbError::Overloaded { .. } | DbError::TimedOut { .. }) =>
                 {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + REMOTE_RETRY_FOR);
+                    if Instant::now() + delay >= deadline {
+                        return Err(e);
+                    }
                     tracing::debug!(error = %e, "a remote operation failed for now; trying it again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
@@ -939,7 +946,8 @@ impl DbInner {
 
 /// Connections kept open between operations.
 const MAX_IDLE_CONNECTIONS: usize = 8;
-/// How long an idempotent remote write is tried again after passing failures.
+/// How long an idempotent remote write (or a read) is tried again after its first passing
+/// failure.
 pub const REMOTE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Longest a remote operation waits for the server before it fails with
 /// [`DbError::TimedOut`] (and its connection is dropped): far above any statement's time on a

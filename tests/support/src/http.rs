@@ -28,6 +28,26 @@ pub async fn post_json(url: impl reqwest::IntoUrl, body: &Value) -> Value {
         .expect("json")
 }
 
+/// Every event at `url` (`…/v1/runs/{id}/events` or `…/v1/agents/{id}/events`), following
+/// `nextAfter` over as many pages as there are.
+pub async fn events(url: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = get_json(format!("{url}?after={after}")).await;
+        let events = page["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events in {page}"));
+        all.extend(events.iter().cloned());
+        if page["truncated"] != true {
+            return all;
+        }
+        after = page["nextAfter"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("truncated without nextAfter: {page}"));
+    }
+}
+
 /// Posts the job `body` to the host at `url` and waits up to [`WAIT`] for it to finish; the
 /// `{job, run}` view (the job still unfinished if it did not).
 pub async fn post_and_wait(url: &str, body: &Value) -> Value {
