@@ -548,7 +548,8 @@ async fn claim_loop(shared: Arc<Shared>, jobs: TaskTracker) {
                     }
                     // Each job is in flight from now on (renewed, reachable by signals), and its
                     // task waits for a slot of the lane.
-                    lane.slots.claimed(got);
+                    let input_bytes = claimed.iter().map(|job| job.job.input.get().len()).sum();
+                    lane.slots.claimed(got, input_bytes);
                     for job in claimed {
                         let admitted = job::admit(&shared, job, started);
                         jobs.spawn(job::run(

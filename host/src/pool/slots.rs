@@ -6,7 +6,8 @@
 //! slots, each of which starts the moment a slot frees. How far ahead depends on how long recent
 //! runs took, so that a job claimed ahead waits no longer than the pool's prefetch horizon for
 //! its slot (long runs: nothing is claimed ahead, and idle hosts can take the work instead), and
-//! never past [`MAX_AHEAD`] jobs (or the slot count, if that is more).
+//! never past [`MAX_AHEAD`] jobs (or the slot count, if that is more), nor past what recent
+//! jobs' inputs say would bring [`MAX_AHEAD_BYTES`] of input into memory.
 //!
 //! Claiming ahead is what makes claims big. A claim, the outcomes of its jobs and their runs are
 //! each one write whatever their size, so on a database server the cost of a job falls with the
@@ -30,6 +31,9 @@ const UNKNOWN: u64 = u64::MAX;
 /// Most jobs claimed ahead of free slots (unless there are more slots than this): a bound on
 /// what one claim brings into memory, and on the size of its request and its outcomes' write.
 pub(super) const MAX_AHEAD: usize = 1024;
+/// Most input, in bytes, that jobs claimed ahead should hold together (judged by the mean input
+/// of recent claims): jobs with big inputs are claimed fewer at a time.
+pub(super) const MAX_AHEAD_BYTES: u64 = 64 << 20;
 
 /// The slots of one lane (run-to-completion jobs, or long-lived agents).
 pub(super) struct Slots {
@@ -40,6 +44,8 @@ pub(super) struct Slots {
     waiting: AtomicUsize,
     /// Mean duration of recent runs, in microseconds (an exponential moving average).
     mean_run_us: AtomicU64,
+    /// Mean input size of recently claimed jobs, in bytes (an exponential moving average).
+    mean_input_bytes: AtomicU64,
     /// Longest a job claimed ahead should wait for its slot; zero never claims ahead.
     horizon: Duration,
     /// Woken whenever there may be room for more claims.
@@ -54,6 +60,7 @@ impl Slots {
             capacity,
             waiting: AtomicUsize::new(0),
             mean_run_us: AtomicU64::new(UNKNOWN),
+            mean_input_bytes: AtomicU64::new(UNKNOWN),
             horizon,
             changed: Notify::new(),
         })
@@ -75,13 +82,30 @@ impl Slots {
         // With every slot busy, the k-th job claimed ahead waits about k / capacity runs.
         let horizon = u64::try_from(self.horizon.as_micros()).unwrap_or(u64::MAX);
         let ahead = horizon.saturating_mul(self.capacity as u64) / mean.max(1);
+        let input = self.mean_input_bytes.load(Ordering::Relaxed);
+        let by_bytes = if input == UNKNOWN {
+            u64::MAX
+        } else {
+            MAX_AHEAD_BYTES / input.max(1)
+        };
         let most = MAX_AHEAD.max(self.capacity);
-        usize::try_from(ahead).map_or(most, |a| a.min(most))
+        usize::try_from(ahead.min(by_bytes)).map_or(most, |a| a.min(most))
     }
 
-    /// Counts newly claimed jobs whose tasks are about to wait for a slot.
-    pub(super) fn claimed(&self, jobs: usize) {
+    /// Counts newly claimed jobs whose tasks are about to wait for a slot, and the bytes of
+    /// their inputs together.
+    pub(super) fn claimed(&self, jobs: usize, input_bytes: usize) {
         self.waiting.fetch_add(jobs, Ordering::AcqRel);
+        if let Some(per_job) = input_bytes.checked_div(jobs) {
+            let claim = u64::try_from(per_job).unwrap_or(UNKNOWN - 1);
+            let mean = self.mean_input_bytes.load(Ordering::Relaxed);
+            let next = if mean == UNKNOWN {
+                claim
+            } else {
+                mean - mean / 8 + claim / 8
+            };
+            self.mean_input_bytes.store(next, Ordering::Relaxed);
+        }
     }
 
     /// A slot for a claimed job: a free one at once, or the next to free up; `None` if `stop`
@@ -152,7 +176,7 @@ mod tests {
         let slots = Slots::new(4, Duration::from_millis(20));
         assert_eq!(slots.room(), 4, "nothing ahead before a run has ended");
         let stop = CancellationToken::new();
-        slots.claimed(4);
+        slots.claimed(4, 0);
         assert_eq!(slots.room(), 0);
         let mut permits = Vec::new();
         for _ in 0..4 {
@@ -165,19 +189,25 @@ mod tests {
         assert_eq!(slots.room(), 4 + 80);
         // Runs of 10 µs: ahead as far as MAX_AHEAD, not the 8,000 the horizon would allow.
         let slots = Slots::new(4, Duration::from_millis(20));
-        slots.claimed(1);
+        slots.claimed(1, 0);
         let permit = slots.acquire(&stop).await.expect("permit");
         slots.release(Some(permit), Duration::from_micros(10));
         assert_eq!(slots.room(), 4 + MAX_AHEAD);
+        // Jobs of 1 MiB inputs: only as many ahead as make MAX_AHEAD_BYTES (64 MiB).
+        let slots = Slots::new(4, Duration::from_millis(20));
+        slots.claimed(1, 1 << 20);
+        let permit = slots.acquire(&stop).await.expect("permit");
+        slots.release(Some(permit), Duration::from_micros(10));
+        assert_eq!(slots.room(), 4 + 64);
         // Runs of 40 ms: two jobs ahead would each wait 10–20 ms; more would wait longer.
         let slots = Slots::new(4, Duration::from_millis(20));
-        slots.claimed(1);
+        slots.claimed(1, 0);
         let permit = slots.acquire(&stop).await.expect("permit");
         slots.release(Some(permit), Duration::from_millis(40));
         assert_eq!(slots.room(), 4 + 2);
         // Runs far longer than the horizon: nothing ahead.
         let slots = Slots::new(4, Duration::from_millis(20));
-        slots.claimed(1);
+        slots.claimed(1, 0);
         let permit = slots.acquire(&stop).await.expect("permit");
         slots.release(Some(permit), Duration::from_secs(10));
         assert_eq!(slots.room(), 4);
@@ -187,7 +217,7 @@ mod tests {
     async fn a_stopped_pool_hands_waiting_jobs_back() {
         let slots = Slots::new(1, Duration::ZERO);
         let stop = CancellationToken::new();
-        slots.claimed(2);
+        slots.claimed(2, 0);
         let held = slots.acquire(&stop).await.expect("the free slot");
         stop.cancel();
         assert!(slots.acquire(&stop).await.is_none());
@@ -200,12 +230,12 @@ mod tests {
     async fn a_lent_slot_makes_room_and_a_run_back_from_waiting_takes_it_in_turn() {
         let slots = Slots::new(1, Duration::ZERO);
         let stop = CancellationToken::new();
-        slots.claimed(1);
+        slots.claimed(1, 0);
         let permit = slots.acquire(&stop).await.expect("slot");
         assert_eq!(slots.room(), 0);
         slots.lend(permit);
         assert_eq!(slots.room(), 1, "the slot is free while its run waits");
-        slots.claimed(1);
+        slots.claimed(1, 0);
         let other = slots.acquire(&stop).await.expect("the lent slot");
         // The waiting run wants its slot back: it counts against the room, and gets the slot
         // once it frees.
