@@ -337,10 +337,7 @@ fn installed_once(
     install: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     use sha2::Digest;
-    let digest: String = sha2::Sha256::digest(pinned)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex(&sha2::Sha256::digest(pinned));
     if std::fs::read_to_string(stamp).is_ok_and(|done| done == digest) {
         return Ok(());
     }
@@ -449,20 +446,18 @@ fn digest_of_trees(roots: &[PathBuf]) -> Result<String, String> {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 fn sha256_of(path: &Path) -> Result<String, String> {
     use sha2::Digest;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&sha2::Sha256::digest(&bytes)))
+}
+
+/// A digest in lower-case hex.
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Makes sure the standard library for the wasm target is installed.

@@ -97,14 +97,7 @@ impl Slots {
     pub(super) fn claimed(&self, jobs: usize, input_bytes: usize) {
         self.waiting.fetch_add(jobs, Ordering::AcqRel);
         if let Some(per_job) = input_bytes.checked_div(jobs) {
-            let claim = u64::try_from(per_job).unwrap_or(UNKNOWN - 1);
-            let mean = self.mean_input_bytes.load(Ordering::Relaxed);
-            let next = if mean == UNKNOWN {
-                claim
-            } else {
-                mean - mean / 8 + claim / 8
-            };
-            self.mean_input_bytes.store(next, Ordering::Relaxed);
+            average_in(&self.mean_input_bytes, per_job as u64);
         }
     }
 
@@ -150,14 +143,10 @@ impl Slots {
     /// Gives a slot back (if the run still holds one) after a run that held a slot for `took`.
     pub(super) fn release(&self, permit: Option<OwnedSemaphorePermit>, took: Duration) {
         drop(permit);
-        let took = u64::try_from(took.as_micros()).unwrap_or(UNKNOWN - 1);
-        let mean = self.mean_run_us.load(Ordering::Relaxed);
-        let next = if mean == UNKNOWN {
-            took
-        } else {
-            mean - mean / 8 + took / 8
-        };
-        self.mean_run_us.store(next, Ordering::Relaxed);
+        average_in(
+            &self.mean_run_us,
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
         self.changed.notify_one();
     }
 
@@ -165,6 +154,19 @@ impl Slots {
     pub(super) async fn changed(&self) {
         self.changed.notified().await;
     }
+}
+
+/// Folds `sample` into the exponential moving average `mean` (each sample weighs an eighth);
+/// the first sample replaces [`UNKNOWN`].
+fn average_in(mean: &AtomicU64, sample: u64) {
+    let sample = sample.min(UNKNOWN - 1);
+    let old = mean.load(Ordering::Relaxed);
+    let next = if old == UNKNOWN {
+        sample
+    } else {
+        old - old / 8 + sample / 8
+    };
+    mean.store(next, Ordering::Relaxed);
 }
 
 #[cfg(test)]
