@@ -894,17 +894,19 @@ async fn two_hosts_share_one_database_and_survive_a_sigkill() {
         assert_eq!(status, StatusCode::CREATED);
         ids.push(job["job"]["id"].as_str().expect("id").to_string());
     }
-    // Wait until host A holds some jobs, then kill it without warning.
+    // Wait until host A is running some jobs (their runs recorded as its own), then kill it
+    // without warning. A job it has claimed but whose run is not yet recorded is only held in
+    // the queue; it must still end up done, which the loop below checks for every job.
     let on_a = wait_for(|| async {
-        let (_, jobs) = get(format!("{url}/v1/jobs?status=leased")).await;
-        let held: Vec<String> = jobs["jobs"]
+        let (_, runs) = get(format!("{url}/v1/runs?agentId=chaos&status=running")).await;
+        let running: Vec<String> = runs["runs"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|j| j["leaseOwner"] == "host-a" && j["agentId"] == "chaos")
-            .filter_map(|j| j["id"].as_str().map(str::to_string))
+            .filter(|r| r["workerId"] == "host-a")
+            .filter_map(|r| r["jobId"].as_str().map(str::to_string))
             .collect();
-        (!held.is_empty()).then_some(held)
+        (!running.is_empty()).then_some(running)
     })
     .await;
     let status = a.signal("KILL");

@@ -466,32 +466,43 @@ async fn long_lived_agents_stop_down_their_tree_and_move_between_hosts_on_sqld()
         assert_eq!(view["run"]["status"], "success", "{view}");
     }
 
-    // A long-lived agent on A moves to B when A is killed: a new run of the same job.
+    // A long-lived agent moves to the other host when the one running it is killed: a new run
+    // of the same job. Either host may be the first to claim it.
     let agent = http::spawn(&a.url, &json!({ "agentType": "queue-worker" })).await;
-    wait_for(|| async {
+    let first = wait_for(|| async {
         let view = get_json(format!("{}/v1/agents/{agent}", a.url)).await;
-        (view["agent"]["job"]["leaseOwner"] == "host-a").then_some(())
+        let owner = view["agent"]["job"]["leaseOwner"].as_str()?.to_string();
+        (view["agent"]["run"]["workerId"] == owner).then_some(owner)
     })
     .await;
-    assert!(!a.signal("KILL").success());
+    let (killed, survivor, moved_to) = if first == "host-a" {
+        (a, &b, "host-b")
+    } else {
+        (b, &a, "host-a")
+    };
+    assert!(!killed.signal("KILL").success());
     let view = wait_for(|| async {
-        let view = get_json(format!("{}/v1/agents/{agent}", b.url)).await;
-        // The new run is B's (its record may land a moment after B takes the lease).
+        let view = get_json(format!("{}/v1/agents/{agent}", survivor.url)).await;
+        // The new run is the survivor's (its record may land a moment after it takes the lease).
         (view["agent"]["phase"] == "Running"
-            && view["agent"]["job"]["leaseOwner"] == "host-b"
-            && view["agent"]["run"]["workerId"] == "host-b"
+            && view["agent"]["job"]["leaseOwner"] == moved_to
+            && view["agent"]["run"]["workerId"] == moved_to
             && view["agent"]["lastHeartbeatAt"].is_i64())
         .then_some(view)
     })
     .await;
     assert_eq!(view["agent"]["job"]["restarts"], 1, "{view}");
     let deleted = client
-        .delete(format!("{}/v1/agents/{agent}", b.url))
+        .delete(format!("{}/v1/agents/{agent}", survivor.url))
         .send()
         .await
         .expect("delete");
     assert_eq!(deleted.status(), reqwest::StatusCode::ACCEPTED);
-    let done = get_json(format!("{}/v1/jobs/{agent}/wait?timeoutMs=30000", b.url)).await;
+    let done = get_json(format!(
+        "{}/v1/jobs/{agent}/wait?timeoutMs=30000",
+        survivor.url
+    ))
+    .await;
     assert_eq!(done["job"]["status"], "done", "{done}");
     assert_eq!(done["run"]["status"], "success", "{done}");
 }
