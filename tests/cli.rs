@@ -917,6 +917,34 @@ async fn two_hosts_share_one_database_and_survive_a_sigkill() {
         assert_eq!(status, StatusCode::OK, "{id}: {view}");
         assert_eq!(view["job"]["status"], "done", "{id}: {view}");
     }
+    // Every claim of every job has exactly one run: the one that finished it, a success, and
+    // before it the killed host's, lost (recorded by the survivor for claims host A died
+    // holding before it recorded a run). The survivor writes those just after the job went
+    // back to the queue, so they may trail its end.
+    for id in &ids {
+        wait_until(|| {
+            let (job_url, runs_url) = (
+                format!("{url}/v1/jobs/{id}"),
+                format!("{url}/v1/runs?jobId={id}"),
+            );
+            async move {
+                let (_, view) = get(job_url).await;
+                let (_, runs) = get(runs_url).await;
+                let mut runs: Vec<Value> = runs["runs"].as_array().cloned().unwrap_or_default();
+                runs.sort_by_key(|r| r["attempt"].as_i64());
+                let attempts: Vec<i64> =
+                    runs.iter().filter_map(|r| r["attempt"].as_i64()).collect();
+                let claims = view["job"]["leaseEpoch"].as_i64().unwrap_or(0);
+                let statuses: Vec<&str> =
+                    runs.iter().filter_map(|r| r["status"].as_str()).collect();
+                let (last, earlier) = statuses.split_last().unwrap_or((&"", &[]));
+                attempts == (1..=claims).collect::<Vec<_>>()
+                    && *last == "success"
+                    && earlier.iter().all(|s| *s == "lost")
+            }
+        })
+        .await;
+    }
     for id in &on_a {
         let (_, runs) = get(format!("{url}/v1/runs?jobId={id}")).await;
         let runs = runs["runs"].as_array().expect("runs");

@@ -10,8 +10,8 @@ use drover_host::queue::{ErrorInfo, JobFilter, JobStatus, NewJob, Queue};
 use drover_host::registry::{AgentSpec, Registry, Schema, StaticRegistry};
 use drover_host::sandbox::native_agent;
 use drover_host::sandbox::{NoneSandbox, Sandbox, SandboxFor};
-use drover_host::store::{RunFilter, RunStatus, RunStore};
-use drover_test_support::{TestDb, WAIT, wait_for_run_status, wait_for_status};
+use drover_host::store::{RunFilter, RunStatus, RunStore, attempt_run_id};
+use drover_test_support::{TestDb, WAIT, wait_for, wait_for_run_status, wait_for_status};
 use serde_json::{Value, json};
 
 struct Env {
@@ -606,7 +606,27 @@ async fn jobs_of_a_crashed_host_are_reclaimed_and_finished() {
     let done = env.api.wait_for("orphan", WAIT).await.expect("wait");
     assert_eq!(done.job.status, JobStatus::Done);
     assert_eq!(done.job.attempts, 1, "the expired lease used up an attempt");
-    assert_eq!(done.run.expect("run").attempt, 2);
+    let run = done.run.expect("run");
+    assert_eq!(run.attempt, 2);
+    let created_at = claimed[0].job.created_at;
+    assert_eq!(run.id, attempt_run_id("orphan", created_at, 2));
+    // The dead host recorded nothing of attempt 1; the pool that reclaimed it records its run,
+    // lost, under the attempt's run id (the reclaim loop writes it just after the job went
+    // back to the queue, so it may land after attempt 2 is done).
+    let lost_id = attempt_run_id("orphan", created_at, 1);
+    let lost = wait_for(|| async {
+        let lost = env.store.get_run(&lost_id).await.expect("get");
+        lost.filter(|r| r.status == RunStatus::Lost)
+    })
+    .await;
+    assert_eq!(lost.attempt, 1);
+    assert_eq!(lost.error.map(|e| e.tag).as_deref(), Some("LeaseExpired"));
+    let filter = RunFilter {
+        job_id: Some("orphan".into()),
+        ..RunFilter::default()
+    };
+    let runs = env.store.list_runs(&filter).await.expect("list");
+    assert_eq!(runs.len(), 2, "one run per attempt: {runs:?}");
     pool.shutdown().await;
 }
 

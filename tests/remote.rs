@@ -261,6 +261,43 @@ async fn exactly_once(server: &Sqld, ids: &[String]) {
     assert!(wrong.is_empty(), "not exactly one success: {wrong:?}");
 }
 
+/// Every claim of every job has exactly one run: attempts `1..=lease_epoch`, each once. A
+/// host that died (or was paused past its lease) between a claim and the run's first record
+/// leaves that run to the host that reclaims the job, which records it lost just after
+/// handing the job back; so this waits for those to land, and then fails with examples.
+async fn one_run_per_claim(server: &Sqld) {
+    let db = Db::open(&server.url(), None).await.expect("open");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let wrong = db
+            .run(|conn| async move {
+                query_all(
+                    &conn,
+                    "SELECT j.id, j.lease_epoch, count(r.id), count(DISTINCT r.attempt)
+                     FROM jobs AS j LEFT JOIN runs AS r ON r.job_id = j.id
+                     GROUP BY j.id
+                     HAVING count(r.id) <> j.lease_epoch
+                         OR count(DISTINCT r.attempt) <> j.lease_epoch
+                         OR max(r.attempt) <> j.lease_epoch
+                     LIMIT 10",
+                    (),
+                    |row| Ok((row.text(0)?, row.int(1)?, row.int(2)?, row.int(3)?)),
+                )
+                .await
+            })
+            .await
+            .expect("runs per claim");
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs whose claims are not one run each (id, claims, runs, attempts): {wrong:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_on_one_sqld_run_every_job_exactly_once_under_many_producers() {
     if sqld::available("the remote-database tests").is_none() {
@@ -285,6 +322,7 @@ async fn three_hosts_on_one_sqld_run_every_job_exactly_once_under_many_producers
     .await;
     all_done(&server, ids.len(), &hosts.iter().collect::<Vec<_>>()).await;
     exactly_once(&server, &ids).await;
+    one_run_per_claim(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,6 +370,7 @@ async fn a_killed_host_and_a_paused_one_still_leave_every_job_done_exactly_once(
     let (ids, ()) = tokio::join!(producing, faults);
     all_done(&server, ids.len(), &[&a, &b]).await;
     exactly_once(&server, &ids).await;
+    one_run_per_claim(&server).await;
     // The faults hit work in flight: C's and B's leased jobs were taken over (a reclaim
     // counts an attempt; a success does not).
     let db = Db::open(&server.url(), None).await.expect("open");

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use drover_host::db::{Db, RowExt, query_all};
-use drover_host::queue::ErrorInfo;
+use drover_host::queue::{ErrorInfo, JobStatus, Reclaimed};
 use drover_host::store::{
-    EventRecord, RunFilter, RunRecord, RunStatus, RunStore, Usage, WriteBatch,
+    EventRecord, RunFilter, RunRecord, RunStatus, RunStore, Usage, WriteBatch, attempt_run_id,
 };
 use serde_json::value::RawValue;
 
@@ -39,6 +39,32 @@ fn run(id: &str, job_id: &str, status: RunStatus, error: Option<&str>) -> RunRec
         tenant_id: None,
         user_id: None,
     }
+}
+
+/// The lost run the reclaim loop records for attempt `epoch` of job `job_id` (enqueued at 5,
+/// claimed at 7), at 10.
+fn lost_attempt(job_id: &str, epoch: i64, error: &ErrorInfo) -> RunRecord {
+    let reclaimed = Reclaimed {
+        job_id: job_id.into(),
+        epoch,
+        status: JobStatus::Queued,
+        agent_id: "echo".into(),
+        created_at: 5,
+        claimed_at: Some(7),
+        long_lived: false,
+        parent_run_id: None,
+        tenant_id: Some("acme".into()),
+        user_id: None,
+    };
+    RunRecord::lost_attempt(&reclaimed, error, 10)
+}
+
+async fn runs_of(store: &RunStore, job_id: &str) -> Vec<drover_host::store::Run> {
+    let filter = RunFilter {
+        job_id: Some(job_id.into()),
+        ..RunFilter::default()
+    };
+    store.list_runs(&filter).await.expect("list")
 }
 
 async fn status_and_tag(store: &RunStore, id: &str) -> (RunStatus, Option<String>) {
@@ -82,7 +108,7 @@ async fn lost_leases_mark_running_and_successful_runs_but_keep_failures() {
 
     // By attempt, as the reclaim loop does; another attempt of the job is left alone.
     store
-        .mark_attempts_lost(&[("j-4".into(), 2)], &lost, 10)
+        .mark_attempts_lost(&[lost_attempt("j-4", 2, &lost)])
         .await
         .expect("mark other attempt");
     assert_eq!(
@@ -90,15 +116,74 @@ async fn lost_leases_mark_running_and_successful_runs_but_keep_failures() {
         RunStatus::Running
     );
     store
-        .mark_attempts_lost(&[("j-4".into(), 1), ("j-5".into(), 1)], &lost, 10)
+        .mark_attempts_lost(&[lost_attempt("j-4", 1, &lost), lost_attempt("j-5", 1, &lost)])
         .await
         .expect("mark by attempt");
+    // Attempts that had a run (under whatever id) get no second one.
+    assert_eq!(runs_of(&store, "j-5").await.len(), 1);
+    assert_eq!(runs_of(&store, "j-4").await.len(), 2, "attempts 1 and 2");
     assert_eq!(status_and_tag(&store, "r-other").await.0, RunStatus::Lost);
     // A success whose outcome never reached the queue (its job was reclaimed) is lost too.
     assert_eq!(
         status_and_tag(&store, "r-unapplied").await.0,
         RunStatus::Lost
     );
+}
+
+/// A host that dies between claiming a job and recording its run leaves no run for that
+/// attempt; the reclaim loop records one, `lost`, under the attempt's run id. If the host was
+/// only paused and records the run late, that lands on the same row, which stays lost: one run
+/// per attempt, and no success for an attempt whose outcome the queue refused.
+#[tokio::test]
+async fn an_attempt_without_a_run_is_recorded_lost_once_and_stays_lost() {
+    let (store, _dir) = store().await;
+    let lost = ErrorInfo::new("LeaseExpired", "its host stopped responding");
+    store
+        .mark_attempts_lost(&[lost_attempt("j-1", 3, &lost)])
+        .await
+        .expect("mark");
+    let runs = runs_of(&store, "j-1").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let recorded = &runs[0];
+    let id = attempt_run_id("j-1", 5, 3);
+    assert_eq!(recorded.id, id);
+    assert_eq!((recorded.status, recorded.attempt), (RunStatus::Lost, 3));
+    let tag = recorded.error.as_ref().map(|e| e.tag.as_str());
+    assert_eq!(tag, Some("LeaseExpired"));
+    assert_eq!((recorded.started_at, recorded.ended_at), (7, Some(10)));
+    assert_eq!(recorded.tenant_id.as_deref(), Some("acme"));
+
+    // Recorded again (another host's reclaim, a retry): still one run.
+    store
+        .mark_attempts_lost(&[lost_attempt("j-1", 3, &lost)])
+        .await
+        .expect("mark again");
+    assert_eq!(runs_of(&store, "j-1").await.len(), 1);
+
+    // The paused host wakes and records the attempt's run as it saw it: a success.
+    let mut late = run(&id, "j-1", RunStatus::Success, None);
+    late.attempt = 3;
+    late.output = Some(Arc::from(
+        RawValue::from_string("{\"ok\":true}".into()).expect("json"),
+    ));
+    store
+        .write(&WriteBatch {
+            runs: vec![late],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("late write");
+    let runs = runs_of(&store, "j-1").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        status_and_tag(&store, &id).await,
+        (RunStatus::Lost, Some("LeaseExpired".into()))
+    );
+
+    // The ids of attempts differ by job, by attempt and by enqueue time (a job id used again).
+    assert_ne!(attempt_run_id("j-1", 5, 3), attempt_run_id("j-1", 5, 4));
+    assert_ne!(attempt_run_id("j-1", 5, 3), attempt_run_id("j-2", 5, 3));
+    assert_ne!(attempt_run_id("j-1", 5, 3), attempt_run_id("j-1", 6, 3));
 }
 
 fn event(run_id: &str, seq: i64, kind: &str, payload: &str) -> EventRecord {

@@ -16,7 +16,7 @@ use crate::sandbox::{
     AbortReason, Control, Failure, RunContext, RunIdentity, RunOutcome, Sandbox, WaitAdmission,
 };
 use crate::store::recording::Record;
-use crate::store::{RunRecord, RunStatus};
+use crate::store::{RunRecord, RunStatus, attempt_run_id};
 use crate::time::now_ms;
 
 /// A claimed job registered as in flight (so that renewals, signals and shutdown see it) and
@@ -141,7 +141,7 @@ async fn execute(
     control: &Arc<Control>,
     admission: Option<Arc<dyn WaitAdmission>>,
 ) -> (RunStatus, Option<u64>, oneshot::Receiver<()>) {
-    let run_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+    let run_id: Arc<str> = attempt_run_id(&job.id, job.created_at, lease.epoch).into();
     let spec = shared.deps.registry.get(&job.agent_id);
     let sandbox: Option<Arc<dyn Sandbox>> = spec
         .as_deref()

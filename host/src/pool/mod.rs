@@ -21,8 +21,8 @@ use tokio_util::task::TaskTracker;
 use crate::queue::{ErrorInfo, Lease, Lifecycle, Queue, Signal};
 use crate::registry::Registry;
 use crate::sandbox::{AbortReason, Control, SandboxFor};
-use crate::store::RunStore;
 use crate::store::recording::RecorderHandle;
+use crate::store::{RunRecord, RunStore};
 use crate::time::now_ms;
 
 use slots::Slots;
@@ -743,20 +743,16 @@ async fn reclaim_loop(shared: Arc<Shared>) {
             continue;
         }
         tracing::info!(jobs = reclaimed.len(), "reclaimed expired leases");
-        let attempts: Vec<(String, i64)> = reclaimed
-            .iter()
-            .map(|r| (r.job_id.clone(), r.epoch))
-            .collect();
         let error = ErrorInfo::new(
             "LeaseExpired",
             "the worker running this attempt stopped renewing its lease",
         );
-        if let Err(e) = shared
-            .deps
-            .store
-            .mark_attempts_lost(&attempts, &error, now_ms())
-            .await
-        {
+        let now = now_ms();
+        let lost: Vec<RunRecord> = reclaimed
+            .iter()
+            .map(|r| RunRecord::lost_attempt(r, &error, now))
+            .collect();
+        if let Err(e) = shared.deps.store.mark_attempts_lost(&lost).await {
             tracing::warn!(error = %e, "marking lost runs failed");
         }
     }

@@ -477,6 +477,20 @@ pub struct Reclaimed {
     pub epoch: i64,
     /// The status the job went to (`queued` again, or `failed`).
     pub status: JobStatus,
+    /// Its agent.
+    pub agent_id: String,
+    /// When it was enqueued (epoch ms): with `job_id` and `epoch`, the run's identity.
+    pub created_at: i64,
+    /// When the expired lease was taken (epoch ms), if known.
+    pub claimed_at: Option<i64>,
+    /// Whether it is a long-lived agent's job.
+    pub long_lived: bool,
+    /// The run that spawned it.
+    pub parent_run_id: Option<String>,
+    /// Its tenant.
+    pub tenant_id: Option<String>,
+    /// Its user.
+    pub user_id: Option<String>,
 }
 
 /// A cancel or stop request on a leased job, as seen by the pools.

@@ -796,6 +796,13 @@ impl Queue {
                             job_id: row.text(0)?,
                             epoch: row.int(1)?,
                             status: parse_status(&row.text(2)?)?,
+                            agent_id: row.text(4)?,
+                            created_at: row.int(5)?,
+                            claimed_at: row.opt_int(6)?,
+                            long_lived: row.int(7)? != 0,
+                            parent_run_id: row.opt_text(8)?,
+                            tenant_id: row.opt_text(9)?,
+                            user_id: row.opt_text(10)?,
                         },
                         row.int(3)? != 0,
                     ))

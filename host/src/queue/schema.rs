@@ -653,7 +653,9 @@ pub(crate) fn reclaim() -> String {
                   AND NOT (lease_owner IS ?2
                            AND id IN (SELECT value FROM json_each(coalesce(?3, '[]')))))) AS r
     WHERE jobs.seq = r.seq
-    RETURNING jobs.id, jobs.lease_epoch, jobs.status, jobs.has_children"
+    RETURNING jobs.id, jobs.lease_epoch, jobs.status, jobs.has_children, jobs.agent_id,
+              jobs.created_at, jobs.claimed_at, jobs.long_lived, jobs.parent_run_id,
+              jobs.tenant_id, jobs.user_id"
     )
 }
 

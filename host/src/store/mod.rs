@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::db::{Bulk, Db, DbError, Migration, RowExt, Rows};
-use crate::queue::{ErrorInfo, Lifecycle};
+use crate::queue::{ErrorInfo, Lifecycle, Reclaimed};
 
 pub use run::{Event, Run, RunFilter, RunStatus, Usage};
 
@@ -106,7 +106,8 @@ const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status,
 
 /// Inserts or updates `rows` runs (the values of [`run_params`], from `?1`). A run's identity,
 /// input and start never change; its outcome fields are overwritten, and its heartbeat only
-/// moves forward.
+/// moves forward. A run found lost stays lost: its attempt was reclaimed, so no outcome of it
+/// can reach the queue any more, whatever its host later reports.
 fn upsert_runs(rows: Rows) -> String {
     format!(
         "INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox,
@@ -116,10 +117,11 @@ fn upsert_runs(rows: Rows) -> String {
                            user_id)
          {}
          ON CONFLICT (id) DO UPDATE SET
-            status = excluded.status,
+            status = iif(runs.status = 'lost', runs.status, excluded.status),
             output = excluded.output,
-            error_tag = excluded.error_tag,
-            error_message = excluded.error_message,
+            error_tag = iif(runs.status = 'lost', runs.error_tag, excluded.error_tag),
+            error_message = iif(runs.status = 'lost', runs.error_message,
+                                excluded.error_message),
             ended_at = excluded.ended_at,
             heartbeat_at = max(coalesce(runs.heartbeat_at, 0),
                                coalesce(excluded.heartbeat_at, 0)),
@@ -171,16 +173,30 @@ fn mark_runs_lost(rows: Rows) -> String {
     )
 }
 
-/// Marks the runs of `rows` job attempts `(job_id, attempt)` as lost with error `?1`/`?2` at
-/// `?3`, under the same rule as [`mark_runs_lost`].
+/// Marks the runs of `rows` job attempts as lost, under the same rule as [`mark_runs_lost`].
+/// Each row is a whole run ([`run_params`]) of which the job, attempt, error and end are read.
 fn mark_attempts_lost(rows: Rows) -> String {
     format!(
-        "WITH l(job_id, attempt) AS ({})
-         UPDATE runs SET status = 'lost', error_tag = ?1, error_message = ?2,
-                         ended_at = coalesce(runs.ended_at, ?3)
+        "WITH l({RUN_COLUMNS}) AS ({})
+         UPDATE runs SET status = 'lost', error_tag = l.error_tag,
+                         error_message = l.error_message,
+                         ended_at = coalesce(runs.ended_at, l.ended_at)
          FROM l WHERE runs.job_id = l.job_id AND runs.attempt = l.attempt
                   AND runs.status IN ('running', 'success')",
-        rows.source(2, 4)
+        rows.source(RUN_VALUES, 1)
+    )
+}
+
+/// Inserts `rows` lost runs ([`run_params`]) for the job attempts that have no run yet: a
+/// host that died between claiming a job and recording its run.
+fn insert_lost_attempts(rows: Rows) -> String {
+    format!(
+        "WITH l({RUN_COLUMNS}) AS ({})
+         INSERT INTO runs ({RUN_COLUMNS})
+         SELECT * FROM l WHERE NOT EXISTS (
+             SELECT 1 FROM runs WHERE runs.job_id = l.job_id AND runs.attempt = l.attempt)
+         ON CONFLICT (id) DO NOTHING",
+        rows.source(RUN_VALUES, 1)
     )
 }
 
@@ -230,6 +246,51 @@ pub struct RunRecord {
     pub tenant_id: Option<String>,
     /// The user of its job.
     pub user_id: Option<String>,
+}
+
+impl RunRecord {
+    /// The run of a job attempt whose host stopped responding, as the reclaim loop records it
+    /// when the host never recorded the run itself: status `lost` with `error`, from the
+    /// claim (or `now_ms` if its time is unknown) to `now_ms`. Its id is the attempt's
+    /// ([`attempt_run_id`]), so the host's own record of the run, should it arrive late,
+    /// lands on this row.
+    pub fn lost_attempt(reclaimed: &Reclaimed, error: &ErrorInfo, now_ms: i64) -> Self {
+        let r = reclaimed;
+        Self {
+            id: attempt_run_id(&r.job_id, r.created_at, r.epoch),
+            job_id: Some(r.job_id.clone()),
+            agent_id: r.agent_id.clone(),
+            attempt: r.epoch,
+            parent_run_id: r.parent_run_id.clone(),
+            status: RunStatus::Lost,
+            sandbox: None,
+            long_lived: r.long_lived,
+            input: None,
+            output: None,
+            error_tag: Some(error.tag.clone()),
+            error_message: Some(error.message.clone()),
+            started_at: r.claimed_at.unwrap_or(now_ms).min(now_ms),
+            ended_at: Some(now_ms),
+            heartbeat_at: None,
+            fuel_used: None,
+            peak_memory: None,
+            worker_id: None,
+            usage: None,
+            tenant_id: r.tenant_id.clone(),
+            user_id: r.user_id.clone(),
+        }
+    }
+}
+
+/// The id of the run of attempt `attempt` (the lease epoch) of the job `job_id` enqueued at
+/// `created_at`: a name-based UUID (version 5), so that the host running the attempt and a
+/// host recovering it after its death name the same run. The enqueue time tells apart two
+/// jobs given the same id one after the other.
+pub fn attempt_run_id(job_id: &str, created_at: i64, attempt: i64) -> String {
+    /// The namespace of run ids.
+    const RUNS: uuid::Uuid = uuid::Uuid::from_u128(0x6472_6f76_6572_4000_8000_0072_756e_7331);
+    let name = format!("{job_id}\n{created_at}\n{attempt}");
+    uuid::Uuid::new_v5(&RUNS, name.as_bytes()).to_string()
 }
 
 /// An event as written by the recorder.
@@ -336,45 +397,42 @@ impl RunStore {
         error: &ErrorInfo,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let values = run_ids.iter().map(|id| Value::Text(id.clone())).collect();
-        self.mark_lost(mark_runs_lost, 1, values, error, now_ms)
-            .await
-    }
-
-    /// Marks the runs of the given job attempts lost (their host stopped responding).
-    pub async fn mark_attempts_lost(
-        &self,
-        attempts: &[(String, i64)],
-        error: &ErrorInfo,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let values = attempts
-            .iter()
-            .flat_map(|(job, attempt)| [Value::Text(job.clone()), Value::Integer(*attempt)])
-            .collect();
-        self.mark_lost(mark_attempts_lost, 2, values, error, now_ms)
-            .await
-    }
-
-    async fn mark_lost(
-        &self,
-        sql: fn(Rows) -> String,
-        cols: usize,
-        values: Vec<Value>,
-        error: &ErrorInfo,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
         self.db
             .bulk(vec![Bulk {
-                sql,
+                sql: mark_runs_lost,
                 fixed: vec![
                     Value::Text(error.tag.clone()),
                     Value::Text(error.message.clone()),
                     Value::Integer(now_ms),
                 ],
-                cols,
-                values,
+                cols: 1,
+                values: run_ids.iter().map(|id| Value::Text(id.clone())).collect(),
             }])
+            .await?;
+        Ok(())
+    }
+
+    /// Records the runs of the given job attempts as lost (their host stopped responding):
+    /// each attempt's run is marked lost as [`RunStore::mark_runs_lost`] would, and an attempt
+    /// with no run at all (its host died between the claim and the run's first record) gets
+    /// one, as `lost` (see [`RunRecord::lost_attempt`]). Both in one write.
+    pub async fn mark_attempts_lost(&self, lost: &[RunRecord]) -> Result<(), StoreError> {
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut values = Vec::with_capacity(lost.len() * RUN_VALUES);
+        lost.iter().for_each(|run| run_params(run, &mut values));
+        let bulk = |sql: fn(Rows) -> String, values| Bulk {
+            sql,
+            fixed: Vec::new(),
+            cols: RUN_VALUES,
+            values,
+        };
+        self.db
+            .bulk(vec![
+                bulk(mark_attempts_lost, values.clone()),
+                bulk(insert_lost_attempts, values),
+            ])
             .await?;
         Ok(())
     }
