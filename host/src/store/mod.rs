@@ -110,11 +110,7 @@ const RUN_COLUMNS: &str = "id, job_id, agent_id, attempt, parent_run_id, status,
 /// can reach the queue any more, whatever its host later reports.
 fn upsert_runs(rows: Rows) -> String {
     format!(
-        "INSERT INTO runs (id, job_id, agent_id, attempt, parent_run_id, status, sandbox,
-                           long_lived, input, output, error_tag, error_message, started_at,
-                           ended_at, heartbeat_at, fuel_used, peak_memory, worker_id, turns,
-                           input_tokens, output_tokens, cost_usd, tool_calls, tenant_id,
-                           user_id)
+        "INSERT INTO runs ({RUN_COLUMNS})
          {}
          ON CONFLICT (id) DO UPDATE SET
             status = iif(runs.status = 'lost', runs.status, excluded.status),
